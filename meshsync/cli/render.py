@@ -1,0 +1,72 @@
+"""Tables and lines for people; `--json` prints the same data unrendered."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns, two spaces apart."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def ago(when: float | None, now: float | None = None) -> str:
+    """`now`, `5s ago`, `3m ago`, `2h ago`, or `never`."""
+    if when is None:
+        return "never"
+    seconds = max(0.0, (time.time() if now is None else now) - when)
+    if seconds < 1:
+        return "now"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
+
+
+def peers(rows: list[dict[str, Any]]) -> str:
+    """The `meshsync peers` table, with the trust command under it for untrusted peers."""
+    body = [
+        [
+            row["id"].removeprefix("SHA256:")[:8] + ("*" if row["self"] else ""),
+            row["name"],
+            row["address"] or "-",
+            row["role"],
+            row["state"],
+            ago(row["last_seen"]),
+        ]
+        for row in rows
+    ]
+    text = table(["ID", "NAME", "ADDRESS", "ROLE", "STATE", "LAST SEEN"], body) + "\n* this node"
+    hints = [f"  {row['trust_command']}" for row in rows if row.get("trust_command")]
+    if hints:
+        text += "\nto trust an untrusted peer, run:\n" + "\n".join(hints)
+    return text
+
+
+def election(result: dict[str, Any]) -> str:
+    """The coordinator and the term."""
+    if result["coordinator"] is None:
+        return f"no coordinator yet (term {result['term']}, election open)"
+    return f"coordinator {result['coordinator']} (term {result['term']})"
+
+
+def status(result: dict[str, Any]) -> str:
+    """Per folder: its path and the online members sharing it."""
+    lines = [f"node {result['id']} ({result['name']}); {election(result)}"]
+    for folder in result["folders"]:
+        members = len(folder["members"])
+        lines.append(f"{folder['id']}  {folder['path']}  shared with {members} online member"
+                     + ("" if members == 1 else "s"))
+    return "\n".join(lines)
+
+
+def trusted(result: dict[str, list[str]]) -> str:
+    """What `meshsync trust` changed."""
+    lines = [f"trusted {i}" for i in result["added"]]
+    lines += [f"already trusted {i}" for i in result["already"]]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The control socket: how the CLI talks to the running node."""

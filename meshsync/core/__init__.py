@@ -1,0 +1,1 @@
+"""The pure core: the rules of the mesh as functions on values, with no I/O."""

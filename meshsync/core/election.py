@@ -1,0 +1,213 @@
+"""Who coordinates: liveness of members and a bully election (lowest live ID wins, terms fence).
+
+A state machine with no I/O: `handle(event)` returns the actions the node must carry out.
+Rules, in the order they are applied:
+- Every message carries the sender's (term, coordinator). A higher term is adopted with its
+  coordinator (None means "an election is open"); a lower term is fenced off and ignored.
+- At one term, a coordinator claim fills an empty seat; two claims at one term (both sides
+  of a partition elected at the same term) resolve to the lower ID. A term that has a
+  coordinator is never claimed by another node: following one we have not heard from yet
+  (a relayed claim, a healing partition) gives it DOWN_AFTER seconds to be heard.
+- A member silent for DOWN_AFTER seconds, or one that said it is leaving, is down.
+- With no live coordinator a node opens term+1; the lowest live ID, on learning of the open
+  term, announces itself coordinator of that same term. Nobody opens an election during the
+  first GRACE seconds after start, so a joining node first hears the mesh it joins: that is
+  what makes the coordinator sticky.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from meshsync.core.ids import NodeId
+
+DOWN_AFTER = 3.0
+GRACE = 2.0
+
+
+# Events (past tense)
+@dataclass(frozen=True, slots=True)
+class PeerHeard:
+    """A member spoke to us, or answered us, with its view of the mesh."""
+
+    peer: NodeId
+    term: int
+    coordinator: NodeId | None
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLeft:
+    """A member said it is leaving, or its port is closed: it is down without waiting."""
+
+    peer: NodeId
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class ElectionForced:
+    """The user asked for a new election."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ticked:
+    """Time passed."""
+
+    now: float
+
+
+Event = PeerHeard | PeerLeft | ElectionForced | Ticked
+
+
+# Actions (imperative)
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """Tell every member our view now, not at the next heartbeat."""
+
+
+@dataclass(frozen=True, slots=True)
+class MarkUp:
+    """Record that a member is online."""
+
+    peer: NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class MarkDown:
+    """Record that a member is down."""
+
+    peer: NodeId
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenElection:
+    """Report that an election for `term` is open."""
+
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class FollowCoordinator:
+    """Report that `coordinator` holds the server role for `term`."""
+
+    coordinator: NodeId
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepDown:
+    """Stop acting as coordinator: a higher term or a lower claim exists."""
+
+    term: int
+
+
+Action = Broadcast | MarkUp | MarkDown | OpenElection | FollowCoordinator | StepDown
+
+
+@dataclass(slots=True)
+class _Member:
+    last_heard: float
+    up: bool = True
+    down_at: float = 0.0
+
+
+@dataclass(slots=True)
+class Election:
+    """One node's view of the mesh: the term, the coordinator and which members are live."""
+
+    me: NodeId
+    started: float
+    term: int = 0
+    coordinator: NodeId | None = None
+    _following_since: float = 0.0
+    _members: dict[NodeId, _Member] = field(default_factory=dict)
+
+    def live(self) -> list[NodeId]:
+        """The live members, this node included, lowest ID first."""
+        return sorted([self.me, *(p for p, m in self._members.items() if m.up)])
+
+    @property
+    def electing(self) -> bool:
+        """An election is open and nobody has won it yet."""
+        return self.coordinator is None and self.term > 0
+
+    def is_up(self, peer: NodeId) -> bool:
+        """Whether a member is live."""
+        member = self._members.get(peer)
+        return member is not None and member.up
+
+    def handle(self, event: Event) -> list[Action]:
+        """Apply one event; return what the node must do, in order."""
+        actions: list[Action] = []
+        match event:
+            case PeerHeard(peer, term, coordinator, now):
+                member = self._members.get(peer)
+                if member is None or not member.up:
+                    actions.append(MarkUp(peer))
+                self._members[peer] = _Member(last_heard=now)
+                actions += self._consider(term, coordinator, now)
+                actions += self._settle(now)
+            case PeerLeft(peer, now):
+                member = self._members.get(peer)
+                if member is not None and member.up:
+                    member.up, member.down_at = False, now
+                    actions.append(MarkDown(peer, "left"))
+                actions += self._settle(now)
+            case ElectionForced(now):
+                actions += self._open(self.term + 1)
+                actions += self._settle(now)
+            case Ticked(now):
+                for peer, member in self._members.items():
+                    if member.up and now - member.last_heard > DOWN_AFTER:
+                        member.up, member.down_at = False, now
+                        actions.append(MarkDown(peer, f"silent for {DOWN_AFTER:.0f} s"))
+                actions += self._settle(now)
+        return actions
+
+    def _consider(self, term: int, coordinator: NodeId | None, now: float) -> list[Action]:
+        if term < self.term:
+            return []  # fenced: a view from before the latest election we know of
+        if term > self.term:
+            return self._open(term) if coordinator is None else self._follow(coordinator, term, now)
+        if coordinator is None or coordinator == self.coordinator:
+            return []
+        if self.coordinator is None or coordinator < self.coordinator:
+            return self._follow(coordinator, term, now)
+        return []
+
+    def _settle(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if self.coordinator is not None and not self._alive(self.coordinator, now):
+            actions += self._open(self.term + 1)
+        elif self.coordinator is None and self.term == 0:
+            if now - self.started < GRACE:
+                return []  # listen for the mesh we are joining before calling an election
+            actions += self._open(1)
+        if self.coordinator is None and self.live()[0] == self.me:
+            actions += self._follow(self.me, self.term, now)
+        return actions
+
+    def _open(self, term: int) -> list[Action]:
+        actions = self._leave_seat()
+        self.term, self.coordinator = term, None
+        return [*actions, OpenElection(term), Broadcast()]
+
+    def _follow(self, coordinator: NodeId, term: int, now: float) -> list[Action]:
+        actions = self._leave_seat() if coordinator != self.me else []
+        self.term, self.coordinator, self._following_since = term, coordinator, now
+        return [*actions, FollowCoordinator(coordinator, term), Broadcast()]
+
+    def _leave_seat(self) -> list[Action]:
+        return [StepDown(self.term)] if self.coordinator == self.me else []
+
+    def _alive(self, coordinator: NodeId, now: float) -> bool:
+        if coordinator == self.me or self.is_up(coordinator):
+            return True
+        # One we have not heard from since we began to follow it gets the time any member gets
+        # before it counts as down; one that went down while we followed it gets none.
+        member = self._members.get(coordinator)
+        went_down_since = member is not None and member.down_at >= self._following_since
+        return not went_down_since and now - self._following_since <= DOWN_AFTER

@@ -1,0 +1,50 @@
+"""Node identity: the SHA-256 fingerprint of an SSH public key, ordered by its digest bytes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+
+_PREFIX = "SHA256:"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class NodeId:
+    """A node's ID; compares by the raw 32 digest bytes, so `min()` picks the election winner."""
+
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.digest) != 32:
+            raise ValueError("a node ID is a 32-byte SHA-256 digest")
+
+    @classmethod
+    def of_key(cls, public_blob: bytes) -> NodeId:
+        """The ID of an SSH public key given as its wire-format blob."""
+        return cls(hashlib.sha256(public_blob).digest())
+
+    @classmethod
+    def parse(cls, text: str) -> NodeId:
+        """Parse `SHA256:…` as `ssh-keygen -l` prints it; ValueError if it is not one."""
+        if not isinstance(text, str) or not text.startswith(_PREFIX) or len(text) != 50:
+            raise ValueError(f"not a node ID (expected SHA256: and 43 base64 characters): {text!r}")
+        try:
+            digest = base64.b64decode(text[len(_PREFIX) :] + "=", validate=True)
+        except binascii.Error:
+            raise ValueError(f"not a node ID (bad base64): {text!r}") from None
+        return cls(digest)
+
+    def __str__(self) -> str:
+        return _PREFIX + base64.b64encode(self.digest).decode().rstrip("=")
+
+    @property
+    def short(self) -> str:
+        """The short form shown in tables: the first 8 characters after `SHA256:`."""
+        return str(self)[len(_PREFIX) : len(_PREFIX) + 8]
+
+    @property
+    def label(self) -> str:
+        """A DNS-safe label unique to this ID, used as the mDNS instance name."""
+        return "meshsync-" + self.digest[:12].hex()

@@ -1,0 +1,1 @@
+"""The network adapters: mDNS discovery and signed HTTP between peers."""

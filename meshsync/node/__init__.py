@@ -1,0 +1,1 @@
+"""The node: builds the parts and routes events between them."""

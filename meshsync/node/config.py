@@ -1,0 +1,74 @@
+"""Where things live: the state directory, its files, and the node's settings from the CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshsync.core.wire import FolderId, check_folder_id
+
+
+def state_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """`$MESHSYNC_HOME`, else `$XDG_STATE_HOME/meshsync`, else `~/.local/state/meshsync`."""
+    if env.get("MESHSYNC_HOME"):
+        return Path(env["MESHSYNC_HOME"])
+    if env.get("XDG_STATE_HOME"):
+        return Path(env["XDG_STATE_HOME"]) / "meshsync"
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    return home / ".local" / "state" / "meshsync"
+
+
+def control_socket(state: Path) -> Path:
+    """The Unix socket the CLI uses to talk to the running node."""
+    return state / "control.sock"
+
+
+@dataclass(frozen=True, slots=True)
+class Folder:
+    """A synced directory and the ID it is shared under."""
+
+    id: FolderId
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything `meshsync start` was told."""
+
+    folders: tuple[Folder, ...]
+    state: Path
+    ssh_dir: Path
+    key: Path | None = None
+    port: int | None = None
+    peers: tuple[str, ...] = ()
+    name: str = socket.gethostname()
+
+    @property
+    def folder_ids(self) -> frozenset[FolderId]:
+        """The IDs of the folders this node shares."""
+        return frozenset(f.id for f in self.folders)
+
+
+def folders_from(dirs: list[str], alias: str | None) -> tuple[Folder, ...]:
+    """The folders named on the command line; ValueError with a message for the user if bad."""
+    if alias is not None and len(dirs) != 1:
+        raise ValueError("--as names one folder: give exactly one DIR with it")
+    folders = []
+    for d in dirs:
+        path = Path(d).expanduser().resolve()
+        folders.append(Folder(check_folder_id(alias or path.name), path))
+    ids = [f.id for f in folders]
+    if len(set(ids)) != len(ids):
+        raise ValueError("two folders share one folder ID: give one of them another with --as")
+    return tuple(folders)
+
+
+def check_peer_address(text: str) -> str:
+    """`HOST:PORT` for `--peer`; ValueError if it is not one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--peer wants HOST:PORT, not {text!r}")
+    return text

@@ -1,0 +1,430 @@
+"""The node: builds the parts, owns the task group, and routes events between adapters and core."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from meshsync.control import server as control_server
+from meshsync.control.protocol import ControlError
+from meshsync.core import election as el
+from meshsync.core.errors import WireError
+from meshsync.core.ids import NodeId
+from meshsync.core.membership import Peer, Roster
+from meshsync.core.throttle import Throttle
+from meshsync.core.wire import Hello
+from meshsync.crypto import sshsig
+from meshsync.crypto.keys import Signer, public_key_line
+from meshsync.crypto.trust import PublicKey, TrustStore, parse_key_line
+from meshsync.net.client import PeerClient, PeerClosed, PeerUnreachable, Reply
+from meshsync.net.discovery import Advert, Discovery, own_addresses
+from meshsync.net.server import bind, make_app
+from meshsync.node.clock import Clock
+from meshsync.node.config import Config, control_socket
+
+log = logging.getLogger("meshsync")
+
+HEARTBEAT = 1.0
+TICK = 0.2
+HELLO_TIMEOUT = 1.0
+HINT_RETRY = 5.0  # an advertised address that never answered is tried this often
+SETTLE_TIMEOUT = 10.0
+
+
+class AlreadyRunning(Exception):
+    """Another node holds this state directory."""
+
+
+@dataclass(slots=True)
+class _Hint:
+    """An address to try: from mDNS or --peer, unproven until a signed answer comes from it."""
+
+    claimed_id: str = ""
+    claimed_name: str = ""
+    static: bool = False
+    next_try: float = 0.0
+
+
+class Node:
+    """One running `meshsync start`."""
+
+    def __init__(self, config: Config, signer: Signer, trust: TrustStore, clock: Clock) -> None:
+        self.config = config
+        self.id = NodeId.of_key(signer.public_blob)
+        self._signer = signer
+        self._trust = trust
+        self._clock = clock
+        self._election = el.Election(me=self.id, started=clock.now())
+        self._roster = Roster()
+        self._hints: dict[str, _Hint] = {a: _Hint(static=True) for a in config.peers}
+        self._throttle = Throttle()
+        self._wake = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._inflight: set[str] = set()
+        self.port = 0
+
+    # -- the credentials the net layer asks for ------------------------------------------------
+    def sign(self, message: bytes) -> bytes:
+        """SSHSIG of `message` with this node's key."""
+        return sshsig.sign(self._signer, message)
+
+    def verify(self, signature: bytes, message: bytes) -> bytes:
+        """The key that made `signature` over `message`; ValueError if none did."""
+        return sshsig.verify(signature, message)
+
+    def is_trusted(self, public_blob: bytes) -> bool:
+        """Whether the user trusts this key (authorized_keys or trusted_keys)."""
+        return self._trust.is_trusted(public_blob)
+
+    def note_untrusted(self, public_blob: bytes, address: str) -> None:
+        """A peer proved its key to us, but the user does not trust it: list it, accept nothing."""
+        known = self._roster.get(NodeId.of_key(public_blob))
+        self._roster.update(public_blob, trusted=False, last_seen=self._clock.wall(),
+                            address=known.address if known else None)
+        if known is None:
+            self._log_untrusted(NodeId.of_key(public_blob), address)
+
+    # -- running -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until `meshsync stop`, SIGTERM or SIGINT; leave the mesh cleanly."""
+        lock = _lock(self.config.state)
+        for folder in self.config.folders:
+            # The marker tells sync (next) that the folder is really there, not an empty mount.
+            (folder.path / ".meshsync").mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # before mDNS: a signal mid-way still says bye
+            loop.add_signal_handler(sig, self._stop.set)
+        sock = bind(self.config.port)
+        self.port = sock.getsockname()[1]
+        runner = web.AppRunner(make_app(self, self._clock.wall, self.handle_hello),
+                               access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        control = await control_server.serve(control_socket(self.config.state), self.dispatch)
+        discovery = Discovery(self.id.label, str(self.id), self.config.name, self.port,
+                              self._on_advert, self._on_mdns_goodbye)
+        log.info("node %s (%s) listening on port %d; folders: %s", self.id, self.config.name,
+                 self.port, ", ".join(f"{f.id}={f.path}" for f in self.config.folders))
+        try:
+            async with PeerClient(self, self._clock.wall) as client, asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(discovery.run(), name="discovery"),
+                    tg.create_task(self._heartbeats(client, tg), name="heartbeats"),
+                    tg.create_task(self._ticks(), name="election timer"),
+                ]
+                await self._stop.wait()
+                log.info("stopping")
+                for task in tasks:
+                    task.cancel()
+                await self._say_goodbye(client)
+        finally:
+            log.debug("closing the peer endpoint")
+            await runner.cleanup()  # stop answering before the mDNS goodbye goes out
+            log.debug("saying goodbye on mDNS")
+            await discovery.close()
+            control.close()
+            with contextlib.suppress(FileNotFoundError):
+                control_socket(self.config.state).unlink()
+            lock.close()
+        log.info("stopped")
+
+    async def _heartbeats(self, client: PeerClient, tg: asyncio.TaskGroup) -> None:
+        while True:
+            self._wake.clear()
+            now = self._clock.now()
+            for address in self._addresses_to_contact(now):
+                self._inflight.add(address)
+                tg.create_task(self._contact(client, address), name=f"hello {address}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), HEARTBEAT)
+
+    async def _ticks(self) -> None:
+        while True:
+            self._feed(el.Ticked(self._clock.now()))
+            await asyncio.sleep(TICK)
+
+    def _addresses_to_contact(self, now: float) -> list[str]:
+        known = {p.address for p in self._roster if p.address and p.trusted}
+        hinted = {a for a, h in self._hints.items() if h.next_try <= now}
+        return sorted((known | hinted) - self._inflight)
+
+    async def _contact(self, client: PeerClient, address: str) -> None:
+        """Send our hello to `address` and take in what comes back."""
+        try:
+            reply = await client.send_hello(address, self._hello(), HELLO_TIMEOUT)
+        except PeerClosed:
+            self._unreachable(address, closed=True)
+        except PeerUnreachable as e:
+            log.debug("%s", e)
+            self._unreachable(address, closed=False)
+        else:
+            self._take_reply(address, reply)
+        finally:
+            self._inflight.discard(address)
+
+    def _unreachable(self, address: str, closed: bool) -> None:
+        hint = self._hints.get(address)
+        if hint is not None:
+            hint.next_try = self._clock.now() + HINT_RETRY
+        peer = self._roster.at(address)
+        if closed and peer is not None and self._election.is_up(peer.id):
+            self._feed(el.PeerLeft(peer.id, self._clock.now()))
+
+    def _take_reply(self, address: str, reply: Reply) -> None:
+        peer_id = NodeId.of_key(reply.key)
+        hint = self._hints.get(address)
+        if peer_id == self.id:
+            self._hints.pop(address, None)  # our own advertisement, or --peer naming ourselves
+            return
+        if hint is not None:
+            if hint.claimed_id and hint.claimed_id != str(peer_id):
+                log.warning("%s advertised ID %s but proved %s", address, hint.claimed_id, peer_id)
+            if not hint.static:
+                del self._hints[address]
+        trusted = self._trust.is_trusted(reply.key)
+        if reply.status == 403:
+            _, new = self._roster.update(reply.key, trusted=trusted, trusts_us=False,
+                                         address=address, last_seen=self._clock.wall())
+            if new and trusted:
+                self._log_untrusted_by(peer_id, address)
+            elif new:
+                self._log_untrusted(peer_id, address)
+            if self._election.is_up(peer_id):
+                self._feed(el.PeerLeft(peer_id, self._clock.now()))
+            return
+        if not trusted:
+            self.note_untrusted(reply.key, address)
+            self._roster.update(reply.key, address=address,
+                                name=hint.claimed_name if hint and hint.claimed_name else "?")
+            return
+        if reply.status != 200:
+            self._log_peer_input(address, f"answered HTTP {reply.status}: {reply.body[:200]!r}")
+            return
+        try:
+            hello = Hello.from_json(reply.body)
+        except WireError as e:
+            self._log_peer_input(address, f"sent a bad hello: {e}")
+            return
+        self._heard(reply.key, hello, address, trusts_us=True)
+
+    async def handle_hello(self, key: bytes, hello: Hello, remote: str) -> Hello:
+        """A trusted peer's hello (a heartbeat); the answer is ours."""
+        peer = self._heard(key, hello, f"{remote}:{hello.port}", trusts_us=None)
+        if peer.trusts_us is None:
+            self._wake.set()  # say hello back at once: its answer tells whether it trusts us
+        return self._hello()
+
+    def _heard(self, key: bytes, hello: Hello, address: str, trusts_us: bool | None) -> Peer:
+        """Take in a trusted peer's hello, whichever way it came."""
+        changes: dict[str, Any] = {"trusts_us": trusts_us} if trusts_us is not None else {}
+        peer, new = self._roster.update(
+            key, name=hello.name, address=address, trusted=True, folders=hello.folders,
+            last_seen=self._clock.wall(), **changes,
+        )
+        if new:
+            log.info("peer found: %s (%s) at %s, trusted", peer.id, peer.name, address)
+        now = self._clock.now()
+        if self._stop.is_set():
+            pass  # on our way out we take no part in elections, or we could win one and vanish
+        elif hello.leaving:
+            self._feed(el.PeerLeft(peer.id, now))
+        elif peer.is_member(self.config.folder_ids):
+            self._feed(el.PeerHeard(peer.id, hello.term, hello.coordinator, now))
+        elif not peer.folders & self.config.folder_ids and self._throttle.allow(
+            (peer.id, "no folder"), self._clock.wall()
+        ):
+            log.info("peer %s (%s) shares no folder with this node", peer.id, peer.name)
+        return peer
+
+    def _hello(self) -> Hello:
+        return Hello(
+            name=self.config.name,
+            port=self.port,
+            folders=self.config.folder_ids,
+            term=self._election.term,
+            coordinator=self._election.coordinator,
+            leaving=self._stop.is_set(),
+        )
+
+    async def _say_goodbye(self, client: PeerClient) -> None:
+        members = [p.address for p in self._roster if p.address and self._election.is_up(p.id)]
+        hello = self._hello()
+        await asyncio.gather(
+            *(client.send_hello(a, hello, 0.5) for a in members), return_exceptions=True
+        )
+
+    # -- election ------------------------------------------------------------------------------
+    def _feed(self, event: el.Event) -> None:
+        for action in self._election.handle(event):
+            self._do(action)
+
+    def _do(self, action: el.Action) -> None:
+        match action:
+            case el.Broadcast():
+                self._wake.set()
+            case el.MarkUp(peer):
+                log.info("peer online: %s", self._describe(peer))
+            case el.MarkDown(peer, reason):
+                log.info("peer down: %s (%s)", self._describe(peer), reason)
+            case el.OpenElection(term):
+                self._settled.clear()
+                log.info("election opened for term %d", term)
+            case el.FollowCoordinator(coordinator, term):
+                self._settled.set()
+                log.info("coordinator is %s, term %d", self._describe(coordinator), term)
+            case el.StepDown(term):
+                log.info("stepping down as coordinator of term %d", term)
+
+    def _describe(self, peer_id: NodeId) -> str:
+        if peer_id == self.id:
+            return f"{peer_id} ({self.config.name}, this node)"
+        peer = self._roster.get(peer_id)
+        return f"{peer_id} ({peer.name if peer else '?'})"
+
+    # -- discovery -----------------------------------------------------------------------------
+    def _on_advert(self, advert: Advert) -> None:
+        if advert.claimed_id == str(self.id):
+            return
+        for ip in advert.addresses:
+            address = f"{ip}:{advert.port}"
+            known = self._roster.at(address)
+            if known is None or not known.trusted:
+                hint = self._hints.setdefault(address, _Hint())
+                hint.claimed_id, hint.claimed_name, hint.next_try = (
+                    advert.claimed_id, advert.claimed_name, 0.0)
+        self._wake.set()
+
+    def _on_mdns_goodbye(self, instance: str) -> None:
+        # A goodbye is unauthenticated, so it is only a reason to ask every peer at once: a node
+        # that really stopped no longer answers, and one that did not keeps its seat.
+        log.debug("mDNS goodbye from %s", instance)
+        self._wake.set()
+
+    # -- control -------------------------------------------------------------------------------
+    async def dispatch(self, command: str, args: dict[str, Any]) -> Any:
+        """Answer one CLI command."""
+        match command:
+            case "id":
+                return {"id": str(self.id), "name": self.config.name,
+                        "key": public_key_line(self._signer.public_blob, self.config.name)}
+            case "peers":
+                return self._peers_json()
+            case "elect":
+                if args.get("force"):
+                    self._feed(el.ElectionForced(self._clock.now()))
+                    try:
+                        await asyncio.wait_for(self._settled.wait(), SETTLE_TIMEOUT)
+                    except TimeoutError:
+                        raise ControlError(
+                            f"the election for term {self._election.term} has not settled "
+                            f"within {SETTLE_TIMEOUT:.0f} s") from None
+                return self._election_json()
+            case "trust":
+                return self._trust_keys(args.get("keys"))
+            case "status":
+                return self._status_json()
+            case "stop":
+                self._stop.set()
+                return {"stopping": True}
+        raise ControlError(f"unknown command {command!r}")
+
+    def _trust_keys(self, texts: object) -> dict[str, list[str]]:
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise ControlError("trust wants one or more key lines or peer IDs")
+        keys: list[PublicKey] = []
+        for text in texts:
+            peer = self._roster.find(text.strip())
+            key = PublicKey(peer.key, peer.name) if peer else parse_key_line(text)
+            if key is None:
+                raise ControlError(
+                    f"not a public key line nor the ID of a discovered peer: {text[:80]!r}")
+            keys.append(key)
+        added: list[str] = []
+        already: list[str] = []
+        for key in keys:
+            (added if self._trust.add(key) else already).append(str(NodeId.of_key(key.blob)))
+            if key.blob in {p.key for p in self._roster}:
+                self._roster.update(key.blob, trusted=True)
+        for peer_id in added:
+            log.info("trusted %s", peer_id)
+        self._wake.set()
+        return {"added": added, "already": already}
+
+    def _election_json(self) -> dict[str, Any]:
+        coordinator = self._election.coordinator
+        return {"term": self._election.term,
+                "coordinator": str(coordinator) if coordinator else None}
+
+    def _peers_json(self) -> list[dict[str, Any]]:
+        coordinator = self._election.coordinator
+        addresses = own_addresses()
+        rows: list[dict[str, Any]] = [{
+            "id": str(self.id), "name": self.config.name,
+            "address": f"{addresses[0] if addresses else '?'}:{self.port}",
+            "role": "coordinator" if coordinator == self.id else "member",
+            "state": "online", "self": True, "last_seen": self._clock.wall(),
+            "folders": sorted(self.config.folder_ids),
+        }]
+        for peer in sorted(self._roster, key=lambda p: p.id):
+            member = peer.is_member(self.config.folder_ids)
+            row = {
+                "id": str(peer.id), "name": peer.name, "address": peer.address,
+                "role": "coordinator" if peer.id == coordinator else
+                        "member" if member else "peer",
+                "state": peer.state(self._election.is_up(peer.id)),
+                "self": False, "last_seen": peer.last_seen, "folders": sorted(peer.folders),
+            }
+            if row["state"] == "untrusted":
+                row["trust_command"] = f"meshsync trust {peer.id}"
+            rows.append(row)
+        return rows
+
+    def _status_json(self) -> dict[str, Any]:
+        members = [p for p in self._roster if p.is_member(self.config.folder_ids)]
+        return {
+            "id": str(self.id), "name": self.config.name, **self._election_json(),
+            "folders": [
+                {"id": f.id, "path": str(f.path),
+                 "members": [str(p.id) for p in members
+                             if f.id in p.folders and self._election.is_up(p.id)]}
+                for f in self.config.folders
+            ],
+        }
+
+    # -- log lines driven by peers -------------------------------------------------------------
+    def _log_untrusted(self, peer_id: NodeId, address: str) -> None:
+        if self._throttle.allow((peer_id, "untrusted"), self._clock.wall()):
+            log.warning("untrusted peer %s at %s: nothing it sends is accepted; to trust it, "
+                        "run: meshsync trust %s", peer_id, address, peer_id)
+
+    def _log_untrusted_by(self, peer_id: NodeId, address: str) -> None:
+        if self._throttle.allow((peer_id, "refused"), self._clock.wall()):
+            log.warning("peer %s at %s does not trust this node; on that machine run: "
+                        "meshsync trust %s", peer_id, address, self.id)
+
+    def _log_peer_input(self, address: str, what: str) -> None:
+        if self._throttle.allow((address, what[:40]), self._clock.wall()):
+            log.warning("peer at %s %s", address, what)
+
+
+def _lock(state: Path) -> Any:
+    """Hold the state directory for this process; AlreadyRunning if another node holds it."""
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handle = (state / "node.lock").open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise AlreadyRunning(f"a meshsync node is already running with state in {state}") from None
+    os.set_inheritable(handle.fileno(), False)
+    return handle

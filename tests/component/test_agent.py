@@ -1,0 +1,147 @@
+"""The ssh-agent client against a real ssh-agent holding passphrase-protected keys."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from meshsync.crypto import sshsig
+from meshsync.crypto.agent import AgentError, AgentSigner, list_identities
+from meshsync.crypto.keys import KeyLoadError, load_public_blob, load_signer
+from meshsync.crypto.sshwire import Reader
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("ssh-agent") is None
+    or shutil.which("ssh-keygen") is None
+    or shutil.which("ssh-add") is None,
+    reason="ssh-agent, ssh-add or ssh-keygen missing",
+)
+
+PHRASE = "correct horse"
+KEY_ARGS = {
+    "ed25519": ["-t", "ed25519"],
+    "ecdsa": ["-t", "ecdsa", "-b", "256"],
+    "rsa": ["-t", "rsa", "-b", "3072"],
+}
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Passphrase-protected keys of every type, plus one the agent never gets."""
+    d = tmp_path_factory.mktemp("keys")
+    out = {}
+    for name, args in [*KEY_ARGS.items(), ("stranger", ["-t", "ed25519"])]:
+        subprocess.run(
+            ["ssh-keygen", "-q", *args, "-N", PHRASE, "-C", name, "-f", str(d / name)], check=True
+        )
+        out[name] = d / name
+    return out
+
+
+@pytest.fixture
+def agent() -> Iterator[str]:
+    # AF_UNIX paths are limited to ~107 bytes; pytest's tmp_path can be longer.
+    sock_dir = Path(tempfile.mkdtemp(prefix="msa"))
+    sock = sock_dir / "agent.sock"
+    proc = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while not sock.exists():
+            assert time.monotonic() < deadline, "ssh-agent did not create its socket"
+            time.sleep(0.02)
+        yield str(sock)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def ssh_add(sock: str, key: Path, tmp_path: Path) -> None:
+    askpass = tmp_path / "askpass.sh"
+    askpass.write_text(f"#!/bin/sh\necho '{PHRASE}'\n")
+    askpass.chmod(0o700)
+    env = {
+        **os.environ,
+        "SSH_AUTH_SOCK": sock,
+        "SSH_ASKPASS": str(askpass),
+        "SSH_ASKPASS_REQUIRE": "force",
+        "DISPLAY": "x",
+    }
+    subprocess.run(
+        ["ssh-add", "-q", str(key)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        check=True,
+        capture_output=True,
+    )
+
+
+def ssh_keygen_verify(tmp: Path, key: Path, armored: str, message: bytes) -> bool:
+    (tmp / "allowed").write_text("someone " + Path(f"{key}.pub").read_text())
+    (tmp / "sig").write_text(armored)
+    cmd = [
+        "ssh-keygen",
+        "-Y",
+        "verify",
+        "-f",
+        str(tmp / "allowed"),
+        "-I",
+        "someone",
+        "-n",
+        "meshsync",
+        "-s",
+        str(tmp / "sig"),
+    ]
+    return subprocess.run(cmd, input=message, capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("kind", list(KEY_ARGS))
+def test_agent_key_signs_sshsig(
+    agent: str, keys: dict[str, Path], tmp_path: Path, kind: str
+) -> None:
+    ssh_add(agent, keys[kind], tmp_path)
+    signer = load_signer(keys[kind], agent)
+    assert isinstance(signer, AgentSigner)
+    blob = sshsig.sign(signer, b"sync me")
+    assert ssh_keygen_verify(tmp_path, keys[kind], sshsig.armor(blob), b"sync me")
+    assert sshsig.verify(blob, b"sync me") == signer.public_blob
+    algorithm = Reader(signer.sign(b"x")).string()
+    assert (
+        algorithm
+        == {"rsa": b"rsa-sha2-512", "ed25519": b"ssh-ed25519", "ecdsa": b"ecdsa-sha2-nistp256"}[
+            kind
+        ]
+    )
+
+
+def test_list_identities_and_refusals(agent: str, keys: dict[str, Path], tmp_path: Path) -> None:
+    assert list_identities(agent) == []
+    ssh_add(agent, keys["ed25519"], tmp_path)
+    assert list_identities(agent) == [load_public_blob(Path(f"{keys['ed25519']}.pub").read_text())]
+    with pytest.raises(KeyLoadError, match=r"no ssh-agent holds it.*ssh-add"):
+        load_signer(keys["stranger"], agent)
+    stranger = load_public_blob(Path(f"{keys['stranger']}.pub").read_text())
+    with pytest.raises(AgentError, match="refused"):
+        AgentSigner(agent, stranger).sign(b"x")
+    with pytest.raises(AgentError):
+        list_identities(str(tmp_path / "absent.sock"))
+
+
+def test_concurrent_signing(agent: str, keys: dict[str, Path], tmp_path: Path) -> None:
+    ssh_add(agent, keys["ed25519"], tmp_path)
+    signer = load_signer(keys["ed25519"], agent)
+    messages = [f"message {i}".encode() for i in range(32)]
+    with ThreadPoolExecutor(8) as pool:
+        blobs = list(pool.map(lambda m: sshsig.sign(signer, m), messages))
+    for message, blob in zip(messages, blobs, strict=True):
+        assert sshsig.verify(blob, message) == signer.public_blob

@@ -1,0 +1,247 @@
+"""A LAN on one machine: hosts in network namespaces on a bridge, each running `meshsync start`."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from meshsync.core.ids import NodeId
+
+T = TypeVar("T")
+SUBNET = "10.231.7"
+
+
+def why_no_lan() -> str | None:
+    """None if namespaces can be made here, else the reason they cannot."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    for tool in ("ip", "nft", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
+def run(*cmd: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run a command, capturing its output as text; with `check`, fail showing its stderr."""
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, **kw)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: float = 0.05) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = probe()
+        except AssertionError as e:
+            last = e
+        if last and not isinstance(last, AssertionError):
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}: {last}")
+        time.sleep(every)
+
+
+def holds_for(what: str, probe: Callable[[], object], seconds: float) -> None:
+    """Check `probe` again and again for `seconds`; fail the first time it is false."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert probe(), f"expected {what}, but it stopped holding"
+        time.sleep(0.05)
+
+
+class Host:
+    """One machine of the LAN: a namespace, a home with its own SSH key, a meshsync node."""
+
+    def __init__(self, lan: Lan, index: int) -> None:
+        self.lan = lan
+        self.index = index
+        self.name = f"h{index}"
+        self.ns = f"{lan.prefix}{self.name}"
+        self.port_name = f"{lan.prefix}{self.name}"  # the switch-side veth
+        self.ip = f"{SUBNET}.{10 + index}"
+        self.home = lan.root / self.name
+        self.sync = self.home / "Sync"
+        self.log = self.home / "node.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env_extra: dict[str, str] = {}
+        (self.home / ".ssh").mkdir(parents=True, mode=0o700)
+        self.key = self.home / ".ssh" / "id_ed25519"
+        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.name, "-f", str(self.key))
+        self.pub = self.key.with_name("id_ed25519.pub").read_text().strip()
+        self.id = NodeId.of_key(base64.b64decode(self.pub.split()[1]))
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of this host's processes: its own HOME, so its own key and state."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("MESHSYNC_", "XDG_"))}
+        base.pop("SSH_AUTH_SOCK", None)
+        return {**base, "HOME": str(self.home), **self.env_extra}
+
+    def exec(self, *cmd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        """Run a command inside this host's namespace."""
+        return run("ip", "netns", "exec", self.ns, *cmd, env=self.env, **kw)
+
+    def start(self, *args: str) -> None:
+        """Start `meshsync start ~/Sync` here, in the background, logging to node.log."""
+        assert self.proc is None or self.proc.poll() is not None, f"{self.name} already runs"
+        with self.log.open("ab") as log:
+            log.write(f"---- start {' '.join(args)}\n".encode())
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, sys.executable, "-m", "meshsync", "start",
+                 str(self.sync), "--name", self.name, *args],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        wait_for(f"{self.name}'s control socket", self.is_running, 15)
+
+    def is_running(self) -> bool:
+        """Whether the node answers on its control socket."""
+        assert self.proc is not None, f"{self.name}'s node was never started"
+        assert self.proc.poll() is None, f"{self.name}'s node exited with {self.proc.returncode}"
+        return self.cli("id").returncode == 0
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a meshsync command here."""
+        return self.exec(sys.executable, "-m", "meshsync", *args, check=False)
+
+    def json(self, *args: str) -> Any:
+        """A meshsync command's `--json` output."""
+        result = self.cli(*args, "--json")
+        assert result.returncode == 0, f"{self.name}: meshsync {' '.join(args)}: {result.stderr}"
+        return json.loads(result.stdout)
+
+    def election(self) -> tuple[int, str | None]:
+        """(term, coordinator) as this node reports it."""
+        result = self.json("elect")
+        return result["term"], result["coordinator"]
+
+    def peer_states(self) -> dict[str, str]:
+        """Peer name -> state, as this node lists them (itself excluded)."""
+        return {p["name"]: p["state"] for p in self.json("peers") if not p["self"]}
+
+    def kill(self) -> None:
+        """Crash the node: SIGKILL to its whole process group, no goodbye of any kind."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        """`meshsync stop`, then wait for the process to exit."""
+        assert self.proc is not None
+        result = self.cli("stop")
+        assert result.returncode == 0, result.stderr
+        assert self.proc.wait(15) == 0
+
+    def trust(self, *others: Host) -> None:
+        """Put the others' public keys in this host's authorized_keys."""
+        with (self.home / ".ssh" / "authorized_keys").open("a") as f:
+            for other in others:
+                f.write(other.pub + "\n")
+
+
+class Lan:
+    """N hosts on one bridge, the bridge in a namespace of its own; nothing leaves the lab."""
+
+    def __init__(self, root: Path, count: int) -> None:
+        self.prefix = "ms" + secrets.token_hex(2)
+        self.root = root
+        self.switch = f"{self.prefix}sw"
+        run("ip", "netns", "add", self.switch)
+        self.hosts: list[Host] = []
+        try:
+            self._sw("ip", "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+            self._sw("ip", "link", "set", "br0", "up")
+            for i in range(1, count + 1):
+                self.add_host(i)
+        except BaseException:
+            self.close()
+            raise
+
+    def _sw(self, *cmd: str) -> subprocess.CompletedProcess[str]:
+        return run("ip", "netns", "exec", self.switch, *cmd)
+
+    def _nft(self, rules: str) -> None:
+        run("ip", "netns", "exec", self.switch, "nft", "-f", "-", input=rules)
+
+    def add_host(self, i: int) -> Host:
+        """Plug host i into the switch."""
+        host = Host(self, i)
+        run("ip", "netns", "add", host.ns)
+        self.hosts.append(host)
+        run("ip", "link", "add", "eth0", "netns", host.ns, "type", "veth",
+            "peer", "name", host.port_name, "netns", self.switch)
+        self._sw("ip", "link", "set", host.port_name, "master", "br0", "up")
+        for cmd in (
+            ["addr", "add", f"{host.ip}/24", "dev", "eth0"],
+            ["link", "set", "eth0", "up", "multicast", "on"],
+            ["link", "set", "lo", "up"],
+            ["route", "add", "224.0.0.0/4", "dev", "eth0"],
+        ):
+            run("ip", "-n", host.ns, *cmd)
+        return host
+
+    def trust_all(self) -> None:
+        """Every host trusts every other."""
+        for host in self.hosts:
+            host.trust(*(h for h in self.hosts if h is not host))
+
+    def by_id(self) -> list[Host]:
+        """The hosts, lowest node ID first: the order an election prefers them in."""
+        return sorted(self.hosts, key=lambda h: h.id)
+
+    def cut(self, host: Host) -> None:
+        """Partition `host` silently, like a dead switch port: it sees no error, peers silence."""
+        self._nft(f"""
+            table bridge cut_{host.name} {{
+                chain block {{
+                    type filter hook forward priority -300; policy accept;
+                    iifname "{host.port_name}" drop
+                    oifname "{host.port_name}" drop
+                }}
+            }}""")
+
+    def heal(self, host: Host) -> None:
+        """Undo `cut`."""
+        self._sw("nft", "delete", "table", "bridge", f"cut_{host.name}")
+
+    def block_multicast(self) -> None:
+        """Drop mDNS on the switch, as many Wi-Fi access points do."""
+        self._nft("""
+            table bridge no_mdns {
+                chain block {
+                    type filter hook forward priority -300; policy accept;
+                    udp dport 5353 drop
+                }
+            }""")
+
+    def close(self) -> None:
+        """Kill every node, delete every namespace."""
+        for host in self.hosts:
+            if host.proc is not None and host.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(host.proc.pid, signal.SIGKILL)
+                host.proc.wait(10)
+            run("ip", "netns", "del", host.ns, check=False)
+        run("ip", "netns", "del", self.switch, check=False)
+
+    def logs(self) -> str:
+        """Every host's node log, for a failing test's report."""
+        return "\n".join(
+            f"===== {h.name} ({h.id.short}) =====\n"
+            + (h.log.read_text(errors="replace") if h.log.exists() else "(no log)")
+            for h in self.hosts
+        )
