@@ -165,7 +165,8 @@ class Node:
         except PeerClosed:
             self._unreachable(address, closed=True)
         except PeerUnreachable as e:
-            log.debug("%s", e)
+            if self._roster.at(address) is None:  # never proven: tell the user once a minute
+                self._log_peer_input(address, f"does not answer as a meshsync node ({e})")
             self._unreachable(address, closed=False)
         else:
             self._take_reply(address, reply)
@@ -193,11 +194,12 @@ class Node:
                 del self._hints[address]
         trusted = self._trust.is_trusted(reply.key)
         if reply.status == 403:
-            _, new = self._roster.update(reply.key, trusted=trusted, trusts_us=False,
-                                         address=address, last_seen=self._clock.wall())
-            if new and trusted:
+            before = self._roster.get(peer_id)
+            self._roster.update(reply.key, trusted=trusted, trusts_us=False, address=address,
+                                last_seen=self._clock.wall())
+            if trusted and (before is None or before.trusts_us is not False):
                 self._log_untrusted_by(peer_id, address)
-            elif new:
+            elif before is None:
                 self._log_untrusted(peer_id, address)
             if self._election.is_up(peer_id):
                 self._feed(el.PeerLeft(peer_id, self._clock.now()))
@@ -413,7 +415,7 @@ class Node:
                         "meshsync trust %s", peer_id, address, self.id)
 
     def _log_peer_input(self, address: str, what: str) -> None:
-        if self._throttle.allow((address, what[:40]), self._clock.wall()):
+        if self._throttle.allow((address, what[:24]), self._clock.wall()):
             log.warning("peer at %s %s", address, what)
 
 

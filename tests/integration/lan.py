@@ -81,7 +81,14 @@ class Host:
         self.env_extra: dict[str, str] = {}
         (self.home / ".ssh").mkdir(parents=True, mode=0o700)
         self.key = self.home / ".ssh" / "id_ed25519"
-        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.name, "-f", str(self.key))
+        self.make_key()
+
+    def make_key(self, passphrase: str = "") -> None:
+        """A new ed25519 key made by ssh-keygen, replacing any before it."""
+        for path in (self.key, self.key.with_name("id_ed25519.pub")):
+            path.unlink(missing_ok=True)
+        run("ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", self.name,
+            "-f", str(self.key))
         self.pub = self.key.with_name("id_ed25519.pub").read_text().strip()
         self.id = NodeId.of_key(base64.b64decode(self.pub.split()[1]))
 

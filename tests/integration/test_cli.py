@@ -1,0 +1,98 @@
+"""The command line: the node's ID as ssh-keygen prints it, clear words when no node runs,
+and keys that live in ssh-agent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.lan import run, wait_for
+from tests.integration.test_election import agreed
+
+
+def test_id_is_what_ssh_keygen_prints_for_the_same_key(make_lan):
+    lan = make_lan(1)
+    (h1,) = lan.hosts
+    h1.start()
+    out = h1.cli("id").stdout.splitlines()
+    fingerprint = run("ssh-keygen", "-lf", str(h1.key.with_name("id_ed25519.pub"))).stdout
+    assert out[0] == fingerprint.split()[1]
+    assert out[1].split()[:2] == h1.pub.split()[:2]
+    assert h1.json("id")["id"] == out[0]
+
+
+def test_tables_show_what_the_json_shows(make_lan):
+    lan = make_lan(2)
+    h1, h2 = lan.hosts
+    lan.trust_all()
+    h1.start()
+    h2.start()
+    lowest = min(h1, h2, key=lambda h: h.id)
+    wait_for("agreement", lambda: agreed([h1, h2], lowest), 15)
+    table = h1.cli("peers").stdout.splitlines()
+    assert table[0].split() == ["ID", "NAME", "ADDRESS", "ROLE", "STATE", "LAST", "SEEN"]
+    row = next(line.split() for line in table if " h2 " in line)
+    assert row[:5] == [h2.id.short, "h2", f"{h2.ip}:22300",
+                       "coordinator" if lowest is h2 else "member", "online"]
+    assert h1.cli("elect").stdout.strip().startswith(f"coordinator {lowest.id} (term ")
+    status = h1.json("status")
+    assert status["folders"] == [{"id": "Sync", "path": str(h1.sync), "members": [str(h2.id)]}]
+    assert (h1.sync / ".meshsync").is_dir()
+
+
+@pytest.mark.parametrize("command", [["peers"], ["status"], ["elect"], ["elect", "--force"],
+                                     ["id"], ["stop"], ["trust", "SHA256:x"], ["peers", "--json"]])
+def test_commands_without_a_running_node_say_so_in_one_line_and_exit_1(tmp_path, command):
+    env = {**os.environ, "HOME": str(tmp_path), "MESHSYNC_HOME": str(tmp_path / "state")}
+    result = subprocess.run([sys.executable, "-m", "meshsync", *command], env=env,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("meshsync: no meshsync node is running")
+
+
+def test_a_second_node_on_the_same_state_directory_is_refused(make_lan):
+    lan = make_lan(1)
+    (h1,) = lan.hosts
+    h1.start()
+    second = h1.exec(sys.executable, "-m", "meshsync", "start", str(h1.sync), "--port", "22301",
+                     check=False)
+    assert second.returncode == 1
+    assert "already running" in second.stderr
+    assert h1.is_running()
+
+
+def test_passphrase_protected_key_signs_through_ssh_agent(make_lan, tmp_path):
+    lan = make_lan(2)
+    h1, h2 = lan.hosts
+    h1.make_key(passphrase="correct horse")
+    lan.trust_all()
+
+    without_agent = h1.exec(sys.executable, "-m", "meshsync", "start", str(h1.sync), check=False)
+    assert without_agent.returncode == 1
+    assert f"ssh-add {h1.key}" in without_agent.stderr
+
+    sock = Path(tmp_path) / "agent.sock"
+    with subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL) as agent:
+        try:
+            wait_for("ssh-agent's socket", sock.exists, 5)
+            askpass = tmp_path / "askpass"
+            askpass.write_text("#!/bin/sh\necho 'correct horse'\n")
+            askpass.chmod(0o700)
+            run("ssh-add", str(h1.key), env={**os.environ, "SSH_AUTH_SOCK": str(sock),
+                                              "SSH_ASKPASS": str(askpass),
+                                              "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"})
+            h1.env_extra["SSH_AUTH_SOCK"] = str(sock)
+            h1.start()
+            h2.start()
+            lowest = min(h1, h2, key=lambda h: h.id)
+            wait_for("the agent-signed node to be a member", lambda: agreed([h1, h2], lowest)
+                     and h2.peer_states() == {"h1": "online"}, 15)
+            h1.stop()  # before the agent goes away
+        finally:
+            agent.kill()

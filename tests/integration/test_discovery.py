@@ -1,0 +1,62 @@
+"""Nodes find each other by mDNS, or by --peer where multicast is blocked, on any port."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.integration.lan import wait_for
+from tests.integration.test_election import agreed
+
+
+def test_an_independent_mdns_client_sees_the_service_and_its_id(make_lan):
+    lan = make_lan(2)
+    h1, h2 = lan.hosts
+    lan.trust_all()
+    h1.start()
+    answer = wait_for("dig to get the PTR answer", lambda: (r := h2.exec(
+        "dig", "+time=2", "+tries=1", "-p", "5353", f"@{h1.ip}", "_meshsync._tcp.local", "PTR",
+        check=False)).returncode == 0 and "ANSWER SECTION" in r.stdout and r.stdout, 10)
+    instance = f"{h1.id.label}._meshsync._tcp.local."
+    assert f"_meshsync._tcp.local. 4500 IN PTR {instance}" in " ".join(answer.split())
+    assert f'"id={h1.id}"' in answer
+    assert '"v=1"' in answer
+    srv = h2.exec("dig", "+short", "-p", "5353", f"@{h1.ip}", instance, "SRV").stdout
+    assert srv.split()[2] == "22300"
+
+
+def test_static_peers_find_each_other_where_multicast_is_blocked(make_lan):
+    lan = make_lan(2)
+    h1, h2 = lan.hosts
+    lan.trust_all()
+    lan.block_multicast()
+    h1.start("--peer", f"{h2.ip}:22300")
+    h2.start()
+    lowest = min(h1, h2, key=lambda h: h.id)
+    wait_for("the two to agree without mDNS", lambda: agreed([h1, h2], lowest), 10)
+    assert h2.peer_states() == {"h1": "online"}
+
+
+def test_a_taken_port_falls_back_to_a_free_one_that_mdns_advertises(make_lan):
+    lan = make_lan(2)
+    h1, h2 = lan.hosts
+    lan.trust_all()
+    with subprocess.Popen(
+        ["ip", "netns", "exec", h1.ns, sys.executable, "-c",
+         "import socket,time; s=socket.socket(); s.bind(('0.0.0.0',22300)); s.listen(); "
+         "print('ready', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True,
+    ) as squatter:
+        try:
+            assert squatter.stdout is not None
+            assert squatter.stdout.readline().strip() == "ready"
+            h1.start()
+            h2.start()
+            me = next(r for r in h1.json("peers") if r["self"])
+            port = int(me["address"].rsplit(":", 1)[1])
+            assert port != 22300
+            wait_for("h2 to reach h1 on the port it advertised", lambda: any(
+                r["name"] == "h1" and r["address"] == f"{h1.ip}:{port}" and r["state"] == "online"
+                for r in h2.json("peers")), 10)
+            assert "port 22300 is taken; using a free one" in h1.log.read_text()
+        finally:
+            squatter.kill()
