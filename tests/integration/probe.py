@@ -15,7 +15,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from meshsync.core.signing import AUTHORIZATION, DIGEST, NONCE, SCHEME, TIME, RequestHead, body_digest
+from meshsync.core.signing import (
+    AUTHORIZATION,
+    DIGEST,
+    NONCE,
+    SCHEME,
+    TIME,
+    RequestHead,
+    body_digest,
+)
 from meshsync.core.wire import Hello
 from meshsync.crypto import sshsig
 from meshsync.crypto.keys import load_signer
@@ -33,10 +41,9 @@ def post(address: str, body: bytes, headers: dict[str, str]) -> int:
         return e.code
 
 
-def signed(signer: object, body: bytes, *, sent: float | None = None,
-           signed_body: bytes | None = None) -> dict[str, str]:
-    head = RequestHead("POST", PATH, "", f"{time.time() if sent is None else sent:.3f}",
-                       os.urandom(16).hex(), body_digest(body if signed_body is None else signed_body))
+def signed(signer: object, body: bytes, *, sent: float | None = None) -> dict[str, str]:
+    when = time.time() if sent is None else sent
+    head = RequestHead("POST", PATH, "", f"{when:.3f}", os.urandom(16).hex(), body_digest(body))
     signature = sshsig.sign(signer, head.canonical())  # type: ignore[arg-type]
     return {AUTHORIZATION: SCHEME + base64.b64encode(signature).decode(),
             TIME: head.time, NONCE: head.nonce, DIGEST: head.digest}
@@ -59,7 +66,8 @@ def main() -> None:
     results["bad_signature"] = post(address, body, tampered)
     results["stale"] = post(address, body, signed(signer, body, sent=time.time() - 120))
     results["from_the_future"] = post(address, body, signed(signer, body, sent=time.time() + 120))
-    results["garbage_body"] = post(address, b"\x00\xff not json", signed(signer, b"\x00\xff not json"))
+    garbage = b"\x00\xff not json"
+    results["garbage_body"] = post(address, garbage, signed(signer, garbage))
     print(json.dumps(results))
 
 

@@ -1,4 +1,4 @@
-"""A node survives peers that vanish, restart, or answer garbage: no crash, no hang, a clear line."""
+"""A node survives peers that vanish, restart or answer garbage: no crash, no hang, a clear line."""
 
 from __future__ import annotations
 
