@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 from dataclasses import dataclass
 
@@ -32,9 +31,13 @@ class NodeId:
             raise ValueError(f"not a node ID (expected SHA256: and 43 base64 characters): {text!r}")
         try:
             digest = base64.b64decode(text[len(_PREFIX) :] + "=", validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a non-ASCII character
             raise ValueError(f"not a node ID (bad base64): {text!r}") from None
-        return cls(digest)
+        node = cls(digest)
+        # Non-zero trailing bits would give one node a second spelling.
+        if str(node) != text:
+            raise ValueError(f"not a node ID (non-canonical base64): {text!r}")
+        return node
 
     def __str__(self) -> str:
         return _PREFIX + base64.b64encode(self.digest).decode().rstrip("=")

@@ -21,10 +21,11 @@ def check_folder_id(text: object) -> FolderId:
     if (
         not isinstance(text, str)
         or not text
-        or len(text.encode()) > 255
+        or len(text.encode(errors="surrogatepass")) > 255
         or "/" in text
         or "\0" in text
         or text in (".", "..")
+        or any("\ud800" <= c <= "\udfff" for c in text)  # JSON's lone surrogates: no file name
     ):
         raise WireError(f"bad folder ID: {text!r}")
     return FolderId(text)
@@ -84,7 +85,7 @@ def _object(body: bytes, limit: int) -> dict[str, Any]:
         raise WireError(f"message too large ({len(body)} bytes, limit {limit})")
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or syntax, 4300+ digits, deep nesting
         raise WireError(f"not JSON: {e}") from None
     if not isinstance(data, dict):
         raise WireError("message must be a JSON object")

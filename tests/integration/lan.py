@@ -104,6 +104,11 @@ class Host:
         return run("ip", "netns", "exec", self.ns, *cmd, env=self.env, **kw)
 
     def start(self, *args: str) -> None:
+        """Start `meshsync start ~/Sync` here and wait until it answers on its control socket."""
+        self.launch(*args)
+        wait_for(f"{self.name}'s control socket", self.is_running, 15)
+
+    def launch(self, *args: str) -> None:
         """Start `meshsync start ~/Sync` here, in the background, logging to node.log."""
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} already runs"
         with self.log.open("ab") as log:
@@ -113,7 +118,6 @@ class Host:
                  str(self.sync), "--name", self.name, *args],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        wait_for(f"{self.name}'s control socket", self.is_running, 15)
 
     def is_running(self) -> bool:
         """Whether the node answers on its control socket."""

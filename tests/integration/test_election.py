@@ -18,9 +18,12 @@ def agreed(hosts: list[Host], coordinator: Host, above_term: int = 0) -> int | N
 
 
 def start_all(lan: Lan) -> None:
+    """Start every host at once, as machines switched on together."""
     lan.trust_all()
     for host in lan.hosts:
-        host.start()
+        host.launch()
+    for host in lan.hosts:
+        wait_for(f"{host.name} to answer", host.is_running, 15)
 
 
 def test_three_hosts_agree_on_the_lowest_id(make_lan):

@@ -1,0 +1,1 @@
+"""Benchmarks: figures printed beside a baseline; they assert nothing about time."""
