@@ -88,11 +88,12 @@ class Node:
 
     def note_untrusted(self, public_blob: bytes, address: str) -> None:
         """A peer proved its key to us, but the user does not trust it: list it, accept nothing."""
-        known = self._roster.get(NodeId.of_key(public_blob))
-        self._roster.update(public_blob, trusted=False, last_seen=self._clock.wall(),
-                            address=known.address if known else None)
-        if known is None:
-            self._log_untrusted(NodeId.of_key(public_blob), address)
+        self._remember_stranger(public_blob, address)
+
+    def _remember_stranger(self, key: bytes, seen_at: str, **known: Any) -> None:
+        _, new = self._roster.update(key, trusted=False, last_seen=self._clock.wall(), **known)
+        if new:
+            self._log_untrusted(NodeId.of_key(key), seen_at)
 
     # -- running -------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -205,9 +206,8 @@ class Node:
                 self._feed(el.PeerLeft(peer_id, self._clock.now()))
             return
         if not trusted:
-            self.note_untrusted(reply.key, address)
-            self._roster.update(reply.key, address=address,
-                                name=hint.claimed_name if hint and hint.claimed_name else "?")
+            name = hint.claimed_name if hint and hint.claimed_name else "?"
+            self._remember_stranger(reply.key, address, address=address, name=name)
             return
         if reply.status != 200:
             self._log_peer_input(address, f"answered HTTP {reply.status}: {reply.body[:200]!r}")

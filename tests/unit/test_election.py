@@ -162,3 +162,15 @@ def test_live_lists_members_lowest_first_and_drops_the_down():
     e.handle(PeerLeft(A, 0.2))
     assert e.live() == [B, C]
     assert not e.is_up(A)
+
+
+def test_coordinator_that_leaves_right_after_we_follow_it_is_replaced_at_once():
+    e = Election(me=B, started=0.0)
+    e.handle(PeerHeard(A, 2, A, 1.0))
+    assert e.handle(PeerLeft(A, 1.1)) == [
+        MarkDown(A, "left"),
+        OpenElection(3),
+        Broadcast(),
+        FollowCoordinator(B, 3),
+        Broadcast(),
+    ]
