@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
@@ -65,7 +64,7 @@ def decode_signature(value: str | None, scheme: str = SCHEME) -> bytes:
         raise AuthError("unsigned request")
     try:
         return base64.b64decode(value[len(scheme) :], validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a non-ASCII character in the header
         raise AuthError("signature is not base64") from None
 
 
@@ -75,7 +74,8 @@ def auth_middleware(credentials: Credentials, wall: Callable[[], float]) -> web.
     throttle = Throttle()
 
     def refuse(request: web.Request, status: int, reason: str) -> web.Response:
-        if throttle.allow((request.remote, reason), wall()):
+        # Keyed on the kind of refusal, not its detail: a peer chooses the clock offset or key.
+        if throttle.allow((request.remote, status, reason.partition(":")[0]), wall()):
             log.warning("refused %s %s from %s: %s", request.method, request.path,
                         request.remote, reason)
         return web.json_response({"error": reason}, status=status)

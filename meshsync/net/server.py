@@ -40,6 +40,15 @@ def make_app(
     return app
 
 
+async def serve(app: web.Application, sock: socket.socket) -> web.AppRunner:
+    """Serve `app` on a bound socket; `cleanup()` on the result stops it."""
+    # A short shutdown: peers retry, and a node on its way out must not wait a minute.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    return runner
+
+
 def bind(port: int | None, host: str = "0.0.0.0") -> socket.socket:  # noqa: S104 (a LAN service)
     """A listening socket on `port` (default 22300); a free port if that one is taken."""
     wanted = DEFAULT_PORT if port is None else port

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshsync.core.errors import WireError
 from meshsync.core.wire import FolderId, check_folder_id
 
 
@@ -59,7 +60,13 @@ def folders_from(dirs: list[str], alias: str | None) -> tuple[Folder, ...]:
     folders = []
     for d in dirs:
         path = Path(d).expanduser().resolve()
-        folders.append(Folder(check_folder_id(alias or path.name), path))
+        try:
+            folders.append(Folder(check_folder_id(alias or path.name), path))
+        except WireError:
+            raise ValueError(
+                f"{alias or path.name!r} cannot be a folder ID (it names the folder to peers): "
+                "give another with --as NAME"
+            ) from None
     ids = [f.id for f in folders]
     if len(set(ids)) != len(ids):
         raise ValueError("two folders share one folder ID: give one of them another with --as")

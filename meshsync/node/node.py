@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from meshsync.control import server as control_server
 from meshsync.control.protocol import ControlError
 from meshsync.core import election as el
@@ -27,7 +25,7 @@ from meshsync.crypto.keys import Signer, public_key_line
 from meshsync.crypto.trust import PublicKey, TrustStore, parse_key_line
 from meshsync.net.client import PeerClient, PeerClosed, PeerUnreachable, Reply
 from meshsync.net.discovery import Advert, Discovery, own_addresses
-from meshsync.net.server import bind, make_app
+from meshsync.net.server import bind, make_app, serve
 from meshsync.node.clock import Clock
 from meshsync.node.config import Config, control_socket
 
@@ -107,10 +105,7 @@ class Node:
             loop.add_signal_handler(sig, self._stop.set)
         sock = bind(self.config.port)
         self.port = sock.getsockname()[1]
-        runner = web.AppRunner(make_app(self, self._clock.wall, self.handle_hello),
-                               access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.SockSite(runner, sock).start()
+        runner = await serve(make_app(self, self._clock.wall, self.handle_hello), sock)
         control = await control_server.serve(control_socket(self.config.state), self.dispatch)
         discovery = Discovery(self.id.label, str(self.id), self.config.name, self.port,
                               self._on_advert, self._on_mdns_goodbye)

@@ -56,6 +56,18 @@ def test_commands_without_a_running_node_say_so_in_one_line_and_exit_1(tmp_path,
     assert result.stderr.startswith("meshsync: no meshsync node is running")
 
 
+@pytest.mark.parametrize("args", [["--as", "a/b", "DIR"], ["--as", "..", "DIR"], ["/"]])
+def test_a_folder_that_cannot_be_named_is_refused_in_one_line(tmp_path, args):
+    args = [str(tmp_path / "Sync") if a == "DIR" else a for a in args]
+    env = {**os.environ, "HOME": str(tmp_path), "MESHSYNC_HOME": str(tmp_path / "state")}
+    result = subprocess.run([sys.executable, "-m", "meshsync", "start", *args], env=env,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "cannot be a folder ID" in result.stderr
+    assert not (tmp_path / "Sync").exists()
+
+
 def test_a_second_node_on_the_same_state_directory_is_refused(make_lan):
     lan = make_lan(1)
     (h1,) = lan.hosts
