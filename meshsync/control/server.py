@@ -43,6 +43,12 @@ async def serve(path: Path, dispatch: Dispatch) -> asyncio.Server:
     return server
 
 
+def close(server: asyncio.Server, path: Path) -> None:
+    """Stop answering and remove the socket, so the CLI says no node runs."""
+    server.close()
+    _remove_stale(path)
+
+
 def _restrict(path: Path) -> None:
     """Only the owner may command the node (the state directory is 0700 too)."""
     path.chmod(0o600)

@@ -42,15 +42,16 @@ class Advert:
 class Discovery:
     """Registers our service, browses for others and reports adverts and goodbyes."""
 
-    def __init__(
-        self,
-        label: str,
-        node_id: str,
-        name: str,
-        port: int,
-        on_found: Callable[[Advert], None],
-        on_gone: Callable[[str], None],
-    ) -> None:
+    def __init__(self, on_found: Callable[[Advert], None], on_gone: Callable[[str], None]) -> None:
+        self._info: AsyncServiceInfo | None = None
+        self._on_found = on_found
+        self._on_gone = on_gone
+        self._azc: AsyncZeroconf | None = None
+        self._browser: AsyncServiceBrowser | None = None
+        self._resolving: set[asyncio.Task[None]] = set()
+
+    async def run(self, label: str, node_id: str, name: str, port: int) -> None:
+        """Advertise and browse until cancelled; the goodbye is sent by `close`."""
         self._info = AsyncServiceInfo(
             SERVICE,
             f"{label}.{SERVICE}",
@@ -59,14 +60,6 @@ class Discovery:
             server=f"{label}.local.",
             addresses=[socket.inet_aton(a) for a in own_addresses()],
         )
-        self._on_found = on_found
-        self._on_gone = on_gone
-        self._azc: AsyncZeroconf | None = None
-        self._browser: AsyncServiceBrowser | None = None
-        self._resolving: set[asyncio.Task[None]] = set()
-
-    async def run(self) -> None:
-        """Advertise and browse until cancelled; the goodbye is sent by `close`."""
         self._azc = AsyncZeroconf(ip_version=IPVersion.V4Only)
         # The node ID is in the instance name, so names are unique by construction and the
         # ~1.2 s of probing for a conflict can be skipped.
@@ -86,14 +79,15 @@ class Discovery:
             return
         if self._browser is not None:
             await self._browser.async_cancel()
-        with contextlib.suppress(Exception):  # a goodbye is best effort on the way out
-            await (await self._azc.async_unregister_service(self._info))
+        if self._info is not None:
+            with contextlib.suppress(Exception):  # a goodbye is best effort on the way out
+                await (await self._azc.async_unregister_service(self._info))
         await self._azc.async_close()
 
     def _on_change(
         self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
-        if name == self._info.name:
+        if self._info is not None and name == self._info.name:
             return
         if state_change is ServiceStateChange.Removed:
             self._on_gone(name)

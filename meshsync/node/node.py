@@ -96,25 +96,32 @@ class Node:
     # -- running -------------------------------------------------------------------------------
     async def run(self) -> None:
         """Run until `meshsync stop`, SIGTERM or SIGINT; leave the mesh cleanly."""
-        lock = _lock(self.config.state)
-        for folder in self.config.folders:
-            # The marker tells sync (next) that the folder is really there, not an empty mount.
-            (folder.path / ".meshsync").mkdir(parents=True, exist_ok=True)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # before mDNS: a signal mid-way still says bye
-            loop.add_signal_handler(sig, self._stop.set)
-        sock = bind(self.config.port)
-        self.port = sock.getsockname()[1]
-        runner = await serve(make_app(self, self._clock.wall, self.handle_hello), sock)
-        control = await control_server.serve(control_socket(self.config.state), self.dispatch)
-        discovery = Discovery(self.id.label, str(self.id), self.config.name, self.port,
-                              self._on_advert, self._on_mdns_goodbye)
-        log.info("node %s (%s) listening on port %d; folders: %s", self.id, self.config.name,
-                 self.port, ", ".join(f"{f.id}={f.path}" for f in self.config.folders))
-        try:
-            async with PeerClient(self, self._clock.wall) as client, asyncio.TaskGroup() as tg:
+        # Parts close in the reverse order they opened: the peer endpoint stops answering
+        # before the mDNS goodbye goes out, so a peer that checks finds the port closed.
+        async with contextlib.AsyncExitStack() as parts:
+            parts.callback(_lock(self.config.state).close)
+            for folder in self.config.folders:
+                # The marker tells sync that the folder is really there, not an empty mount point.
+                (folder.path / ".meshsync").mkdir(parents=True, exist_ok=True)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):  # before mDNS: a signal mid-way says bye
+                loop.add_signal_handler(sig, self._stop.set)
+            discovery = Discovery(self._on_advert, self._on_mdns_goodbye)
+            parts.push_async_callback(discovery.close)
+            sock = bind(self.config.port)
+            self.port = sock.getsockname()[1]
+            runner = await serve(make_app(self, self._clock.wall, self.handle_hello), sock)
+            parts.push_async_callback(runner.cleanup)
+            path = control_socket(self.config.state)
+            control = await control_server.serve(path, self.dispatch)
+            parts.callback(control_server.close, control, path)
+            client = await parts.enter_async_context(PeerClient(self, self._clock.wall))
+            log.info("node %s (%s) listening on port %d; folders: %s", self.id, self.config.name,
+                     self.port, ", ".join(f"{f.id}={f.path}" for f in self.config.folders))
+            async with asyncio.TaskGroup() as tg:
                 tasks = [
-                    tg.create_task(discovery.run(), name="discovery"),
+                    tg.create_task(discovery.run(self.id.label, str(self.id), self.config.name,
+                                                 self.port), name="discovery"),
                     tg.create_task(self._heartbeats(client, tg), name="heartbeats"),
                     tg.create_task(self._ticks(), name="election timer"),
                 ]
@@ -123,15 +130,6 @@ class Node:
                 for task in tasks:
                     task.cancel()
                 await self._say_goodbye(client)
-        finally:
-            log.debug("closing the peer endpoint")
-            await runner.cleanup()  # stop answering before the mDNS goodbye goes out
-            log.debug("saying goodbye on mDNS")
-            await discovery.close()
-            control.close()
-            with contextlib.suppress(FileNotFoundError):
-                control_socket(self.config.state).unlink()
-            lock.close()
         log.info("stopped")
 
     async def _heartbeats(self, client: PeerClient, tg: asyncio.TaskGroup) -> None:
@@ -150,7 +148,8 @@ class Node:
             await asyncio.sleep(TICK)
 
     def _addresses_to_contact(self, now: float) -> list[str]:
-        known = {p.address for p in self._roster if p.address and p.trusted}
+        # Strangers too: each answer re-checks trust, so an edit of authorized_keys takes effect.
+        known = {p.address for p in self._roster if p.address}
         hinted = {a for a, h in self._hints.items() if h.next_try <= now}
         return sorted((known | hinted) - self._inflight)
 
@@ -294,8 +293,7 @@ class Node:
             return
         for ip in advert.addresses:
             address = f"{ip}:{advert.port}"
-            known = self._roster.at(address)
-            if known is None or not known.trusted:
+            if self._roster.at(address) is None:
                 hint = self._hints.setdefault(address, _Hint())
                 hint.claimed_id, hint.claimed_name, hint.next_try = (
                     advert.claimed_id, advert.claimed_name, 0.0)

@@ -17,6 +17,7 @@ from meshsync.crypto import sshsig
 from meshsync.crypto.agent import AgentError, AgentSigner, list_identities
 from meshsync.crypto.keys import KeyLoadError, load_public_blob, load_signer
 from meshsync.crypto.sshwire import Reader
+from tests.component.openssh import ssh_keygen_verify
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ssh-agent") is None
@@ -84,25 +85,6 @@ def ssh_add(sock: str, key: Path, tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-
-
-def ssh_keygen_verify(tmp: Path, key: Path, armored: str, message: bytes) -> bool:
-    (tmp / "allowed").write_text("someone " + Path(f"{key}.pub").read_text())
-    (tmp / "sig").write_text(armored)
-    cmd = [
-        "ssh-keygen",
-        "-Y",
-        "verify",
-        "-f",
-        str(tmp / "allowed"),
-        "-I",
-        "someone",
-        "-n",
-        "meshsync",
-        "-s",
-        str(tmp / "sig"),
-    ]
-    return subprocess.run(cmd, input=message, capture_output=True).returncode == 0
 
 
 @pytest.mark.parametrize("kind", list(KEY_ARGS))

@@ -13,6 +13,7 @@ from meshsync.crypto import sshsig
 from meshsync.crypto.keys import load_public_blob, load_signer
 from meshsync.crypto.sshsig import BadSignature
 from meshsync.crypto.sshwire import put_string, put_u32
+from tests.component.openssh import ssh_keygen_verify
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen missing")
 
@@ -36,25 +37,6 @@ def key(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def good(key: Path) -> bytes:
     return sshsig.sign(load_signer(key, None), b"the message")
-
-
-def ssh_keygen_verify(tmp: Path, key: Path, armored: str, message: bytes) -> bool:
-    (tmp / "allowed").write_text("someone " + Path(f"{key}.pub").read_text())
-    (tmp / "sig").write_text(armored)
-    cmd = [
-        "ssh-keygen",
-        "-Y",
-        "verify",
-        "-f",
-        str(tmp / "allowed"),
-        "-I",
-        "someone",
-        "-n",
-        "meshsync",
-        "-s",
-        str(tmp / "sig"),
-    ]
-    return subprocess.run(cmd, input=message, capture_output=True).returncode == 0
 
 
 def test_our_signature_verifies_with_ssh_keygen(key: Path, tmp_path: Path) -> None:

@@ -23,6 +23,10 @@ def test_an_independent_mdns_client_sees_the_service_and_its_id(make_lan):
     assert '"v=1"' in answer
     srv = h2.exec("dig", "+short", "-p", "5353", f"@{h1.ip}", instance, "SRV").stdout
     assert srv.split()[2] == "22300"
+    txt = h2.exec("dig", "+short", "-p", "5353", f"@{h1.ip}", instance, "TXT").stdout
+    strings = [s.strip('"') for s in txt.split()]
+    assert sorted(strings) == sorted([f"id={h1.id}", "v=1", "name=h1"])
+    assert sum(len(s) + 1 for s in strings) < 200  # one length byte per string
 
 
 def test_static_peers_find_each_other_where_multicast_is_blocked(make_lan):

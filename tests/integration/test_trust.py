@@ -81,3 +81,16 @@ def test_trust_refuses_what_is_neither_a_key_nor_a_known_peer(make_lan):
     assert result.returncode == 1
     assert "not a public key line nor the ID of a discovered peer" in result.stderr
     assert not (h1.home / ".local/state/meshsync/trusted_keys").exists()
+
+
+def test_a_key_added_to_authorized_keys_is_trusted_without_a_restart(make_lan):
+    lan = make_lan(2)
+    h1, h2 = lan.hosts
+    h2.trust(h1)
+    h1.start()
+    h2.start()
+    wait_for("h1 to list h2 as untrusted", lambda: h1.peer_states() == {"h2": "untrusted"}, 10)
+    h1.trust(h2)  # the user edits ~/.ssh/authorized_keys by hand
+    lowest = min(h1, h2, key=lambda h: h.id)
+    wait_for("the two to form a mesh", lambda: agreed([h1, h2], lowest)
+             and h1.peer_states() == {"h2": "online"}, 10)
