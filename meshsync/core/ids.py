@@ -48,6 +48,11 @@ class NodeId:
         return str(self)[len(_PREFIX) : len(_PREFIX) + 8]
 
     @property
+    def key(self) -> str:
+        """The node's key in version vectors: 16 hex digits of its digest."""
+        return self.digest[:8].hex()
+
+    @property
     def label(self) -> str:
         """A DNS-safe label unique to this ID, used as the mDNS instance name."""
         return "meshsync-" + self.digest[:12].hex()

@@ -1,0 +1,143 @@
+"""File records: one version of one path (content as block hashes, metadata, version vector)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from meshsync.core.errors import WireError
+from meshsync.core.paths import RelPath, check_path
+from meshsync.core.vclock import Vector
+
+BLOCK_SIZE = 128 * 1024
+MAX_SIZE = 2**53
+MAX_TARGET = 4096
+
+
+class Kind(StrEnum):
+    """What a path is."""
+
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """One version of one path. A deleted path keeps its record as a tombstone."""
+
+    path: RelPath
+    kind: Kind
+    version: Vector
+    origin: str  # `NodeId.key` of the node that made this version
+    deleted: bool = False
+    size: int = 0
+    mode: int = 0o644  # permission bits only
+    mtime_ns: int = 0
+    blocks: tuple[bytes, ...] = ()  # SHA-256 of each BLOCK_SIZE block, in order
+    target: str = ""  # a symlink's target, as the link holds it
+
+    def same_content(self, other: FileRecord) -> bool:
+        """Whether both are the same bytes, link or directory (metadata aside)."""
+        return (self.kind, self.deleted, self.blocks, self.target, self.size) == (
+            other.kind, other.deleted, other.blocks, other.target, other.size)
+
+    def same_metadata(self, other: FileRecord) -> bool:
+        """Whether content, mode and mtime all agree: nothing on disk would change."""
+        return self.same_content(other) and (self.mode, self.mtime_ns) == (
+            other.mode, other.mtime_ns)
+
+    def tombstone(self, version: Vector, origin: str) -> FileRecord:
+        """This path deleted, as a new version."""
+        return replace(self, version=version, origin=origin, deleted=True, size=0, blocks=(),
+                       target="")
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form."""
+        return {
+            "path": self.path,
+            "kind": self.kind.value,
+            "version": self.version.to_json(),
+            "origin": self.origin,
+            "deleted": self.deleted,
+            "size": self.size,
+            "mode": self.mode,
+            "mtime_ns": self.mtime_ns,
+            "blocks": [b.hex() for b in self.blocks],
+            "target": self.target,
+        }
+
+    def canonical(self, folder: str) -> bytes:
+        """The bytes the origin signs: the record in one fixed form, bound to its folder."""
+        return json.dumps([folder, self.to_json()], sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: object) -> FileRecord:
+        """Parse and validate a peer's record; WireError says what is wrong."""
+        if not isinstance(data, dict):
+            raise WireError("a record must be an object")
+        try:
+            kind = Kind(str(data.get("kind")))
+        except ValueError:
+            raise WireError(f"bad kind {str(data.get('kind'))[:20]!r}") from None
+        deleted = data.get("deleted")
+        origin = data.get("origin")
+        target = data.get("target", "")
+        blocks = data.get("blocks", [])
+        if not isinstance(deleted, bool):
+            raise WireError("deleted must be true or false")
+        if not isinstance(origin, str) or len(origin) != 16:
+            raise WireError("bad origin")
+        if not isinstance(target, str) or len(target) > MAX_TARGET or "\0" in target:
+            raise WireError("bad symlink target")
+        size = _int(data, "size", 0, MAX_SIZE)
+        if not isinstance(blocks, list) or len(blocks) != _block_count(kind, deleted, size):
+            raise WireError("blocks do not match the size")
+        record = cls(
+            path=check_path(data.get("path")),
+            kind=kind,
+            version=Vector.from_json(data.get("version")),
+            origin=origin,
+            deleted=deleted,
+            size=size,
+            mode=_int(data, "mode", 0, 0o7777),
+            mtime_ns=_int(data, "mtime_ns", -(2**62), 2**62),
+            blocks=tuple(_digest(b) for b in blocks),
+            target=target,
+        )
+        if kind is not Kind.SYMLINK and target:
+            raise WireError("only a symlink has a target")
+        if not record.version.counters:
+            raise WireError("a record needs a version")
+        return record
+
+
+def block_count(size: int) -> int:
+    """How many blocks a file of `size` bytes has (an empty file has none)."""
+    return -(-size // BLOCK_SIZE)
+
+
+def _block_count(kind: Kind, deleted: bool, size: int) -> int:
+    if kind is not Kind.FILE or deleted:
+        if size:
+            raise WireError("only a file that exists has a size")
+        return 0
+    return block_count(size)
+
+
+def _int(data: dict[str, Any], key: str, low: int, high: int) -> int:
+    value = data.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise WireError(f"{key} must be an integer in [{low}, {high}]")
+    return value
+
+
+def _digest(text: object) -> bytes:
+    if not isinstance(text, str) or len(text) != 64:
+        raise WireError("a block hash is 64 hex digits")
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise WireError("a block hash is 64 hex digits") from None
