@@ -24,7 +24,7 @@ def start(args: argparse.Namespace) -> int:
         datefmt="%Y-%m-%d %H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("zeroconf", "aiohttp", "asyncio"):
+    for noisy in ("zeroconf", "aiohttp", "asyncio", "watchfiles"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     state = state_dir()
     ssh_dir = Path.home() / ".ssh"

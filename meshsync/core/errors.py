@@ -11,3 +11,7 @@ class WireError(MeshsyncError):
 
 class AuthError(MeshsyncError):
     """A request is unsigned, badly signed, stale or replayed."""
+
+
+class Refused(MeshsyncError):
+    """A well-formed request this node will not serve (a folder it does not share with you)."""

@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from meshsync.core.errors import WireError
+from meshsync.core.fields import check_digest, check_int
 from meshsync.core.paths import RelPath, check_path
 from meshsync.core.vclock import Vector
 
@@ -34,7 +35,7 @@ class FileRecord:
     origin: str  # `NodeId.key` of the node that made this version
     deleted: bool = False
     size: int = 0
-    mode: int = 0o644  # permission bits only
+    mode: int = 0o644  # permission bits only (no setuid, setgid or sticky)
     mtime_ns: int = 0
     blocks: tuple[bytes, ...] = ()  # SHA-256 of each BLOCK_SIZE block, in order
     target: str = ""  # a symlink's target, as the link holds it
@@ -92,7 +93,7 @@ class FileRecord:
             raise WireError("bad origin")
         if not isinstance(target, str) or len(target) > MAX_TARGET or "\0" in target:
             raise WireError("bad symlink target")
-        size = _int(data, "size", 0, MAX_SIZE)
+        size = check_int(data, "size", 0, MAX_SIZE)
         if not isinstance(blocks, list) or len(blocks) != _block_count(kind, deleted, size):
             raise WireError("blocks do not match the size")
         record = cls(
@@ -102,9 +103,9 @@ class FileRecord:
             origin=origin,
             deleted=deleted,
             size=size,
-            mode=_int(data, "mode", 0, 0o7777),
-            mtime_ns=_int(data, "mtime_ns", -(2**62), 2**62),
-            blocks=tuple(_digest(b) for b in blocks),
+            mode=check_int(data, "mode", 0, 0o777),
+            mtime_ns=check_int(data, "mtime_ns", -(2**62), 2**62),
+            blocks=tuple(check_digest(b) for b in blocks),
             target=target,
         )
         if kind is not Kind.SYMLINK and target:
@@ -125,19 +126,3 @@ def _block_count(kind: Kind, deleted: bool, size: int) -> int:
             raise WireError("only a file that exists has a size")
         return 0
     return block_count(size)
-
-
-def _int(data: dict[str, Any], key: str, low: int, high: int) -> int:
-    value = data.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise WireError(f"{key} must be an integer in [{low}, {high}]")
-    return value
-
-
-def _digest(text: object) -> bytes:
-    if not isinstance(text, str) or len(text) != 64:
-        raise WireError("a block hash is 64 hex digits")
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise WireError("a block hash is 64 hex digits") from None

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 from dataclasses import dataclass
 from typing import Any, NewType
 
 from meshsync.core.errors import WireError
+from meshsync.core.fields import check_digest, check_int
 from meshsync.core.ids import NodeId
+from meshsync.core.records import BLOCK_SIZE, FileRecord
 
 FolderId = NewType("FolderId", str)
 
 MAX_HELLO_BYTES = 64 * 1024
 MAX_FOLDERS = 256
 MAX_NAME = 64
+MAX_BATCH_RECORDS = 2000
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+MAX_BLOCKS_PER_REQUEST = 64  # 8 MiB of 128 KiB blocks: the most one answer holds in memory
 
 
 def check_folder_id(text: object) -> FolderId:
@@ -72,9 +79,9 @@ class Hello:
             raise WireError("leaving must be true or false")
         return cls(
             name=name,
-            port=_int(data, "port", 1, 65535),
+            port=check_int(data, "port", 1, 65535),
             folders=frozenset(check_folder_id(f) for f in folders),
-            term=_int(data, "term", 0, 2**53),
+            term=check_int(data, "term", 0, 2**53),
             coordinator=None if coordinator is None else _node_id(coordinator),
             leaving=leaving,
         )
@@ -92,11 +99,6 @@ def _object(body: bytes, limit: int) -> dict[str, Any]:
     return data
 
 
-def _int(data: dict[str, Any], key: str, low: int, high: int) -> int:
-    value = data.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise WireError(f"{key} must be an integer in [{low}, {high}]")
-    return value
 
 
 def _node_id(text: object) -> NodeId:
@@ -106,3 +108,127 @@ def _node_id(text: object) -> NodeId:
         return NodeId.parse(text)
     except ValueError as e:
         raise WireError(str(e)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """A record with its origin's SSHSIG over `record.canonical(folder)`."""
+
+    record: FileRecord
+    signature: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form."""
+        signature = base64.b64encode(self.signature).decode()
+        return {"record": self.record.to_json(), "signature": signature}
+
+    @classmethod
+    def from_json(cls, data: object) -> Signed:
+        """Parse one signed record (the signature is checked by the caller, who knows keys)."""
+        if not isinstance(data, dict):
+            raise WireError("a signed record must be an object")
+        signature = data.get("signature")
+        if not isinstance(signature, str) or len(signature) > 8192:
+            raise WireError("bad record signature")
+        try:
+            raw = base64.b64decode(signature, validate=True)
+        except ValueError:
+            raise WireError("record signature is not base64") from None
+        return cls(FileRecord.from_json(data.get("record")), raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """A batch of signed records of one folder: a change notice, or a page of an index."""
+
+    folder: FolderId
+    records: tuple[Signed, ...]
+    epoch: str = ""  # the sender's index identity, for catch-up bookkeeping
+    seq: int = 0  # the sender's highest index sequence covered by this page
+
+    def to_json(self) -> bytes:
+        """The message body."""
+        return json.dumps({
+            "folder": self.folder, "epoch": self.epoch, "seq": self.seq,
+            "records": [s.to_json() for s in self.records],
+        }, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes) -> Records:
+        """Parse a batch; WireError says what is wrong with the first bad part."""
+        data = _object(body, MAX_BATCH_BYTES)
+        records = data.get("records")
+        epoch = data.get("epoch", "")
+        if not isinstance(records, list) or len(records) > MAX_BATCH_RECORDS:
+            raise WireError(f"records must be a list of at most {MAX_BATCH_RECORDS}")
+        if not isinstance(epoch, str) or len(epoch) > 64:
+            raise WireError("bad epoch")
+        return cls(
+            folder=check_folder_id(data.get("folder")),
+            records=tuple(Signed.from_json(r) for r in records),
+            epoch=epoch,
+            seq=check_int({"seq": data.get("seq", 0)}, "seq", 0, 2**63),  # notices carry none
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IndexRequest:
+    """Ask a peer for its index entries after `since` (catch-up)."""
+
+    folder: FolderId
+    since: int
+
+    def to_json(self) -> bytes:
+        """The message body."""
+        return json.dumps({"folder": self.folder, "since": self.since}).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes) -> IndexRequest:
+        """Parse; WireError if bad."""
+        data = _object(body, 4096)
+        return cls(check_folder_id(data.get("folder")), check_int(data, "since", 0, 2**63))
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRequest:
+    """Ask a peer for blocks by hash."""
+
+    folder: FolderId
+    hashes: tuple[bytes, ...]
+
+    def to_json(self) -> bytes:
+        """The message body."""
+        hashes = [h.hex() for h in self.hashes]
+        return json.dumps({"folder": self.folder, "hashes": hashes}).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes) -> BlockRequest:
+        """Parse; WireError if bad."""
+        data = _object(body, 256 * 1024)
+        hashes = data.get("hashes")
+        if not isinstance(hashes, list) or not 0 < len(hashes) <= MAX_BLOCKS_PER_REQUEST:
+            raise WireError(f"hashes must be a list of 1 to {MAX_BLOCKS_PER_REQUEST}")
+        return cls(check_folder_id(data.get("folder")), tuple(check_digest(h) for h in hashes))
+
+
+def pack_blocks(blocks: list[bytes | None]) -> bytes:
+    """The answer to a BlockRequest: per hash asked, u32 length then data (length 0: absent)."""
+    return b"".join(struct.pack(">I", len(b or b"")) + (b or b"") for b in blocks)
+
+
+def unpack_blocks(body: bytes, count: int) -> list[bytes | None]:
+    """Split a block answer; WireError if it does not hold exactly `count` entries."""
+    out: list[bytes | None] = []
+    at = 0
+    for _ in range(count):
+        if at + 4 > len(body):
+            raise WireError("block answer is truncated")
+        (size,) = struct.unpack_from(">I", body, at)
+        at += 4
+        if size > BLOCK_SIZE or at + size > len(body):
+            raise WireError("block answer has a bad length")
+        out.append(body[at : at + size] or None)
+        at += size
+    if at != len(body):
+        raise WireError("block answer has trailing bytes")
+    return out

@@ -13,6 +13,7 @@ from typing import Protocol
 import aiohttp
 
 from meshsync.core.errors import AuthError
+from meshsync.core.records import BLOCK_SIZE
 from meshsync.core.signing import (
     AUTHORIZATION,
     DIGEST,
@@ -24,7 +25,15 @@ from meshsync.core.signing import (
     body_digest,
     response_canonical,
 )
-from meshsync.core.wire import MAX_HELLO_BYTES, Hello
+from meshsync.core.wire import (
+    MAX_BATCH_BYTES,
+    MAX_HELLO_BYTES,
+    BlockRequest,
+    Hello,
+    IndexRequest,
+    Records,
+    unpack_blocks,
+)
 from meshsync.net.auth import decode_signature
 
 MAX_ANSWER = 1024 * 1024
@@ -40,6 +49,10 @@ class PeerClosed(PeerError):
 
 class PeerUnreachable(PeerError):
     """The peer did not answer in time, or answered something that is not a signed answer."""
+
+
+class PeerRefused(PeerError):
+    """The peer answered, signed, with a refusal or an error."""
 
 
 class Signing(Protocol):
@@ -86,6 +99,31 @@ class PeerClient:
         """Post our hello; the answer (if 200) is the peer's hello."""
         return await self.post(address, "/v1/hello", hello.to_json(), timeout, MAX_HELLO_BYTES)
 
+    async def send_notice(self, address: str, notice: Records, timeout: float = 5.0) -> None:
+        """Tell a peer of changes; PeerError if it did not take them."""
+        self._ok(address, await self.post(address, "/v1/notice", notice.to_json(), timeout, 4096))
+
+    async def fetch_index(
+        self, address: str, request: IndexRequest, timeout: float = 30.0
+    ) -> Records:
+        """A page of a peer's index after `request.since`."""
+        reply = await self.post(address, "/v1/index", request.to_json(), timeout, MAX_BATCH_BYTES)
+        return Records.from_json(self._ok(address, reply))
+
+    async def fetch_blocks(
+        self, address: str, request: BlockRequest, timeout: float = 30.0
+    ) -> list[bytes | None]:
+        """The blocks asked for, None where the peer has not got one; the caller checks hashes."""
+        limit = len(request.hashes) * (BLOCK_SIZE + 4)
+        reply = await self.post(address, "/v1/blocks", request.to_json(), timeout, limit)
+        return unpack_blocks(self._ok(address, reply), len(request.hashes))
+
+    @staticmethod
+    def _ok(address: str, reply: Reply) -> bytes:
+        if reply.status != 200:
+            raise PeerRefused(f"{address} answered {reply.status}: {reply.body[:200]!r}")
+        return reply.body
+
     async def post(
         self, address: str, path: str, body: bytes, timeout: float, limit: int = MAX_ANSWER
     ) -> Reply:
@@ -124,8 +162,8 @@ class PeerClient:
         ) as response:
             if (response.content_length or 0) > limit:
                 raise PeerUnreachable(f"{address}: answer larger than {limit} bytes")
-            answer = await response.content.read(limit + 1)
-            if len(answer) > limit:
+            answer = await _read_bounded(response.content, limit)
+            if answer is None:
                 raise PeerUnreachable(f"{address}: answer larger than {limit} bytes")
             message = response_canonical(head.nonce, response.status, body_digest(answer))
             try:
@@ -144,3 +182,15 @@ class PeerClient:
         ):
             return PeerClosed(f"{address}: connection refused")
         return PeerUnreachable(f"{address}: {e.__class__.__name__}: {e}")
+
+
+async def _read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body, or None once it passes `limit` bytes (one read returns what arrived)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in stream.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

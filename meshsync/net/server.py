@@ -6,37 +6,77 @@ import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aiohttp import web
 
-from meshsync.core.errors import WireError
-from meshsync.core.wire import MAX_HELLO_BYTES, Hello
+from meshsync.core.errors import Refused, WireError
+from meshsync.core.wire import (
+    MAX_BATCH_BYTES,
+    BlockRequest,
+    Hello,
+    IndexRequest,
+    Records,
+    pack_blocks,
+)
 from meshsync.net.auth import PEER_KEY, Credentials, auth_middleware
 
 log = logging.getLogger("meshsync.server")
 
 DEFAULT_PORT = 22300
 
-HelloHandler = Callable[[bytes, Hello, str], Awaitable[Hello]]
+
+class PeerApi(Protocol):
+    """What the node answers to peers; each takes the caller's proven key first."""
+
+    async def handle_hello(self, key: bytes, hello: Hello, remote: str) -> Hello:
+        """A hello or heartbeat; the answer is ours."""
+
+    async def handle_notice(self, key: bytes, notice: Records) -> None:
+        """Signed records of changes made somewhere in the mesh."""
+
+    async def handle_index(self, key: bytes, request: IndexRequest) -> Records:
+        """A page of our index after the sequence asked for."""
+
+    async def handle_blocks(self, key: bytes, request: BlockRequest) -> list[bytes | None]:
+        """The blocks asked for that we hold, None for the others."""
 
 
-def make_app(
-    credentials: Credentials, wall: Callable[[], float], handle_hello: HelloHandler
-) -> web.Application:
-    """The peer API: every route behind the signature check."""
+def make_app(credentials: Credentials, wall: Callable[[], float], api: PeerApi) -> web.Application:
+    """The peer API: every route behind the signature check, every body parsed before use."""
     app = web.Application(
-        middlewares=[auth_middleware(credentials, wall)], client_max_size=MAX_HELLO_BYTES
+        middlewares=[auth_middleware(credentials, wall)], client_max_size=MAX_BATCH_BYTES
     )
 
-    async def hello(request: web.Request) -> web.Response:
-        try:
-            their = Hello.from_json(await request.read())
-        except WireError as e:
-            return web.json_response({"error": f"bad hello: {e}"}, status=400)
-        ours = await handle_hello(request[PEER_KEY], their, request.remote or "?")
-        return web.Response(body=ours.to_json(), content_type="application/json")
+    def route(name: str, handle: Callable[[bytes, bytes, str], Awaitable[bytes]]) -> None:
+        async def handler(request: web.Request) -> web.Response:
+            try:
+                body = await handle(request[PEER_KEY], await request.read(), request.remote or "?")
+            except WireError as e:
+                return web.json_response({"error": f"bad {name}: {e}"}, status=400)
+            except Refused as e:
+                return web.json_response({"error": str(e)}, status=403)
+            return web.Response(body=body, content_type="application/octet-stream")
 
-    app.router.add_post("/v1/hello", hello)
+        app.router.add_post(f"/v1/{name}", handler)
+
+    async def hello(key: bytes, body: bytes, remote: str) -> bytes:
+        return (await api.handle_hello(key, Hello.from_json(body), remote)).to_json()
+
+    async def notice(key: bytes, body: bytes, remote: str) -> bytes:
+        await api.handle_notice(key, Records.from_json(body))
+        return b"{}"
+
+    async def index(key: bytes, body: bytes, remote: str) -> bytes:
+        return (await api.handle_index(key, IndexRequest.from_json(body))).to_json()
+
+    async def blocks(key: bytes, body: bytes, remote: str) -> bytes:
+        return pack_blocks(await api.handle_blocks(key, BlockRequest.from_json(body)))
+
+    route("hello", hello)
+    route("notice", notice)
+    route("index", index)
+    route("blocks", blocks)
     return app
 
 

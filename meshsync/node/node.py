@@ -15,11 +15,11 @@ from typing import Any
 from meshsync.control import server as control_server
 from meshsync.control.protocol import ControlError
 from meshsync.core import election as el
-from meshsync.core.errors import WireError
+from meshsync.core.errors import Refused, WireError
 from meshsync.core.ids import NodeId
 from meshsync.core.membership import Peer, Roster
 from meshsync.core.throttle import Throttle
-from meshsync.core.wire import Hello
+from meshsync.core.wire import BlockRequest, Hello, IndexRequest, Records
 from meshsync.crypto import sshsig
 from meshsync.crypto.keys import Signer, public_key_line
 from meshsync.crypto.trust import PublicKey, TrustStore, parse_key_line
@@ -28,6 +28,8 @@ from meshsync.net.discovery import Advert, Discovery, own_addresses
 from meshsync.net.server import bind, make_app, serve
 from meshsync.node.clock import Clock
 from meshsync.node.config import Config, control_socket
+from meshsync.node.folder import FolderSync, new_epoch
+from meshsync.store.index import Index
 
 log = logging.getLogger("meshsync")
 
@@ -69,6 +71,8 @@ class Node:
         self._settled = asyncio.Event()
         self._stop = asyncio.Event()
         self._inflight: set[str] = set()
+        self._folders: dict[str, FolderSync] = {}
+        self._client: PeerClient | None = None
         self.port = 0
 
     # -- the credentials the net layer asks for ------------------------------------------------
@@ -88,6 +92,20 @@ class Node:
         """A peer proved its key to us, but the user does not trust it: list it, accept nothing."""
         self._remember_stranger(public_blob, address)
 
+    @property
+    def me(self) -> NodeId:
+        """This node's ID."""
+        return self.id
+
+    def origin_key(self, origin: str, signature: bytes, message: bytes) -> bool:
+        """Whether `signature` over `message` is by us or a trusted node whose key is `origin`."""
+        try:
+            blob = sshsig.verify(signature, message)
+        except ValueError:
+            return False
+        trusted = blob == self._signer.public_blob or self._trust.is_trusted(blob)
+        return trusted and NodeId.of_key(blob).key == origin
+
     def _remember_stranger(self, key: bytes, seen_at: str, **known: Any) -> None:
         _, new = self._roster.update(key, trusted=False, last_seen=self._clock.wall(), **known)
         if new:
@@ -100,9 +118,11 @@ class Node:
         # before the mDNS goodbye goes out, so a peer that checks finds the port closed.
         async with contextlib.AsyncExitStack() as parts:
             parts.callback(_lock(self.config.state).close)
-            for folder in self.config.folders:
-                # The marker tells sync that the folder is really there, not an empty mount point.
-                (folder.path / ".meshsync").mkdir(parents=True, exist_ok=True)
+            index = Index(self.config.state / "index.db")
+            parts.callback(index.close)
+            epoch = index.get_meta("epoch") or new_epoch()
+            index.set_meta("epoch", epoch)
+            self._folders = {f.id: FolderSync(f, index, self, epoch) for f in self.config.folders}
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):  # before mDNS: a signal mid-way says bye
                 loop.add_signal_handler(sig, self._stop.set)
@@ -110,12 +130,13 @@ class Node:
             parts.push_async_callback(discovery.close)
             sock = bind(self.config.port)
             self.port = sock.getsockname()[1]
-            runner = await serve(make_app(self, self._clock.wall, self.handle_hello), sock)
+            runner = await serve(make_app(self, self._clock.wall, self), sock)
             parts.push_async_callback(runner.cleanup)
             path = control_socket(self.config.state)
             control = await control_server.serve(path, self.dispatch)
             parts.callback(control_server.close, control, path)
             client = await parts.enter_async_context(PeerClient(self, self._clock.wall))
+            self._client = client
             log.info("node %s (%s) listening on port %d; folders: %s", self.id, self.config.name,
                      self.port, ", ".join(f"{f.id}={f.path}" for f in self.config.folders))
             async with asyncio.TaskGroup() as tg:
@@ -124,6 +145,8 @@ class Node:
                                                  self.port), name="discovery"),
                     tg.create_task(self._heartbeats(client, tg), name="heartbeats"),
                     tg.create_task(self._ticks(), name="election timer"),
+                    *(tg.create_task(f.run(), name=f"folder {f.id}")
+                      for f in self._folders.values()),
                 ]
                 await self._stop.wait()
                 log.info("stopping")
@@ -242,6 +265,60 @@ class Node:
             log.info("peer %s (%s) shares no folder with this node", peer.id, peer.name)
         return peer
 
+    # -- sync: what folders ask of the mesh, and what peers ask of folders -----------------------
+    def sources(self, folder: str) -> list[tuple[str, str]]:
+        """(node key, address) of the online members sharing `folder`, coordinator first."""
+        found = [p for p in self._roster if p.address and folder in p.folders
+                 and p.is_member(self.config.folder_ids) and self._election.is_up(p.id)]
+        found.sort(key=lambda p: p.id != self._election.coordinator)
+        return [(p.id.key, p.address) for p in found if p.address]
+
+    async def publish(self, notice: Records, skip: frozenset[str] = frozenset()) -> None:
+        """Send a notice to the coordinator and every other member sharing its folder."""
+        client = self._client
+        if client is None:
+            return
+        targets = [a for key, a in self.sources(notice.folder) if key not in skip]
+        results = await asyncio.gather(*(client.send_notice(a, notice) for a in targets),
+                                       return_exceptions=True)
+        for address, result in zip(targets, results, strict=True):
+            if isinstance(result, Exception):
+                log.debug("notice to %s failed: %s", address, result)
+
+    async def fetch_blocks(self, address: str, request: BlockRequest) -> list[bytes | None]:
+        """Blocks from one peer."""
+        if self._client is None:
+            raise PeerUnreachable("not connected")
+        return await self._client.fetch_blocks(address, request)
+
+    async def fetch_index(self, address: str, request: IndexRequest) -> Records:
+        """An index page from one peer."""
+        if self._client is None:
+            raise PeerUnreachable("not connected")
+        return await self._client.fetch_index(address, request)
+
+    def _folder(self, folder: str) -> FolderSync:
+        sync = self._folders.get(folder)
+        if sync is None:
+            raise Refused(f"folder {folder!r} is not shared here")
+        return sync
+
+    async def handle_notice(self, key: bytes, notice: Records) -> None:
+        """Changes made in the mesh; the coordinator passes on what members send it."""
+        sync = self._folder(notice.folder)
+        sender = NodeId.of_key(key).key
+        await sync.take(sender, notice.records)
+        if self._election.coordinator == self.id:
+            await self.publish(notice, skip=frozenset({sender}))
+
+    async def handle_index(self, key: bytes, request: IndexRequest) -> Records:
+        """A page of our index for a peer catching up."""
+        return await asyncio.to_thread(self._folder(request.folder).answer_index, request.since)
+
+    async def handle_blocks(self, key: bytes, request: BlockRequest) -> list[bytes | None]:
+        """Blocks we hold, for a peer writing a file."""
+        return await asyncio.to_thread(self._folder(request.folder).answer_blocks, request.hashes)
+
     def _hello(self) -> Hello:
         return Hello(
             name=self.config.name,
@@ -270,6 +347,8 @@ class Node:
                 self._wake.set()
             case el.MarkUp(peer):
                 log.info("peer online: %s", self._describe(peer))
+                for sync in self._folders.values():
+                    sync.catch_up_wake.set()
             case el.MarkDown(peer, reason):
                 log.info("peer down: %s (%s)", self._describe(peer), reason)
             case el.OpenElection(term):
@@ -327,7 +406,7 @@ class Node:
             case "trust":
                 return self._trust_keys(args.get("keys"))
             case "status":
-                return self._status_json()
+                return await self._status_json()
             case "stop":
                 self._stop.set()
                 return {"stopping": True}
@@ -384,17 +463,16 @@ class Node:
             rows.append(row)
         return rows
 
-    def _status_json(self) -> dict[str, Any]:
+    async def _status_json(self) -> dict[str, Any]:
         members = [p for p in self._roster if p.is_member(self.config.folder_ids)]
-        return {
-            "id": str(self.id), "name": self.config.name, **self._election_json(),
-            "folders": [
-                {"id": f.id, "path": str(f.path),
-                 "members": [str(p.id) for p in members
-                             if f.id in p.folders and self._election.is_up(p.id)]}
-                for f in self.config.folders
-            ],
-        }
+        folders = []
+        for sync in self._folders.values():
+            status = await asyncio.to_thread(sync.status)
+            status["members"] = [str(p.id) for p in members
+                                 if sync.id in p.folders and self._election.is_up(p.id)]
+            folders.append(status)
+        return {"id": str(self.id), "name": self.config.name, **self._election_json(),
+                "folders": folders}
 
     # -- log lines driven by peers -------------------------------------------------------------
     def _log_untrusted(self, peer_id: NodeId, address: str) -> None:

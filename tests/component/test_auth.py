@@ -30,7 +30,7 @@ from meshsync.core.signing import (
     response_canonical,
 )
 from meshsync.core.throttle import WINDOW
-from meshsync.core.wire import FolderId, Hello
+from meshsync.core.wire import BlockRequest, FolderId, Hello, IndexRequest, Records
 from meshsync.crypto import sshsig
 from meshsync.crypto.keys import KeySigner, public_key_line
 from meshsync.crypto.sshsig import BadSignature
@@ -77,13 +77,22 @@ class Credentials:
 
 @dataclass
 class HelloHandler:
-    """Records every hello that got past the middleware, and answers with ours."""
+    """The peer API as far as hellos go: records every one that got past the middleware."""
 
     calls: list[tuple[bytes, Hello, str]] = field(default_factory=list)
 
-    async def __call__(self, key: bytes, hello: Hello, address: str) -> Hello:
+    async def handle_hello(self, key: bytes, hello: Hello, address: str) -> Hello:
         self.calls.append((key, hello, address))
         return OURS
+
+    async def handle_notice(self, key: bytes, notice: Records) -> None:
+        raise AssertionError("only hellos are sent here")
+
+    async def handle_index(self, key: bytes, request: IndexRequest) -> Records:
+        raise AssertionError("only hellos are sent here")
+
+    async def handle_blocks(self, key: bytes, request: BlockRequest) -> list[bytes | None]:
+        raise AssertionError("only hellos are sent here")
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -62,6 +63,31 @@ def holds_for(what: str, probe: Callable[[], object], seconds: float) -> None:
     while time.monotonic() < deadline:
         assert probe(), f"expected {what}, but it stopped holding"
         time.sleep(0.05)
+
+
+def tree(root: Path) -> dict[str, tuple[str, str, int]]:
+    """Every path under root but the marker: (kind, content digest or link target, mode)."""
+    found: dict[str, tuple[str, str, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root:
+            dirnames[:] = [d for d in dirnames if d != ".meshsync"]
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            mode = path.lstat().st_mode & 0o7777
+            if path.is_symlink():
+                found[rel] = ("symlink", str(path.readlink()), 0)
+            elif path.is_dir():
+                found[rel] = ("dir", "", mode)
+            else:
+                found[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest(), mode)
+    return found
+
+
+def same_trees(hosts: list[Host]) -> dict[str, tuple[str, str, int]] | None:
+    """The common tree if every host's folder holds the same one."""
+    trees = [tree(h.sync) for h in hosts]
+    return trees[0] if all(t == trees[0] for t in trees) else None
 
 
 class Host:

@@ -1,7 +1,8 @@
 """Send hand-made requests to a node's peer port and print each answer's status as JSON.
 
-Run inside a host's namespace: `python -m tests.integration.probe HOST:PORT KEYFILE`.
-Each case is what an attacker or a broken peer on the LAN could send.
+Run inside a host's namespace: `python -m tests.integration.probe HOST:PORT KEYFILE [notice]`.
+Each case is what an attacker or a broken peer on the LAN could send; `notice` sends change
+notices, signed by a trusted member, whose paths try to leave the folder.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from meshsync.core.ids import NodeId
+from meshsync.core.paths import RelPath
+from meshsync.core.records import FileRecord, Kind
 from meshsync.core.signing import (
     AUTHORIZATION,
     DIGEST,
@@ -24,15 +28,18 @@ from meshsync.core.signing import (
     RequestHead,
     body_digest,
 )
+from meshsync.core.vclock import Vector
 from meshsync.core.wire import Hello
 from meshsync.crypto import sshsig
-from meshsync.crypto.keys import load_signer
+from meshsync.crypto.agent import AgentSigner
+from meshsync.crypto.keys import KeySigner, load_signer
 
 PATH = "/v1/hello"
+BAD_PATHS = ["../escape.txt", "/etc/evil", "a/../../b", "nul\0byte", ".meshsync/versions/x"]
 
 
-def post(address: str, body: bytes, headers: dict[str, str]) -> int:
-    request = urllib.request.Request(f"http://{address}{PATH}", data=body, method="POST",
+def post(address: str, body: bytes, headers: dict[str, str], path: str = PATH) -> int:
+    request = urllib.request.Request(f"http://{address}{path}", data=body, method="POST",
                                      headers={"Content-Type": "application/json", **headers})
     try:
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (lab address)
@@ -41,17 +48,37 @@ def post(address: str, body: bytes, headers: dict[str, str]) -> int:
         return e.code
 
 
-def signed(signer: object, body: bytes, *, sent: float | None = None) -> dict[str, str]:
+def signed(
+    signer: object, body: bytes, *, sent: float | None = None, path: str = PATH
+) -> dict[str, str]:
     when = time.time() if sent is None else sent
-    head = RequestHead("POST", PATH, "", f"{when:.3f}", os.urandom(16).hex(), body_digest(body))
+    head = RequestHead("POST", path, "", f"{when:.3f}", os.urandom(16).hex(), body_digest(body))
     signature = sshsig.sign(signer, head.canonical())  # type: ignore[arg-type]
     return {AUTHORIZATION: SCHEME + base64.b64encode(signature).decode(),
             TIME: head.time, NONCE: head.nonce, DIGEST: head.digest}
 
 
+def notices(address: str, signer: KeySigner | AgentSigner) -> dict[str, int]:
+    """One notice per path, each record signed by this (trusted) node as its origin."""
+    origin = NodeId.of_key(signer.public_blob).key
+    results = {}
+    for path in [*BAD_PATHS, "ok.txt"]:
+        record = FileRecord(RelPath(path), Kind.FILE, Vector.of({origin: 1}), origin)
+        entry = {"record": record.to_json(),
+                 "signature": base64.b64encode(sshsig.sign(signer, record.canonical("Sync")))
+                 .decode()}
+        body = json.dumps({"folder": "Sync", "records": [entry]}).encode()
+        results[path] = post(address, body, signed(signer, body, path="/v1/notice"),
+                             "/v1/notice")
+    return results
+
+
 def main() -> None:
     address, keyfile = sys.argv[1], Path(sys.argv[2])
     signer = load_signer(keyfile, None)
+    if sys.argv[3:] == ["notice"]:
+        print(json.dumps(notices(address, signer)))
+        return
     body = Hello("probe", 9, frozenset(), 0, None).to_json()
     results: dict[str, int] = {}
     results["unsigned"] = post(address, body, {})

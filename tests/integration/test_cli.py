@@ -40,7 +40,10 @@ def test_tables_show_what_the_json_shows(make_lan):
                        "coordinator" if lowest is h2 else "member", "online"]
     assert h1.cli("elect").stdout.strip().startswith(f"coordinator {lowest.id} (term ")
     status = h1.json("status")
-    assert status["folders"] == [{"id": "Sync", "path": str(h1.sync), "members": [str(h2.id)]}]
+    assert status["folders"] == [{
+        "id": "Sync", "path": str(h1.sync), "state": "in sync", "need_files": 0, "need_bytes": 0,
+        "conflicts": 0, "transfers": [], "members": [str(h2.id)],
+    }]
     assert (h1.sync / ".meshsync").is_dir()
 
 

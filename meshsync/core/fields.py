@@ -1,0 +1,25 @@
+"""Field checks shared by every parser of peer input: each refuses with a WireError."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshsync.core.errors import WireError
+
+
+def check_int(data: dict[str, Any], key: str, low: int, high: int) -> int:
+    """`data[key]` as an integer in [low, high] (a bool is not an integer here)."""
+    value = data.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise WireError(f"{key} must be an integer in [{low}, {high}]")
+    return value
+
+
+def check_digest(text: object) -> bytes:
+    """A SHA-256 digest given as 64 hex digits."""
+    if not isinstance(text, str) or len(text) != 64:
+        raise WireError("a block hash is 64 hex digits")
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise WireError("a block hash is 64 hex digits") from None

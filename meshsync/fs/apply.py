@@ -1,0 +1,294 @@
+"""Writing remote versions into a folder: atomically, never through a symlink or over a change."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import itertools
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+
+from meshsync.core.paths import MARKER, TEMP_PREFIX, RelPath, is_temporary
+from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
+from meshsync.fs.scan import VANISHED, Seen, open_file, parent, read_at, seen_at
+from meshsync.fs.scan import UnsafePath as UnsafePath
+
+# Called with (directory fd, name, path) just before sync replaces or deletes that entry.
+KeepOld = Callable[[int, str, RelPath], None]
+
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV})
+
+
+class Changed(Exception):
+    """The disk no longer holds what the caller expected: rescan, then decide again."""
+
+
+class BadBlock(Exception):
+    """A block's length or hash is not what the record promises."""
+
+
+def versions_dir(root: Path) -> Path:
+    """Where replaced and deleted files are kept."""
+    return root / MARKER / "versions"
+
+
+def expect_matches(root: Path, path: RelPath, expected: Seen | None) -> None:
+    """Raise Changed unless path is `expected` (kind, size, mtime, inode); None means absent."""
+    try:
+        with parent(root, path) as (dir_fd, name):
+            _check(dir_fd, name, path, expected)
+    except FileNotFoundError:
+        if expected is not None:
+            raise Changed(f"{path} changed on disk since it was scanned") from None
+
+
+class Incoming:
+    """The temporary file receiving one remote file version; a restarted node resumes it."""
+
+    def __init__(self, record: FileRecord, dir_fd: int, fd: int) -> None:
+        self.record = record
+        self._name = record.path.rpartition("/")[2]
+        self._temp = _temp_name(record)
+        self._dir_fd, self._fd = dir_fd, fd
+        self._present = self._verified()
+
+    @classmethod
+    def open(cls, root: Path, record: FileRecord) -> Incoming:
+        """Open or resume the temporary file beside the target, creating missing directories."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fds: list[int] = []
+        try:
+            with parent(root, record.path, create=True) as (parent_fd, _):
+                fds.append(os.dup(parent_fd))
+            fds.append(os.open(_temp_name(record), flags, 0o600, dir_fd=fds[0]))
+            return cls(record, *fds)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+
+    def have(self) -> set[int]:
+        """Indexes of the blocks already in the temporary file, verified."""
+        return set(self._present)
+
+    def write_block(self, index: int, data: bytes) -> None:
+        """Write block `index`; BadBlock, writing nothing, unless it is the record's block."""
+        if not (0 <= index < len(self.record.blocks) and len(data) == self._length(index)
+                and hashlib.sha256(data).digest() == self.record.blocks[index]):
+            raise BadBlock(f"block {index} of {self.record.path} does not match its record")
+        view, offset = memoryview(data), index * BLOCK_SIZE
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view, offset = view[written:], offset + written
+        self._present.add(index)
+
+    def commit(self, expected: Seen | None, keep_old: KeepOld | None = None) -> Seen:
+        """Replace `expected` (None: nothing) with the whole file; on Changed the temp stays."""
+        if missing := len(self.record.blocks) - len(self._present):
+            raise ValueError(f"{self.record.path}: {missing} blocks not written yet")
+        os.ftruncate(self._fd, self.record.size)
+        os.fchmod(self._fd, self.record.mode)
+        os.utime(self._fd, ns=(self.record.mtime_ns, self.record.mtime_ns))
+        os.fsync(self._fd)
+        _replace(self._dir_fd, self._temp, self._name, self.record.path, expected, keep_old)
+        seen = Seen.of(self.record.path, Kind.FILE, os.fstat(self._fd))
+        self.close()
+        return seen
+
+    def abort(self) -> None:
+        """Remove the temporary file (before close)."""
+        with suppress(FileNotFoundError):
+            os.unlink(self._temp, dir_fd=self._dir_fd)
+        self.close()
+
+    def close(self) -> None:
+        """Release the file, keeping it for a later resume."""
+        for fd in (self._fd, self._dir_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._dir_fd = -1
+
+    def __enter__(self) -> Incoming:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
+
+    def _length(self, index: int) -> int:
+        return min(BLOCK_SIZE, self.record.size - index * BLOCK_SIZE)
+
+    def _verified(self) -> set[int]:
+        size = os.fstat(self._fd).st_size
+        view = memoryview(bytearray(BLOCK_SIZE))
+        present = set()
+        for index, digest in enumerate(self.record.blocks):
+            block, offset = view[: self._length(index)], index * BLOCK_SIZE
+            if (offset + len(block) <= size and read_at(self._fd, block, offset) == len(block)
+                    and hashlib.sha256(block).digest() == digest):
+                present.add(index)
+        return present
+
+
+def read_block(root: Path, path: RelPath, index: int) -> bytes | None:
+    """Block `index` of the local file (short at the end); None if gone, odd, or too short."""
+    try:
+        with parent(root, path) as (dir_fd, name):
+            fd = open_file(name, dir_fd)
+    except OSError as e:
+        if e.errno in VANISHED:
+            return None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        view = memoryview(bytearray(BLOCK_SIZE))
+        got = read_at(fd, view, index * BLOCK_SIZE)
+    finally:
+        os.close(fd)
+    return bytes(view[:got]) if got else None
+
+
+def make_dir(root: Path, record: FileRecord, expected: Seen | None) -> Seen:
+    """The directory with the record's mode and mtime, where `expected` is absent or a directory."""
+    with parent(root, record.path, create=True) as (dir_fd, name):
+        _check(dir_fd, name, record.path, expected)
+        if expected is None or expected.kind is not Kind.DIR:
+            try:
+                os.mkdir(name, 0o700, dir_fd=dir_fd)
+            except FileExistsError:
+                raise Changed(f"{record.path} is taken: remove it first") from None
+        _set_metadata(dir_fd, name, record)
+        return _seen_now(dir_fd, name, record.path)
+
+
+def make_symlink(root: Path, record: FileRecord, expected: Seen | None,
+                 keep_old: KeepOld | None = None) -> Seen:
+    """Atomically put a link to record.target in place of `expected` (not a directory)."""
+    with parent(root, record.path, create=True) as (dir_fd, name):
+        temp = TEMP_PREFIX + secrets.token_hex(8)
+        os.symlink(record.target, temp, dir_fd=dir_fd)
+        try:
+            _set_metadata(dir_fd, temp, record)
+            _replace(dir_fd, temp, name, record.path, expected, keep_old)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=dir_fd)
+            raise
+        return _seen_now(dir_fd, name, record.path)
+
+
+def remove(root: Path, path: RelPath, expected: Seen | None,
+           keep_old: KeepOld | None = None) -> None:
+    """Delete `expected` (a directory only if empty, else Changed); already gone is fine."""
+    try:
+        with parent(root, path) as (dir_fd, name):
+            if seen_at(path, name, dir_fd) is None:
+                return
+            _check(dir_fd, name, path, expected)
+            if expected is not None and expected.kind is Kind.DIR:
+                _remove_dir(dir_fd, name, path)
+                return
+            if keep_old is not None:
+                keep_old(dir_fd, name, path)
+            with suppress(FileNotFoundError):  # keep_old may have moved it away
+                os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return  # a parent is gone, and the path with it
+
+
+def set_metadata(root: Path, record: FileRecord, expected: Seen | None) -> Seen:
+    """Give `expected`, whose content already matches, the record's mode and mtime."""
+    with parent(root, record.path) as (dir_fd, name):
+        _check(dir_fd, name, record.path, expected)
+        if expected is None:
+            raise Changed(f"{record.path} is not on disk")
+        _set_metadata(dir_fd, name, record)
+        return _seen_now(dir_fd, name, record.path)
+
+
+def move_to_versions(root: Path, dir_fd: int, name: str, rel: RelPath, when_ns: int) -> None:
+    """Keep entry `name` of dir_fd (the path `rel`) as versions/<rel>~YYYYMMDD-HHMMSS (UTC)."""
+    stamp = datetime.fromtimestamp(when_ns / 1e9, UTC).strftime("%Y%m%d-%H%M%S")
+    for n in itertools.count(1):
+        kept = f"{MARKER}/versions/{rel}~{stamp}" + (f"-{n}" if n > 1 else "")
+        with parent(root, kept, create=True) as (kept_fd, kept_name):
+            try:
+                # A hard link leaves the path in place, so the rename over it stays atomic
+                # and a crash in between cannot look like a deletion.
+                os.link(name, kept_name, src_dir_fd=dir_fd, dst_dir_fd=kept_fd,
+                        follow_symlinks=False)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                if e.errno not in _NO_HARD_LINKS:
+                    raise
+                os.rename(name, kept_name, src_dir_fd=dir_fd, dst_dir_fd=kept_fd)
+            return
+
+
+def _check(dir_fd: int, name: str, path: RelPath, expected: Seen | None) -> None:
+    if _identity(seen_at(path, name, dir_fd)) != _identity(expected):
+        raise Changed(f"{path} changed on disk since it was scanned")
+
+
+def _identity(seen: Seen | None) -> tuple[object, ...] | None:
+    if seen is None:
+        return None
+    if seen.kind is Kind.DIR:  # its mtime moves with every entry added or removed
+        return seen.kind, seen.inode
+    return seen.kind, seen.size, seen.mtime_ns, seen.inode
+
+
+def _replace(dir_fd: int, temp: str, name: str, path: RelPath, expected: Seen | None,
+             keep_old: KeepOld | None) -> None:
+    _check(dir_fd, name, path, expected)
+    if keep_old is not None and expected is not None and expected.kind is not Kind.DIR:
+        keep_old(dir_fd, name, path)
+    os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    os.fsync(dir_fd)
+
+
+def _set_metadata(dir_fd: int, name: str, record: FileRecord) -> None:
+    if record.kind is not Kind.SYMLINK:
+        try:
+            os.chmod(name, record.mode, dir_fd=dir_fd, follow_symlinks=False)
+        except (ValueError, NotImplementedError):  # how Linux refuses to chmod a link
+            raise Changed(f"{record.path} became a symlink") from None
+    os.utime(name, ns=(record.mtime_ns, record.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _seen_now(dir_fd: int, name: str, path: RelPath) -> Seen:
+    seen = seen_at(path, name, dir_fd)
+    if seen is None:
+        raise Changed(f"{path} vanished while being written")
+    return seen
+
+
+def _remove_dir(dir_fd: int, name: str, path: RelPath) -> None:
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        with os.scandir(fd) as entries:
+            leftovers = [e.name for e in entries if is_temporary(e.name)]
+        for leftover in leftovers:  # our own temp files must not keep a directory alive
+            os.unlink(leftover, dir_fd=fd)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno != errno.ENOTEMPTY:
+            raise
+        raise Changed(f"{path} is not empty") from None
+
+
+def _temp_name(record: FileRecord) -> str:
+    # Named by path and content, so that a restarted node finds its partial file again.
+    digest = hashlib.sha256(record.path.encode() + b"\0" + b"".join(record.blocks))
+    return TEMP_PREFIX + digest.hexdigest()[:16]

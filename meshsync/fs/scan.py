@@ -1,0 +1,225 @@
+"""What is on disk: reaching paths without following links, walking, and hashing in blocks."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshsync.core.errors import WireError
+from meshsync.core.paths import MARKER, RelPath, check_path, is_temporary
+from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
+
+log = logging.getLogger(__name__)
+
+# What the OS says when a path is no longer there as the thing it was.
+VANISHED = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
+_KINDS = {stat.S_IFREG: Kind.FILE, stat.S_IFDIR: Kind.DIR, stat.S_IFLNK: Kind.SYMLINK}
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# Permission bits only: setuid, setgid and sticky bits are never taken from a peer.
+PERMISSIONS = 0o777
+
+
+class UnsafePath(Exception):
+    """A directory on the way to a path is a symlink or a file: the path is not in the folder."""
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One path as lstat saw it; size counts for files only, as in FileRecord."""
+
+    path: RelPath
+    kind: Kind
+    size: int
+    mode: int  # permission bits only
+    mtime_ns: int
+    inode: int
+    dev: int
+    target: str  # a symlink's target, never followed
+
+    @classmethod
+    def of(cls, path: RelPath, kind: Kind, st: os.stat_result, target: str = "") -> Seen:
+        """The Seen of a stat result of a known kind."""
+        size = st.st_size if kind is Kind.FILE else 0
+        mode = stat.S_IMODE(st.st_mode) & PERMISSIONS
+        return cls(path, kind, size, mode, st.st_mtime_ns, st.st_ino, st.st_dev, target)
+
+
+@contextmanager
+def directory(root: Path, rel: str, create: bool = False) -> Iterator[int]:
+    """An fd of directory `rel` ("" is root) reached from root without following any link."""
+    parts = rel.split("/") if rel else []
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for depth, part in enumerate(parts, 1):
+            child = _open_dir(fd, part, "/".join(parts[:depth]), create)
+            os.close(fd)
+            fd = child
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def parent(root: Path, path: str, create: bool = False) -> Iterator[tuple[int, str]]:
+    """The fd of the directory holding `path`, reached as `directory` does, and its last name."""
+    head, _, name = path.rpartition("/")
+    with directory(root, head, create) as fd:
+        yield fd, name
+
+
+def seen_at(path: RelPath, name: str, dir_fd: int) -> Seen | None:
+    """What is at `name` in dir_fd, never following a link; None if absent or another kind."""
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode))
+        target = os.readlink(name, dir_fd=dir_fd) if kind is Kind.SYMLINK else ""
+    except OSError as e:
+        if e.errno in VANISHED:
+            return None
+        raise
+    return None if kind is None else Seen.of(path, kind, st, target)
+
+
+def walk(root: Path) -> Iterator[Seen]:
+    """Every file, directory and symlink under root, links not followed, minus meshsync's own."""
+    return _walk_below(root, "")
+
+
+def walk_under(root: Path, path: RelPath) -> Iterator[Seen]:
+    """`path` if it is in the folder and, if it is a directory, all that walk sees under it."""
+    try:
+        with parent(root, path) as (fd, name):
+            seen = seen_at(path, name, fd)
+    except (FileNotFoundError, UnsafePath):
+        return
+    if seen is not None:
+        yield seen
+        if seen.kind is Kind.DIR:
+            yield from _walk_below(root, path)
+
+
+def open_file(name: str | Path, dir_fd: int | None = None) -> int:
+    """A read-only fd, never through a final symlink and never blocking on a fifo."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    return os.open(name, flags, dir_fd=dir_fd)
+
+
+def read_at(fd: int, view: memoryview, offset: int) -> int:
+    """Fill `view` from `offset`; fewer bytes only at the end of the file."""
+    done = 0
+    while done < len(view) and (got := os.preadv(fd, [view[done:]], offset + done)):
+        done += got
+    return done
+
+
+def hash_file(path: Path) -> tuple[int, tuple[bytes, ...]]:
+    """Size and SHA-256 of each BLOCK_SIZE block of the file at `path`, streamed."""
+    fd = open_file(path)
+    try:
+        return _hash(fd)
+    finally:
+        os.close(fd)
+
+
+def stable_hash(root: Path, seen: Seen) -> tuple[int, tuple[bytes, ...]] | None:
+    """Hash the file `seen` describes if it stays exactly that while hashed; None: retry later."""
+    expected = (seen.size, seen.mtime_ns, seen.inode, seen.dev)
+    try:
+        with parent(root, seen.path) as (dir_fd, name):
+            fd = open_file(name, dir_fd)
+            try:
+                before = os.fstat(fd)
+                if not stat.S_ISREG(before.st_mode) or _stamp(before) != expected:
+                    return None
+                hashes = _hash(fd)
+                after = os.fstat(fd)
+            finally:
+                os.close(fd)
+            again = os.lstat(name, dir_fd=dir_fd)
+    except UnsafePath:
+        return None
+    except OSError as e:
+        if e.errno in VANISHED:
+            return None
+        raise
+    stable = _stamp(after) == _stamp(again) == expected and hashes[0] == seen.size
+    return hashes if stable else None
+
+
+def differs(seen: Seen, record: FileRecord, inode: int) -> bool:
+    """Whether `seen` may be another version than `record` (indexed with `inode`): look again."""
+    if record.deleted or seen.kind is not record.kind:
+        return True
+    if seen.kind is Kind.FILE:
+        return (seen.size, seen.mtime_ns, seen.inode, seen.mode) != (
+            record.size, record.mtime_ns, inode, record.mode)
+    # A directory's mtime moves with every entry, and a link's mode means nothing on Linux.
+    return seen.mode != record.mode if seen.kind is Kind.DIR else seen.target != record.target
+
+
+def _open_dir(dir_fd: int, name: str, shown: str, create: bool) -> int:
+    try:
+        return os.open(name, _DIR, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ENOTDIR, errno.ELOOP):
+            raise UnsafePath(f"{shown} is a symlink or a file: refusing to go through it") from None
+        if e.errno != errno.ENOENT or not create:
+            raise
+    with suppress(FileExistsError):
+        os.mkdir(name, 0o755, dir_fd=dir_fd)
+    return _open_dir(dir_fd, name, shown, create=False)
+
+
+def _walk_below(root: Path, top: str) -> Iterator[Seen]:
+    pending = [top]
+    while pending:
+        prefix = pending.pop()
+        try:
+            found = _listing(root, prefix)
+        except (OSError, UnsafePath) as e:
+            if not prefix:
+                raise
+            log.debug("cannot list %r: %s", prefix, e)
+            continue
+        pending += [seen.path for seen in found if seen.kind is Kind.DIR]
+        yield from found
+
+
+def _listing(root: Path, prefix: str) -> list[Seen]:
+    found = []
+    with directory(root, prefix) as fd, os.scandir(fd) as entries:
+        for entry in entries:
+            if (not prefix and entry.name == MARKER) or is_temporary(entry.name):
+                continue
+            rel = f"{prefix}/{entry.name}" if prefix else entry.name
+            try:
+                seen = seen_at(check_path(rel), entry.name, fd)
+            except (WireError, OSError) as e:
+                log.debug("skipping %r: %s", rel, e)
+                continue
+            if seen is not None:
+                found.append(seen)
+    return found
+
+
+def _hash(fd: int) -> tuple[int, tuple[bytes, ...]]:
+    view = memoryview(bytearray(BLOCK_SIZE))
+    size, blocks = 0, []
+    while got := read_at(fd, view, size):
+        blocks.append(hashlib.sha256(view[:got]).digest())
+        size += got
+        if got < BLOCK_SIZE:
+            break
+    return size, tuple(blocks)
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev

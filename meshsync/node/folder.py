@@ -1,0 +1,467 @@
+"""One synced folder: local changes become signed records, remote records become files.
+
+The loop of a folder: the watcher (and a periodic rescan, the safety net) finds paths that
+differ from the index; they are hashed, given a new version and announced. Remote records
+are verified against their origin's key, judged by `core.plan`, queued as needs, and
+written block by block, reusing blocks found locally and fetching the rest from members.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from meshsync.core.errors import WireError
+from meshsync.core.ids import NodeId
+from meshsync.core.paths import RelPath
+from meshsync.core.plan import Action, decide
+from meshsync.core.records import FileRecord, Kind
+from meshsync.core.throttle import Throttle
+from meshsync.core.vclock import Order, Vector
+from meshsync.core.wire import MAX_BLOCKS_PER_REQUEST, BlockRequest, IndexRequest, Records, Signed
+from meshsync.fs import apply, scan
+from meshsync.fs.watch import watch
+from meshsync.node.config import Folder
+from meshsync.store.index import Entry, Index, Need
+
+log = logging.getLogger("meshsync.folder")
+
+RESCAN_EVERY = 60.0
+CATCH_UP_EVERY = 30.0
+UNMOUNTED_CHECK_EVERY = 2.0
+NOTICE_BATCH = 1000
+RETRY_UNSTABLE = 0.5
+
+
+class Mesh(Protocol):
+    """What a folder needs of the node: signing, keys, peers and the network."""
+
+    @property
+    def me(self) -> NodeId:
+        """This node's ID."""
+
+    def sign(self, message: bytes) -> bytes:
+        """SSHSIG by this node."""
+
+    def origin_key(self, origin: str, signature: bytes, message: bytes) -> bool:
+        """Whether `signature` over `message` is by the trusted node whose vector key is origin."""
+
+    def sources(self, folder: str) -> list[tuple[str, str]]:
+        """(node key, address) of the online members sharing `folder`, coordinator first."""
+
+    async def publish(self, notice: Records) -> None:
+        """Send a notice to the coordinator and gossip it to the members sharing its folder."""
+
+    async def fetch_blocks(self, address: str, request: BlockRequest) -> list[bytes | None]:
+        """Blocks from one peer; raises on failure."""
+
+    async def fetch_index(self, address: str, request: IndexRequest) -> Records:
+        """An index page from one peer; raises on failure."""
+
+
+@dataclass(slots=True)
+class _Progress:
+    """A transfer in flight, for `meshsync status`."""
+
+    path: str
+    size: int
+    done: int = 0
+
+
+@dataclass(slots=True)
+class FolderSync:
+    """The sync of one folder."""
+
+    folder: Folder
+    index: Index
+    mesh: Mesh
+    epoch: str
+    _dirty: set[RelPath] = field(default_factory=set)
+    _full_scan: asyncio.Event = field(default_factory=asyncio.Event)
+    _scan_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _need_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _throttle: Throttle = field(default_factory=Throttle)
+    _transfers: dict[str, _Progress] = field(default_factory=dict)
+    catch_up_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _rewatch: asyncio.Event = field(default_factory=asyncio.Event)
+    mounted: bool = True
+
+    @property
+    def id(self) -> str:
+        """The folder ID."""
+        return self.folder.id
+
+    @property
+    def root(self) -> Path:
+        """The folder's directory."""
+        return self.folder.path
+
+    # -- lifetime ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Scan, watch, apply and catch up until cancelled."""
+        self.mounted = await asyncio.to_thread(self._check_marker, True)
+        self._full_scan.set()
+        self._scan_wake.set()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch(), name=f"watch {self.id}")
+            tg.create_task(self._scans(), name=f"scan {self.id}")
+            tg.create_task(self._applies(), name=f"apply {self.id}")
+            tg.create_task(self._catch_ups(), name=f"catch up {self.id}")
+
+    def _check_marker(self, first: bool) -> bool:
+        """Whether the folder is there; makes it (and its marker) only the first time ever."""
+        marker = self.root / ".meshsync"
+        if marker.is_dir():
+            return True
+        if self.index.max_seq(self.id) == 0 and first:
+            marker.mkdir(parents=True, exist_ok=True)
+            return True
+        if self._throttle.allow("unmounted", time.time()):
+            log.warning("folder %s: %s has no .meshsync marker: treating it as unmounted, "
+                        "nothing there is scanned or written until it comes back", self.id, marker)
+        return False
+
+    async def _watch(self) -> None:
+        # inotify follows a directory's inode: when the folder goes and comes back (a disk
+        # unmounted and mounted again), the old watch sees nothing, so start a new one.
+        while True:
+            while not self.mounted:
+                await asyncio.sleep(UNMOUNTED_CHECK_EVERY)
+            self._rewatch.clear()
+            async with asyncio.TaskGroup() as tg:
+                watcher = tg.create_task(self._take_events(), name=f"events {self.id}")
+                await self._rewatch.wait()
+                watcher.cancel()
+
+    async def _take_events(self) -> None:
+        try:
+            async for paths in watch(self.root):
+                self._dirty |= paths
+                self._scan_wake.set()
+        except FileNotFoundError:
+            self._scan_wake.set()  # the folder itself went: the marker check will say so
+
+    async def _scans(self) -> None:
+        last_full = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._scan_wake.wait(), UNMOUNTED_CHECK_EVERY)
+            self._scan_wake.clear()
+            was_mounted = self.mounted
+            self.mounted = await asyncio.to_thread(self._check_marker, False)
+            if self.mounted != was_mounted:
+                self._rewatch.set()
+            if not self.mounted:
+                continue
+            if not was_mounted:
+                log.info("folder %s is back at %s", self.id, self.root)
+                self._full_scan.set()
+            if time.monotonic() - last_full > RESCAN_EVERY:
+                self._full_scan.set()
+            full = self._full_scan.is_set()
+            dirty, self._dirty = self._dirty, set()
+            self._full_scan.clear()
+            if full:
+                last_full = time.monotonic()
+            changes, unstable = await asyncio.to_thread(self._find_changes, None if full else dirty)
+            if changes:
+                await self._announce(changes)
+            if unstable:
+                self._dirty |= unstable
+                asyncio.get_running_loop().call_later(RETRY_UNSTABLE, self._scan_wake.set)
+            self._need_wake.set()
+
+    # -- local changes -------------------------------------------------------------------------
+    def _find_changes(self, dirty: set[RelPath] | None) -> tuple[list[Signed], set[RelPath]]:
+        """Hash what differs from the index, version it and store it; runs in a thread."""
+        me = self.mesh.me.key
+        seen = list(scan.walk(self.root)) if dirty is None else self._seen_under(dirty)
+        known = {e.record.path: e for e in self.index.entries(self.id)} if dirty is None else {
+            e.record.path: e for p in dirty for e in self._entries_under(p)}
+        changed: list[tuple[FileRecord, bytes, int, int]] = []
+        unstable: set[RelPath] = set()
+        present: set[str] = set()
+        for s in seen:
+            present.add(s.path)
+            entry = known.get(s.path)
+            if entry is not None and not scan.differs(s, entry.record, entry.inode):
+                continue
+            size, blocks = 0, tuple[bytes, ...]()
+            if s.kind is Kind.FILE:
+                hashed = scan.stable_hash(self.root, s)
+                if hashed is None:
+                    unstable.add(s.path)
+                    continue
+                size, blocks = hashed
+            old = entry.record if entry else None
+            record = FileRecord(s.path, s.kind, (old.version if old else Vector()).bump(me), me,
+                                False, size, s.mode, s.mtime_ns, blocks, s.target)
+            if old is not None and not old.deleted and record.same_metadata(old):
+                record = old  # only the inode moved (a copy-and-rename by an editor, say)
+            changed.append((record, b"" if record is old else self._sign(record),
+                            s.inode, s.dev))
+        for path, entry in known.items():
+            if path not in present and not entry.record.deleted:
+                record = entry.record.tombstone(entry.record.version.bump(me), me)
+                changed.append((record, self._sign(record), 0, 0))
+        fresh = [c for c in changed if c[1]]
+        kept = [c for c in changed if not c[1]]
+        self.index.put(self.id, [(r, s, i, d) for r, s, i, d in fresh])
+        if kept:
+            existing = {e.record.path: e.signature for e in (known[r.path] for r, *_ in kept)}
+            self.index.put(self.id, [(r, existing[r.path], i, d) for r, _, i, d in kept])
+        return [Signed(r, s) for r, s, _, _ in fresh], unstable
+
+    def _seen_under(self, dirty: Iterable[RelPath]) -> list[scan.Seen]:
+        seen: dict[str, scan.Seen] = {}
+        for path in dirty:
+            for s in scan.walk_under(self.root, path):
+                seen[s.path] = s
+        return list(seen.values())
+
+    def _entries_under(self, path: RelPath) -> list[Entry]:
+        return self.index.entries_under(self.id, path)
+
+    def _sign(self, record: FileRecord) -> bytes:
+        return self.mesh.sign(record.canonical(self.id))
+
+    async def _announce(self, changes: list[Signed]) -> None:
+        for at in range(0, len(changes), NOTICE_BATCH):
+            notice = Records(self.folder.id, tuple(changes[at : at + NOTICE_BATCH]))
+            await self.mesh.publish(notice)
+        log.info("folder %s: announced %d change%s", self.id, len(changes),
+                 "" if len(changes) == 1 else "s")
+
+    # -- remote records ------------------------------------------------------------------------
+    async def take(self, source: str, records: Iterable[Signed]) -> int:
+        """Verify and judge remote records; queue those we must write. Returns how many."""
+        needs = await asyncio.to_thread(self._judge, source, list(records))
+        if needs:
+            self._need_wake.set()
+        return needs
+
+    def _judge(self, source: str, records: list[Signed]) -> int:
+        queued: list[Need] = []
+        for signed in records:
+            record = signed.record
+            if not self.mesh.origin_key(record.origin, signed.signature, record.canonical(self.id)):
+                if self._throttle.allow((source, "signature"), time.time()):
+                    log.warning("folder %s: refused %s from %s: not signed by its origin %s",
+                                self.id, record.path, source, record.origin)
+                continue
+            entry = self.index.get(self.id, record.path)
+            pending = self.index.need(self.id, record.path)
+            if pending is not None and record.version.compare(pending.record.version) in (
+                    Order.OLDER, Order.EQUAL):
+                continue  # we already wait for this version or a newer one
+            if decide(entry.record if entry else None, record).action is Action.TAKE:
+                queued.append(Need(record, signed.signature, source))
+        self.index.add_needs(self.id, queued)
+        return len(queued)
+
+    async def _catch_ups(self) -> None:
+        while True:
+            for key, address in self.mesh.sources(self.id):
+                try:
+                    await self.catch_up(key, address)
+                except Exception as e:
+                    if self._throttle.allow((key, "catch-up"), time.time()):
+                        log.info("folder %s: catch-up from %s failed: %s", self.id, address, e)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.catch_up_wake.wait(), CATCH_UP_EVERY)
+            self.catch_up_wake.clear()
+
+    async def catch_up(self, key: str, address: str) -> None:
+        """Take in what a peer's index holds that we have not taken from it yet."""
+        remembered = f"epoch {self.id} {key}"
+        epoch = await asyncio.to_thread(self.index.get_meta, remembered) or ""
+        since = await asyncio.to_thread(self.index.peer_seq, self.id, key, epoch)
+        while True:
+            page = await self.mesh.fetch_index(address, IndexRequest(self.folder.id, since))
+            if page.epoch != epoch:
+                if since:  # not the index we counted in (the peer reset it): from its start
+                    since = 0
+                    continue
+                epoch = page.epoch
+                await asyncio.to_thread(self.index.set_meta, remembered, epoch)
+            await self.take(key, page.records)
+            await asyncio.to_thread(self.index.set_peer_seq, self.id, key, epoch, page.seq)
+            if not page.records or page.seq <= since:
+                return
+            since = page.seq
+
+    def answer_index(self, since: int) -> Records:
+        """A page of our index after `since`, for a peer catching up; runs in a thread."""
+        entries = self.index.since(self.id, since)
+        seq = entries[-1].seq if entries else self.index.max_seq(self.id)
+        signed = tuple(Signed(e.record, e.signature) for e in entries)
+        return Records(self.folder.id, signed, self.epoch, seq)
+
+    def answer_blocks(self, hashes: tuple[bytes, ...]) -> list[bytes | None]:
+        """The blocks we hold, verified against their hash; runs in a thread."""
+        return [self._local_block(h) for h in hashes]
+
+    def _local_block(self, digest: bytes) -> bytes | None:
+        found = self.index.find_block(self.id, digest)
+        if found is None:
+            return None
+        data = apply.read_block(self.root, RelPath(found[0]), found[1])
+        return data if data is not None and _sha256(data) == digest else None
+
+    # -- writing -------------------------------------------------------------------------------
+    async def _applies(self) -> None:
+        while True:
+            await self._need_wake.wait()
+            self._need_wake.clear()
+            if not self.mounted:
+                continue
+            needs = await asyncio.to_thread(self.index.needs, self.id)
+            for need in _ordered(needs):
+                try:
+                    await self._apply(need)
+                except apply.Changed:
+                    self._dirty.add(need.record.path)  # a local edit got there first: rescan
+                    self._scan_wake.set()
+                except (apply.UnsafePath, apply.BadBlock, OSError, WireError) as e:
+                    if self._throttle.allow((need.record.path, "apply"), time.time()):
+                        log.warning("folder %s: cannot write %s: %s", self.id,
+                                    need.record.path, e)
+            if needs and not self._need_wake.is_set():
+                remaining = await asyncio.to_thread(self.index.need_totals, self.id)
+                if remaining[0]:
+                    asyncio.get_running_loop().call_later(2.0, self._need_wake.set)
+
+    async def _apply(self, need: Need) -> None:
+        record = need.record
+        entry = await asyncio.to_thread(self.index.get, self.id, record.path)
+        verdict = decide(entry.record if entry else None, record)
+        if verdict.action is Action.IGNORE:
+            await asyncio.to_thread(self.index.drop_need, self.id, record.path)
+            return
+        expected = _expected(entry)
+        keep_old = self._keep_old
+        if record.deleted:
+            await asyncio.to_thread(apply.remove, self.root, record.path, expected, keep_old)
+            seen = None
+        elif record.kind is Kind.DIR:
+            seen = await asyncio.to_thread(apply.make_dir, self.root, record, expected)
+        elif record.kind is Kind.SYMLINK:
+            seen = await asyncio.to_thread(apply.make_symlink, self.root, record, expected)
+        elif entry is not None and not entry.record.deleted and entry.record.same_content(record):
+            seen = await asyncio.to_thread(apply.set_metadata, self.root, record, expected)
+        else:
+            seen = await self._write_file(need, expected)
+        await asyncio.to_thread(self.index.put, self.id, [
+            (record, need.signature, seen.inode if seen else 0, seen.dev if seen else 0)])
+
+    async def _write_file(self, need: Need, expected: scan.Seen | None) -> scan.Seen:
+        record = need.record
+        incoming = await asyncio.to_thread(apply.Incoming.open, self.root, record)
+        progress = self._transfers.setdefault(record.path, _Progress(record.path, record.size))
+        try:
+            missing = await asyncio.to_thread(self._fill_locally, incoming, record)
+            for at in range(0, len(missing), MAX_BLOCKS_PER_REQUEST):
+                batch = missing[at : at + MAX_BLOCKS_PER_REQUEST]
+                blocks = await self._fetch([record.blocks[i] for i in batch], need.source)
+                await asyncio.to_thread(_write_all, incoming, batch, blocks)
+                progress.done += sum(len(b) for b in blocks)
+            return await asyncio.to_thread(incoming.commit, expected, self._keep_old)
+        finally:
+            # The temp file stays for a later resume; only its handles go.
+            await asyncio.to_thread(incoming.close)
+            self._transfers.pop(record.path, None)
+
+    def _fill_locally(self, incoming: apply.Incoming, record: FileRecord) -> list[int]:
+        """Write the blocks we already hold anywhere in the folder; return the rest."""
+        have = incoming.have()
+        missing = []
+        for i, digest in enumerate(record.blocks):
+            if i in have:
+                continue
+            data = self._local_block(digest)
+            if data is None:
+                missing.append(i)
+            else:
+                incoming.write_block(i, data)
+        return missing
+
+    async def _fetch(self, hashes: list[bytes], source: str) -> list[bytes]:
+        """Every block asked for, from the source first, then any member; verified."""
+        got: dict[bytes, bytes] = {}
+        sources = sorted(self.mesh.sources(self.id), key=lambda s: s[0] != source)
+        for _, address in sources:
+            wanted = tuple(dict.fromkeys(h for h in hashes if h not in got))
+            if not wanted:
+                break
+            try:
+                answer = await self.mesh.fetch_blocks(address, BlockRequest(self.folder.id, wanted))
+            except Exception as e:
+                log.debug("folder %s: blocks from %s failed: %s", self.id, address, e)
+                continue
+            for digest, data in zip(wanted, answer, strict=True):
+                if data is not None and _sha256(data) == digest:
+                    got[digest] = data
+        missing = [h for h in hashes if h not in got]
+        if missing:
+            raise OSError(f"{len(missing)} blocks are not available from any member yet")
+        return [got[h] for h in hashes]
+
+    def _keep_old(self, dir_fd: int, name: str, rel: RelPath) -> None:
+        apply.move_to_versions(self.root, dir_fd, name, rel, time.time_ns())
+
+    # -- status --------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """This folder's line in `meshsync status --json`."""
+        files, size = self.index.need_totals(self.id)
+        return {
+            "id": self.id,
+            "path": str(self.root),
+            "state": "unmounted" if not self.mounted else "syncing" if files else "in sync",
+            "need_files": files,
+            "need_bytes": size,
+            "conflicts": 0,
+            "transfers": [{"path": p.path, "size": p.size, "done": p.done}
+                          for p in self._transfers.values()],
+        }
+
+
+def new_epoch() -> str:
+    """A fresh identity for an index database."""
+    return secrets.token_hex(8)
+
+
+def _expected(entry: Entry | None) -> scan.Seen | None:
+    """What the index says is on disk, for the stat-before-overwrite check."""
+    if entry is None or entry.record.deleted:
+        return None
+    r = entry.record
+    return scan.Seen(r.path, r.kind, r.size, r.mode, r.mtime_ns, entry.inode, entry.dev, r.target)
+
+
+def _ordered(needs: list[Need]) -> list[Need]:
+    """Directories parent-first, then files and links, then deletions child-first."""
+    def depth(n: Need) -> int:
+        return n.record.path.count("/")
+
+    dirs = sorted((n for n in needs if n.record.kind is Kind.DIR and not n.record.deleted),
+                  key=depth)
+    deletes = sorted((n for n in needs if n.record.deleted), key=depth, reverse=True)
+    rest = [n for n in needs if n not in dirs and not n.record.deleted]
+    return [*dirs, *rest, *deletes]
+
+
+def _write_all(incoming: apply.Incoming, indexes: list[int], blocks: list[bytes]) -> None:
+    for i, data in zip(indexes, blocks, strict=True):
+        incoming.write_block(i, data)
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()

@@ -1,0 +1,288 @@
+"""Writing remote versions into a folder: atomic, resumable, and never through a symlink."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from meshsync.core.paths import TEMP_PREFIX, RelPath
+from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
+from meshsync.core.vclock import Vector
+from meshsync.fs.apply import (
+    BadBlock,
+    Changed,
+    Incoming,
+    UnsafePath,
+    expect_matches,
+    make_dir,
+    make_symlink,
+    move_to_versions,
+    read_block,
+    remove,
+    set_metadata,
+    versions_dir,
+)
+from meshsync.fs.scan import Seen, walk_under
+
+ORIGIN = "0123456789abcdef"
+MTIME = 1_600_000_000_123_456_789
+WHEN = 1_600_000_000 * 10**9  # 2020-09-13 12:26:40 UTC
+
+
+def chunks(data: bytes) -> list[bytes]:
+    return [data[at : at + BLOCK_SIZE] for at in range(0, len(data), BLOCK_SIZE)]
+
+
+def file_record(path: str, data: bytes, mode: int = 0o640) -> FileRecord:
+    return FileRecord(RelPath(path), Kind.FILE, Vector.of({ORIGIN: 1}), ORIGIN, size=len(data),
+                      mode=mode, mtime_ns=MTIME,
+                      blocks=tuple(hashlib.sha256(c).digest() for c in chunks(data)))
+
+
+def other_record(path: str, kind: Kind, mode: int = 0o750, target: str = "") -> FileRecord:
+    return FileRecord(RelPath(path), kind, Vector.of({ORIGIN: 1}), ORIGIN, mode=mode,
+                      mtime_ns=MTIME, target=target)
+
+
+def seen(root: Path, path: str) -> Seen | None:
+    return next(iter(walk_under(root, RelPath(path))), None)
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.startswith(TEMP_PREFIX)]
+
+
+def write(root: Path, record: FileRecord, data: bytes, expected: Seen | None = None,
+          keep_old: Callable[[int, str, RelPath], None] | None = None) -> Seen:
+    with Incoming.open(root, record) as incoming:
+        for i, block in enumerate(chunks(data)):
+            incoming.write_block(i, block)
+        return incoming.commit(expected, keep_old)
+
+
+def keep_in_versions(root: Path) -> Callable[[int, str, RelPath], None]:
+    return lambda dir_fd, name, rel: move_to_versions(root, dir_fd, name, rel, WHEN)
+
+
+def test_blocks_in_any_order_appear_at_once_with_mode_and_mtime(tmp_path: Path) -> None:
+    data = random.Random(1).randbytes(3 * BLOCK_SIZE + 123)
+    record = file_record("new/deep/f.bin", data)
+    target = tmp_path / "new" / "deep" / "f.bin"
+    order = list(enumerate(chunks(data)))
+    random.Random(2).shuffle(order)
+
+    with Incoming.open(tmp_path, record) as incoming:
+        assert incoming.have() == set()
+        for i, block in order:
+            incoming.write_block(i, block)
+            assert not target.exists()
+        assert incoming.have() == {0, 1, 2, 3}
+        done = incoming.commit(None)
+
+    st = target.lstat()
+    assert target.read_bytes() == data
+    assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o640, MTIME)
+    assert done == Seen(record.path, Kind.FILE, len(data), 0o640, MTIME, st.st_ino, st.st_dev, "")
+    assert temp_files(tmp_path) == []
+
+
+def test_an_empty_file_is_written(tmp_path: Path) -> None:
+    done = write(tmp_path, file_record("empty", b"", 0o600), b"")
+
+    assert (tmp_path / "empty").read_bytes() == b""
+    assert (done.size, done.mode, done.mtime_ns) == (0, 0o600, MTIME)
+
+
+def test_a_bad_block_is_refused_and_nothing_written(tmp_path: Path) -> None:
+    data = b"a" * BLOCK_SIZE + b"b" * 10
+    record = file_record("f", data)
+
+    with Incoming.open(tmp_path, record) as incoming:
+        for index, block in [(0, b"c" * BLOCK_SIZE), (1, b"b" * 11), (0, data[BLOCK_SIZE:]),
+                             (2, b"b" * 10), (-1, b"b" * 10)]:
+            with pytest.raises(BadBlock):
+                incoming.write_block(index, block)
+        assert incoming.have() == set()
+        with pytest.raises(ValueError, match="2 blocks not written"):
+            incoming.commit(None)
+        incoming.abort()
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_restarted_node_resumes_its_half_written_file(tmp_path: Path) -> None:
+    data = random.Random(3).randbytes(4 * BLOCK_SIZE - 1)
+    record = file_record("f", data)
+    blocks = chunks(data)
+    with Incoming.open(tmp_path, record) as first:
+        first.write_block(0, blocks[0])
+        first.write_block(2, blocks[2])
+    # the node died here
+
+    with Incoming.open(tmp_path, record) as second:
+        assert second.have() == {0, 2}
+        second.write_block(1, blocks[1])
+        second.write_block(3, blocks[3])
+        second.commit(None)
+
+    assert (tmp_path / "f").read_bytes() == data
+    assert temp_files(tmp_path) == []
+
+
+def test_commit_refuses_to_overwrite_a_change_it_did_not_scan(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("user's first")
+    expected = seen(tmp_path, "f")
+    (tmp_path / "f").write_text("user's second, unscanned")
+    record = file_record("f", b"remote")
+
+    with Incoming.open(tmp_path, record) as incoming:
+        incoming.write_block(0, b"remote")
+        with pytest.raises(Changed):
+            incoming.commit(expected)
+        assert len(temp_files(tmp_path)) == 1  # kept for a later attempt
+        with pytest.raises(Changed):
+            incoming.commit(None)
+        incoming.abort()
+
+    assert (tmp_path / "f").read_text() == "user's second, unscanned"
+    assert temp_files(tmp_path) == []
+    with pytest.raises(Changed):
+        expect_matches(tmp_path, RelPath("f"), expected)
+    expect_matches(tmp_path, RelPath("f"), seen(tmp_path, "f"))
+    expect_matches(tmp_path, RelPath("nothing/here"), None)
+
+
+@pytest.mark.parametrize("path", ["out/f", "out/new/f", "file/f"])
+def test_nothing_is_written_through_a_symlinked_or_file_parent(tmp_path: Path, path: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "out").symlink_to(outside)
+    (root / "file").write_text("not a directory")
+    writes: list[Callable[[], object]] = [
+        lambda: Incoming.open(root, file_record(path, b"x")),
+        lambda: make_dir(root, other_record(path, Kind.DIR), None),
+        lambda: make_symlink(root, other_record(path, Kind.SYMLINK, target="/etc"), None),
+        lambda: set_metadata(root, other_record(path, Kind.DIR), None),
+        lambda: remove(root, RelPath(path), None),
+        lambda: read_block(root, RelPath(path), 0),
+    ]
+
+    for attempt in writes:
+        with pytest.raises(UnsafePath, match="symlink or a file"):
+            attempt()
+
+    assert list(outside.iterdir()) == []
+    assert sorted(p.name for p in root.iterdir()) == ["file", "out"]
+
+
+def test_a_symlink_at_the_target_is_replaced_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "f").symlink_to(victim)
+
+    write(root, file_record("f", b"new"), b"new", seen(root, "f"))
+
+    assert not (root / "f").is_symlink()
+    assert (root / "f").read_bytes() == b"new"
+    assert victim.read_text() == "precious"
+
+
+def test_the_replaced_file_is_kept_in_versions(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("old")
+    keep = keep_in_versions(tmp_path)
+
+    write(tmp_path, file_record("docs/a.txt", b"new"), b"new", seen(tmp_path, "docs/a.txt"),
+          keep)
+    remove(tmp_path, RelPath("docs/a.txt"), seen(tmp_path, "docs/a.txt"), keep)
+
+    kept = versions_dir(tmp_path) / "docs"
+    assert (kept / "a.txt~20200913-122640").read_text() == "old"
+    assert (kept / "a.txt~20200913-122640-2").read_bytes() == b"new"
+    assert not (tmp_path / "docs" / "a.txt").exists()
+
+
+def test_remove_deletes_only_what_it_expects(tmp_path: Path) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "user.txt").write_text("keep me")
+    (tmp_path / "stale").mkdir()
+    (tmp_path / "stale" / f"{TEMP_PREFIX}0123456789abcdef").write_text("half")
+    (tmp_path / "f").write_text("one")
+    (tmp_path / "g").write_text("two")
+    expected_g = seen(tmp_path, "g")
+    (tmp_path / "g").write_text("two, edited")
+
+    with pytest.raises(Changed, match="not empty"):
+        remove(tmp_path, RelPath("full"), seen(tmp_path, "full"))
+    with pytest.raises(Changed):
+        remove(tmp_path, RelPath("g"), expected_g)
+    remove(tmp_path, RelPath("stale"), seen(tmp_path, "stale"))
+    remove(tmp_path, RelPath("f"), seen(tmp_path, "f"))
+    remove(tmp_path, RelPath("f"), expected_g)  # gone already: fine
+    remove(tmp_path, RelPath("no/such/dir"), expected_g)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "g"]
+    assert (tmp_path / "full" / "user.txt").read_text() == "keep me"
+    assert (tmp_path / "g").read_text() == "two, edited"
+
+
+def test_make_dir_creates_or_updates_a_directory(tmp_path: Path) -> None:
+    made = make_dir(tmp_path, other_record("a/b", Kind.DIR, 0o750), None)
+
+    assert (made.kind, made.mode, made.mtime_ns) == (Kind.DIR, 0o750, MTIME)
+    assert (tmp_path / "a" / "b").lstat().st_mode & 0o7777 == 0o750
+    (tmp_path / "a" / "b" / "child").write_text("moves the directory's mtime")
+    again = make_dir(tmp_path, other_record("a/b", Kind.DIR, 0o700), made)
+    assert (again.inode, again.mode) == (made.inode, 0o700)
+    with pytest.raises(Changed):
+        make_dir(tmp_path, other_record("a/b", Kind.DIR), None)
+
+
+def test_make_symlink_places_a_link_atomically(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("a file first")
+    keep = keep_in_versions(tmp_path)
+
+    made = make_symlink(tmp_path, other_record("f", Kind.SYMLINK, target="../elsewhere"),
+                        seen(tmp_path, "f"), keep)
+
+    assert (tmp_path / "f").readlink() == Path("../elsewhere")
+    assert (made.kind, made.target, made.mtime_ns) == (Kind.SYMLINK, "../elsewhere", MTIME)
+    assert (versions_dir(tmp_path) / "f~20200913-122640").read_text() == "a file first"
+    assert temp_files(tmp_path) == []
+    with pytest.raises(Changed):
+        make_symlink(tmp_path, other_record("f", Kind.SYMLINK, target="x"), None)
+    assert (tmp_path / "f").readlink() == Path("../elsewhere")
+    assert temp_files(tmp_path) == []
+
+
+def test_set_metadata_changes_mode_and_mtime_only(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("same content")
+    record = file_record("f", b"same content", 0o600)
+
+    done = set_metadata(tmp_path, record, seen(tmp_path, "f"))
+
+    st = (tmp_path / "f").lstat()
+    assert (st.st_mode & 0o7777, st.st_mtime_ns, done.inode) == (0o600, MTIME, st.st_ino)
+    assert (tmp_path / "f").read_text() == "same content"
+    with pytest.raises(Changed):
+        set_metadata(tmp_path, record, None)
+
+
+def test_read_block_reads_one_block_of_a_local_file(tmp_path: Path) -> None:
+    data = random.Random(4).randbytes(2 * BLOCK_SIZE + 7)
+    (tmp_path / "f").write_bytes(data)
+    (tmp_path / "link").symlink_to("f")
+
+    assert read_block(tmp_path, RelPath("f"), 0) == data[:BLOCK_SIZE]
+    assert read_block(tmp_path, RelPath("f"), 2) == data[2 * BLOCK_SIZE :]
+    assert read_block(tmp_path, RelPath("f"), 3) is None
+    assert read_block(tmp_path, RelPath("gone"), 0) is None
+    assert read_block(tmp_path, RelPath("link"), 0) is None

@@ -1,0 +1,330 @@
+"""The SQLite index for real: rows, sequence numbers, blocks, needs and marks in tmp_path files."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+
+from meshsync.core.errors import MeshsyncError
+from meshsync.core.paths import RelPath
+from meshsync.core.records import FileRecord, Kind
+from meshsync.core.vclock import Vector
+from meshsync.store.index import PAGE, CorruptIndexError, Entry, Index, Need
+
+A = "00000000000000aa"
+B = "00000000000000bb"
+FOLDER = "photos"
+
+
+def digest(label: str) -> bytes:
+    return hashlib.sha256(label.encode()).digest()
+
+
+def file(path: str, *blocks: str, counter: int = 1, node: str = A) -> FileRecord:
+    return FileRecord(RelPath(path), Kind.FILE, Vector.of({node: counter}), node,
+                      size=len(blocks) * 100, mode=0o640, mtime_ns=1_700_000_000_123_456_789,
+                      blocks=tuple(digest(b) for b in blocks))
+
+
+def item(record: FileRecord, inode: int = 7) -> tuple[FileRecord, bytes, int, int]:
+    return record, b"sig:" + record.path.encode(), inode, 42
+
+
+def sql(path: Path, query: str) -> list[tuple[object, ...]]:
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        return db.execute(query).fetchall()
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "index.db"
+
+
+@pytest.fixture
+def index(db_path: Path) -> Iterator[Index]:
+    index = Index(db_path)
+    yield index
+    index.close()
+
+
+def test_every_field_round_trips_for_files_dirs_links_and_tombstones(index: Index) -> None:
+    live = file("a/b.txt", "x", "y", counter=3)
+    directory = FileRecord(RelPath("a"), Kind.DIR, Vector.of({A: 1, B: 2}), B, mode=0o755,
+                           mtime_ns=-5)
+    link = FileRecord(RelPath("a/link"), Kind.SYMLINK, Vector.of({B: 9}), B, mode=0o777,
+                      target="../elsewhere/ü")
+    tomb = file("gone.txt", "z").tombstone(Vector.of({A: 2, B: 1}), B)
+    items = [(live, b"s1", 11, 3), (directory, b"s2", 12, 3), (link, b"", 13, 3),
+             (tomb, b"s4", 0, 0)]
+    seqs = index.put(FOLDER, items)
+    for (record, signature, inode, dev), seq in zip(items, seqs, strict=True):
+        assert index.get(FOLDER, record.path) == Entry(record, signature, seq, inode, dev)
+    assert index.get(FOLDER, "missing") is None
+    assert index.get("other", "a/b.txt") is None
+
+
+def test_inode_and_device_numbers_with_the_top_bit_set_round_trip(index: Index) -> None:
+    record = file("big-inode", "x")
+    index.put(FOLDER, [(record, b"s", 2**64 - 1, 2**63)])
+    entry = index.get(FOLDER, "big-inode")
+    assert entry is not None
+    assert (entry.inode, entry.dev) == (2**64 - 1, 2**63)
+
+
+def test_seq_strictly_increases_across_puts_replacements_and_a_restart(db_path: Path) -> None:
+    index = Index(db_path)
+    assert index.max_seq(FOLDER) == 0
+    first = index.put(FOLDER, [item(file("a", "1")), item(file("b", "1"))])
+    second = index.put(FOLDER, [item(file("a", "2", counter=2))])
+    other_folder = index.put("other", [item(file("a", "1"))])
+    index.close()
+    index = Index(db_path)
+    try:
+        third = index.put(FOLDER, [item(file("a", "3", counter=3))])
+        assert first + second + third == [1, 2, 3, 4]
+        assert other_folder == [1]
+        assert index.max_seq(FOLDER) == 4
+        entry = index.get(FOLDER, "a")
+        assert entry is not None
+        assert entry.seq == 4
+    finally:
+        index.close()
+
+
+def test_a_replaced_top_row_does_not_give_its_seq_out_again(index: Index) -> None:
+    index.put(FOLDER, [item(file("a", "1")), item(file("b", "1"))])
+    index.put(FOLDER, [item(file("b", "2", counter=2)), item(file("b", "3", counter=3))])
+    assert index.put(FOLDER, [item(file("c", "1"))]) == [5]
+
+
+def test_the_last_item_for_a_path_in_one_put_wins(index: Index) -> None:
+    seqs = index.put(FOLDER, [item(file("a", "old")), item(file("a", "new", counter=2))])
+    assert seqs == [1, 2]
+    entry = index.get(FOLDER, "a")
+    assert entry is not None
+    assert (entry.record, entry.seq) == (file("a", "new", counter=2), 2)
+    assert index.find_block(FOLDER, digest("old")) is None
+    assert index.find_block(FOLDER, digest("new")) == ("a", 0)
+
+
+def test_since_pages_through_rows_in_seq_order_showing_replaced_rows_once(index: Index) -> None:
+    index.put(FOLDER, [item(file(f"f{i}", str(i))) for i in range(10)])
+    index.put(FOLDER, [item(file("f3", "again", counter=2))])
+    pages, seq = [], 0
+    while page := index.since(FOLDER, seq, limit=4):
+        pages.append([e.record.path for e in page])
+        seq = page[-1].seq
+    assert pages == [["f0", "f1", "f2", "f4"], ["f5", "f6", "f7", "f8"], ["f9", "f3"]]
+    assert seq == index.max_seq(FOLDER) == 11
+    assert index.since("other", 0) == []
+
+
+def test_entries_stream_every_row_of_the_folder_in_path_order(index: Index) -> None:
+    paths = [f"d{i % 7}/f{i:05d}" for i in range(2 * PAGE + 3)] + ["z", "Z", "é", "a b"]
+    index.put(FOLDER, [item(file(p)) for p in paths])
+    index.put("other", [item(file("d0/zzz"))])
+    assert [e.record.path for e in index.entries(FOLDER)] == sorted(paths)
+    assert list(index.entries("empty")) == []
+
+
+def test_entries_under_a_path_are_it_and_its_descendants_only(index: Index) -> None:
+    paths = ["a", "a/b", "a/b/c", "a b", "a.txt", "a0", "ab", "b"]
+    index.put(FOLDER, [item(file(p)) for p in paths])
+    assert [e.record.path for e in index.entries_under(FOLDER, "a")] == ["a", "a/b", "a/b/c"]
+    assert [e.record.path for e in index.entries_under(FOLDER, "a/b")] == ["a/b", "a/b/c"]
+    assert index.entries_under(FOLDER, "nothing") == []
+
+
+def test_blocks_are_found_where_a_live_file_holds_them(index: Index) -> None:
+    index.put(FOLDER, [item(file("one", "x", "y", "x")),
+                       item(FileRecord(RelPath("dir"), Kind.DIR, Vector.of({A: 1}), A))])
+    assert index.find_block(FOLDER, digest("y")) == ("one", 1)
+    assert index.find_block(FOLDER, digest("x")) in {("one", 0), ("one", 2)}
+    assert index.find_block(FOLDER, digest("nowhere")) is None
+    assert index.find_block("other", digest("y")) is None
+
+
+def test_a_file_replaced_by_a_tombstone_no_longer_offers_its_blocks(index: Index) -> None:
+    record = file("doomed", "x")
+    index.put(FOLDER, [item(record)])
+    index.put(FOLDER, [(record.tombstone(Vector.of({A: 2}), A), b"s", 0, 0)])
+    assert index.find_block(FOLDER, digest("x")) is None
+
+
+def test_a_renamed_file_offers_its_blocks_at_the_new_path(index: Index) -> None:
+    old = file("old/name", "x", "y")
+    index.put(FOLDER, [item(old)])
+    index.put(FOLDER, [item(file("new/name", "x", "y")),
+                       (old.tombstone(Vector.of({A: 2}), A), b"s", 0, 0)])
+    assert index.find_block(FOLDER, digest("x")) == ("new/name", 0)
+    assert index.find_block(FOLDER, digest("y")) == ("new/name", 1)
+
+
+def test_changed_content_replaces_the_blocks_of_a_path(index: Index) -> None:
+    index.put(FOLDER, [item(file("f", "x", "y"))])
+    index.put(FOLDER, [item(file("f", "y", counter=2))])
+    assert index.find_block(FOLDER, digest("x")) is None
+    assert index.find_block(FOLDER, digest("y")) == ("f", 0)
+
+
+def test_block_lookup_by_hash_is_indexed(index: Index, db_path: Path) -> None:
+    indexed = {row[2] for name, in sql(db_path, "SELECT name FROM pragma_index_list('blocks')")
+               for row in sql(db_path, f"PRAGMA index_info('{name}')") if row[0] == 0}
+    assert "hash" in indexed
+
+
+def test_a_newer_need_replaces_the_older_and_needs_list_in_path_order(index: Index) -> None:
+    index.add_needs(FOLDER, [Need(file("b", "1"), b"s1", B), Need(file("a", "1"), b"s2", B)])
+    newer = Need(file("b", "2", counter=2, node=B), b"s3", A)
+    index.add_needs(FOLDER, [newer])
+    assert index.needs(FOLDER) == [Need(file("a", "1"), b"s2", B), newer]
+    assert index.need(FOLDER, "b") == newer
+    assert index.need(FOLDER, "c") is None
+    assert index.needs(FOLDER, limit=1) == [Need(file("a", "1"), b"s2", B)]
+    assert index.needs("other") == []
+
+
+def test_putting_the_needed_version_or_a_newer_one_drops_the_need(index: Index) -> None:
+    index.add_needs(FOLDER, [Need(file(p, "1", counter=2), b"s", B) for p in "abcd"])
+    index.put(FOLDER, [
+        item(file("a", "1", counter=2)),  # the needed version itself
+        item(file("b", "9", counter=3)),  # newer
+        item(file("c", "0", counter=1)),  # older: still needed
+        item(file("d", "0", node=B)),  # concurrent: still needed
+    ])
+    assert [n.record.path for n in index.needs(FOLDER)] == ["c", "d"]
+
+
+def test_drop_need_and_need_totals(index: Index) -> None:
+    tomb = file("t", "x").tombstone(Vector.of({A: 2}), A)
+    index.add_needs(FOLDER, [Need(file("a", "1", "2"), b"s", B), Need(file("b", "1"), b"s", B),
+                             Need(tomb, b"s", B)])
+    assert index.need_totals(FOLDER) == (3, 300)
+    index.drop_need(FOLDER, "a")
+    index.drop_need(FOLDER, "never-needed")
+    assert index.need_totals(FOLDER) == (2, 100)
+    assert index.need_totals("other") == (0, 0)
+
+
+def test_peer_seq_is_kept_per_peer_and_epoch_across_a_restart(db_path: Path) -> None:
+    index = Index(db_path)
+    assert index.peer_seq(FOLDER, B, "e1") == 0
+    index.set_peer_seq(FOLDER, B, "e1", 10)
+    index.set_peer_seq(FOLDER, B, "e1", 12)
+    index.set_peer_seq(FOLDER, B, "e2", 3)
+    index.close()
+    index = Index(db_path)
+    try:
+        assert index.peer_seq(FOLDER, B, "e1") == 12
+        assert index.peer_seq(FOLDER, B, "e2") == 3
+        assert index.peer_seq(FOLDER, A, "e1") == 0
+        assert index.peer_seq("other", B, "e1") == 0
+    finally:
+        index.close()
+
+
+def test_meta_values_are_stored_and_replaced(index: Index) -> None:
+    assert index.get_meta("epoch") is None
+    index.set_meta("epoch", "one")
+    index.set_meta("epoch", "two")
+    assert index.get_meta("epoch") == "two"
+
+
+def test_counts_exclude_tombstones(index: Index) -> None:
+    index.put(FOLDER, [
+        item(file("a", "1", "2")),
+        item(FileRecord(RelPath("d"), Kind.DIR, Vector.of({A: 1}), A)),
+        item(file("gone", "1").tombstone(Vector.of({A: 2}), A)),
+    ])
+    assert index.counts(FOLDER) == (2, 200)
+    assert index.counts("other") == (0, 0)
+
+
+def test_the_database_is_in_wal_mode(index: Index, db_path: Path) -> None:
+    assert sql(db_path, "PRAGMA journal_mode") == [("wal",)]
+
+
+def test_schema_version_is_recorded_and_reopening_does_not_rerun_migrations(
+    db_path: Path,
+) -> None:
+    latest = max(int(s.name[:3]) for s in files("meshsync.store").joinpath("schema").iterdir()
+                 if s.name.endswith(".sql"))
+    index = Index(db_path)
+    index.put(FOLDER, [item(file("kept", "x"))])
+    index.close()
+    assert sql(db_path, "PRAGMA user_version") == [(latest,)]
+    sql(db_path, "DROP TABLE meta")  # a re-run migration would bring it back
+    Index(db_path).close()
+    assert sql(db_path, "SELECT name FROM sqlite_master WHERE name = 'meta'") == []
+    assert sql(db_path, "SELECT path FROM files") == [("kept",)]
+
+
+def test_a_database_from_a_newer_meshsync_is_refused(db_path: Path) -> None:
+    Index(db_path).close()
+    sql(db_path, "PRAGMA user_version = 999")
+    with pytest.raises(MeshsyncError, match="newer meshsync"):
+        Index(db_path)
+
+
+def test_a_corrupt_row_raises_an_error_naming_it(index: Index, db_path: Path) -> None:
+    index.put(FOLDER, [item(file("bad", "x")), item(file("bad2", "x"))])
+    sql(db_path, "UPDATE files SET version = 'not json' WHERE path = 'bad'")
+    sql(db_path, "UPDATE files SET origin = X'05' WHERE path = 'bad2'")
+    with pytest.raises(CorruptIndexError, match="'bad' is corrupt"):
+        index.get(FOLDER, "bad")
+    with pytest.raises(CorruptIndexError, match="origin is bytes"):
+        index.get(FOLDER, "bad2")
+
+
+def test_concurrent_puts_through_one_index_are_serialised(index: Index, db_path: Path) -> None:
+    def work(n: int) -> list[int]:
+        return [seq for i in range(25)
+                for seq in index.put(FOLDER, [item(file(f"t{n}/{i}/{j}", f"{n}.{i}.{j}"))
+                                              for j in range(8)])]
+
+    with ThreadPoolExecutor(8) as pool:
+        seqs = [seq for result in pool.map(work, range(8)) for seq in result]
+    assert sorted(seqs) == list(range(1, 8 * 25 * 8 + 1))
+    assert index.max_seq(FOLDER) == len(seqs)
+    assert sum(1 for _ in index.entries(FOLDER)) == len(seqs)
+    assert index.find_block(FOLDER, digest("7.24.7")) == ("t7/24/7", 0)
+    assert sql(db_path, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_two_indexes_on_one_new_file_from_two_threads_do_not_corrupt(db_path: Path) -> None:
+    start = threading.Barrier(2)
+
+    def work(n: int) -> list[int]:
+        start.wait()
+        index = Index(db_path)  # both create the schema at once
+        try:
+            return [seq for i in range(50)
+                    for seq in index.put(FOLDER, [item(file(f"{n}/{i}", f"{n}.{i}"))])]
+        finally:
+            index.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        seqs = [seq for result in pool.map(work, range(2)) for seq in result]
+    assert sorted(seqs) == list(range(1, 101))
+    assert sql(db_path, "PRAGMA integrity_check") == [("ok",)]
+    assert sql(db_path, "SELECT count(*) FROM files") == [(100,)]
+
+
+def test_a_put_of_ten_thousand_records_stores_them_all(index: Index) -> None:
+    records = [file(f"bulk/{i:05d}", f"{i}a", f"{i}b") for i in range(10_000)]
+    assert index.put(FOLDER, [item(r, inode=i) for i, r in enumerate(records)]) == list(
+        range(1, 10_001))
+    assert index.counts(FOLDER) == (10_000, 2_000_000)
+    assert [e.record for e in index.entries(FOLDER)] == records
+    assert index.find_block(FOLDER, digest("9999b")) == ("bulk/09999", 1)
+    assert [e.seq for e in index.since(FOLDER, 9_990)] == list(range(9_991, 10_001))

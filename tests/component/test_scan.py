@@ -1,0 +1,229 @@
+"""Walking and watching a folder, hashing files in blocks, and telling what changed."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import os
+import random
+import sys
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+from types import FrameType
+
+import pytest
+
+from meshsync.core.paths import TEMP_PREFIX, RelPath
+from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
+from meshsync.core.vclock import Vector
+from meshsync.fs.scan import Seen, differs, hash_file, stable_hash, walk, walk_under
+from meshsync.fs.watch import watch
+
+MIB = 1024 * 1024
+ORIGIN = "0123456789abcdef"
+
+
+def seen_of(root: Path, path: str) -> Seen:
+    return next(s for s in walk(root) if s.path == path)
+
+
+def test_walk_reports_files_dirs_and_links_without_following_them(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "secret").mkdir(parents=True)
+    root = tmp_path / "root"
+    (root / ".meshsync" / "versions").mkdir(parents=True)
+    (root / ".meshsync" / "versions" / "old~1").write_text("kept")
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "f.txt").write_bytes(b"hello")
+    (root / "a" / "b" / "f.txt").chmod(0o640)
+    (root / "empty").mkdir()
+    (root / "to-dir").symlink_to("a")
+    (root / "to-outside").symlink_to(outside)
+    (root / "dangling").symlink_to("nowhere")
+    (root / "a" / f"{TEMP_PREFIX}0123456789abcdef").write_bytes(b"partial")
+    os.mkfifo(root / "pipe")
+
+    found: dict[str, Seen] = {s.path: s for s in walk(root)}
+
+    assert set(found) == {"a", "a/b", "a/b/f.txt", "empty", "to-dir", "to-outside", "dangling"}
+    st = (root / "a" / "b" / "f.txt").lstat()
+    assert found["a/b/f.txt"] == Seen(RelPath("a/b/f.txt"), Kind.FILE, 5, 0o640, st.st_mtime_ns,
+                                      st.st_ino, st.st_dev, "")
+    assert (found["empty"].kind, found["empty"].size) == (Kind.DIR, 0)
+    assert (found["to-dir"].kind, found["to-dir"].target) == (Kind.SYMLINK, "a")
+    assert found["to-outside"].target == str(outside)
+    assert (found["dangling"].kind, found["dangling"].target) == (Kind.SYMLINK, "nowhere")
+
+
+def test_walk_under_reports_a_moved_in_tree_whole_but_nothing_behind_a_link(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_text("no")
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "tree" / "sub" / "f").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "outside")
+
+    assert [s.path for s in walk_under(tmp_path, RelPath("tree"))] == [
+        "tree", "tree/sub", "tree/sub/f"]
+    assert [s.path for s in walk_under(tmp_path, RelPath("link"))] == ["link"]
+    assert list(walk_under(tmp_path, RelPath("link/secret"))) == []
+    assert list(walk_under(tmp_path, RelPath("gone"))) == []
+
+
+@pytest.mark.parametrize("size", [0, 1, BLOCK_SIZE, BLOCK_SIZE + 1, 3 * BLOCK_SIZE])
+def test_hash_file_hashes_each_block(tmp_path: Path, size: int) -> None:
+    data = random.Random(size).randbytes(size)
+    (tmp_path / "f").write_bytes(data)
+
+    assert hash_file(tmp_path / "f") == (size, tuple(
+        hashlib.sha256(data[at : at + BLOCK_SIZE]).digest() for at in range(0, size, BLOCK_SIZE)))
+
+
+def memory_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/self/status")
+
+
+def test_hashing_a_large_file_streams_it(tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    with big.open("wb") as f:
+        f.truncate(300 * MIB)  # sparse: no disk is filled
+    with suppress(OSError):  # resets VmHWM, so the peak is this test's
+        Path("/proc/self/clear_refs").write_text("5")
+    before = max(memory_kib("VmRSS"), memory_kib("VmHWM"))
+
+    size, blocks = hash_file(big)
+
+    assert memory_kib("VmHWM") - before < 64 * 1024
+    assert size == 300 * MIB
+    assert blocks == (hashlib.sha256(bytes(BLOCK_SIZE)).digest(),) * (300 * MIB // BLOCK_SIZE)
+
+
+def test_stable_hash_hashes_an_unchanged_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * (2 * BLOCK_SIZE + 5))
+
+    assert stable_hash(tmp_path, seen_of(tmp_path, "f")) == hash_file(tmp_path / "f")
+
+
+def test_stable_hash_refuses_a_file_appended_to_while_hashed(tmp_path: Path) -> None:
+    path = tmp_path / "growing"
+    path.write_bytes(b"x" * (3 * BLOCK_SIZE))
+    seen = seen_of(tmp_path, "growing")
+    appended: list[bool] = []
+
+    def append_at_first_read(_frame: FrameType, event: str, arg: object) -> None:
+        # Strikes after the hasher's first stat and read, before its closing stats: no timing.
+        if event == "c_call" and arg is os.preadv and not appended:
+            appended.append(True)
+            with path.open("ab") as f:
+                f.write(b"more")
+
+    sys.setprofile(append_at_first_read)
+    try:
+        assert stable_hash(tmp_path, seen) is None
+    finally:
+        sys.setprofile(None)
+    assert appended
+
+
+def test_stable_hash_refuses_a_file_that_changed_or_went_since_it_was_seen(
+    tmp_path: Path,
+) -> None:
+    for name in ("grown", "gone", "now-link", "now-dir"):
+        (tmp_path / name).write_bytes(b"abc")
+    seen = {s.path: s for s in walk(tmp_path)}
+    with (tmp_path / "grown").open("ab") as f:
+        f.write(b"d")
+    (tmp_path / "gone").unlink()
+    (tmp_path / "now-link").unlink()
+    (tmp_path / "now-link").symlink_to("grown")
+    (tmp_path / "now-dir").unlink()
+    (tmp_path / "now-dir").mkdir()
+
+    for path in seen:
+        assert stable_hash(tmp_path, seen[path]) is None, path
+
+
+FILE = Seen(RelPath("f"), Kind.FILE, 10, 0o644, 1_000, 7, 1, "")
+DIR = Seen(RelPath("d"), Kind.DIR, 0, 0o755, 1_000, 8, 1, "")
+LINK = Seen(RelPath("l"), Kind.SYMLINK, 0, 0o777, 1_000, 9, 1, "there")
+
+
+def record_of(seen: Seen) -> FileRecord:
+    return FileRecord(seen.path, seen.kind, Vector.of({ORIGIN: 1}), ORIGIN, size=seen.size,
+                      mode=seen.mode, mtime_ns=seen.mtime_ns, target=seen.target)
+
+
+@pytest.mark.parametrize(
+    ("seen", "change", "expected"),
+    [
+        (FILE, {}, False),
+        (FILE, {"size": 11}, True),
+        (FILE, {"mtime_ns": 1_001}, True),
+        (FILE, {"inode": 70}, True),
+        (FILE, {"mode": 0o600}, True),
+        (FILE, {"kind": Kind.DIR}, True),
+        (FILE, {"dev": 2}, False),
+        (DIR, {}, False),
+        (DIR, {"mtime_ns": 2_000}, False),
+        (DIR, {"inode": 80}, False),
+        (DIR, {"mode": 0o700}, True),
+        (DIR, {"kind": Kind.SYMLINK}, True),
+        (LINK, {}, False),
+        (LINK, {"target": "elsewhere"}, True),
+        (LINK, {"mtime_ns": 2_000}, False),
+        (LINK, {"kind": Kind.FILE}, True),
+    ],
+)
+def test_differs(seen: Seen, change: dict[str, object], expected: bool) -> None:
+    on_disk = dataclasses.replace(seen, **change)  # type: ignore[arg-type]
+
+    assert differs(on_disk, record_of(seen), seen.inode) is expected
+
+
+def test_a_tombstone_differs_from_anything_present() -> None:
+    for seen in (FILE, DIR, LINK):
+        record = record_of(seen)
+        assert differs(seen, record.tombstone(Vector.of({ORIGIN: 2}), ORIGIN), seen.inode)
+
+
+async def until(condition: Callable[[], bool], action: Callable[[], object] = lambda: None) -> None:
+    async with asyncio.timeout(10):
+        while not condition():
+            action()
+            await asyncio.sleep(0.05)
+
+
+async def test_watch_reports_new_files_and_a_moved_in_directory(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / ".meshsync").mkdir(parents=True)
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "tree" / "sub" / "f").write_text("x")
+    reported: set[RelPath] = set()
+
+    async def collect() -> None:
+        async for batch in watch(root):
+            reported.update(batch)
+
+    task = asyncio.create_task(collect(), name="watch")
+    try:
+        probe = root / "probe"
+        await until(lambda: "probe" in reported, lambda: probe.write_text("ready?"))
+        (root / ".meshsync" / "state").write_text("ours")
+        (root / f"{TEMP_PREFIX}0123456789abcdef").write_text("ours")
+        (root / "new.txt").write_text("hello")
+        (tmp_path / "tree").rename(root / "tree")
+        await until(lambda: {"new.txt", "tree"} <= reported)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    assert not any(p.startswith((".meshsync", TEMP_PREFIX)) for p in reported)
+    assert [s.path for s in walk_under(root, RelPath("tree"))] == [
+        "tree", "tree/sub", "tree/sub/f"]

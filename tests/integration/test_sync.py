@@ -1,0 +1,137 @@
+"""Every change on any machine reaches all others, whole: files, folders, links, modes, mtimes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from tests.integration.lan import Lan, holds_for, same_trees, tree, wait_for
+from tests.integration.test_election import agreed, start_all
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def mesh(make_lan, count: int) -> Lan:
+    lan = make_lan(count)
+    start_all(lan)
+    lowest = lan.by_id()[0]
+    wait_for("the mesh to form", lambda: agreed(lan.hosts, lowest), 15)
+    return lan
+
+
+def write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def test_nested_creates_modifies_deletes_and_renames_converge_on_three_hosts(make_lan):
+    lan = mesh(make_lan, 3)
+    h1, h2, h3 = lan.hosts
+    write(h1.sync / "a/b/c/deep.txt", b"deep")
+    write(h2.sync / "top.txt", b"top")
+    write(h3.sync / "x/y.bin", os.urandom(300_000))
+    wait_for("creates to converge", lambda: (t := same_trees(lan.hosts)) and len(
+        [p for p in t if t[p][0] == "file"]) == 3, 10)
+
+    (h2.sync / "a/b/c/deep.txt").write_bytes(b"deeper")
+    (h3.sync / "top.txt").rename(h3.sync / "a/top-moved.txt")
+    (h1.sync / "x/y.bin").unlink()
+    (h1.sync / "x").rmdir()
+
+    def settled():
+        t = same_trees(lan.hosts)
+        return t and "x" not in t and "top.txt" not in t and "a/top-moved.txt" in t and t
+    final = wait_for("edits, a rename and a delete to converge", settled, 10)
+    assert (h1.sync / "a/b/c/deep.txt").read_bytes() == b"deeper"
+    assert (h1.sync / "a/top-moved.txt").read_bytes() == b"top"
+    assert set(final) == {"a", "a/b", "a/b/c", "a/b/c/deep.txt", "a/top-moved.txt"}
+
+
+def test_mode_bits_mtime_empty_dirs_and_symlinks_follow(make_lan):
+    lan = mesh(make_lan, 2)
+    h1, h2 = lan.hosts
+    script = h1.sync / "run.sh"
+    write(script, b"#!/bin/sh\necho hi\n")
+    script.chmod(0o750)
+    os.utime(script, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    (h1.sync / "empty/inner").mkdir(parents=True)
+    (h1.sync / "link").symlink_to("run.sh")
+    (h1.sync / "outside").symlink_to("/etc/passwd")
+    wait_for("all of it on h2", lambda: same_trees(lan.hosts) and len(tree(h2.sync)) == 5, 10)
+    copy = h2.sync / "run.sh"
+    assert copy.stat().st_mode & 0o777 == 0o750
+    assert copy.stat().st_mtime_ns == 1_600_000_000_123_456_789
+    # Synced as a link, never followed.
+    assert str((h2.sync / "outside").readlink()) == "/etc/passwd"
+    assert (h2.sync / "empty/inner").is_dir()
+
+    script.chmod(0o700)
+    wait_for("a chmod alone to follow", lambda: copy.stat().st_mode & 0o777 == 0o700, 10)
+
+
+def test_a_vanished_folder_deletes_nothing_anywhere_and_resumes(make_lan):
+    lan = mesh(make_lan, 2)
+    h1, h2 = lan.hosts
+    write(h1.sync / "keep/me.txt", b"precious")
+    wait_for("the file on h2", lambda: (h2.sync / "keep/me.txt").exists(), 10)
+    # The disk is unmounted: the folder is empty, its marker gone.
+    hidden = h1.home / "unmounted"
+    h1.sync.rename(hidden)
+    h1.sync.mkdir()
+    wait_for("h1 to report the folder unmounted",
+             lambda: h1.json("status")["folders"][0]["state"] == "unmounted", 10)
+    write(h2.sync / "keep/new.txt", b"written while h1's disk was away")
+    # Long enough for a delete or a write to have crossed the LAN many times over.
+    holds_for("h2 to keep its files and h1's empty mount point to stay empty",
+              lambda: (h2.sync / "keep/me.txt").exists() and not any(h1.sync.iterdir()), 3)
+    h1.sync.rmdir()
+    hidden.rename(h1.sync)
+    wait_for("h1 to resume and catch up", lambda: same_trees(lan.hosts)
+             and (h1.sync / "keep/new.txt").exists(), 10)
+    assert (h2.sync / "keep/me.txt").read_bytes() == b"precious"
+
+
+def rx_bytes(host) -> int:
+    """Bytes received on the host's interface so far."""
+    for line in host.exec("cat", "/proc/net/dev").stdout.splitlines():
+        if line.strip().startswith("eth0:"):
+            return int(line.split(":", 1)[1].split()[0])
+    raise AssertionError("no eth0 in /proc/net/dev")
+
+
+def test_a_stopped_machine_catches_up_without_fetching_what_it_has(make_lan):
+    lan = mesh(make_lan, 3)
+    h1, h2, h3 = lan.hosts
+    big = os.urandom(4 * 1024 * 1024)
+    write(h1.sync / "big.bin", big)
+    write(h1.sync / "gone.txt", b"to be deleted")
+    write(h1.sync / "edit.txt", b"v1")
+    wait_for("everything on h3", lambda: same_trees(lan.hosts) and len(tree(h3.sync)) == 3, 15)
+    h3.stop()
+    (h1.sync / "gone.txt").unlink()
+    (h2.sync / "edit.txt").write_bytes(b"v2")
+    write(h1.sync / "new/file.txt", b"created while h3 was away")
+    wait_for("h1 and h2 to agree", lambda: (t := same_trees([h1, h2])) and "gone.txt" not in t
+             and "new/file.txt" in t, 10)
+    before = rx_bytes(h3)
+    h3.start()
+    wait_for("h3 to catch up: creates, changes and deletes", lambda: same_trees(lan.hosts)
+             and not (h3.sync / "gone.txt").exists(), 15)
+    received = rx_bytes(h3) - before
+    assert (h3.sync / "edit.txt").read_bytes() == b"v2"
+    assert received < len(big) // 4, f"h3 received {received} bytes: it fetched big.bin again"
+
+
+def test_path_traversal_in_a_notice_is_refused_and_touches_nothing(make_lan):
+    lan = mesh(make_lan, 2)
+    h1, h2 = lan.hosts
+    result = h2.exec(sys.executable, "-m", "tests.integration.probe", f"{h1.ip}:22300",
+                     str(h2.key), "notice", cwd=str(REPO))
+    assert json.loads(result.stdout) == {
+        "../escape.txt": 400, "/etc/evil": 400, "a/../../b": 400, "nul\u0000byte": 400,
+        ".meshsync/versions/x": 400, "ok.txt": 200,
+    }
+    assert not (h1.home / "escape.txt").exists()
+    assert h1.is_running()
