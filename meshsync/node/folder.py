@@ -14,12 +14,11 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from meshsync.core.errors import WireError
 from meshsync.core.ids import NodeId
 from meshsync.core.paths import RelPath
 from meshsync.core.plan import Action, decide
@@ -39,6 +38,8 @@ CATCH_UP_EVERY = 30.0
 UNMOUNTED_CHECK_EVERY = 2.0
 NOTICE_BATCH = 1000
 RETRY_UNSTABLE = 0.5
+RETRY_NEEDS = 2.0
+FILES_PER_GROUP = 256
 
 
 class Mesh(Protocol):
@@ -65,6 +66,14 @@ class Mesh(Protocol):
 
     async def fetch_index(self, address: str, request: IndexRequest) -> Records:
         """An index page from one peer; raises on failure."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """A file whose content must be written, and what the disk must hold until then."""
+
+    need: Need
+    expected: scan.Seen | None
 
 
 @dataclass(slots=True)
@@ -133,9 +142,10 @@ class FolderSync:
         # inotify follows a directory's inode: when the folder goes and comes back (a disk
         # unmounted and mounted again), the old watch sees nothing, so start a new one.
         while True:
-            while not self.mounted:
-                await asyncio.sleep(UNMOUNTED_CHECK_EVERY)
             self._rewatch.clear()
+            if not self.mounted:
+                await self._rewatch.wait()  # set by the scan loop when the marker is back
+                continue
             async with asyncio.TaskGroup() as tg:
                 watcher = tg.create_task(self._take_events(), name=f"events {self.id}")
                 await self._rewatch.wait()
@@ -324,60 +334,95 @@ class FolderSync:
             if not self.mounted:
                 continue
             needs = await asyncio.to_thread(self.index.needs, self.id)
+            writes: list[_Write] = []
             for need in _ordered(needs):
-                try:
-                    await self._apply(need)
-                except apply.Changed:
-                    self._dirty.add(need.record.path)  # a local edit got there first: rescan
-                    self._scan_wake.set()
-                except (apply.UnsafePath, apply.BadBlock, OSError, WireError) as e:
-                    if self._throttle.allow((need.record.path, "apply"), time.time()):
-                        log.warning("folder %s: cannot write %s: %s", self.id,
-                                    need.record.path, e)
+                with self._reporting(need):
+                    write = await self._apply(need)
+                    if write is not None:
+                        writes.append(write)
+            # File contents go in groups, so a thousand small files cost a few round trips.
+            for at in range(0, len(writes), FILES_PER_GROUP):
+                await self._write_files(writes[at : at + FILES_PER_GROUP])
             if needs and not self._need_wake.is_set():
                 remaining = await asyncio.to_thread(self.index.need_totals, self.id)
                 if remaining[0]:
-                    asyncio.get_running_loop().call_later(2.0, self._need_wake.set)
+                    asyncio.get_running_loop().call_later(RETRY_NEEDS, self._need_wake.set)
 
-    async def _apply(self, need: Need) -> None:
+    @contextlib.contextmanager
+    def _reporting(self, need: Need) -> Iterator[None]:
+        """Turn a failure to write one path into a rescan (the disk changed) or a log line."""
+        try:
+            yield
+        except apply.Changed:
+            self._dirty.add(need.record.path)  # a local edit got there first: rescan it
+            self._scan_wake.set()
+        except (apply.UnsafePath, apply.BadBlock, OSError, ValueError) as e:
+            if self._throttle.allow((need.record.path, "apply"), time.time()):
+                log.warning("folder %s: cannot write %s: %s", self.id, need.record.path, e)
+
+    async def _apply(self, need: Need) -> _Write | None:
+        """Apply what needs no transfer; return a file whose content must be written."""
         record = need.record
         entry = await asyncio.to_thread(self.index.get, self.id, record.path)
-        verdict = decide(entry.record if entry else None, record)
-        if verdict.action is Action.IGNORE:
+        if decide(entry.record if entry else None, record).action is Action.IGNORE:
             await asyncio.to_thread(self.index.drop_need, self.id, record.path)
-            return
+            return None
         expected = _expected(entry)
-        keep_old = self._keep_old
         if record.deleted:
-            await asyncio.to_thread(apply.remove, self.root, record.path, expected, keep_old)
+            await asyncio.to_thread(apply.remove, self.root, record.path, expected, self._keep_old)
             seen = None
         elif record.kind is Kind.DIR:
             seen = await asyncio.to_thread(apply.make_dir, self.root, record, expected)
         elif record.kind is Kind.SYMLINK:
-            seen = await asyncio.to_thread(apply.make_symlink, self.root, record, expected)
+            seen = await asyncio.to_thread(apply.make_symlink, self.root, record, expected,
+                                           self._keep_old)
         elif entry is not None and not entry.record.deleted and entry.record.same_content(record):
             seen = await asyncio.to_thread(apply.set_metadata, self.root, record, expected)
         else:
-            seen = await self._write_file(need, expected)
-        await asyncio.to_thread(self.index.put, self.id, [
-            (record, need.signature, seen.inode if seen else 0, seen.dev if seen else 0)])
+            return _Write(need, expected)
+        await self._record(need, seen)
+        return None
 
-    async def _write_file(self, need: Need, expected: scan.Seen | None) -> scan.Seen:
-        record = need.record
-        incoming = await asyncio.to_thread(apply.Incoming.open, self.root, record)
-        progress = self._transfers.setdefault(record.path, _Progress(record.path, record.size))
+    async def _record(self, need: Need, seen: scan.Seen | None) -> None:
+        inode, dev = (seen.inode, seen.dev) if seen else (0, 0)
+        item = (need.record, need.signature, inode, dev)
+        await asyncio.to_thread(self.index.put, self.id, [item])
+
+    async def _write_files(self, writes: list[_Write]) -> None:
+        """Write a group of files: local blocks first, then the rest in shared requests."""
+        opened: list[tuple[_Write, apply.Incoming]] = []
         try:
-            missing = await asyncio.to_thread(self._fill_locally, incoming, record)
-            for at in range(0, len(missing), MAX_BLOCKS_PER_REQUEST):
-                batch = missing[at : at + MAX_BLOCKS_PER_REQUEST]
-                blocks = await self._fetch([record.blocks[i] for i in batch], need.source)
-                await asyncio.to_thread(_write_all, incoming, batch, blocks)
-                progress.done += sum(len(b) for b in blocks)
-            return await asyncio.to_thread(incoming.commit, expected, self._keep_old)
+            wanted: list[tuple[apply.Incoming, int, bytes]] = []
+            for write in writes:
+                with self._reporting(write.need):
+                    record = write.need.record
+                    incoming = await asyncio.to_thread(apply.Incoming.open, self.root, record)
+                    opened.append((write, incoming))
+                    self._transfers[record.path] = _Progress(record.path, record.size)
+                    missing = await asyncio.to_thread(self._fill_locally, incoming, record)
+                    wanted += [(incoming, i, record.blocks[i]) for i in missing]
+            source = writes[0].need.source if writes else ""
+            for at in range(0, len(wanted), MAX_BLOCKS_PER_REQUEST):
+                batch = wanted[at : at + MAX_BLOCKS_PER_REQUEST]
+                blocks = await self._fetch([digest for _, _, digest in batch], source)
+                await asyncio.to_thread(_write_all, batch, blocks)
+                for (incoming, _, _), data in zip(batch, blocks, strict=True):
+                    progress = self._transfers.get(incoming.record.path)
+                    if progress is not None:
+                        progress.done += len(data)
+            for write, incoming in opened:
+                with self._reporting(write.need):
+                    seen = await asyncio.to_thread(incoming.commit, write.expected,
+                                                   self._keep_old)
+                    await self._record(write.need, seen)
+        except OSError as e:
+            if self._throttle.allow("fetch", time.time()):
+                log.warning("folder %s: %s; will try again", self.id, e)
         finally:
-            # The temp file stays for a later resume; only its handles go.
-            await asyncio.to_thread(incoming.close)
-            self._transfers.pop(record.path, None)
+            for write, incoming in opened:
+                # A temp file stays for a later resume; only its handles go.
+                await asyncio.to_thread(incoming.close)
+                self._transfers.pop(write.need.record.path, None)
 
     def _fill_locally(self, incoming: apply.Incoming, record: FileRecord) -> list[int]:
         """Write the blocks we already hold anywhere in the folder; return the rest."""
@@ -458,8 +503,8 @@ def _ordered(needs: list[Need]) -> list[Need]:
     return [*dirs, *rest, *deletes]
 
 
-def _write_all(incoming: apply.Incoming, indexes: list[int], blocks: list[bytes]) -> None:
-    for i, data in zip(indexes, blocks, strict=True):
+def _write_all(batch: list[tuple[apply.Incoming, int, bytes]], blocks: list[bytes]) -> None:
+    for (incoming, i, _), data in zip(batch, blocks, strict=True):
         incoming.write_block(i, data)
 
 

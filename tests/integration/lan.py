@@ -86,7 +86,10 @@ def tree(root: Path) -> dict[str, tuple[str, str, int]]:
 
 def same_trees(hosts: list[Host]) -> dict[str, tuple[str, str, int]] | None:
     """The common tree if every host's folder holds the same one."""
-    trees = [tree(h.sync) for h in hosts]
+    try:
+        trees = [tree(h.sync) for h in hosts]
+    except FileNotFoundError:
+        return None  # a file went while we looked: the folders are still settling
     return trees[0] if all(t == trees[0] for t in trees) else None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -135,3 +136,24 @@ def test_path_traversal_in_a_notice_is_refused_and_touches_nothing(make_lan):
     }
     assert not (h1.home / "escape.txt").exists()
     assert h1.is_running()
+
+
+def test_a_receiver_killed_mid_transfer_leaves_no_partial_file_and_resumes(make_lan, tmp_path):
+    lan = mesh(make_lan, 2)
+    h1, h2 = lan.hosts
+    big = os.urandom(192 * 1024 * 1024)
+    digest = hashlib.sha256(big).hexdigest()
+    staged = h1.home / "big.bin"
+    staged.write_bytes(big)
+    del big
+    staged.rename(h1.sync / "big.bin")  # appears whole, as a finished download would
+    wait_for("h2 to be part-way through", lambda: any(
+        t["done"] > 0 for f in h2.json("status")["folders"] for t in f["transfers"]), 30,
+        every=0.02)
+    h2.kill()
+    assert not (h2.sync / "big.bin").exists()
+    h2.start()
+    wait_for("the transfer to finish after restart",
+             lambda: (h2.sync / "big.bin").exists(), 60, every=0.2)
+    assert hashlib.sha256((h2.sync / "big.bin").read_bytes()).hexdigest() == digest
+    wait_for("no temporary file left", lambda: same_trees(lan.hosts), 10)
