@@ -334,8 +334,9 @@ class FolderSync:
             if not self.mounted:
                 continue
             needs = await asyncio.to_thread(self.index.needs, self.id)
+            creates, deletes = _ordered(needs)
             writes: list[_Write] = []
-            for need in _ordered(needs):
+            for need in creates:
                 with self._reporting(need):
                     write = await self._apply(need)
                     if write is not None:
@@ -343,6 +344,10 @@ class FolderSync:
             # File contents go in groups, so a thousand small files cost a few round trips.
             for at in range(0, len(writes), FILES_PER_GROUP):
                 await self._write_files(writes[at : at + FILES_PER_GROUP])
+            # Deletions last: a renamed file's new path takes its blocks from the old one.
+            for need in deletes:
+                with self._reporting(need):
+                    await self._apply(need)
             if needs and not self._need_wake.is_set():
                 remaining = await asyncio.to_thread(self.index.need_totals, self.id)
                 if remaining[0]:
@@ -491,16 +496,18 @@ def _expected(entry: Entry | None) -> scan.Seen | None:
     return scan.Seen(r.path, r.kind, r.size, r.mode, r.mtime_ns, entry.inode, entry.dev, r.target)
 
 
-def _ordered(needs: list[Need]) -> list[Need]:
-    """Directories parent-first, then files and links, then deletions child-first."""
+def _ordered(needs: list[Need]) -> tuple[list[Need], list[Need]]:
+    """Creations (directories parent-first, then files and links), and deletions child-first."""
     def depth(n: Need) -> int:
         return n.record.path.count("/")
 
-    dirs = sorted((n for n in needs if n.record.kind is Kind.DIR and not n.record.deleted),
-                  key=depth)
+    def is_dir(n: Need) -> bool:
+        return n.record.kind is Kind.DIR
+
+    creates = sorted((n for n in needs if not n.record.deleted),
+                     key=lambda n: (not is_dir(n), depth(n) if is_dir(n) else 0))
     deletes = sorted((n for n in needs if n.record.deleted), key=depth, reverse=True)
-    rest = [n for n in needs if n not in dirs and not n.record.deleted]
-    return [*dirs, *rest, *deletes]
+    return creates, deletes
 
 
 def _write_all(batch: list[tuple[apply.Incoming, int, bytes]], blocks: list[bytes]) -> None:

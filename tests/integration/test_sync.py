@@ -157,3 +157,47 @@ def test_a_receiver_killed_mid_transfer_leaves_no_partial_file_and_resumes(make_
              lambda: (h2.sync / "big.bin").exists(), 60, every=0.2)
     assert hashlib.sha256((h2.sync / "big.bin").read_bytes()).hexdigest() == digest
     wait_for("no temporary file left", lambda: same_trees(lan.hosts), 10)
+
+
+def announced(host) -> int:
+    """How many changes the host has announced, by its log."""
+    return sum(int(line.split("announced ")[1].split()[0])
+               for line in host.log.read_text().splitlines() if "announced " in line)
+
+
+def test_received_files_are_not_echoed_and_a_rename_costs_no_transfer(make_lan):
+    lan = mesh(make_lan, 2)
+    h1, h2 = lan.hosts
+    write(h1.sync / "data/big.bin", os.urandom(8 * 1024 * 1024))
+    wait_for("the file on h2", lambda: same_trees(lan.hosts) and len(tree(h2.sync)) == 2, 15)
+    # Long enough for h2's watcher to have seen its own writes and its rescan to have run.
+    holds_for("h2 to announce nothing it only received", lambda: announced(h2) == 0, 2)
+    before = rx_bytes(h2)
+    (h1.sync / "data/big.bin").rename(h1.sync / "moved.bin")
+    wait_for("the rename on h2", lambda: (t := same_trees(lan.hosts)) and "moved.bin" in t, 10)
+    assert rx_bytes(h2) - before < 1024 * 1024, "the renamed file's bytes crossed the LAN again"
+
+
+def test_a_restart_rehashes_only_what_changed_while_stopped(make_lan):
+    lan = mesh(make_lan, 2)
+    h1, h2 = lan.hosts
+    for i in range(20):
+        write(h1.sync / f"f{i}.txt", f"{i}".encode())
+    wait_for("all on h2", lambda: same_trees(lan.hosts) and len(tree(h2.sync)) == 20, 15)
+    h1.stop()
+    first = announced(h1)
+    (h1.sync / "f3.txt").write_bytes(b"changed while stopped")
+    h1.start()
+    wait_for("the change made while stopped to reach h2",
+             lambda: (h2.sync / "f3.txt").read_bytes() == b"changed while stopped", 15)
+    assert announced(h1) - first == 1
+
+
+def test_a_change_made_while_the_coordinator_is_replaced_is_not_lost(make_lan):
+    lan = mesh(make_lan, 3)
+    lowest, second, third = lan.by_id()
+    lowest.kill()
+    write(third.sync / "during-election.txt", b"written with no coordinator")
+    wait_for("the change to reach the other survivor", lambda: (
+        second.sync / "during-election.txt").exists(), 15)
+    assert (second.sync / "during-election.txt").read_bytes() == b"written with no coordinator"
