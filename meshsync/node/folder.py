@@ -14,10 +14,11 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from meshsync.core.ids import NodeId
 from meshsync.core.paths import RelPath
@@ -68,12 +69,34 @@ class Mesh(Protocol):
         """An index page from one peer; raises on failure."""
 
 
+_Done = tuple[FileRecord, bytes, int, int]  # an index item: record, signature, inode, dev
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What a batch of disk work produced: index items, and paths the user changed meanwhile."""
+
+    done: list[_Done] = field(default_factory=list)
+    changed: set[RelPath] = field(default_factory=set)
+
+
+def _done(need: Need, seen: scan.Seen | None) -> _Done:
+    inode, dev = (seen.inode, seen.dev) if seen else (0, 0)
+    return (need.record, need.signature, inode, dev)
+
+
 @dataclass(frozen=True, slots=True)
 class _Write:
     """A file whose content must be written, and what the disk must hold until then."""
 
     need: Need
     expected: scan.Seen | None
+
+
+_Opened = tuple[_Write, apply.Incoming]
+_Wanted = tuple[apply.Incoming, int, bytes]  # a file, one of its block indexes, that block's hash
 
 
 @dataclass(slots=True)
@@ -335,99 +358,118 @@ class FolderSync:
                 continue
             needs = await asyncio.to_thread(self.index.needs, self.id)
             creates, deletes = _ordered(needs)
-            writes: list[_Write] = []
-            for need in creates:
-                with self._reporting(need):
-                    write = await self._apply(need)
-                    if write is not None:
-                        writes.append(write)
+            writes = await self._in_thread(self._apply_locally, creates)
             # File contents go in groups, so a thousand small files cost a few round trips.
             for at in range(0, len(writes), FILES_PER_GROUP):
                 await self._write_files(writes[at : at + FILES_PER_GROUP])
             # Deletions last: a renamed file's new path takes its blocks from the old one.
-            for need in deletes:
-                with self._reporting(need):
-                    await self._apply(need)
+            await self._in_thread(self._apply_locally, deletes)
             if needs and not self._need_wake.is_set():
                 remaining = await asyncio.to_thread(self.index.need_totals, self.id)
                 if remaining[0]:
                     asyncio.get_running_loop().call_later(RETRY_NEEDS, self._need_wake.set)
 
-    @contextlib.contextmanager
-    def _reporting(self, need: Need) -> Iterator[None]:
-        """Turn a failure to write one path into a rescan (the disk changed) or a log line."""
+    async def _in_thread(self, work: Callable[[_Batch, T], R], arg: T) -> R:
+        """Run a batch of disk work in a thread; paths it found changed are rescanned."""
+        batch = _Batch()
         try:
-            yield
+            return await asyncio.to_thread(work, batch, arg)
+        finally:
+            if batch.changed:
+                self._dirty |= batch.changed  # a local edit got there first: rescan it
+                self._scan_wake.set()
+
+    def _attempt(self, batch: _Batch, need: Need, step: Callable[[], _Done | None]) -> None:
+        """Run one path's step; the disk having changed or a write failing spoils only it."""
+        try:
+            done = step()
         except apply.Changed:
-            self._dirty.add(need.record.path)  # a local edit got there first: rescan it
-            self._scan_wake.set()
+            batch.changed.add(need.record.path)
+            return
         except (apply.UnsafePath, apply.BadBlock, OSError, ValueError) as e:
             if self._throttle.allow((need.record.path, "apply"), time.time()):
                 log.warning("folder %s: cannot write %s: %s", self.id, need.record.path, e)
+            return
+        if done is not None:
+            batch.done.append(done)
 
-    async def _apply(self, need: Need) -> _Write | None:
-        """Apply what needs no transfer; return a file whose content must be written."""
+    def _apply_locally(self, batch: _Batch, needs: list[Need]) -> list[_Write]:
+        """Apply what needs no transfer, in one index transaction; return files to write."""
+        writes: list[_Write] = []
+        for need in needs:
+            self._attempt(batch, need, partial(self._apply_one, need, writes))
+        self.index.put(self.id, batch.done)
+        return writes
+
+    def _apply_one(self, need: Need, writes: list[_Write]) -> _Done | None:
         record = need.record
-        entry = await asyncio.to_thread(self.index.get, self.id, record.path)
+        entry = self.index.get(self.id, record.path)
         if decide(entry.record if entry else None, record).action is Action.IGNORE:
-            await asyncio.to_thread(self.index.drop_need, self.id, record.path)
+            self.index.drop_need(self.id, record.path)
             return None
         expected = _expected(entry)
         if record.deleted:
-            await asyncio.to_thread(apply.remove, self.root, record.path, expected, self._keep_old)
-            seen = None
-        elif record.kind is Kind.DIR:
-            seen = await asyncio.to_thread(apply.make_dir, self.root, record, expected)
-        elif record.kind is Kind.SYMLINK:
-            seen = await asyncio.to_thread(apply.make_symlink, self.root, record, expected,
-                                           self._keep_old)
-        elif entry is not None and not entry.record.deleted and entry.record.same_content(record):
-            seen = await asyncio.to_thread(apply.set_metadata, self.root, record, expected)
-        else:
-            return _Write(need, expected)
-        await self._record(need, seen)
+            apply.remove(self.root, record.path, expected, self._keep_old)
+            return _done(need, None)
+        if record.kind is Kind.DIR:
+            return _done(need, apply.make_dir(self.root, record, expected))
+        if record.kind is Kind.SYMLINK:
+            return _done(need, apply.make_symlink(self.root, record, expected, self._keep_old))
+        if entry is not None and not entry.record.deleted and entry.record.same_content(record):
+            return _done(need, apply.set_metadata(self.root, record, expected))
+        writes.append(_Write(need, expected))
         return None
-
-    async def _record(self, need: Need, seen: scan.Seen | None) -> None:
-        inode, dev = (seen.inode, seen.dev) if seen else (0, 0)
-        item = (need.record, need.signature, inode, dev)
-        await asyncio.to_thread(self.index.put, self.id, [item])
 
     async def _write_files(self, writes: list[_Write]) -> None:
         """Write a group of files: local blocks first, then the rest in shared requests."""
-        opened: list[tuple[_Write, apply.Incoming]] = []
+        opened: list[_Opened] = []
         try:
-            wanted: list[tuple[apply.Incoming, int, bytes]] = []
-            for write in writes:
-                with self._reporting(write.need):
-                    record = write.need.record
-                    incoming = await asyncio.to_thread(apply.Incoming.open, self.root, record)
-                    opened.append((write, incoming))
-                    self._transfers[record.path] = _Progress(record.path, record.size)
-                    missing = await asyncio.to_thread(self._fill_locally, incoming, record)
-                    wanted += [(incoming, i, record.blocks[i]) for i in missing]
+            wanted = await self._in_thread(self._open_all, (writes, opened))
+            for write, _ in opened:
+                record = write.need.record
+                self._transfers[record.path] = _Progress(record.path, record.size)
             source = writes[0].need.source if writes else ""
             for at in range(0, len(wanted), MAX_BLOCKS_PER_REQUEST):
-                batch = wanted[at : at + MAX_BLOCKS_PER_REQUEST]
-                blocks = await self._fetch([digest for _, _, digest in batch], source)
-                await asyncio.to_thread(_write_all, batch, blocks)
-                for (incoming, _, _), data in zip(batch, blocks, strict=True):
-                    progress = self._transfers.get(incoming.record.path)
-                    if progress is not None:
+                part = wanted[at : at + MAX_BLOCKS_PER_REQUEST]
+                blocks = await self._fetch([digest for _, _, digest in part], source)
+                await asyncio.to_thread(_write_all, part, blocks)
+                for (incoming, _, _), data in zip(part, blocks, strict=True):
+                    if progress := self._transfers.get(incoming.record.path):
                         progress.done += len(data)
-            for write, incoming in opened:
-                with self._reporting(write.need):
-                    seen = await asyncio.to_thread(incoming.commit, write.expected,
-                                                   self._keep_old)
-                    await self._record(write.need, seen)
+            await self._in_thread(self._commit_all, opened)
         except OSError as e:
             if self._throttle.allow("fetch", time.time()):
                 log.warning("folder %s: %s; will try again", self.id, e)
         finally:
-            for write, incoming in opened:
-                # A temp file stays for a later resume; only its handles go.
-                await asyncio.to_thread(incoming.close)
+            # A temp file left behind is resumed later; only its handles go now.
+            await asyncio.to_thread(_close_all, opened)
+            for write, _ in opened:
                 self._transfers.pop(write.need.record.path, None)
+
+    def _open_all(
+        self, batch: _Batch, group: tuple[list[_Write], list[_Opened]]
+    ) -> list[_Wanted]:
+        """Open each file's temp, fill it from local blocks; return the blocks still wanted."""
+        writes, opened = group
+        wanted: list[_Wanted] = []
+        for write in writes:
+            self._attempt(batch, write.need, partial(self._open_one, write, opened, wanted))
+        return wanted
+
+    def _open_one(self, write: _Write, opened: list[_Opened], wanted: list[_Wanted]) -> None:
+        record = write.need.record
+        incoming = apply.Incoming.open(self.root, record)
+        opened.append((write, incoming))
+        wanted.extend((incoming, i, record.blocks[i]) for i in self._fill_locally(incoming, record))
+
+    def _commit_all(self, batch: _Batch, opened: list[_Opened]) -> None:
+        """Move every finished file into place, then record them in one transaction."""
+        for write, incoming in opened:
+            self._attempt(batch, write.need, partial(self._commit_one, write, incoming))
+        self.index.put(self.id, batch.done)
+
+    def _commit_one(self, write: _Write, incoming: apply.Incoming) -> _Done:
+        return _done(write.need, incoming.commit(write.expected, self._keep_old))
 
     def _fill_locally(self, incoming: apply.Incoming, record: FileRecord) -> list[int]:
         """Write the blocks we already hold anywhere in the folder; return the rest."""
@@ -510,7 +552,12 @@ def _ordered(needs: list[Need]) -> tuple[list[Need], list[Need]]:
     return creates, deletes
 
 
-def _write_all(batch: list[tuple[apply.Incoming, int, bytes]], blocks: list[bytes]) -> None:
+def _close_all(opened: list[_Opened]) -> None:
+    for _, incoming in opened:
+        incoming.close()
+
+
+def _write_all(batch: list[_Wanted], blocks: list[bytes]) -> None:
     for (incoming, i, _), data in zip(batch, blocks, strict=True):
         incoming.write_block(i, data)
 
