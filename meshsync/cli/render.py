@@ -56,13 +56,30 @@ def election(result: dict[str, Any]) -> str:
 
 
 def status(result: dict[str, Any]) -> str:
-    """Per folder: its path and the online members sharing it."""
+    """Per folder: its state, what it still needs, the online members sharing it, transfers."""
     lines = [f"node {result['id']} ({result['name']}); {election(result)}"]
     for folder in result["folders"]:
         members = len(folder["members"])
-        lines.append(f"{folder['id']}  {folder['path']}  shared with {members} online member"
-                     + ("" if members == 1 else "s"))
+        state = folder["state"]
+        if folder["need_files"]:
+            state += f", needs {folder['need_files']} files ({size(folder['need_bytes'])})"
+        lines.append(f"{folder['id']}  {folder['path']}  {state}; shared with {members} online "
+                     f"member{'' if members == 1 else 's'}")
+        lines += [f"  {t['path']}  {size(t['done'])} of {size(t['size'])}"
+                  for t in folder["transfers"]]
     return "\n".join(lines)
+
+
+def size(count: int) -> str:
+    """Bytes for people: `512 B`, `1.5 MiB`."""
+    if count < 1024:
+        return f"{count} B"
+    value, unit = count / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
 
 
 def trusted(result: dict[str, list[str]]) -> str:
