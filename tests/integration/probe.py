@@ -62,7 +62,7 @@ def notices(address: str, signer: KeySigner | AgentSigner) -> dict[str, int]:
     """One notice per path, each record signed by this (trusted) node as its origin."""
     origin = NodeId.of_key(signer.public_blob).key
     results = {}
-    for path in [*BAD_PATHS, "ok.txt"]:
+    for path in [*BAD_PATHS, "ok.txt", "out/evil.txt"]:
         record = FileRecord(RelPath(path), Kind.FILE, Vector.of({origin: 1}), origin)
         entry = {"record": record.to_json(),
                  "signature": base64.b64encode(sshsig.sign(signer, record.canonical("Sync")))

@@ -128,12 +128,21 @@ def test_a_stopped_machine_catches_up_without_fetching_what_it_has(make_lan):
 def test_path_traversal_in_a_notice_is_refused_and_touches_nothing(make_lan):
     lan = mesh(make_lan, 2)
     h1, h2 = lan.hosts
+    outside = h1.home / "outside"
+    outside.mkdir()
+    (h1.sync / "out").symlink_to(outside)  # a link inside the folder to a place outside it
+    wait_for("the link on h2", lambda: (h2.sync / "out").is_symlink(), 10)
     result = h2.exec(sys.executable, "-m", "tests.integration.probe", f"{h1.ip}:22300",
                      str(h2.key), "notice", cwd=str(REPO))
     assert json.loads(result.stdout) == {
         "../escape.txt": 400, "/etc/evil": 400, "a/../../b": 400, "nul\u0000byte": 400,
-        ".meshsync/versions/x": 400, "ok.txt": 200,
+        ".meshsync/versions/x": 400, "ok.txt": 200, "out/evil.txt": 200,
     }
+    # A well-formed path whose parent is a symlink is accepted as a record, never written.
+    wait_for("the refusal to write through the link", lambda: "cannot write out/evil.txt"
+             in h1.log.read_text(), 10)
+    wait_for("ok.txt to be written", lambda: (h1.sync / "ok.txt").exists(), 10)
+    assert list(outside.iterdir()) == []
     assert not (h1.home / "escape.txt").exists()
     assert h1.is_running()
 
