@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -60,13 +61,18 @@ def meshsync_tree(lan: Lan, archive: Path) -> tuple[float, int]:
     return time.monotonic() - start, len(expected)
 
 
-def rsync_tree(lan: Lan, archive: Path, tmp: Path) -> float:
+def rsync_tree(lan: Lan, tree_or_archive: Path, tmp: Path, name: str = "tree") -> float:
+    """Seconds for `rsync -a` of a tree (or a tar's contents) from h1 to a daemon on h2."""
     h1, h2 = lan.hosts[0], lan.hosts[1]
-    source, target = tmp / "rsync-src", tmp / "rsync-dst"
-    source.mkdir()
+    target = tmp / f"rsync-dst-{name}"
     target.mkdir()
-    run("tar", "-xf", str(archive), "-C", str(source))
-    conf = tmp / "rsyncd.conf"
+    if tree_or_archive.is_dir():
+        source = tree_or_archive
+    else:
+        source = tmp / f"rsync-src-{name}"
+        source.mkdir()
+        run("tar", "-xf", str(tree_or_archive), "-C", str(source))
+    conf = tmp / f"rsyncd-{name}.conf"
     conf.write_text(f"use chroot = no\nuid = root\ngid = root\n[t]\npath = {target}\n"
                     "read only = no\n")
     with subprocess.Popen(["ip", "netns", "exec", h2.ns, "rsync", "--daemon", "--no-detach",
@@ -81,9 +87,42 @@ def rsync_tree(lan: Lan, archive: Path, tmp: Path) -> float:
             daemon.kill()
 
 
+def peak_rss(pid: int) -> int:
+    """A process's peak resident memory, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+def large_file(lan: Lan, tmp: Path, size: int) -> tuple[float, int, int, float]:
+    """(seconds, receiver's peak RSS before, after) for one file on h1 until whole on h2,
+    and rsync's seconds for the same file."""
+    h1, h2 = lan.hosts[0], lan.hosts[1]
+    staged = h1.home / "large.bin"
+    with staged.open("wb") as f:
+        for _ in range(size // (1 << 20)):
+            f.write(os.urandom(1 << 20))
+    assert h2.proc is not None
+    before = peak_rss(h2.proc.pid)
+    start = time.monotonic()
+    staged.rename(h1.sync / "large.bin")
+    target = h2.sync / "large.bin"
+    wait_for("the large file", lambda: target.exists() and target.stat().st_size == size, 300,
+             every=0.05)
+    seconds = time.monotonic() - start
+    after = peak_rss(h2.proc.pid)
+    single = tmp / "rsync-large"
+    single.mkdir()
+    os.link(h1.sync / "large.bin", single / "large.bin")
+    rsync = rsync_tree(lan, single, tmp, name="large")
+    return seconds, before, after, rsync
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=40)
+    parser.add_argument("--large-mib", type=int, default=512)
     args = parser.parse_args()
     reason = why_no_lan()
     if reason:
@@ -98,6 +137,7 @@ def main() -> None:
             lat = latency(lan, args.samples)
             mesh_time, files = meshsync_tree(lan, archive)
             rsync_time = rsync_tree(lan, archive, tmp)
+            large = large_file(lan, tmp, args.large_mib << 20)
         finally:
             lan.close()
     lat.sort()
@@ -108,6 +148,11 @@ def main() -> None:
     print(f"standard library tree ({files} paths):")
     print(f"  meshsync, untar on h1 -> identical on 3 hosts  {mesh_time:6.2f} s")
     print(f"  rsync -a h1 -> rsync daemon on h2 (1 target)   {rsync_time:6.2f} s")
+    seconds, before, after, rsync = large
+    print(f"one {args.large_mib} MiB file, h1 -> whole on h2 (and h3):")
+    print(f"  meshsync {seconds:6.2f} s ({args.large_mib / seconds:.0f} MiB/s); receiver's peak "
+          f"RSS {before >> 20} MiB before, {after >> 20} MiB after")
+    print(f"  rsync -a {rsync:6.2f} s")
 
 
 if __name__ == "__main__":
