@@ -124,6 +124,9 @@ class FolderSync:
     _transfers: dict[str, _Progress] = field(default_factory=dict)
     catch_up_wake: asyncio.Event = field(default_factory=asyncio.Event)
     _rewatch: asyncio.Event = field(default_factory=asyncio.Event)
+    # Held by a scan, and by every write to the folder until the index records it: a scan
+    # in between would take a file we just wrote for a local edit (an echo).
+    _disk: asyncio.Lock = field(default_factory=asyncio.Lock)
     mounted: bool = True
 
     @property
@@ -204,7 +207,9 @@ class FolderSync:
             self._full_scan.clear()
             if full:
                 last_full = time.monotonic()
-            changes, unstable = await asyncio.to_thread(self._find_changes, None if full else dirty)
+            async with self._disk:
+                changes, unstable = await asyncio.to_thread(
+                    self._find_changes, None if full else dirty)
             if changes:
                 await self._announce(changes)
             if unstable:
@@ -373,7 +378,8 @@ class FolderSync:
         """Run a batch of disk work in a thread; paths it found changed are rescanned."""
         batch = _Batch()
         try:
-            return await asyncio.to_thread(work, batch, arg)
+            async with self._disk:
+                return await asyncio.to_thread(work, batch, arg)
         finally:
             if batch.changed:
                 self._dirty |= batch.changed  # a local edit got there first: rescan it
