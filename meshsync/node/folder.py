@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from meshsync.core.ids import NodeId
-from meshsync.core.paths import RelPath
+from meshsync.core.paths import RelPath, parent
 from meshsync.core.plan import Action, decide
 from meshsync.core.records import FileRecord, Kind
 from meshsync.core.throttle import Throttle
@@ -224,7 +225,8 @@ class FolderSync:
         seen = list(scan.walk(self.root)) if dirty is None else self._seen_under(dirty)
         known = {e.record.path: e for e in self.index.entries(self.id)} if dirty is None else {
             e.record.path: e for p in dirty for e in self._entries_under(p)}
-        changed: list[tuple[FileRecord, bytes, int, int]] = []
+        mine: list[_Done] = []  # new versions made here: stored and announced
+        held: list[_Done] = []  # versions we hold already, whose inode moved
         unstable: set[RelPath] = set()
         present: set[str] = set()
         for s in seen:
@@ -242,21 +244,22 @@ class FolderSync:
             old = entry.record if entry else None
             record = FileRecord(s.path, s.kind, (old.version if old else Vector()).bump(me), me,
                                 False, size, s.mode, s.mtime_ns, blocks, s.target)
-            if old is not None and not old.deleted and record.same_metadata(old):
-                record = old  # only the inode moved (a copy-and-rename by an editor, say)
-            changed.append((record, b"" if record is old else self._sign(record),
-                            s.inode, s.dev))
+            if entry is not None and not entry.record.deleted and record.same_metadata(
+                    entry.record):
+                # Only the inode moved (an editor's copy-and-rename, say): same version.
+                held.append((entry.record, entry.signature, s.inode, s.dev))
+                continue
+            mine.append((record, self._sign(record), s.inode, s.dev))
         for path, entry in known.items():
             if path not in present and not entry.record.deleted:
                 record = entry.record.tombstone(entry.record.version.bump(me), me)
-                changed.append((record, self._sign(record), 0, 0))
-        fresh = [c for c in changed if c[1]]
-        kept = [c for c in changed if not c[1]]
-        self.index.put(self.id, [(r, s, i, d) for r, s, i, d in fresh])
-        if kept:
-            existing = {e.record.path: e.signature for e in (known[r.path] for r, *_ in kept)}
-            self.index.put(self.id, [(r, existing[r.path], i, d) for r, _, i, d in kept])
-        return [Signed(r, s) for r, s, _, _ in fresh], unstable
+                mine.append((record, self._sign(record), 0, 0))
+        self.index.put(self.id, [*mine, *held])
+        if mine and log.isEnabledFor(logging.DEBUG):
+            log.debug("folder %s: new versions of %s", self.id,
+                      ", ".join(f"{r.path} ({r.kind}{', deleted' if r.deleted else ''})"
+                                for r, *_ in mine[:20]))
+        return [Signed(record, signature) for record, signature, _, _ in mine], unstable
 
     def _seen_under(self, dirty: Iterable[RelPath]) -> list[scan.Seen]:
         seen: dict[str, scan.Seen] = {}
@@ -417,6 +420,10 @@ class FolderSync:
         if record.deleted:
             apply.remove(self.root, record.path, expected, self._keep_old)
             return _done(need, None)
+        if not self._parent_present(record.path):
+            # Its directory's own record has not come yet. Writing now would make the
+            # directory, and the next scan would take it for a local creation (an echo).
+            return None
         if record.kind is Kind.DIR:
             return _done(need, apply.make_dir(self.root, record, expected))
         if record.kind is Kind.SYMLINK:
@@ -425,6 +432,15 @@ class FolderSync:
             return _done(need, apply.set_metadata(self.root, record, expected))
         writes.append(_Write(need, expected))
         return None
+
+    def _parent_present(self, path: RelPath) -> bool:
+        above = parent(path)
+        if above is None:
+            return True
+        try:
+            return stat.S_ISDIR((self.root / above).lstat().st_mode)
+        except OSError:
+            return False
 
     async def _write_files(self, writes: list[_Write]) -> None:
         """Write a group of files: local blocks first, then the rest in shared requests."""
