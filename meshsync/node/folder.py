@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import logging
 import secrets
-import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -434,13 +433,9 @@ class FolderSync:
         return None
 
     def _parent_present(self, path: RelPath) -> bool:
+        """False only while the parent is absent: a link or file there is the writer's to refuse."""
         above = parent(path)
-        if above is None:
-            return True
-        try:
-            return stat.S_ISDIR((self.root / above).lstat().st_mode)
-        except OSError:
-            return False
+        return above is None or (self.root / above).is_symlink() or (self.root / above).exists()
 
     async def _write_files(self, writes: list[_Write]) -> None:
         """Write a group of files: local blocks first, then the rest in shared requests."""
