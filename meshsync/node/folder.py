@@ -127,6 +127,7 @@ class FolderSync:
     # Held by a scan, and by every write to the folder until the index records it: a scan
     # in between would take a file we just wrote for a local edit (an echo).
     _disk: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _judging: asyncio.Lock = field(default_factory=asyncio.Lock)
     mounted: bool = True
 
     @property
@@ -283,7 +284,9 @@ class FolderSync:
     # -- remote records ------------------------------------------------------------------------
     async def take(self, source: str, records: Iterable[Signed]) -> int:
         """Verify and judge remote records; queue those we must write. Returns how many."""
-        needs = await asyncio.to_thread(self._judge, source, list(records))
+        # One at a time: judging compares with the version already waiting, then replaces it.
+        async with self._judging:
+            needs = await asyncio.to_thread(self._judge, source, list(records))
         if needs:
             self._need_wake.set()
         return needs
