@@ -39,6 +39,10 @@ CATCH_UP_EVERY = 30.0
 UNMOUNTED_CHECK_EVERY = 2.0
 NOTICE_BATCH = 1000
 RETRY_UNSTABLE = 0.5
+# File systems stamp mtimes in coarse ticks (ext4: a few ms), so a file rewritten in place
+# with the same size right after we hashed it can look unchanged. One hashed while its mtime
+# was this fresh is hashed again once it is older (git calls these entries racy).
+RACY = 2.0
 RETRY_NEEDS = 2.0
 FILES_PER_GROUP = 256
 
@@ -128,6 +132,7 @@ class FolderSync:
     # in between would take a file we just wrote for a local edit (an echo).
     _disk: asyncio.Lock = field(default_factory=asyncio.Lock)
     _judging: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _force: set[RelPath] = field(default_factory=set)
     mounted: bool = True
 
     @property
@@ -208,20 +213,35 @@ class FolderSync:
             self._full_scan.clear()
             if full:
                 last_full = time.monotonic()
+            force, self._force = self._force, set()
             async with self._disk:
-                changes, unstable = await asyncio.to_thread(
-                    self._find_changes, None if full else dirty)
+                changes, unstable, racy = await asyncio.to_thread(
+                    self._find_changes, None if full else dirty | force, force)
             if changes:
                 await self._announce(changes)
+            if racy:
+                asyncio.get_running_loop().call_later(RACY, self._recheck, racy)
             if unstable:
                 self._dirty |= unstable
                 asyncio.get_running_loop().call_later(RETRY_UNSTABLE, self._scan_wake.set)
             self._need_wake.set()
 
+    def _recheck(self, paths: set[RelPath]) -> None:
+        self._force |= paths
+        self._scan_wake.set()
+
     # -- local changes -------------------------------------------------------------------------
-    def _find_changes(self, dirty: set[RelPath] | None) -> tuple[list[Signed], set[RelPath]]:
-        """Hash what differs from the index, version it and store it; runs in a thread."""
+    def _find_changes(
+        self, dirty: set[RelPath] | None, force: set[RelPath]
+    ) -> tuple[list[Signed], set[RelPath], set[RelPath]]:
+        """Hash what differs from the index (or is in `force`), version it and store it.
+
+        Runs in a thread. Returns the new versions, the paths still being written, and the
+        paths hashed while their mtime was fresh (to hash again later).
+        """
         me = self.mesh.me.key
+        now_ns = time.time_ns()
+        racy: set[RelPath] = set()
         seen = list(scan.walk(self.root)) if dirty is None else self._seen_under(dirty)
         known = {e.record.path: e for e in self.index.entries(self.id)} if dirty is None else {
             e.record.path: e for p in dirty for e in self._entries_under(p)}
@@ -232,7 +252,8 @@ class FolderSync:
         for s in seen:
             present.add(s.path)
             entry = known.get(s.path)
-            if entry is not None and not scan.differs(s, entry.record, entry.inode):
+            if (entry is not None and s.path not in force
+                    and not scan.differs(s, entry.record, entry.inode)):
                 continue
             size, blocks = 0, tuple[bytes, ...]()
             if s.kind is Kind.FILE:
@@ -241,6 +262,8 @@ class FolderSync:
                     unstable.add(s.path)
                     continue
                 size, blocks = hashed
+                if 0 <= now_ns - s.mtime_ns < RACY * 1e9:
+                    racy.add(s.path)
             old = entry.record if entry else None
             record = FileRecord(s.path, s.kind, (old.version if old else Vector()).bump(me), me,
                                 False, size, s.mode, s.mtime_ns, blocks, s.target)
@@ -259,7 +282,7 @@ class FolderSync:
             log.debug("folder %s: new versions of %s", self.id,
                       ", ".join(f"{r.path} ({r.kind}{', deleted' if r.deleted else ''})"
                                 for r, *_ in mine[:20]))
-        return [Signed(record, signature) for record, signature, _, _ in mine], unstable
+        return [Signed(record, signature) for record, signature, _, _ in mine], unstable, racy
 
     def _seen_under(self, dirty: Iterable[RelPath]) -> list[scan.Seen]:
         seen: dict[str, scan.Seen] = {}
@@ -449,17 +472,25 @@ class FolderSync:
                 record = write.need.record
                 self._transfers[record.path] = _Progress(record.path, record.size)
             source = writes[0].need.source if writes else ""
+            lacking: set[str] = set()
             for at in range(0, len(wanted), MAX_BLOCKS_PER_REQUEST):
                 part = wanted[at : at + MAX_BLOCKS_PER_REQUEST]
-                blocks = await self._fetch([digest for _, _, digest in part], source)
-                await asyncio.to_thread(_write_all, part, blocks)
-                for (incoming, _, _), data in zip(part, blocks, strict=True):
+                got = await self._fetch([digest for _, _, digest in part], source)
+                found = [(w, got[w[2]]) for w in part if w[2] in got]
+                lacking |= {w[0].record.path for w in part if w[2] not in got}
+                await asyncio.to_thread(_write_all, found)
+                for (incoming, _, _), data in found:
                     if progress := self._transfers.get(incoming.record.path):
                         progress.done += len(data)
-            await self._in_thread(self._commit_all, opened)
-        except OSError as e:
-            if self._throttle.allow("fetch", time.time()):
-                log.warning("folder %s: %s; will try again", self.id, e)
+            if lacking and self._throttle.allow("lacking", time.time()):
+                log.warning("folder %s: no member has all of %s yet; will try again", self.id,
+                            ", ".join(sorted(lacking)[:5]) + (" …" if len(lacking) > 5 else ""))
+            # A file lacking a block waits (its temp kept); the others go into place now.
+            await self._in_thread(self._commit_all, [
+                (w, i) for w, i in opened if w.need.record.path not in lacking])
+        except OSError as e:  # writing a temp file failed (a full disk, say): all wait
+            if self._throttle.allow("write", time.time()):
+                log.warning("folder %s: cannot write received blocks: %s", self.id, e)
         finally:
             # A temp file left behind is resumed later; only its handles go now.
             await asyncio.to_thread(_close_all, opened)
@@ -505,8 +536,8 @@ class FolderSync:
                 incoming.write_block(i, data)
         return missing
 
-    async def _fetch(self, hashes: list[bytes], source: str) -> list[bytes]:
-        """Every block asked for, from the source first, then any member; verified."""
+    async def _fetch(self, hashes: list[bytes], source: str) -> dict[bytes, bytes]:
+        """The blocks asked for that some member has: the source first, then the others."""
         got: dict[bytes, bytes] = {}
         sources = sorted(self.mesh.sources(self.id), key=lambda s: s[0] != source)
         for _, address in sources:
@@ -521,10 +552,7 @@ class FolderSync:
             for digest, data in zip(wanted, answer, strict=True):
                 if data is not None and _sha256(data) == digest:
                     got[digest] = data
-        missing = [h for h in hashes if h not in got]
-        if missing:
-            raise OSError(f"{len(missing)} blocks are not available from any member yet")
-        return [got[h] for h in hashes]
+        return got
 
     def _keep_old(self, dir_fd: int, name: str, rel: RelPath) -> None:
         apply.move_to_versions(self.root, dir_fd, name, rel, time.time_ns())
@@ -577,8 +605,8 @@ def _close_all(opened: list[_Opened]) -> None:
         incoming.close()
 
 
-def _write_all(batch: list[_Wanted], blocks: list[bytes]) -> None:
-    for (incoming, i, _), data in zip(batch, blocks, strict=True):
+def _write_all(found: list[tuple[_Wanted, bytes]]) -> None:
+    for (incoming, i, _), data in found:
         incoming.write_block(i, data)
 
 
