@@ -6,6 +6,8 @@ from typing import Any
 
 from meshsync.core.errors import WireError
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
 
 def check_int(data: dict[str, Any], key: str, low: int, high: int) -> int:
     """`data[key]` as an integer in [low, high] (a bool is not an integer here)."""
@@ -17,9 +19,7 @@ def check_int(data: dict[str, Any], key: str, low: int, high: int) -> int:
 
 def check_digest(text: object) -> bytes:
     """A SHA-256 digest given as 64 hex digits."""
-    if not isinstance(text, str) or len(text) != 64:
+    # bytes.fromhex alone would skip whitespace and return a digest shorter than 32 bytes.
+    if not isinstance(text, str) or len(text) != 64 or not _HEX.issuperset(text):
         raise WireError("a block hash is 64 hex digits")
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise WireError("a block hash is 64 hex digits") from None
+    return bytes.fromhex(text)

@@ -38,7 +38,8 @@ def check_path(text: object) -> RelPath:
             raise WireError(f"path has an empty, '.' or '..' part: {text[:80]!r}")
         if len(part.encode()) > MAX_NAME_BYTES:
             raise WireError(f"path has a name longer than {MAX_NAME_BYTES} bytes: {text[:80]!r}")
-    if parts[0] == MARKER or is_temporary(parts[-1]):
+    # The scanner skips a temporary name at any depth, directories included.
+    if parts[0] == MARKER or any(is_temporary(part) for part in parts):
         raise WireError(f"path is meshsync's own: {text[:80]!r}")
     return RelPath(text)
 

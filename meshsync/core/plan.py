@@ -36,7 +36,11 @@ def wins(a: FileRecord, b: FileRecord) -> bool:
         return b.deleted
     if a.mtime_ns != b.mtime_ns:
         return a.mtime_ns > b.mtime_ns
-    return a.origin < b.origin
+    if a.origin != b.origin:
+        return a.origin < b.origin
+    # One node can make two concurrent versions (it edits a concurrent winner it took); any
+    # fixed order settles them, and concurrent vectors always differ.
+    return a.version.counters > b.version.counters
 
 
 def decide(local: FileRecord | None, remote: FileRecord) -> Verdict:

@@ -15,6 +15,7 @@ from meshsync.core.vclock import Vector
 BLOCK_SIZE = 128 * 1024
 MAX_SIZE = 2**53
 MAX_TARGET = 4096
+_KEY_DIGITS = frozenset("0123456789abcdef")  # an origin is a `NodeId.key`, as in vectors
 
 
 class Kind(StrEnum):
@@ -89,7 +90,7 @@ class FileRecord:
         blocks = data.get("blocks", [])
         if not isinstance(deleted, bool):
             raise WireError("deleted must be true or false")
-        if not isinstance(origin, str) or len(origin) != 16:
+        if not isinstance(origin, str) or len(origin) != 16 or not _KEY_DIGITS.issuperset(origin):
             raise WireError("bad origin")
         if not isinstance(target, str) or len(target) > MAX_TARGET or "\0" in target:
             raise WireError("bad symlink target")

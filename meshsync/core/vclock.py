@@ -9,7 +9,8 @@ from enum import Enum
 from meshsync.core.errors import WireError
 
 MAX_ENTRIES = 1024
-MAX_COUNTER = 2**63 - 1
+# Counters a peer may send: half of SQLite's range, so local bumps never run out of room.
+MAX_COUNTER = 2**62
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -37,10 +38,14 @@ class Vector:
         """The counter of one node."""
         return dict(self.counters).get(key, 0)
 
-    def bump(self, key: str) -> Vector:
-        """This vector with `key`'s counter past every counter in it: a new local version."""
+    def bump(self, key: str, floor: int = 0) -> Vector:
+        """This vector with `key`'s counter past every counter in it, and at least `floor`.
+
+        Nodes pass the Unix time as the floor (as Syncthing does): a node whose index was
+        wiped, keeping its key, then cannot reuse a counter it gave an earlier version.
+        """
         top = max((v for _, v in self.counters), default=0)
-        return Vector.of({**dict(self.counters), key: top + 1})
+        return Vector.of({**dict(self.counters), key: max(top + 1, floor)})
 
     def merge(self, other: Vector) -> Vector:
         """The least vector that descends from both."""

@@ -21,6 +21,7 @@ MAX_NAME = 64
 MAX_BATCH_RECORDS = 2000
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 MAX_BLOCKS_PER_REQUEST = 64  # 8 MiB of 128 KiB blocks: the most one answer holds in memory
+MAX_SEQ = 2**63 - 1  # the largest integer SQLite stores, and the index stores every seq
 
 
 def check_folder_id(text: object) -> FolderId:
@@ -167,7 +168,7 @@ class Records:
             folder=check_folder_id(data.get("folder")),
             records=tuple(Signed.from_json(r) for r in records),
             epoch=epoch,
-            seq=check_int({"seq": data.get("seq", 0)}, "seq", 0, 2**63),  # notices carry none
+            seq=check_int({"seq": data.get("seq", 0)}, "seq", 0, MAX_SEQ),  # notices carry none
         )
 
 
@@ -186,7 +187,7 @@ class IndexRequest:
     def from_json(cls, body: bytes) -> IndexRequest:
         """Parse; WireError if bad."""
         data = _object(body, 4096)
-        return cls(check_folder_id(data.get("folder")), check_int(data, "since", 0, 2**63))
+        return cls(check_folder_id(data.get("folder")), check_int(data, "since", 0, MAX_SEQ))
 
 
 @dataclass(frozen=True, slots=True)

@@ -265,7 +265,8 @@ class FolderSync:
                 if 0 <= now_ns - s.mtime_ns < RACY * 1e9:
                     racy.add(s.path)
             old = entry.record if entry else None
-            record = FileRecord(s.path, s.kind, (old.version if old else Vector()).bump(me), me,
+            version = (old.version if old else Vector()).bump(me, now_ns // 10**9)
+            record = FileRecord(s.path, s.kind, version, me,
                                 False, size, s.mode, s.mtime_ns, blocks, s.target)
             if entry is not None and not entry.record.deleted and record.same_metadata(
                     entry.record):
@@ -275,7 +276,8 @@ class FolderSync:
             mine.append((record, self._sign(record), s.inode, s.dev))
         for path, entry in known.items():
             if path not in present and not entry.record.deleted:
-                record = entry.record.tombstone(entry.record.version.bump(me), me)
+                version = entry.record.version.bump(me, now_ns // 10**9)
+                record = entry.record.tombstone(version, me)
                 mine.append((record, self._sign(record), 0, 0))
         self.index.put(self.id, [*mine, *held])
         if mine and log.isEnabledFor(logging.DEBUG):
