@@ -47,8 +47,8 @@ def test_a_taken_port_falls_back_to_a_free_one_that_mdns_advertises(make_lan):
     lan.trust_all()
     with subprocess.Popen(
         ["ip", "netns", "exec", h1.ns, sys.executable, "-c",
-         "import socket,time; s=socket.socket(); s.bind(('0.0.0.0',22300)); s.listen(); "
-         "print('ready', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True,
+         "import signal,socket; s=socket.socket(); s.bind(('0.0.0.0',22300)); s.listen(); "
+         "print('ready', flush=True); signal.pause()"], stdout=subprocess.PIPE, text=True,
     ) as squatter:
         try:
             assert squatter.stdout is not None
