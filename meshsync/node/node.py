@@ -73,6 +73,7 @@ class Node:
         self._inflight: set[str] = set()
         self._folders: dict[str, FolderSync] = {}
         self._client: PeerClient | None = None
+        self._tasks: asyncio.TaskGroup | None = None
         self.port = 0
 
     # -- the credentials the net layer asks for ------------------------------------------------
@@ -140,6 +141,7 @@ class Node:
             log.info("node %s (%s) listening on port %d; folders: %s", self.id, self.config.name,
                      self.port, ", ".join(f"{f.id}={f.path}" for f in self.config.folders))
             async with asyncio.TaskGroup() as tg:
+                self._tasks = tg
                 tasks = [
                     tg.create_task(discovery.run(self.id.label, str(self.id), self.config.name,
                                                  self.port), name="discovery"),
@@ -150,6 +152,7 @@ class Node:
                 ]
                 await self._stop.wait()
                 log.info("stopping")
+                self._tasks = None  # no new relays on the way out
                 for task in tasks:
                     task.cancel()
                 await self._say_goodbye(client)
@@ -268,7 +271,7 @@ class Node:
     # -- sync: what folders ask of the mesh, and what peers ask of folders -----------------------
     def sources(self, folder: str) -> list[tuple[str, str]]:
         """(node key, address) of the online members sharing `folder`, coordinator first."""
-        found = [p for p in self._roster if p.address and folder in p.folders
+        found = [p for p in self._roster if folder in p.folders
                  and p.is_member(self.config.folder_ids) and self._election.is_up(p.id)]
         found.sort(key=lambda p: p.id != self._election.coordinator)
         return [(p.id.key, p.address) for p in found if p.address]
@@ -297,27 +300,33 @@ class Node:
             raise PeerUnreachable("not connected")
         return await self._client.fetch_index(address, request)
 
-    def _folder(self, folder: str) -> FolderSync:
+    def _folder(self, folder: str, key: bytes) -> FolderSync:
+        """The folder a peer asks about, if we both share it (said in our hellos)."""
         sync = self._folders.get(folder)
-        if sync is None:
-            raise Refused(f"folder {folder!r} is not shared here")
+        peer = self._roster.get(NodeId.of_key(key))
+        if sync is None or peer is None or folder not in peer.folders:
+            raise Refused(f"folder {folder!r} is not shared between us")
         return sync
 
     async def handle_notice(self, key: bytes, notice: Records) -> None:
         """Changes made in the mesh; the coordinator passes on what members send it."""
-        sync = self._folder(notice.folder)
+        sync = self._folder(notice.folder, key)
         sender = NodeId.of_key(key).key
         await sync.take(sender, notice.records)
-        if self._election.coordinator == self.id:
-            await self.publish(notice, skip=frozenset({sender}))
+        if self._election.coordinator == self.id and self._tasks is not None:
+            # Not awaited here: the sender should not wait on our fan-out to every member.
+            self._tasks.create_task(self.publish(notice, skip=frozenset({sender})),
+                                    name=f"relay notice from {sender}")
 
     async def handle_index(self, key: bytes, request: IndexRequest) -> Records:
         """A page of our index for a peer catching up."""
-        return await asyncio.to_thread(self._folder(request.folder).answer_index, request.since)
+        sync = self._folder(request.folder, key)
+        return await asyncio.to_thread(sync.answer_index, request.since)
 
     async def handle_blocks(self, key: bytes, request: BlockRequest) -> list[bytes | None]:
         """Blocks we hold, for a peer writing a file."""
-        return await asyncio.to_thread(self._folder(request.folder).answer_blocks, request.hashes)
+        sync = self._folder(request.folder, key)
+        return await asyncio.to_thread(sync.answer_blocks, request.hashes)
 
     def _hello(self) -> Hello:
         return Hello(

@@ -1,8 +1,9 @@
 """Send hand-made requests to a node's peer port and print each answer's status as JSON.
 
-Run inside a host's namespace: `python -m tests.integration.probe HOST:PORT KEYFILE [notice]`.
+Run inside a host's namespace: `python -m tests.integration.probe HOST:PORT KEYFILE [MODE]`.
 Each case is what an attacker or a broken peer on the LAN could send; `notice` sends change
-notices, signed by a trusted member, whose paths try to leave the folder.
+notices, signed by a trusted member, whose paths try to leave the folder; `index` asks for
+the index of folder `Sync`.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ def main() -> None:
     signer = load_signer(keyfile, None)
     if sys.argv[3:] == ["notice"]:
         print(json.dumps(notices(address, signer)))
+        return
+    if sys.argv[3:] == ["index"]:
+        body = json.dumps({"folder": "Sync", "since": 0}).encode()
+        print(json.dumps({"index": post(address, body, signed(signer, body, path="/v1/index"),
+                                        "/v1/index")}))
         return
     body = Hello("probe", 9, frozenset(), 0, None).to_json()
     results: dict[str, int] = {}

@@ -210,3 +210,15 @@ def test_a_change_made_while_the_coordinator_is_replaced_is_not_lost(make_lan):
     wait_for("the change to reach the other survivor", lambda: (
         second.sync / "during-election.txt").exists(), 15)
     assert (second.sync / "during-election.txt").read_bytes() == b"written with no coordinator"
+
+
+def test_a_trusted_node_that_does_not_share_the_folder_cannot_read_it(make_lan):
+    lan = make_lan(2)
+    h1, h2 = lan.hosts
+    lan.trust_all()
+    h1.start()
+    h2.start("--as", "Other")
+    wait_for("h1 to know h2", lambda: "h2" in h1.peer_states(), 10)
+    result = h2.exec(sys.executable, "-m", "tests.integration.probe", f"{h1.ip}:22300",
+                     str(h2.key), "index", cwd=str(REPO))
+    assert json.loads(result.stdout) == {"index": 403}
