@@ -121,7 +121,7 @@ class FolderSync:
     mesh: Mesh
     epoch: str
     _dirty: set[RelPath] = field(default_factory=set)
-    _full_scan: asyncio.Event = field(default_factory=asyncio.Event)
+    _want_full_scan: bool = True
     _scan_wake: asyncio.Event = field(default_factory=asyncio.Event)
     _need_wake: asyncio.Event = field(default_factory=asyncio.Event)
     _throttle: Throttle = field(default_factory=Throttle)
@@ -149,7 +149,6 @@ class FolderSync:
     async def run(self) -> None:
         """Scan, watch, apply and catch up until cancelled."""
         self.mounted = await asyncio.to_thread(self._check_marker, True)
-        self._full_scan.set()
         self._scan_wake.set()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch(), name=f"watch {self.id}")
@@ -205,12 +204,10 @@ class FolderSync:
                 continue
             if not was_mounted:
                 log.info("folder %s is back at %s", self.id, self.root)
-                self._full_scan.set()
-            if time.monotonic() - last_full > RESCAN_EVERY:
-                self._full_scan.set()
-            full = self._full_scan.is_set()
+                self._want_full_scan = True
+            full = self._want_full_scan or time.monotonic() - last_full > RESCAN_EVERY
             dirty, self._dirty = self._dirty, set()
-            self._full_scan.clear()
+            self._want_full_scan = False
             if full:
                 last_full = time.monotonic()
             force, self._force = self._force, set()
@@ -244,7 +241,7 @@ class FolderSync:
         racy: set[RelPath] = set()
         seen = list(scan.walk(self.root)) if dirty is None else self._seen_under(dirty)
         known = {e.record.path: e for e in self.index.entries(self.id)} if dirty is None else {
-            e.record.path: e for p in dirty for e in self._entries_under(p)}
+            e.record.path: e for p in dirty for e in self.index.entries_under(self.id, p)}
         mine: list[_Done] = []  # new versions made here: stored and announced
         held: list[_Done] = []  # versions we hold already, whose inode moved
         unstable: set[RelPath] = set()
@@ -292,9 +289,6 @@ class FolderSync:
             for s in scan.walk_under(self.root, path):
                 seen[s.path] = s
         return list(seen.values())
-
-    def _entries_under(self, path: RelPath) -> list[Entry]:
-        return self.index.entries_under(self.id, path)
 
     def _sign(self, record: FileRecord) -> bytes:
         return self.mesh.sign(record.canonical(self.id))

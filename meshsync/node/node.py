@@ -101,7 +101,7 @@ class Node:
     def origin_key(self, origin: str, signature: bytes, message: bytes) -> bool:
         """Whether `signature` over `message` is by us or a trusted node whose key is `origin`."""
         try:
-            blob = sshsig.verify(signature, message)
+            blob = self.verify(signature, message)
         except ValueError:
             return False
         trusted = blob == self._signer.public_blob or self._trust.is_trusted(blob)
