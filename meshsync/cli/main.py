@@ -42,6 +42,9 @@ def _client_command(args: argparse.Namespace) -> int:
         case "status":
             result = call(sock, "status")
             text = render.status(result)
+        case "conflicts":
+            result = call(sock, "conflicts")
+            text = render.conflicts(result)
         case "elect":
             result = call(sock, "elect", force=args.force)
             text = render.election(result)
@@ -99,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     client("id", "this node's ID and public key line")
     client("peers", "every node this node knows, itself included")
     client("status", "this node's folders and the members sharing them")
+    client("conflicts", "conflict copies: both versions' origin and time")
     elect = client("elect", "show the coordinator and term")
     elect.add_argument("--force", action="store_true", help="open a new election now")
     trust = client("trust", "trust a peer", json_flag=True)

@@ -63,11 +63,29 @@ def status(result: dict[str, Any]) -> str:
         state = folder["state"]
         if folder["need_files"]:
             state += f", needs {folder['need_files']} files ({size(folder['need_bytes'])})"
+        if folder["conflicts"]:
+            state += f", {folder['conflicts']} conflict{'' if folder['conflicts'] == 1 else 's'}"
         lines.append(f"{folder['id']}  {folder['path']}  {state}; shared with {members} online "
                      f"member{'' if members == 1 else 's'}")
         lines += [f"  {t['path']}  {size(t['done'])} of {size(t['size'])}"
                   for t in folder["transfers"]]
     return "\n".join(lines)
+
+
+def conflicts(rows: list[dict[str, Any]]) -> str:
+    """The conflict copies, each with the node and time of its version and of the file's."""
+    if not rows:
+        return "no conflicts"
+
+    def side(version: dict[str, Any] | None) -> str:
+        if version is None:
+            return "(deleted)"
+        node = version.get("node")
+        return f"{node['name'] if node else version['origin']} {version['time']}"
+
+    body = [[r["folder"], r["path"], side(r["copy"]), side(r["current"])] for r in rows]
+    return (table(["FOLDER", "CONFLICT COPY", "ITS VERSION", "CURRENT VERSION"], body)
+            + "\nkeep the copy you want under the original name and delete the other")
 
 
 def size(count: int) -> str:

@@ -29,6 +29,10 @@ class Changed(Exception):
     """The disk no longer holds what the caller expected: rescan, then decide again."""
 
 
+class NotEmpty(Changed):
+    """A directory to delete still holds entries."""
+
+
 class BadBlock(Exception):
     """A block's length or hash is not what the record promises."""
 
@@ -233,6 +237,24 @@ def move_to_versions(root: Path, dir_fd: int, name: str, rel: RelPath, when_ns: 
             return
 
 
+def keep_beside(dir_fd: int, name: str, other: str) -> bool:
+    """Keep entry `name` of dir_fd also as `other` in the same directory; False if `other` is taken.
+
+    Like `move_to_versions`, a hard link leaves `name` in place for an atomic rename over it.
+    """
+    try:
+        os.link(name, other, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if e.errno not in _NO_HARD_LINKS:
+            raise
+        if seen_at(RelPath(other), other, dir_fd) is not None:
+            return False
+        os.rename(name, other, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    return True
+
+
 def _check(dir_fd: int, name: str, path: RelPath, expected: Seen | None) -> None:
     if _identity(seen_at(path, name, dir_fd)) != _identity(expected):
         raise Changed(f"{path} changed on disk since it was scanned")
@@ -285,7 +307,7 @@ def _remove_dir(dir_fd: int, name: str, path: RelPath) -> None:
     except OSError as e:
         if e.errno != errno.ENOTEMPTY:
             raise
-        raise Changed(f"{path} is not empty") from None
+        raise NotEmpty(f"{path} is not empty") from None
 
 
 def _temp_name(record: FileRecord) -> str:

@@ -16,16 +16,18 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from meshsync.core import conflicts
 from meshsync.core.ids import NodeId
 from meshsync.core.paths import RelPath, parent
 from meshsync.core.plan import Action, decide
 from meshsync.core.records import FileRecord, Kind
 from meshsync.core.throttle import Throttle
-from meshsync.core.vclock import Order, Vector
+from meshsync.core.vclock import Vector
 from meshsync.core.wire import MAX_BLOCKS_PER_REQUEST, BlockRequest, IndexRequest, Records, Signed
 from meshsync.fs import apply, scan
 from meshsync.fs.watch import watch
@@ -80,10 +82,12 @@ R = TypeVar("R")
 
 @dataclass(slots=True)
 class _Batch:
-    """What a batch of disk work produced: index items, and paths the user changed meanwhile."""
+    """What a batch of disk work produced: index items, paths to scan again (the user changed
+    them meanwhile, or sync made a conflict copy there), and directories to keep."""
 
     done: list[_Done] = field(default_factory=list)
     changed: set[RelPath] = field(default_factory=set)
+    revive: set[RelPath] = field(default_factory=set)
 
 
 def _done(need: Need, seen: scan.Seen | None) -> _Done:
@@ -97,6 +101,7 @@ class _Write:
 
     need: Need
     expected: scan.Seen | None
+    loser: FileRecord | None  # our concurrent version it beats, to keep as a conflict copy
 
 
 _Opened = tuple[_Write, apply.Incoming]
@@ -133,6 +138,7 @@ class FolderSync:
     _disk: asyncio.Lock = field(default_factory=asyncio.Lock)
     _judging: asyncio.Lock = field(default_factory=asyncio.Lock)
     _force: set[RelPath] = field(default_factory=set)
+    _revive: set[RelPath] = field(default_factory=set)  # directories to version anew
     mounted: bool = True
 
     @property
@@ -211,9 +217,10 @@ class FolderSync:
             if full:
                 last_full = time.monotonic()
             force, self._force = self._force, set()
+            revive, self._revive = self._revive, set()
             async with self._disk:
                 changes, unstable, racy = await asyncio.to_thread(
-                    self._find_changes, None if full else dirty | force, force)
+                    self._find_changes, None if full else dirty | force | revive, force, revive)
             if changes:
                 await self._announce(changes)
             if racy:
@@ -229,12 +236,13 @@ class FolderSync:
 
     # -- local changes -------------------------------------------------------------------------
     def _find_changes(
-        self, dirty: set[RelPath] | None, force: set[RelPath]
+        self, dirty: set[RelPath] | None, force: set[RelPath], revive: set[RelPath]
     ) -> tuple[list[Signed], set[RelPath], set[RelPath]]:
         """Hash what differs from the index (or is in `force`), version it and store it.
 
-        Runs in a thread. Returns the new versions, the paths still being written, and the
-        paths hashed while their mtime was fresh (to hash again later).
+        Paths in `revive` get a new version even when unchanged: a directory whose deletion
+        lost to a change inside it. Runs in a thread. Returns the new versions, the paths
+        still being written, and the paths hashed while their mtime was fresh (to hash again).
         """
         me = self.mesh.me.key
         now_ns = time.time_ns()
@@ -249,7 +257,7 @@ class FolderSync:
         for s in seen:
             present.add(s.path)
             entry = known.get(s.path)
-            if (entry is not None and s.path not in force
+            if (entry is not None and s.path not in force and s.path not in revive
                     and not scan.differs(s, entry.record, entry.inode)):
                 continue
             size, blocks = 0, tuple[bytes, ...]()
@@ -265,8 +273,8 @@ class FolderSync:
             version = (old.version if old else Vector()).bump(me, now_ns // 10**9)
             record = FileRecord(s.path, s.kind, version, me,
                                 False, size, s.mode, s.mtime_ns, blocks, s.target)
-            if entry is not None and not entry.record.deleted and record.same_metadata(
-                    entry.record):
+            if (entry is not None and not entry.record.deleted and s.path not in revive
+                    and record.same_metadata(entry.record)):
                 # Only the inode moved (an editor's copy-and-rename, say): same version.
                 held.append((entry.record, entry.signature, s.inode, s.dev))
                 continue
@@ -321,9 +329,8 @@ class FolderSync:
                 continue
             entry = self.index.get(self.id, record.path)
             pending = self.index.need(self.id, record.path)
-            if pending is not None and record.version.compare(pending.record.version) in (
-                    Order.OLDER, Order.EQUAL):
-                continue  # we already wait for this version or a newer one
+            if pending is not None and decide(pending.record, record).action is Action.IGNORE:
+                continue  # we already wait for this version, or for one that beats it
             if decide(entry.record if entry else None, record).action is Action.TAKE:
                 queued.append(Need(record, signed.signature, source))
         self.index.add_needs(self.id, queued)
@@ -405,8 +412,9 @@ class FolderSync:
             async with self._disk:
                 return await asyncio.to_thread(work, batch, arg)
         finally:
-            if batch.changed:
-                self._dirty |= batch.changed  # a local edit got there first: rescan it
+            self._revive |= batch.revive
+            if batch.changed or batch.revive:
+                self._dirty |= batch.changed
                 self._scan_wake.set()
 
     def _attempt(self, batch: _Batch, need: Need, step: Callable[[], _Done | None]) -> None:
@@ -427,20 +435,29 @@ class FolderSync:
         """Apply what needs no transfer, in one index transaction; return files to write."""
         writes: list[_Write] = []
         for need in needs:
-            self._attempt(batch, need, partial(self._apply_one, need, writes))
+            self._attempt(batch, need, partial(self._apply_one, batch, need, writes))
         self.index.put(self.id, batch.done)
         return writes
 
-    def _apply_one(self, need: Need, writes: list[_Write]) -> _Done | None:
+    def _apply_one(self, batch: _Batch, need: Need, writes: list[_Write]) -> _Done | None:
         record = need.record
         entry = self.index.get(self.id, record.path)
-        if decide(entry.record if entry else None, record).action is Action.IGNORE:
+        verdict = decide(entry.record if entry else None, record)
+        if verdict.action is Action.IGNORE:
             self.index.drop_need(self.id, record.path)
             return None
         expected = _expected(entry)
         if record.deleted:
-            apply.remove(self.root, record.path, expected, self._keep_old)
+            try:
+                apply.remove(self.root, record.path, expected, self._keeper(batch, None))
+            except apply.NotEmpty:
+                # What is left in it was kept (a concurrent change beat its deletion), unless
+                # a deletion of it is still to come: then the directory stays as a new version.
+                if not self.index.deletions_under(self.id, record.path):
+                    batch.revive.add(record.path)
+                raise
             return _done(need, None)
+        loser = entry.record if verdict.conflict and entry is not None else None
         if not self._parent_present(record.path):
             # Its directory's own record has not come yet. Writing now would make the
             # directory, and the next scan would take it for a local creation (an echo).
@@ -448,10 +465,11 @@ class FolderSync:
         if record.kind is Kind.DIR:
             return _done(need, apply.make_dir(self.root, record, expected))
         if record.kind is Kind.SYMLINK:
-            return _done(need, apply.make_symlink(self.root, record, expected, self._keep_old))
+            keep = self._keeper(batch, loser)
+            return _done(need, apply.make_symlink(self.root, record, expected, keep))
         if entry is not None and not entry.record.deleted and entry.record.same_content(record):
             return _done(need, apply.set_metadata(self.root, record, expected))
-        writes.append(_Write(need, expected))
+        writes.append(_Write(need, expected, loser))
         return None
 
     def _parent_present(self, path: RelPath) -> bool:
@@ -512,11 +530,12 @@ class FolderSync:
     def _commit_all(self, batch: _Batch, opened: list[_Opened]) -> None:
         """Move every finished file into place, then record them in one transaction."""
         for write, incoming in opened:
-            self._attempt(batch, write.need, partial(self._commit_one, write, incoming))
+            self._attempt(batch, write.need, partial(self._commit_one, batch, write, incoming))
         self.index.put(self.id, batch.done)
 
-    def _commit_one(self, write: _Write, incoming: apply.Incoming) -> _Done:
-        return _done(write.need, incoming.commit(write.expected, self._keep_old))
+    def _commit_one(self, batch: _Batch, write: _Write, incoming: apply.Incoming) -> _Done:
+        keep = self._keeper(batch, write.loser)
+        return _done(write.need, incoming.commit(write.expected, keep))
 
     def _fill_locally(self, incoming: apply.Incoming, record: FileRecord) -> list[int]:
         """Write the blocks we already hold anywhere in the folder; return the rest."""
@@ -550,8 +569,20 @@ class FolderSync:
                     got[digest] = data
         return got
 
-    def _keep_old(self, dir_fd: int, name: str, rel: RelPath) -> None:
-        apply.move_to_versions(self.root, dir_fd, name, rel, time.time_ns())
+    def _keeper(self, batch: _Batch, loser: FileRecord | None) -> apply.KeepOld:
+        """How to keep what sync replaces: a losing concurrent edit as a conflict copy beside
+        the winner (scanned and synced like any file), anything else under versions/."""
+        def keep(dir_fd: int, name: str, rel: RelPath) -> None:
+            if loser is not None and loser.kind is Kind.FILE and not conflicts.is_copy(rel):
+                copy = conflicts.copy_path(rel, loser.mtime_ns, loser.origin)
+                if apply.keep_beside(dir_fd, name, copy.rpartition("/")[2]):
+                    log.info("folder %s: conflict on %s: the other version is kept as %s",
+                             self.id, rel, copy)
+                    batch.changed.add(copy)
+                    return
+            # A copy of that version is there already (made by a peer), or it is not an edit.
+            apply.move_to_versions(self.root, dir_fd, name, rel, time.time_ns())
+        return keep
 
     # -- status --------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -563,10 +594,33 @@ class FolderSync:
             "state": "unmounted" if not self.mounted else "syncing" if files else "in sync",
             "need_files": files,
             "need_bytes": size,
-            "conflicts": 0,
+            "conflicts": len(self.conflicts()),
             "transfers": [{"path": p.path, "size": p.size, "done": p.done}
                           for p in self._transfers.values()],
         }
+
+
+    def conflicts(self) -> list[dict[str, Any]]:
+        """The conflict copies in the folder: what each name says, and the version it lost to."""
+        found = []
+        for entry in self.index.conflict_copies(self.id):
+            copy = conflicts.parse(entry.record.path)
+            if copy is None:
+                continue
+            current = self.index.get(self.id, copy.original)
+            found.append({
+                "folder": self.id, "path": copy.path, "original": copy.original,
+                "copy": {"origin": copy.origin, "time": _iso(copy.when.timestamp())},
+                "current": None if current is None or current.record.deleted else {
+                    "origin": current.record.origin,
+                    "time": _iso(current.record.mtime_ns / 1e9)},
+            })
+        return found
+
+
+def _iso(seconds: float) -> str:
+    """A time as `2026-11-25T10:15:00Z`."""
+    return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def new_epoch() -> str:

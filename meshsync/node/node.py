@@ -416,6 +416,8 @@ class Node:
                 return self._trust_keys(args.get("keys"))
             case "status":
                 return await self._status_json()
+            case "conflicts":
+                return await self._conflicts_json()
             case "stop":
                 self._stop.set()
                 return {"stopping": True}
@@ -482,6 +484,24 @@ class Node:
             folders.append(status)
         return {"id": str(self.id), "name": self.config.name, **self._election_json(),
                 "folders": folders}
+
+    async def _conflicts_json(self) -> list[dict[str, Any]]:
+        found = []
+        for sync in self._folders.values():
+            found += await asyncio.to_thread(sync.conflicts)
+        for conflict in found:
+            for side in (conflict["copy"], conflict["current"] or {}):
+                if side:
+                    side["node"] = self._node_of(side["origin"])
+        return found
+
+    def _node_of(self, key: str) -> dict[str, str] | None:
+        """The node whose vector key starts with `key` (a conflict copy names 7 digits)."""
+        nodes = [(self.id, self.config.name), *((p.id, p.name) for p in self._roster)]
+        for node_id, name in nodes:
+            if node_id.key.startswith(key):
+                return {"id": str(node_id), "name": name}
+        return None
 
     # -- log lines driven by peers -------------------------------------------------------------
     def _log_untrusted(self, peer_id: NodeId, address: str) -> None:

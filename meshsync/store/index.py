@@ -206,6 +206,17 @@ class Index:
         """Up to `limit` queued versions, in path order."""
         return self._needs("ORDER BY path LIMIT ?", (folder, limit))
 
+    def deletions_under(self, folder: str, path: str) -> bool:
+        """Whether a deletion is queued for anything below `path`."""
+        below = (folder, path + "/", path + "0")
+        return bool(self._rows("SELECT 1 FROM need WHERE folder = ? AND deleted"
+                               " AND path >= ? AND path < ? LIMIT 1", below))
+
+    def conflict_copies(self, folder: str) -> list[Entry]:
+        """Live rows whose name marks them as conflict copies, in path order."""
+        return self._entries("AND NOT deleted AND path LIKE '%.sync-conflict-%' ORDER BY path",
+                             (folder,))
+
     def drop_need(self, folder: str, path: str) -> None:
         """Forget the version queued for one path, if any."""
         with self._write() as db:

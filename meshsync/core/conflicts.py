@@ -1,0 +1,73 @@
+"""Conflict copies: the losing side of two concurrent edits, kept beside the winner.
+
+The copy's name is a pure function of the losing version (its mtime and origin), so every
+node that held the loser makes the same copy: they settle as one file, never as several.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from meshsync.core.paths import MAX_NAME_BYTES, RelPath
+
+MARK = ".sync-conflict-"
+SHORT = 7  # hex digits of the origin's vector key in the name
+_STAMP = "%Y%m%d-%H%M%S"
+_COPY = re.compile(
+    r"(?P<stem>.+)\.sync-conflict-(?P<stamp>\d{8}-\d{6})-(?P<origin>[0-9a-f]{7})(?P<ext>\.[^.]*)?")
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """A conflict copy found in a folder, and what its name says."""
+
+    path: RelPath
+    original: RelPath
+    when: datetime  # the losing version's mtime, UTC, to the second
+    origin: str  # the first hex digits of the losing version's origin key
+
+
+def copy_path(path: RelPath, mtime_ns: int, origin: str) -> RelPath:
+    """`dir/NAME.sync-conflict-YYYYMMDD-HHMMSS-<origin>.EXT` for the loser at `path`.
+
+    The time is the loser's mtime in UTC (not the moment of the conflict), so that every
+    node names it alike. A name too long for the file system loses the end of its stem.
+    """
+    head, _, name = path.rpartition("/")
+    stem, ext = _split(name)
+    try:
+        stamp = datetime.fromtimestamp(mtime_ns / 1e9, UTC).strftime(_STAMP)
+    except (OverflowError, ValueError, OSError):  # an mtime no calendar holds
+        stamp = "00000000-000000"
+    suffix = f"{MARK}{stamp}-{origin[:SHORT]}{ext}"
+    room = MAX_NAME_BYTES - len(suffix.encode())
+    stem = stem.encode()[:room].decode(errors="ignore")
+    return RelPath(f"{head}/{stem}{suffix}" if head else f"{stem}{suffix}")
+
+
+def parse(path: str) -> Copy | None:
+    """What a conflict copy's name says, or None if `path` is not one."""
+    head, _, name = path.rpartition("/")
+    found = _COPY.fullmatch(name)
+    if found is None:
+        return None
+    try:
+        when = datetime.strptime(found["stamp"], _STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        when = datetime.fromtimestamp(0, UTC)
+    original = found["stem"] + (found["ext"] or "")
+    return Copy(RelPath(path), RelPath(f"{head}/{original}" if head else original), when,
+                found["origin"])
+
+
+def is_copy(path: str) -> bool:
+    """Whether `path` is a conflict copy (a copy is never made of one)."""
+    return parse(path) is not None
+
+
+def _split(name: str) -> tuple[str, str]:
+    """(stem, extension with its dot); a leading dot starts no extension (`.bashrc`)."""
+    dot = name.rfind(".")
+    return (name[:dot], name[dot:]) if dot > 0 else (name, "")

@@ -1,0 +1,53 @@
+"""Conflict copy names: the same on every node, readable back, never made of a copy."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from meshsync.core import conflicts
+from meshsync.core.paths import RelPath, check_path
+
+ORIGIN = "0123456789abcdef"
+WHEN = datetime(2026, 11, 25, 10, 15, 30, tzinfo=UTC)
+NS = int(WHEN.timestamp()) * 10**9 + 123
+
+
+@pytest.mark.parametrize(("path", "copy"), [
+    ("notes.txt", "notes.sync-conflict-20261125-101530-0123456.txt"),
+    ("a/b/report.final.pdf", "a/b/report.final.sync-conflict-20261125-101530-0123456.pdf"),
+    ("Makefile", "Makefile.sync-conflict-20261125-101530-0123456"),
+    (".bashrc", ".bashrc.sync-conflict-20261125-101530-0123456"),
+    ("dir.d/noext", "dir.d/noext.sync-conflict-20261125-101530-0123456"),
+])
+def test_the_copy_sits_beside_the_file_with_the_losers_time_and_origin(path, copy):
+    made = conflicts.copy_path(RelPath(path), NS, ORIGIN)
+    assert made == copy
+    assert check_path(made) == made
+
+
+@pytest.mark.parametrize("path", ["notes.txt", "a/b/report.final.pdf", "Makefile", ".bashrc"])
+def test_a_copy_reads_back_as_its_original_time_and_origin(path):
+    copy = conflicts.parse(conflicts.copy_path(RelPath(path), NS, ORIGIN))
+    assert copy is not None
+    assert (copy.original, copy.when, copy.origin) == (path, WHEN, ORIGIN[:7])
+    assert conflicts.is_copy(copy.path)
+
+
+@pytest.mark.parametrize("path", [
+    "notes.txt", "a.sync-conflict-2026-x.txt", "a.sync-conflict-20261125-101530-XYZ1234.txt",
+    "sync-conflict-20261125-101530-0123456", "dir.sync-conflict-20261125-101530-0123456x/f"])
+def test_other_names_are_not_copies(path):
+    assert not conflicts.is_copy(path)
+
+
+def test_a_name_at_the_length_limit_loses_the_end_of_its_stem_not_its_marks():
+    long = "é" * 120 + ".txt"  # 244 bytes
+    made = conflicts.copy_path(RelPath(long), NS, ORIGIN)
+    assert len(made.encode()) <= 255
+    assert made.endswith(".sync-conflict-20261125-101530-0123456.txt")
+    assert check_path(made) == made
+
+
+def test_an_mtime_no_calendar_holds_still_names_a_copy():
+    made = conflicts.copy_path(RelPath("x.txt"), 10**30, ORIGIN)
+    assert made == "x.sync-conflict-00000000-000000-0123456.txt"
