@@ -11,10 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshsync.core.errors import WireError
 from meshsync.core.paths import MARKER, RelPath, check_path, is_temporary
 from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
+
+if TYPE_CHECKING:  # ignore reads its file through this module
+    from meshsync.fs.ignore import Ignore
 
 log = logging.getLogger(__name__)
 
@@ -88,22 +92,23 @@ def seen_at(path: RelPath, name: str, dir_fd: int) -> Seen | None:
     return None if kind is None else Seen.of(path, kind, st, target)
 
 
-def walk(root: Path) -> Iterator[Seen]:
-    """Every file, directory and symlink under root, links not followed, minus meshsync's own."""
-    return _walk_below(root, "")
+def walk(root: Path, ignore: Ignore | None = None) -> Iterator[Seen]:
+    """All files, dirs and symlinks under root, links not followed, minus ours and the ignored."""
+    return _walk_below(root, "", ignore)
 
 
-def walk_under(root: Path, path: RelPath) -> Iterator[Seen]:
-    """`path` if it is in the folder and, if it is a directory, all that walk sees under it."""
+def walk_under(root: Path, path: RelPath, ignore: Ignore | None = None) -> Iterator[Seen]:
+    """`path` if it is in the folder and not ignored and, if a directory, all walk sees under it."""
     try:
         with parent(root, path) as (fd, name):
             seen = seen_at(path, name, fd)
     except (FileNotFoundError, UnsafePath):
         return
-    if seen is not None:
-        yield seen
-        if seen.kind is Kind.DIR:
-            yield from _walk_below(root, path)
+    if seen is None or (ignore is not None and ignore.match(path, seen.kind is Kind.DIR)):
+        return
+    yield seen
+    if seen.kind is Kind.DIR:
+        yield from _walk_below(root, path, ignore)
 
 
 def open_file(name: str | Path, dir_fd: int | None = None) -> int:
@@ -178,12 +183,12 @@ def _open_dir(dir_fd: int, name: str, shown: str, create: bool) -> int:
     return _open_dir(dir_fd, name, shown, create=False)
 
 
-def _walk_below(root: Path, top: str) -> Iterator[Seen]:
+def _walk_below(root: Path, top: str, ignore: Ignore | None) -> Iterator[Seen]:
     pending = [top]
     while pending:
         prefix = pending.pop()
         try:
-            found = _listing(root, prefix)
+            found = _listing(root, prefix, ignore)
         except (OSError, UnsafePath) as e:
             if not prefix:
                 raise
@@ -193,7 +198,7 @@ def _walk_below(root: Path, top: str) -> Iterator[Seen]:
         yield from found
 
 
-def _listing(root: Path, prefix: str) -> list[Seen]:
+def _listing(root: Path, prefix: str, ignore: Ignore | None) -> list[Seen]:
     found = []
     with directory(root, prefix) as fd, os.scandir(fd) as entries:
         for entry in entries:
@@ -201,6 +206,10 @@ def _listing(root: Path, prefix: str) -> list[Seen]:
                 continue
             rel = f"{prefix}/{entry.name}" if prefix else entry.name
             try:
+                # Judged before lstat, on the type scandir usually already has: ignoring is cheap.
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if ignore is not None and ignore.match_entry(rel, is_dir):
+                    continue
                 seen = seen_at(check_path(rel), entry.name, fd)
             except (WireError, OSError) as e:
                 log.debug("skipping %r: %s", rel, e)

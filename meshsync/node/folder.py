@@ -30,6 +30,7 @@ from meshsync.core.throttle import Throttle
 from meshsync.core.vclock import Vector
 from meshsync.core.wire import MAX_BLOCKS_PER_REQUEST, BlockRequest, IndexRequest, Records, Signed
 from meshsync.fs import apply, scan
+from meshsync.fs.ignore import IGNORE_FILE, Ignore
 from meshsync.fs.watch import watch
 from meshsync.node.config import Folder
 from meshsync.store.index import Entry, Index, Need
@@ -139,6 +140,7 @@ class FolderSync:
     _judging: asyncio.Lock = field(default_factory=asyncio.Lock)
     _force: set[RelPath] = field(default_factory=set)
     _revive: set[RelPath] = field(default_factory=set)  # directories to version anew
+    ignore: Ignore = field(default_factory=Ignore)
     mounted: bool = True
 
     @property
@@ -155,6 +157,8 @@ class FolderSync:
     async def run(self) -> None:
         """Scan, watch, apply and catch up until cancelled."""
         self.mounted = await asyncio.to_thread(self._check_marker, True)
+        if self.mounted:
+            await self._reload_ignore()
         self._scan_wake.set()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch(), name=f"watch {self.id}")
@@ -216,6 +220,8 @@ class FolderSync:
             self._want_full_scan = False
             if full:
                 last_full = time.monotonic()
+            if full or IGNORE_FILE in dirty:
+                full = await self._reload_ignore() or full
             force, self._force = self._force, set()
             revive, self._revive = self._revive, set()
             async with self._disk:
@@ -229,6 +235,25 @@ class FolderSync:
                 self._dirty |= unstable
                 asyncio.get_running_loop().call_later(RETRY_UNSTABLE, self._scan_wake.set)
             self._need_wake.set()
+
+    async def _reload_ignore(self) -> bool:
+        """Read .meshsyncignore again; True if the rules changed (the caller rescans all).
+
+        Records of ignored paths were passed over, so when the rules differ from those the
+        index was last filled under (even across a restart), peers are read from the start.
+        """
+        ignore = await asyncio.to_thread(Ignore.load, self.root)
+        changed, self.ignore = ignore.fingerprint != self.ignore.fingerprint, ignore
+        remembered = f"ignore {self.id}"
+        before = await asyncio.to_thread(self.index.get_meta, remembered)
+        if before != ignore.fingerprint:
+            if before is not None:
+                log.info("folder %s: %s changed; rescanning, and asking peers again for what "
+                         "it no longer ignores", self.id, IGNORE_FILE)
+            await asyncio.to_thread(self.index.forget_peer_seqs, self.id)
+            await asyncio.to_thread(self.index.set_meta, remembered, ignore.fingerprint)
+            self.catch_up_wake.set()
+        return changed
 
     def _recheck(self, paths: set[RelPath]) -> None:
         self._force |= paths
@@ -247,7 +272,8 @@ class FolderSync:
         me = self.mesh.me.key
         now_ns = time.time_ns()
         racy: set[RelPath] = set()
-        seen = list(scan.walk(self.root)) if dirty is None else self._seen_under(dirty)
+        ignore = self.ignore
+        seen = list(scan.walk(self.root, ignore)) if dirty is None else self._seen_under(dirty)
         known = {e.record.path: e for e in self.index.entries(self.id)} if dirty is None else {
             e.record.path: e for p in dirty for e in self.index.entries_under(self.id, p)}
         mine: list[_Done] = []  # new versions made here: stored and announced
@@ -280,7 +306,9 @@ class FolderSync:
                 continue
             mine.append((record, self._sign(record), s.inode, s.dev))
         for path, entry in known.items():
-            if path not in present and not entry.record.deleted:
+            # An ignored path stays as it was for the peers: ignoring a file deletes nothing.
+            if (path not in present and not entry.record.deleted
+                    and not ignore.match(path, entry.record.kind is Kind.DIR)):
                 version = entry.record.version.bump(me, now_ns // 10**9)
                 record = entry.record.tombstone(version, me)
                 mine.append((record, self._sign(record), 0, 0))
@@ -294,7 +322,7 @@ class FolderSync:
     def _seen_under(self, dirty: Iterable[RelPath]) -> list[scan.Seen]:
         seen: dict[str, scan.Seen] = {}
         for path in dirty:
-            for s in scan.walk_under(self.root, path):
+            for s in scan.walk_under(self.root, path, self.ignore):
                 seen[s.path] = s
         return list(seen.values())
 
@@ -327,6 +355,8 @@ class FolderSync:
                     log.warning("folder %s: refused %s from %s: not signed by its origin %s",
                                 self.id, record.path, source, record.origin)
                 continue
+            if self.ignore.match(record.path, record.kind is Kind.DIR):
+                continue  # it stays local here
             entry = self.index.get(self.id, record.path)
             pending = self.index.need(self.id, record.path)
             if pending is not None and decide(pending.record, record).action is Action.IGNORE:
@@ -443,7 +473,8 @@ class FolderSync:
         record = need.record
         entry = self.index.get(self.id, record.path)
         verdict = decide(entry.record if entry else None, record)
-        if verdict.action is Action.IGNORE:
+        if verdict.action is Action.IGNORE or self.ignore.match(
+                record.path, record.kind is Kind.DIR):
             self.index.drop_need(self.id, record.path)
             return None
         expected = _expected(entry)

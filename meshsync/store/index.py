@@ -240,6 +240,11 @@ class Index:
             db.execute("INSERT OR REPLACE INTO peer_seq VALUES (?, ?, ?, ?)",
                        (folder, peer, epoch, seq))
 
+    def forget_peer_seqs(self, folder: str) -> None:
+        """Read every peer's index of the folder from its start at the next catch-up."""
+        with self._write() as db:
+            db.execute("DELETE FROM peer_seq WHERE folder = ?", (folder,))
+
     def get_meta(self, key: str) -> str | None:
         """A stored setting, None if unset."""
         rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))

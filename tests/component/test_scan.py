@@ -73,6 +73,17 @@ def test_walk_under_reports_a_moved_in_tree_whole_but_nothing_behind_a_link(
     assert list(walk_under(tmp_path, RelPath("gone"))) == []
 
 
+def test_walk_without_ignore_rules_skips_only_meshsyncs_own(tmp_path: Path) -> None:
+    (tmp_path / "node_modules").mkdir()
+    (tmp_path / "node_modules" / "x.js").write_text("x")
+    (tmp_path / ".DS_Store").write_text("x")
+    (tmp_path / ".meshsyncignore").write_text("node_modules/\n")
+
+    assert {s.path for s in walk(tmp_path)} == {
+        "node_modules", "node_modules/x.js", ".DS_Store", ".meshsyncignore"}
+    assert [s.path for s in walk_under(tmp_path, RelPath(".DS_Store"))] == [".DS_Store"]
+
+
 @pytest.mark.parametrize("size", [0, 1, BLOCK_SIZE, BLOCK_SIZE + 1, 3 * BLOCK_SIZE])
 def test_hash_file_hashes_each_block(tmp_path: Path, size: int) -> None:
     data = random.Random(size).randbytes(size)

@@ -26,7 +26,7 @@ ALLOWED: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "control": (frozenset(), frozenset({"meshsync.control", "meshsync.core"})),
     # Not written yet; the rule is ready for them (sqlite3 is stdlib).
     "store": (frozenset(), frozenset({"meshsync.store", "meshsync.core"})),
-    "fs": (frozenset({"watchfiles"}), frozenset({"meshsync.fs", "meshsync.core"})),
+    "fs": (frozenset({"pathspec", "watchfiles"}), frozenset({"meshsync.fs", "meshsync.core"})),
 }
 ANYTHING_BUT_CLI = "node"
 ANYTHING = ("cli",)
