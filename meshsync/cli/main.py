@@ -45,6 +45,12 @@ def _client_command(args: argparse.Namespace) -> int:
         case "conflicts":
             result = call(sock, "conflicts")
             text = render.conflicts(result)
+        case "versions":
+            result = call(sock, "versions", path=_absolute(args.path))
+            text = render.versions(result)
+        case "restore":
+            result = call(sock, "restore", path=_absolute(args.path), at=args.at)
+            text = render.restored(result)
         case "elect":
             result = call(sock, "elect", force=args.force)
             text = render.election(result)
@@ -58,6 +64,14 @@ def _client_command(args: argparse.Namespace) -> int:
             raise AssertionError(args.command)
     print(json.dumps(result, indent=2) if getattr(args, "json", False) else text)
     return 0
+
+
+def _absolute(arg: str) -> str:
+    """The path as the node sees its folders: absolute, with the directories above resolved."""
+    path = Path.cwd() / Path(arg).expanduser()
+    if path.name in ("", ".", ".."):
+        return str(path.resolve())
+    return str(path.parent.resolve() / path.name)  # the file itself may be a link, or gone
 
 
 def _key_texts(arg: str) -> list[str]:
@@ -91,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="a peer to contact without mDNS (repeatable)")
     start.add_argument("--key", type=Path, metavar="PATH", help="SSH private key to use")
     start.add_argument("--name", help="name shown to peers (default: the host name)")
+    start.add_argument("--keep-days", type=float, default=30, metavar="DAYS",
+                       help="keep replaced and deleted files this long (default 30)")
+    start.add_argument("--keep-size", default="1G", metavar="SIZE",
+                       help="at most this much of them per folder, oldest go first (default 1G)")
     start.add_argument("-v", "--verbose", action="store_true", help="log debug detail too")
 
     def client(name: str, help: str, json_flag: bool = True) -> argparse.ArgumentParser:
@@ -103,6 +121,13 @@ def _parser() -> argparse.ArgumentParser:
     client("peers", "every node this node knows, itself included")
     client("status", "this node's folders and the members sharing them")
     client("conflicts", "conflict copies: both versions' origin and time")
+    versions = client("versions", "kept versions of a file, or of all files below a directory")
+    versions.add_argument("path", metavar="PATH", help="a file or directory in a synced folder")
+    restore = client("restore", "bring a kept version back (it syncs like any edit)")
+    restore.add_argument("path", metavar="PATH", help="a file in a synced folder")
+    restore.add_argument("--at", metavar="TIME",
+                         help="the newest version kept at or before TIME (default: the newest)"
+                              "; 20261125-101500 (UTC) or 2026-11-25T10:15 (local)")
     elect = client("elect", "show the coordinator and term")
     elect.add_argument("--force", action="store_true", help="open a new election now")
     trust = client("trust", "trust a peer", json_flag=True)

@@ -88,6 +88,21 @@ def conflicts(rows: list[dict[str, Any]]) -> str:
             + "\nkeep the copy you want under the original name and delete the other")
 
 
+def versions(rows: list[dict[str, Any]]) -> str:
+    """Kept versions, oldest first, with what `restore --at` takes."""
+    if not rows:
+        return "no versions kept"
+    body = [[r["path"], r["time"], size(r["size"]), r["kept"]] for r in rows]
+    return (table(["PATH", "KEPT AT (UTC)", "SIZE", "AS"], body)
+            + "\nto bring one back: meshsync restore PATH --at TIME")
+
+
+def restored(result: dict[str, Any]) -> str:
+    """What `meshsync restore` put back."""
+    version = result["restored"]
+    return f"restored {version['path']} as kept at {version['time']}; it syncs like an edit"
+
+
 def size(count: int) -> str:
     """Bytes for people: `512 B`, `1.5 MiB`."""
     if count < 1024:

@@ -12,7 +12,14 @@ from pathlib import Path
 from meshsync.crypto.keys import KeyLoadError, find_key, load_signer
 from meshsync.crypto.trust import TrustStore
 from meshsync.node.clock import Clock
-from meshsync.node.config import Config, check_peer_address, folders_from, state_dir
+from meshsync.node.config import (
+    Config,
+    Keep,
+    check_peer_address,
+    folders_from,
+    parse_size,
+    state_dir,
+)
 from meshsync.node.node import AlreadyRunning, Node
 
 
@@ -36,6 +43,7 @@ def start(args: argparse.Namespace) -> int:
             key=args.key,
             port=args.port,
             peers=tuple(check_peer_address(p) for p in args.peer),
+            keep=Keep(args.keep_days * 86400, parse_size(args.keep_size)),
             **({"name": args.name} if args.name else {}),
         )
         signer = load_signer(find_key(args.key, ssh_dir, state), os.environ.get("SSH_AUTH_SOCK"))

@@ -36,6 +36,14 @@ class Folder:
 
 
 @dataclass(frozen=True, slots=True)
+class Keep:
+    """How much of what sync replaced or deleted is kept under .meshsync/versions."""
+
+    max_age: float = 30 * 86400  # seconds
+    max_bytes: int = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything `meshsync start` was told."""
 
@@ -46,6 +54,7 @@ class Config:
     port: int | None = None
     peers: tuple[str, ...] = ()
     name: str = socket.gethostname()
+    keep: Keep = Keep()
 
     @property
     def folder_ids(self) -> frozenset[FolderId]:
@@ -71,6 +80,20 @@ def folders_from(dirs: list[str], alias: str | None) -> tuple[Folder, ...]:
     if len(set(ids)) != len(ids):
         raise ValueError("two folders share one folder ID: give one of them another with --as")
     return tuple(folders)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `500M`, `2G`, `1.5GiB`, `0`; ValueError if it is not a size."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = number[-1:] if number[-1:] in units else ""
+    try:
+        value = float(number.removesuffix(unit)) * units[unit]
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (try 500M or 2G)") from None
+    if not 0 <= value < 1 << 62:
+        raise ValueError(f"not a size: {text!r} (try 500M or 2G)")
+    return int(value)
 
 
 def check_peer_address(text: str) -> str:

@@ -29,10 +29,10 @@ from meshsync.core.records import FileRecord, Kind
 from meshsync.core.throttle import Throttle
 from meshsync.core.vclock import Vector
 from meshsync.core.wire import MAX_BLOCKS_PER_REQUEST, BlockRequest, IndexRequest, Records, Signed
-from meshsync.fs import apply, scan
+from meshsync.fs import apply, scan, versions
 from meshsync.fs.ignore import IGNORE_FILE, Ignore
 from meshsync.fs.watch import watch
-from meshsync.node.config import Folder
+from meshsync.node.config import Folder, Keep
 from meshsync.store.index import Entry, Index, Need
 
 log = logging.getLogger("meshsync.folder")
@@ -126,6 +126,7 @@ class FolderSync:
     index: Index
     mesh: Mesh
     epoch: str
+    keep: Keep = field(default_factory=Keep)
     _dirty: set[RelPath] = field(default_factory=set)
     _want_full_scan: bool = True
     _scan_wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -220,6 +221,7 @@ class FolderSync:
             self._want_full_scan = False
             if full:
                 last_full = time.monotonic()
+                await self._prune()
             if full or IGNORE_FILE in dirty:
                 full = await self._reload_ignore() or full
             force, self._force = self._force, set()
@@ -254,6 +256,14 @@ class FolderSync:
             await asyncio.to_thread(self.index.set_meta, remembered, ignore.fingerprint)
             self.catch_up_wake.set()
         return changed
+
+    async def _prune(self) -> None:
+        removed = await asyncio.to_thread(versions.prune, self.root, self.keep.max_age,
+                                          self.keep.max_bytes, datetime.now(UTC))
+        if removed:
+            log.info("folder %s: removed %d kept version%s (older than %.0f days, or over "
+                     "%d MiB in all)", self.id, len(removed), "" if len(removed) == 1 else "s",
+                     self.keep.max_age / 86400, self.keep.max_bytes >> 20)
 
     def _recheck(self, paths: set[RelPath]) -> None:
         self._force |= paths
@@ -612,8 +622,34 @@ class FolderSync:
                     batch.changed.add(copy)
                     return
             # A copy of that version is there already (made by a peer), or it is not an edit.
-            apply.move_to_versions(self.root, dir_fd, name, rel, time.time_ns())
+            self._keep_version(dir_fd, name, rel)
         return keep
+
+    def _keep_version(self, dir_fd: int, name: str, rel: RelPath) -> None:
+        apply.move_to_versions(self.root, dir_fd, name, rel, time.time_ns())
+
+    # -- versions ------------------------------------------------------------------------------
+    def versions_of(self, rel: RelPath | None) -> list[versions.Version]:
+        """The kept versions of a path and of all below it (None: the whole folder), oldest
+        first; runs in a thread."""
+        return [v for v in versions.all_versions(self.root)
+                if rel is None or v.path == rel or v.path.startswith(rel + "/")]
+
+    async def restore(self, rel: RelPath, at: datetime | None) -> versions.Version:
+        """Put back the newest version of `rel` kept at or before `at`; it syncs as an edit.
+
+        What is at `rel` now is kept as a version first. RestoreError says why not.
+        """
+        chosen = versions.pick(await asyncio.to_thread(versions.list_versions, self.root, rel), at)
+        if chosen is None:
+            raise versions.RestoreError(f"no version of {rel} is kept" + (
+                f" from {at:%Y-%m-%d %H:%M:%S} UTC or before" if at else ""))
+        async with self._disk:
+            await asyncio.to_thread(versions.restore, self.root, chosen, self._keep_version)
+        self._dirty.add(rel)
+        self._scan_wake.set()
+        log.info("folder %s: restored %s as kept at %s", self.id, rel, chosen.when)
+        return chosen
 
     # -- status --------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -18,11 +18,13 @@ from meshsync.core import election as el
 from meshsync.core.errors import Refused, WireError
 from meshsync.core.ids import NodeId
 from meshsync.core.membership import Peer, Roster
+from meshsync.core.paths import RelPath, check_path
 from meshsync.core.throttle import Throttle
 from meshsync.core.wire import BlockRequest, Hello, IndexRequest, Records
 from meshsync.crypto import sshsig
 from meshsync.crypto.keys import Signer, public_key_line
 from meshsync.crypto.trust import PublicKey, TrustStore, parse_key_line
+from meshsync.fs import versions
 from meshsync.net.client import PeerClient, PeerClosed, PeerUnreachable, Reply
 from meshsync.net.discovery import Advert, Discovery, own_addresses
 from meshsync.net.server import bind, make_app, serve
@@ -123,7 +125,8 @@ class Node:
             parts.callback(index.close)
             epoch = index.get_meta("epoch") or new_epoch()
             index.set_meta("epoch", epoch)
-            self._folders = {f.id: FolderSync(f, index, self, epoch) for f in self.config.folders}
+            self._folders = {f.id: FolderSync(f, index, self, epoch, self.config.keep)
+                             for f in self.config.folders}
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):  # before mDNS: a signal mid-way says bye
                 loop.add_signal_handler(sig, self._stop.set)
@@ -418,6 +421,12 @@ class Node:
                 return await self._status_json()
             case "conflicts":
                 return await self._conflicts_json()
+            case "versions":
+                sync, rel = self._locate(args.get("path"))
+                found = await asyncio.to_thread(sync.versions_of, rel)
+                return [{"folder": sync.id, **v.to_json()} for v in found]
+            case "restore":
+                return await self._restore(args.get("path"), args.get("at"))
             case "stop":
                 self._stop.set()
                 return {"stopping": True}
@@ -484,6 +493,31 @@ class Node:
             folders.append(status)
         return {"id": str(self.id), "name": self.config.name, **self._election_json(),
                 "folders": folders}
+
+    def _locate(self, text: object) -> tuple[FolderSync, RelPath | None]:
+        """The folder holding an absolute path, and the path in it (None: the folder itself)."""
+        if not isinstance(text, str) or not text.startswith("/"):
+            raise ControlError("give a path in a synced folder")
+        for sync in self._folders.values():
+            if Path(text).is_relative_to(sync.root):
+                rel = Path(text).relative_to(sync.root).as_posix()
+                try:
+                    return sync, None if rel == "." else check_path(rel)
+                except WireError as e:
+                    raise ControlError(f"{text}: not a path meshsync syncs ({e})") from None
+        raise ControlError(f"{text} is not in a synced folder (" + ", ".join(
+            str(s.root) for s in self._folders.values()) + ")")
+
+    async def _restore(self, text: object, at: object) -> dict[str, Any]:
+        sync, rel = self._locate(text)
+        if rel is None:
+            raise ControlError("restore wants a file in the folder, not the folder itself")
+        try:
+            when = versions.parse_time(at) if isinstance(at, str) and at else None
+            chosen = await sync.restore(rel, when)
+        except (ValueError, versions.RestoreError, OSError) as e:
+            raise ControlError(str(e)) from None
+        return {"folder": sync.id, "restored": chosen.to_json()}
 
     async def _conflicts_json(self) -> list[dict[str, Any]]:
         found = []
