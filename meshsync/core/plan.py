@@ -43,6 +43,45 @@ def wins(a: FileRecord, b: FileRecord) -> bool:
     return a.version.counters > b.version.counters
 
 
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """What to do with a remote version given ours on disk and the one we wait for.
+
+    queue: wait for it (it replaces the waiting one). drop_pending: the waiting version is
+    history (this one descends from it) and lost to ours, so wait for nothing. aside: it
+    lost to a concurrent version; keep it to judge again when ours changes, since a later
+    change of ours (a deletion, an older mtime) may lose to it. The waiting version, when
+    replaced by a concurrent winner, is set aside the same way (pending_aside).
+    """
+
+    queue: bool = False
+    drop_pending: bool = False
+    aside: bool = False
+    pending_aside: bool = False
+
+
+def judge(local: FileRecord | None, pending: FileRecord | None, remote: FileRecord) -> Judgement:
+    """Judge `remote` against both versions; the same verdict whatever the arrival order."""
+    if local is not None and remote.version.compare(local.version) in (Order.OLDER, Order.EQUAL):
+        return Judgement()  # history of what we hold
+    against_pending = pending and remote.version.compare(pending.version)
+    if against_pending in (Order.OLDER, Order.EQUAL):
+        return Judgement()  # history of what we wait for
+    beats_local = decide(local, remote).action is Action.TAKE
+    concurrent = against_pending is Order.CONCURRENT
+    beats_pending = not concurrent or (pending is not None and wins(remote, pending))
+    if beats_local and beats_pending:
+        return Judgement(queue=True, pending_aside=concurrent and not _alike(pending, remote))
+    # Identical content is never a conflict: such a loser is as good as the winner.
+    beaten_by = local if not beats_local else pending
+    return Judgement(drop_pending=against_pending is Order.NEWER,
+                     aside=not _alike(beaten_by, remote))
+
+
+def _alike(a: FileRecord | None, b: FileRecord) -> bool:
+    return a is not None and a.deleted == b.deleted and a.same_content(b)
+
+
 def decide(local: FileRecord | None, remote: FileRecord) -> Verdict:
     """What to do with `remote`, given the version of the same path we hold (if any)."""
     if local is None:

@@ -16,6 +16,7 @@ from types import TracebackType
 
 from meshsync.core.paths import MARKER, TEMP_PREFIX, RelPath, is_temporary
 from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
+from meshsync.fs import scan
 from meshsync.fs.scan import VANISHED, Seen, open_file, parent, read_at, seen_at
 from meshsync.fs.scan import UnsafePath as UnsafePath
 
@@ -58,7 +59,7 @@ class Incoming:
     def __init__(self, record: FileRecord, dir_fd: int, fd: int) -> None:
         self.record = record
         self._name = record.path.rpartition("/")[2]
-        self._temp = _temp_name(record)
+        self._temp = temp_name(record)
         self._dir_fd, self._fd = dir_fd, fd
         self._present = self._verified()
 
@@ -70,7 +71,7 @@ class Incoming:
         try:
             with parent(root, record.path, create=True) as (parent_fd, _):
                 fds.append(os.dup(parent_fd))
-            fds.append(os.open(_temp_name(record), flags, 0o600, dir_fd=fds[0]))
+            fds.append(os.open(temp_name(record), flags, 0o600, dir_fd=fds[0]))
             return cls(record, *fds)
         except BaseException:
             for fd in fds:
@@ -237,6 +238,20 @@ def move_to_versions(root: Path, dir_fd: int, name: str, rel: RelPath, when_ns: 
             return
 
 
+def remove_temps(root: Path, directory: str, keep: set[str]) -> int:
+    """Delete our temporary files in `directory` but those named in `keep`; how many remain."""
+    try:
+        with scan.directory(root, directory) as fd, os.scandir(fd) as entries:
+            temps = [e.name for e in entries if is_temporary(e.name)]
+            for name in temps:
+                if name not in keep:
+                    with suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=fd)
+    except (FileNotFoundError, NotADirectoryError, UnsafePath):
+        return 0
+    return len([name for name in temps if name in keep])
+
+
 def keep_beside(dir_fd: int, name: str, other: str) -> bool:
     """Keep entry `name` of dir_fd also as `other` in the same directory; False if `other` is taken.
 
@@ -310,7 +325,8 @@ def _remove_dir(dir_fd: int, name: str, path: RelPath) -> None:
         raise NotEmpty(f"{path} is not empty") from None
 
 
-def _temp_name(record: FileRecord) -> str:
+def temp_name(record: FileRecord) -> str:
+    """The temporary file receiving `record`, in its directory."""
     # Named by path and content, so that a restarted node finds its partial file again.
     digest = hashlib.sha256(record.path.encode() + b"\0" + b"".join(record.blocks))
     return TEMP_PREFIX + digest.hexdigest()[:16]

@@ -21,13 +21,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from meshsync.core import conflicts
+from meshsync.core import conflicts, plan
 from meshsync.core.ids import NodeId
 from meshsync.core.paths import RelPath, parent
 from meshsync.core.plan import Action, decide
 from meshsync.core.records import FileRecord, Kind
 from meshsync.core.throttle import Throttle
-from meshsync.core.vclock import Vector
+from meshsync.core.vclock import Order, Vector
 from meshsync.core.wire import MAX_BLOCKS_PER_REQUEST, BlockRequest, IndexRequest, Records, Signed
 from meshsync.fs import apply, scan, versions
 from meshsync.fs.ignore import IGNORE_FILE, Ignore
@@ -38,7 +38,9 @@ from meshsync.store.index import Entry, Index, Need
 log = logging.getLogger("meshsync.folder")
 
 RESCAN_EVERY = 60.0
-CATCH_UP_EVERY = 30.0
+CATCH_UP_EVERY = 5.0  # the safety net under notices: an index page per member, if anything changed
+REVIVED = "revived"  # the source of a need for a version taken back from the losers
+RETRY_CATCH_UP = 0.25  # doubled after each failed round, up to CATCH_UP_EVERY
 UNMOUNTED_CHECK_EVERY = 2.0
 NOTICE_BATCH = 1000
 RETRY_UNSTABLE = 0.5
@@ -142,6 +144,8 @@ class FolderSync:
     _force: set[RelPath] = field(default_factory=set)
     _revive: set[RelPath] = field(default_factory=set)  # directories to version anew
     ignore: Ignore = field(default_factory=Ignore)
+    # Directories that may hold temporary files of versions no longer wanted ("": the root).
+    _temp_dirs: set[str] = field(default_factory=set)
     mounted: bool = True
 
     @property
@@ -160,6 +164,9 @@ class FolderSync:
         self.mounted = await asyncio.to_thread(self._check_marker, True)
         if self.mounted:
             await self._reload_ignore()
+            # A previous run may have left temporary files anywhere: look in every directory once.
+            self._temp_dirs = {"", *await asyncio.to_thread(self._directories)}
+            self._need_wake.set()
         self._scan_wake.set()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch(), name=f"watch {self.id}")
@@ -336,6 +343,10 @@ class FolderSync:
                 seen[s.path] = s
         return list(seen.values())
 
+    def _directories(self) -> list[str]:
+        return [e.record.path for e in self.index.entries(self.id)
+                if e.record.kind is Kind.DIR and not e.record.deleted]
+
     def _sign(self, record: FileRecord) -> bytes:
         return self.mesh.sign(record.canonical(self.id))
 
@@ -367,25 +378,72 @@ class FolderSync:
                 continue
             if self.ignore.match(record.path, record.kind is Kind.DIR):
                 continue  # it stays local here
-            entry = self.index.get(self.id, record.path)
-            pending = self.index.need(self.id, record.path)
-            if pending is not None and decide(pending.record, record).action is Action.IGNORE:
-                continue  # we already wait for this version, or for one that beats it
-            if decide(entry.record if entry else None, record).action is Action.TAKE:
-                queued.append(Need(record, signed.signature, source))
+            self._weigh(Need(record, signed.signature, source), queued)
+        self.index.add_needs(self.id, queued)
+        return len(queued)
+
+    def _weigh(self, need: Need, queued: list[Need]) -> plan.Judgement:
+        """Judge one version against ours and the one we wait for; queue it or set it aside."""
+        path = need.record.path
+        entry, pending = self.index.get(self.id, path), self.index.need(self.id, path)
+        verdict = plan.judge(entry.record if entry else None,
+                             pending.record if pending else None, need.record)
+        if verdict.queue:
+            queued.append(need)
+        if verdict.drop_pending:
+            self.index.drop_need(self.id, path)
+        aside = [n for n, set_aside in ((need, verdict.aside), (pending, verdict.pending_aside))
+                 if set_aside and n is not None]
+        self._set_aside(aside)
+        return verdict
+
+    def _set_aside(self, losers: list[Need]) -> None:
+        """Keep losing versions to judge again, unless a version kept from its origin is newer."""
+        if not losers:
+            return
+        kept = {(n.record.path, n.record.origin): n.record for n in self.index.losers(self.id)}
+        self.index.add_losers(self.id, [n for n in losers if (
+            old := kept.get((n.record.path, n.record.origin))) is None
+            or n.record.version.compare(old.version) is not Order.OLDER])
+
+    def _rejudge(self) -> int:
+        """Judge the versions kept aside again, now that ours may have changed; runs in a thread.
+
+        Returns how many are queued now. One that what we hold or wait for descends from is
+        history, and goes.
+        """
+        queued: list[Need] = []
+        losers = self.index.losers(self.id)
+        for loser in losers:
+            path = loser.record.path
+            entry, pending = self.index.get(self.id, path), self.index.need(self.id, path)
+            mine = [e.record.version for e in (entry, pending) if e is not None]
+            others = [o.record.version for o in losers if o.record.path == path]
+            version = loser.record.version
+            history = any(version.compare(v) in (Order.OLDER, Order.EQUAL) for v in mine) or any(
+                version.compare(v) is Order.OLDER for v in others)
+            revived = Need(loser.record, loser.signature, REVIVED)
+            if history or self._weigh(revived, queued).queue:
+                self.index.drop_loser(self.id, loser.record)
         self.index.add_needs(self.id, queued)
         return len(queued)
 
     async def _catch_ups(self) -> None:
+        retry = RETRY_CATCH_UP
         while True:
+            failed = False
             for key, address in self.mesh.sources(self.id):
                 try:
                     await self.catch_up(key, address)
                 except Exception as e:
+                    failed = True
                     if self._throttle.allow((key, "catch-up"), time.time()):
                         log.info("folder %s: catch-up from %s failed: %s", self.id, address, e)
+            # A peer that just came up may refuse us until it has heard back from us: soon again.
+            retry = min(retry * 2, CATCH_UP_EVERY) if failed else RETRY_CATCH_UP
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.catch_up_wake.wait(), CATCH_UP_EVERY)
+                await asyncio.wait_for(self.catch_up_wake.wait(),
+                                       retry if failed else CATCH_UP_EVERY)
             self.catch_up_wake.clear()
 
     async def catch_up(self, key: str, address: str) -> None:
@@ -440,6 +498,11 @@ class FolderSync:
                 await self._write_files(writes[at : at + FILES_PER_GROUP])
             # Deletions last: a renamed file's new path takes its blocks from the old one.
             await self._in_thread(self._apply_locally, deletes)
+            if await asyncio.to_thread(self._rejudge):
+                self._need_wake.set()
+            if self._temp_dirs:
+                async with self._disk:
+                    await asyncio.to_thread(self._sweep_temps)
             if needs and not self._need_wake.is_set():
                 remaining = await asyncio.to_thread(self.index.need_totals, self.id)
                 if remaining[0]:
@@ -488,6 +551,10 @@ class FolderSync:
             self.index.drop_need(self.id, record.path)
             return None
         expected = _expected(entry)
+        if (entry is not None and not entry.record.deleted and not record.same_content(entry.record)
+                and record.version.compare(entry.record.version) is Order.CONCURRENT):
+            # Ours loses now, but may win again should what replaces it change (see _rejudge).
+            self._set_aside([Need(entry.record, entry.signature, "")])
         if record.deleted:
             try:
                 apply.remove(self.root, record.path, expected, self._keeper(batch, None))
@@ -537,6 +604,13 @@ class FolderSync:
                 for (incoming, _, _), data in found:
                     if progress := self._transfers.get(incoming.record.path):
                         progress.done += len(data)
+            # A version set aside and queued again is only worth the wait while someone still
+            # holds it: if no member can supply it, it was replaced everywhere.
+            gone = [w.need.record.path for w in writes
+                    if w.need.record.path in lacking and w.need.source == REVIVED]
+            for path in gone:
+                await asyncio.to_thread(self.index.drop_need, self.id, path)
+            lacking -= set(gone)
             if lacking and self._throttle.allow("lacking", time.time()):
                 log.warning("folder %s: no member has all of %s yet; will try again", self.id,
                             ", ".join(sorted(lacking)[:5]) + (" …" if len(lacking) > 5 else ""))
@@ -564,9 +638,21 @@ class FolderSync:
 
     def _open_one(self, write: _Write, opened: list[_Opened], wanted: list[_Wanted]) -> None:
         record = write.need.record
+        self._temp_dirs.add(record.path.rpartition("/")[0])
         incoming = apply.Incoming.open(self.root, record)
         opened.append((write, incoming))
         wanted.extend((incoming, i, record.blocks[i]) for i in self._fill_locally(incoming, record))
+
+    def _sweep_temps(self) -> None:
+        """Delete the temporary files of versions we no longer wait for (replaced, dropped, or
+        beaten by a local edit); those of waiting versions stay, to be resumed."""
+        wanted: dict[str, set[str]] = {}
+        for need in self.index.needs(self.id):
+            head = need.record.path.rpartition("/")[0]
+            wanted.setdefault(head, set()).add(apply.temp_name(need.record))
+        for directory in list(self._temp_dirs):
+            if not apply.remove_temps(self.root, directory, wanted.get(directory, set())):
+                self._temp_dirs.discard(directory)
 
     def _commit_all(self, batch: _Batch, opened: list[_Opened]) -> None:
         """Move every finished file into place, then record them in one transaction."""

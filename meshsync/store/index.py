@@ -36,6 +36,7 @@ _NEED_COLUMNS = ", ".join(name for name, _ in _NEED)
 # Built from the constant column names above, never from input.
 _SELECT_ENTRY = f"SELECT {_ENTRY_COLUMNS} FROM files WHERE folder = ? "  # noqa: S608
 _SELECT_NEED = f"SELECT {_NEED_COLUMNS} FROM need WHERE folder = ? "  # noqa: S608
+_SELECT_LOSER = f"SELECT {_NEED_COLUMNS} FROM losers WHERE folder = ? "  # noqa: S608
 _UPSERT = """
 INSERT INTO files (folder, path, kind, version, origin, deleted, size, mode, mtime_ns, blocks,
                    target, signature, inode, dev, seq)
@@ -45,6 +46,11 @@ ON CONFLICT (folder, path) DO UPDATE SET
     deleted = excluded.deleted, size = excluded.size, mode = excluded.mode,
     mtime_ns = excluded.mtime_ns, blocks = excluded.blocks, target = excluded.target,
     signature = excluded.signature, inode = excluded.inode, dev = excluded.dev, seq = excluded.seq
+"""
+_ADD_LOSER = """
+INSERT OR REPLACE INTO losers (folder, path, kind, version, origin, deleted, size, mode, mtime_ns,
+                               blocks, target, signature, source)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _ADD_NEED = """
 INSERT OR REPLACE INTO need (folder, path, kind, version, origin, deleted, size, mode, mtime_ns,
@@ -121,6 +127,22 @@ class Index:
 
     def _entries(self, where: str, args: tuple[object, ...]) -> list[Entry]:
         return [_entry(row) for row in self._rows(_SELECT_ENTRY + where, args)]
+
+    def add_losers(self, folder: str, losers: Sequence[Need]) -> None:
+        """Keep versions that lost to a concurrent one (one per path and origin, the latest)."""
+        with self._write() as db:
+            db.executemany(_ADD_LOSER, (
+                (folder, *_columns(n.record), n.signature, n.source) for n in losers))
+
+    def losers(self, folder: str) -> list[Need]:
+        """Every version kept aside as a loser, in path order."""
+        return [_need(row) for row in self._rows(_SELECT_LOSER + "ORDER BY path", (folder,))]
+
+    def drop_loser(self, folder: str, record: FileRecord) -> None:
+        """Forget one version kept aside."""
+        with self._write() as db:
+            db.execute("DELETE FROM losers WHERE folder = ? AND path = ? AND origin = ?",
+                       (folder, record.path, record.origin))
 
     def _needs(self, where: str, args: tuple[object, ...]) -> list[Need]:
         return [_need(row) for row in self._rows(_SELECT_NEED + where, args)]

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from meshsync.core.paths import RelPath
-from meshsync.core.plan import Action, Verdict, decide, wins
+from meshsync.core.plan import Action, Judgement, Verdict, decide, judge, wins
 from meshsync.core.records import FileRecord, Kind
 from meshsync.core.vclock import Order, Vector
 
@@ -176,3 +176,45 @@ def test_conflict_is_flagged_exactly_when_our_different_live_content_loses() -> 
         assert verdict.conflict is expected, (local, remote)
         flagged += verdict.conflict
     assert flagged > 100
+
+
+# -- judging against what we hold and what we wait for ------------------------------------------
+A_VEC = Vector.of({LOW: 1, HIGH: 5})  # concurrent with OURS
+R_VEC = OURS.bump(MID)  # descends from OURS
+
+
+def test_a_version_that_loses_to_the_one_we_wait_for_is_set_aside_not_forgotten() -> None:
+    local = rec(OURS, MID, mtime=T)
+    pending = rec(A_VEC, HIGH, text="A", mtime=T + 20)
+    remote = rec(R_VEC, MID, text="R", mtime=T + 10)  # beats ours, loses to A
+    assert judge(local, pending, remote) == Judgement(aside=True)
+
+
+def test_a_descendant_of_the_waiting_version_that_loses_to_ours_drops_the_wait() -> None:
+    local = rec(OURS, MID, mtime=T)
+    pending = rec(A_VEC, HIGH, text="A", mtime=T + 20)
+    deletion = rec(A_VEC.bump(HIGH), HIGH, deleted=True)  # a change (ours) beats a delete
+    assert judge(local, pending, deletion) == Judgement(drop_pending=True, aside=True)
+
+
+def test_a_concurrent_winner_replaces_the_waiting_version_which_is_set_aside() -> None:
+    pending = rec(A_VEC, HIGH, text="A", mtime=T + 20)
+    remote = rec(R_VEC, MID, text="R", mtime=T + 30)
+    assert judge(rec(OURS, MID), pending, remote) == Judgement(queue=True, pending_aside=True)
+
+
+def test_history_is_forgotten_and_a_plain_newer_version_queued() -> None:
+    local = rec(OURS, MID)
+    assert judge(local, None, rec(OURS, MID)) == Judgement()
+    assert judge(local, rec(R_VEC, MID), rec(OURS.bump(MID, 0), MID)) == Judgement()
+    assert judge(local, None, rec(R_VEC, MID, text="R")) == Judgement(queue=True)
+    assert judge(None, None, rec(R_VEC, MID)) == Judgement(queue=True)
+
+
+def test_once_a_set_aside_version_beats_what_replaced_ours_it_is_queued() -> None:
+    """The cycle a change-beats-delete rule allows: A beats R, T descends from A, R beats T."""
+    local_a = rec(A_VEC, HIGH, text="A", mtime=T + 20)
+    r = rec(R_VEC, MID, text="R", mtime=T + 10)
+    assert judge(local_a, None, r) == Judgement(aside=True)
+    local_t = rec(A_VEC.bump(HIGH), HIGH, deleted=True)  # our user deleted A
+    assert judge(local_t, None, r) == Judgement(queue=True)
