@@ -106,6 +106,11 @@ class Incoming:
         self.close()
         return seen
 
+    @property
+    def closed(self) -> bool:
+        """Whether the file is released: committed, aborted or closed."""
+        return self._fd < 0
+
     def abort(self) -> None:
         """Remove the temporary file (before close)."""
         with suppress(FileNotFoundError):

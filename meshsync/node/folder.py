@@ -621,7 +621,10 @@ class FolderSync:
             if self._throttle.allow("write", time.time()):
                 log.warning("folder %s: cannot write received blocks: %s", self.id, e)
         finally:
-            # A temp file left behind is resumed later; only its handles go now.
+            # A temp file left behind is resumed later, unless its version is no longer wanted
+            # by then (see _sweep_temps); only its handles go now.
+            self._temp_dirs |= {w.need.record.path.rpartition("/")[0]
+                                for w, incoming in opened if not incoming.closed}
             await asyncio.to_thread(_close_all, opened)
             for write, _ in opened:
                 self._transfers.pop(write.need.record.path, None)
@@ -638,7 +641,6 @@ class FolderSync:
 
     def _open_one(self, write: _Write, opened: list[_Opened], wanted: list[_Wanted]) -> None:
         record = write.need.record
-        self._temp_dirs.add(record.path.rpartition("/")[0])
         incoming = apply.Incoming.open(self.root, record)
         opened.append((write, incoming))
         wanted.extend((incoming, i, record.blocks[i]) for i in self._fill_locally(incoming, record))
