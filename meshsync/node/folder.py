@@ -382,8 +382,9 @@ class FolderSync:
         self.index.add_needs(self.id, queued)
         return len(queued)
 
-    def _weigh(self, need: Need, queued: list[Need]) -> plan.Judgement:
-        """Judge one version against ours and the one we wait for; queue it or set it aside."""
+    def _weigh(self, need: Need, queued: list[Need], keep: bool = True) -> plan.Judgement:
+        """Judge one version against ours and the one we wait for; queue it or (if `keep`)
+        set it aside."""
         path = need.record.path
         entry, pending = self.index.get(self.id, path), self.index.need(self.id, path)
         verdict = plan.judge(entry.record if entry else None,
@@ -392,7 +393,8 @@ class FolderSync:
             queued.append(need)
         if verdict.drop_pending:
             self.index.drop_need(self.id, path)
-        aside = [n for n, set_aside in ((need, verdict.aside), (pending, verdict.pending_aside))
+        aside = [n for n, set_aside in ((need, keep and verdict.aside),
+                                        (pending, verdict.pending_aside))
                  if set_aside and n is not None]
         self._set_aside(aside)
         return verdict
@@ -409,21 +411,17 @@ class FolderSync:
     def _rejudge(self) -> int:
         """Judge the versions kept aside again, now that ours may have changed; runs in a thread.
 
-        Returns how many are queued now. One that what we hold or wait for descends from is
-        history, and goes.
+        Returns how many are queued now. One that is queued, or is history (of what we hold,
+        wait for, or keep aside besides), goes; one that still loses stays as it is.
         """
         queued: list[Need] = []
         losers = self.index.losers(self.id)
         for loser in losers:
-            path = loser.record.path
-            entry, pending = self.index.get(self.id, path), self.index.need(self.id, path)
-            mine = [e.record.version for e in (entry, pending) if e is not None]
-            others = [o.record.version for o in losers if o.record.path == path]
             version = loser.record.version
-            history = any(version.compare(v) in (Order.OLDER, Order.EQUAL) for v in mine) or any(
-                version.compare(v) is Order.OLDER for v in others)
+            superseded = any(o.record.path == loser.record.path
+                             and version.compare(o.record.version) is Order.OLDER for o in losers)
             revived = Need(loser.record, loser.signature, REVIVED)
-            if history or self._weigh(revived, queued).queue:
+            if superseded or not self._weigh(revived, queued, keep=False).aside:
                 self.index.drop_loser(self.id, loser.record)
         self.index.add_needs(self.id, queued)
         return len(queued)
@@ -749,7 +747,8 @@ class FolderSync:
             "state": "unmounted" if not self.mounted else "syncing" if files else "in sync",
             "need_files": files,
             "need_bytes": size,
-            "conflicts": len(self.conflicts()),
+            "conflicts": sum(conflicts.is_copy(e.record.path)
+                             for e in self.index.conflict_copies(self.id)),
             "transfers": [{"path": p.path, "size": p.size, "done": p.done}
                           for p in self._transfers.values()],
         }
