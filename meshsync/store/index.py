@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,10 +92,7 @@ class Index:
         self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None,
                                    check_same_thread=False)
         try:
-            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            # synchronous=NORMAL cannot corrupt the file on power loss only in WAL mode.
-            if mode != "wal":
-                raise MeshsyncError(f"{path}: SQLite cannot use WAL mode here (got {mode})")
+            _use_wal(self._db, path)
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA foreign_keys = ON")
             _migrate(self._db, path)
@@ -282,6 +280,28 @@ class Index:
         row = self._rows("SELECT count(*), coalesce(sum(size), 0) FROM files"
                          " WHERE folder = ? AND NOT deleted", (folder,))[0]
         return int(row[0]), int(row[1])
+
+
+def _use_wal(db: sqlite3.Connection, path: Path) -> None:
+    """Switch the file to WAL mode, which is what lets synchronous=NORMAL survive power loss.
+
+    The switch needs an exclusive lock. When another connection is switching the same new file
+    at that moment, SQLite reports "locked" at once instead of waiting (to avoid a deadlock), so
+    we wait here, as the busy timeout would.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    pause = 0.001
+    while True:
+        try:
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            break
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+    if mode != "wal":
+        raise MeshsyncError(f"{path}: SQLite cannot use WAL mode here (got {mode})")
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
