@@ -371,24 +371,24 @@ class FolderSync:
         queued: list[Need] = []
         for signed in records:
             record = signed.record
-            if not self.mesh.origin_key(record.origin, signed.signature, record.canonical(self.id)):
-                if self._throttle.allow((source, "signature"), time.time()):
-                    log.warning("folder %s: refused %s from %s: not signed by its origin %s",
-                                self.id, record.path, source, record.origin)
-                continue
             if self.ignore.match(record.path, record.kind is Kind.DIR):
                 continue  # it stays local here
-            self._weigh(Need(record, signed.signature, source), queued)
+            self._weigh(Need(record, signed.signature, source), queued, verify=True)
         self.index.add_needs(self.id, queued)
         return len(queued)
 
-    def _weigh(self, need: Need, queued: list[Need], keep: bool = True) -> plan.Judgement:
+    def _weigh(self, need: Need, queued: list[Need], keep: bool = True,
+               verify: bool = False) -> plan.Judgement:
         """Judge one version against ours and the one we wait for; queue it or (if `keep`)
-        set it aside."""
+        set it aside. With `verify`, only a version signed by its origin counts."""
         path = need.record.path
         entry, pending = self.index.get(self.id, path), self.index.need(self.id, path)
         verdict = plan.judge(entry.record if entry else None,
                              pending.record if pending else None, need.record)
+        # History changes nothing, so only versions that would count are verified: every
+        # member hears each version from several peers, and verifying is most of judging.
+        if verify and verdict != plan.Judgement() and not self._signed(need):
+            return plan.Judgement()
         if verdict.queue:
             queued.append(need)
         if verdict.drop_pending:
@@ -398,6 +398,15 @@ class FolderSync:
                  if set_aside and n is not None]
         self._set_aside(aside)
         return verdict
+
+    def _signed(self, need: Need) -> bool:
+        record = need.record
+        if self.mesh.origin_key(record.origin, need.signature, record.canonical(self.id)):
+            return True
+        if self._throttle.allow((need.source, "signature"), time.time()):
+            log.warning("folder %s: refused %s from %s: not signed by its origin %s",
+                        self.id, record.path, need.source, record.origin)
+        return False
 
     def _set_aside(self, losers: list[Need]) -> None:
         """Keep losing versions to judge again, unless a version kept from its origin is newer."""

@@ -2,13 +2,14 @@
 
 Run inside a host's namespace: `python -m tests.integration.probe HOST:PORT KEYFILE [MODE]`.
 Each case is what an attacker or a broken peer on the LAN could send; `notice` sends change
-notices, signed by a trusted member, whose paths try to leave the folder; `index` asks for
-the index of folder `Sync`.
+notices, signed by a trusted member, whose paths try to leave the folder; `forged` sends
+records that their claimed origin did not sign; `index` asks for the index of folder `Sync`.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import sys
@@ -62,23 +63,43 @@ def signed(
 def notices(address: str, signer: KeySigner | AgentSigner) -> dict[str, int]:
     """One notice per path, each record signed by this (trusted) node as its origin."""
     origin = NodeId.of_key(signer.public_blob).key
-    results = {}
-    for path in [*BAD_PATHS, "ok.txt", "out/evil.txt"]:
-        record = FileRecord(RelPath(path), Kind.FILE, Vector.of({origin: 1}), origin)
-        entry = {"record": record.to_json(),
-                 "signature": base64.b64encode(sshsig.sign(signer, record.canonical("Sync")))
-                 .decode()}
-        body = json.dumps({"folder": "Sync", "records": [entry]}).encode()
-        results[path] = post(address, body, signed(signer, body, path="/v1/notice"),
-                             "/v1/notice")
-    return results
+    return {path: notice(address, signer, record, record)
+            for path in [*BAD_PATHS, "ok.txt", "out/evil.txt"]
+            for record in [FileRecord(RelPath(path), Kind.FILE, Vector.of({origin: 1}), origin)]}
+
+
+def forged(address: str, signer: KeySigner | AgentSigner) -> dict[str, int]:
+    """Records their origin did not sign: one claiming a stranger's origin, one whose signed
+    content was swapped, and one honest record beside them."""
+    ours = NodeId.of_key(signer.public_blob).key
+    stranger = NodeId.of_key(b"a key nobody holds").key
+
+    def record(path: str, origin: str, content: bytes) -> FileRecord:
+        return FileRecord(RelPath(path), Kind.FILE, Vector.of({origin: 1}), origin,
+                          size=len(content), blocks=(hashlib.sha256(content).digest(),))
+
+    return {
+        "stranger.txt": notice(address, signer, record("stranger.txt", stranger, b"x")),
+        "swapped.txt": notice(address, signer, record("swapped.txt", ours, b"x"),
+                              record("swapped.txt", ours, b"signed")),
+        "honest.txt": notice(address, signer, record("honest.txt", ours, b"x")),
+    }
+
+
+def notice(address: str, signer: KeySigner | AgentSigner, record: FileRecord,
+           signed_record: FileRecord | None = None) -> int:
+    """Send `record` in a notice with this node's signature of `signed_record` (itself)."""
+    signature = sshsig.sign(signer, (signed_record or record).canonical("Sync"))
+    entry = {"record": record.to_json(), "signature": base64.b64encode(signature).decode()}
+    body = json.dumps({"folder": "Sync", "records": [entry]}).encode()
+    return post(address, body, signed(signer, body, path="/v1/notice"), "/v1/notice")
 
 
 def main() -> None:
     address, keyfile = sys.argv[1], Path(sys.argv[2])
     signer = load_signer(keyfile, None)
-    if sys.argv[3:] == ["notice"]:
-        print(json.dumps(notices(address, signer)))
+    if sys.argv[3:] in (["notice"], ["forged"]):
+        print(json.dumps((notices if sys.argv[3] == "notice" else forged)(address, signer)))
         return
     if sys.argv[3:] == ["index"]:
         body = json.dumps({"folder": "Sync", "since": 0}).encode()

@@ -147,6 +147,22 @@ def test_path_traversal_in_a_notice_is_refused_and_touches_nothing(make_lan):
     assert h1.is_running()
 
 
+def test_a_record_its_origin_did_not_sign_is_refused_even_from_a_member(make_lan):
+    lan = mesh(make_lan, 2)
+    h1, h2 = lan.hosts
+    (h1.sync / "x.txt").write_bytes(b"x")  # so h1 can write any record of content "x" alone
+    wait_for("x.txt on h2", lambda: (h2.sync / "x.txt").exists(), 10)
+    result = h2.exec(sys.executable, "-m", "tests.integration.probe", f"{h1.ip}:22300",
+                     str(h2.key), "forged", cwd=str(REPO))
+    assert json.loads(result.stdout) == {"stranger.txt": 200, "swapped.txt": 200,
+                                         "honest.txt": 200}
+    wait_for("the honest record, sent last, to be written", lambda: (h1.sync / "honest.txt")
+             .exists(), 10)
+    assert "refused stranger.txt from" in h1.log.read_text()  # once per peer and minute
+    assert not (h1.sync / "stranger.txt").exists() and not (h1.sync / "swapped.txt").exists()
+    assert h1.is_running()
+
+
 def test_a_receiver_killed_mid_transfer_leaves_no_partial_file_and_resumes(make_lan, tmp_path):
     lan = mesh(make_lan, 2)
     h1, h2 = lan.hosts
