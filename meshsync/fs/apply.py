@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import itertools
@@ -23,6 +24,7 @@ from meshsync.fs.scan import UnsafePath as UnsafePath
 # Called with (directory fd, name, path) just before sync replaces or deletes that entry.
 KeepOld = Callable[[int, str, RelPath], None]
 
+_syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)  # Linux only
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV})
 
 
@@ -62,6 +64,7 @@ class Incoming:
         self._temp = temp_name(record)
         self._dir_fd, self._fd = dir_fd, fd
         self._present = self._verified()
+        self._sealed = False
 
     @classmethod
     def open(cls, root: Path, record: FileRecord) -> Incoming:
@@ -93,14 +96,24 @@ class Incoming:
             view, offset = view[written:], offset + written
         self._present.add(index)
 
-    def commit(self, expected: Seen | None, keep_old: KeepOld | None = None) -> Seen:
-        """Replace `expected` (None: nothing) with the whole file; on Changed the temp stays."""
+    def seal(self) -> None:
+        """Give the whole file its final size, mode and mtime, ready to go into place.
+
+        A crash must never leave a name pointing at content not yet on disk, so a group of
+        files goes: seal each, `sync`, commit each, `sync`, and only then into the index.
+        """
         if missing := len(self.record.blocks) - len(self._present):
             raise ValueError(f"{self.record.path}: {missing} blocks not written yet")
         os.ftruncate(self._fd, self.record.size)
         os.fchmod(self._fd, self.record.mode)
         os.utime(self._fd, ns=(self.record.mtime_ns, self.record.mtime_ns))
-        os.fsync(self._fd)
+        self._sealed = True
+
+    def commit(self, expected: Seen | None, keep_old: KeepOld | None = None) -> Seen:
+        """Replace `expected` (None: nothing) with the sealed file; on Changed the temp stays.
+        Durable only after a `sync` (see seal)."""
+        if not self._sealed:
+            raise ValueError(f"{self.record.path}: not sealed")
         _replace(self._dir_fd, self._temp, self._name, self.record.path, expected, keep_old)
         seen = Seen.of(self.record.path, Kind.FILE, os.fstat(self._fd))
         self.close()
@@ -144,6 +157,23 @@ class Incoming:
                     and hashlib.sha256(block).digest() == digest):
                 present.add(index)
         return present
+
+
+def sync(root: Path) -> None:
+    """Make everything written in root's filesystem durable.
+
+    Linux's syncfs(2) costs one journal commit for a whole group of files, where an fsync of
+    each file and its directory costs two commits per file: 15 times slower for small files.
+    """
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _syncfs is None:
+            os.sync()
+        elif _syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"syncfs: {os.strerror(code)}", str(root))
+    finally:
+        os.close(fd)
 
 
 def read_block(root: Path, path: RelPath, index: int) -> bytes | None:
@@ -294,7 +324,6 @@ def _replace(dir_fd: int, temp: str, name: str, path: RelPath, expected: Seen | 
     if keep_old is not None and expected is not None and expected.kind is not Kind.DIR:
         keep_old(dir_fd, name, path)
     os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    os.fsync(dir_fd)
 
 
 def _set_metadata(dir_fd: int, name: str, record: FileRecord) -> None:

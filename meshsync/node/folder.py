@@ -664,9 +664,17 @@ class FolderSync:
                 self._temp_dirs.discard(directory)
 
     def _commit_all(self, batch: _Batch, opened: list[_Opened]) -> None:
-        """Move every finished file into place, then record them in one transaction."""
+        """Move every finished file into place, then record them in one transaction.
+
+        Contents are made durable before any name points at them, and names before the index
+        records them, with one sync for the group each time (see apply.Incoming.seal).
+        """
+        for write, incoming in opened:
+            self._attempt(batch, write.need, incoming.seal)
+        apply.sync(self.root)
         for write, incoming in opened:
             self._attempt(batch, write.need, partial(self._commit_one, batch, write, incoming))
+        apply.sync(self.root)
         self.index.put(self.id, batch.done)
 
     def _commit_one(self, batch: _Batch, write: _Write, incoming: apply.Incoming) -> _Done:

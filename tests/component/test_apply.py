@@ -61,6 +61,7 @@ def write(root: Path, record: FileRecord, data: bytes, expected: Seen | None = N
     with Incoming.open(root, record) as incoming:
         for i, block in enumerate(chunks(data)):
             incoming.write_block(i, block)
+        incoming.seal()
         return incoming.commit(expected, keep_old)
 
 
@@ -81,6 +82,8 @@ def test_blocks_in_any_order_appear_at_once_with_mode_and_mtime(tmp_path: Path) 
             incoming.write_block(i, block)
             assert not target.exists()
         assert incoming.have() == {0, 1, 2, 3}
+        incoming.seal()
+        assert not target.exists()
         done = incoming.commit(None)
 
     st = target.lstat()
@@ -108,6 +111,8 @@ def test_a_bad_block_is_refused_and_nothing_written(tmp_path: Path) -> None:
                 incoming.write_block(index, block)
         assert incoming.have() == set()
         with pytest.raises(ValueError, match="2 blocks not written"):
+            incoming.seal()
+        with pytest.raises(ValueError, match="not sealed"):
             incoming.commit(None)
         incoming.abort()
 
@@ -127,6 +132,7 @@ def test_a_restarted_node_resumes_its_half_written_file(tmp_path: Path) -> None:
         assert second.have() == {0, 2}
         second.write_block(1, blocks[1])
         second.write_block(3, blocks[3])
+        second.seal()
         second.commit(None)
 
     assert (tmp_path / "f").read_bytes() == data
@@ -141,6 +147,7 @@ def test_commit_refuses_to_overwrite_a_change_it_did_not_scan(tmp_path: Path) ->
 
     with Incoming.open(tmp_path, record) as incoming:
         incoming.write_block(0, b"remote")
+        incoming.seal()
         with pytest.raises(Changed):
             incoming.commit(expected)
         assert len(temp_files(tmp_path)) == 1  # kept for a later attempt
