@@ -68,17 +68,17 @@ def _shape(root: Path) -> dict[str, int]:
     """Every path under root but the marker, with its size (-1 for a directory)."""
     found = {}
     for dirpath, dirnames, filenames in os.walk(root):
-        if dirpath == str(root):
+        here = Path(dirpath)
+        if here == root:
             dirnames[:] = [d for d in dirnames if d != ".meshsync"]
-        for name in dirnames:
-            found[os.path.join(dirpath, name)] = -1
+        rel = here.relative_to(root)
+        found.update((str(rel / name), -1) for name in dirnames)
         for name in filenames:
-            path = os.path.join(dirpath, name)
             try:
-                found[path] = os.lstat(path).st_size
+                found[str(rel / name)] = (here / name).lstat().st_size
             except FileNotFoundError:
-                found[path] = -2  # went while we looked
-    return {path.removeprefix(str(root)): size for path, size in found.items()}
+                found[str(rel / name)] = -2  # went while we looked
+    return found
 
 
 def rsync_tree(lan: Lan, tree_or_archive: Path, tmp: Path, name: str = "tree") -> float:
