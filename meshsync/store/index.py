@@ -237,9 +237,13 @@ class Index:
         return self._entries("AND NOT deleted AND path LIKE '%.sync-conflict-%' ORDER BY path",
                              (folder,))
 
-    def drop_need(self, folder: str, path: str) -> None:
-        """Forget the version queued for one path, if any."""
+    def drop_need(self, folder: str, path: str, only: FileRecord | None = None) -> None:
+        """Forget the version queued for one path, if any (with `only`: if it is that one)."""
         with self._write() as db:
+            if only is not None:
+                row = db.execute(_SELECT_NEED + "AND path = ?", (folder, path)).fetchone()
+                if row is None or _need(row).record != only:
+                    return
             db.execute("DELETE FROM need WHERE folder = ? AND path = ?", (folder, path))
 
     def need_totals(self, folder: str) -> tuple[int, int]:

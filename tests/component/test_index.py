@@ -194,6 +194,16 @@ def test_a_newer_need_replaces_the_older_and_needs_list_in_path_order(index: Ind
     assert index.needs("other") == []
 
 
+def test_dropping_a_given_need_keeps_a_newer_one_queued_since(index: Index) -> None:
+    older, newer = Need(file("b", "1"), b"s1", B), Need(file("b", "2", counter=2), b"s2", B)
+    index.add_needs(FOLDER, [newer])
+    index.drop_need(FOLDER, "b", older.record)
+    assert index.need(FOLDER, "b") == newer
+    index.drop_need(FOLDER, "b", newer.record)
+    assert index.need(FOLDER, "b") is None
+    index.drop_need(FOLDER, "b", newer.record)  # nothing queued: nothing to do
+
+
 def test_putting_the_needed_version_or_a_newer_one_drops_the_need(index: Index) -> None:
     index.add_needs(FOLDER, [Need(file(p, "1", counter=2), b"s", B) for p in "abcd"])
     index.put(FOLDER, [

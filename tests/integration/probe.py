@@ -3,7 +3,8 @@
 Run inside a host's namespace: `python -m tests.integration.probe HOST:PORT KEYFILE [MODE]`.
 Each case is what an attacker or a broken peer on the LAN could send; `notice` sends change
 notices, signed by a trusted member, whose paths try to leave the folder; `forged` sends
-records that their claimed origin did not sign; `index` asks for the index of folder `Sync`.
+records that their claimed origin did not sign; `phantom` announces a version of a file that
+this node does not have; `index` asks for the index of folder `Sync`.
 """
 
 from __future__ import annotations
@@ -74,16 +75,24 @@ def forged(address: str, signer: KeySigner | AgentSigner) -> dict[str, int]:
     ours = NodeId.of_key(signer.public_blob).key
     stranger = NodeId.of_key(b"a key nobody holds").key
 
-    def record(path: str, origin: str, content: bytes) -> FileRecord:
-        return FileRecord(RelPath(path), Kind.FILE, Vector.of({origin: 1}), origin,
-                          size=len(content), blocks=(hashlib.sha256(content).digest(),))
-
     return {
         "stranger.txt": notice(address, signer, record("stranger.txt", stranger, b"x")),
         "swapped.txt": notice(address, signer, record("swapped.txt", ours, b"x"),
                               record("swapped.txt", ours, b"signed")),
         "honest.txt": notice(address, signer, record("honest.txt", ours, b"x")),
     }
+
+
+def phantom(address: str, signer: KeySigner | AgentSigner) -> dict[str, int]:
+    """A version this node signs but does not hold: it is gone here, and nowhere else."""
+    ours = NodeId.of_key(signer.public_blob).key
+    return {"phantom.txt": notice(address, signer, record("phantom.txt", ours, b"gone"))}
+
+
+def record(path: str, origin: str, content: bytes) -> FileRecord:
+    """A first version of a one-block file."""
+    return FileRecord(RelPath(path), Kind.FILE, Vector.of({origin: 1}), origin,
+                      size=len(content), blocks=(hashlib.sha256(content).digest(),))
 
 
 def notice(address: str, signer: KeySigner | AgentSigner, record: FileRecord,
@@ -98,8 +107,9 @@ def notice(address: str, signer: KeySigner | AgentSigner, record: FileRecord,
 def main() -> None:
     address, keyfile = sys.argv[1], Path(sys.argv[2])
     signer = load_signer(keyfile, None)
-    if sys.argv[3:] in (["notice"], ["forged"]):
-        print(json.dumps((notices if sys.argv[3] == "notice" else forged)(address, signer)))
+    modes = {"notice": notices, "forged": forged, "phantom": phantom}
+    if sys.argv[3:] and sys.argv[3] in modes:
+        print(json.dumps(modes[sys.argv[3]](address, signer)))
         return
     if sys.argv[3:] == ["index"]:
         body = json.dumps({"folder": "Sync", "since": 0}).encode()
