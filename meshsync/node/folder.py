@@ -43,9 +43,6 @@ REVIVED = "revived"  # the source of a need for a version taken back from the lo
 RETRY_CATCH_UP = 0.25  # doubled after each failed round, up to CATCH_UP_EVERY
 UNMOUNTED_CHECK_EVERY = 2.0
 NOTICE_BATCH = 1000
-# A scan stores and announces its new versions this many at a time, so peers start fetching
-# the first files of a large copy while the rest are still being hashed.
-ANNOUNCE_EVERY = 256
 RETRY_UNSTABLE = 0.5
 # File systems stamp mtimes in coarse ticks (ext4: a few ms), so a file rewritten in place
 # with the same size right after we hashed it can look unchanged. One hashed while its mtime
@@ -144,7 +141,6 @@ class FolderSync:
     # in between would take a file we just wrote for a local edit (an echo).
     _disk: asyncio.Lock = field(default_factory=asyncio.Lock)
     _judging: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _outbox: asyncio.Queue[list[Signed]] = field(default_factory=asyncio.Queue)
     _force: set[RelPath] = field(default_factory=set)
     _revive: set[RelPath] = field(default_factory=set)  # directories to version anew
     ignore: Ignore = field(default_factory=Ignore)
@@ -177,7 +173,6 @@ class FolderSync:
             tg.create_task(self._scans(), name=f"scan {self.id}")
             tg.create_task(self._applies(), name=f"apply {self.id}")
             tg.create_task(self._catch_ups(), name=f"catch up {self.id}")
-            tg.create_task(self._announces(), name=f"announce {self.id}")
 
     def _check_marker(self, first: bool) -> bool:
         """Whether the folder is there; makes it (and its marker) only the first time ever."""
@@ -215,11 +210,6 @@ class FolderSync:
 
     async def _scans(self) -> None:
         last_full = 0.0
-        loop = asyncio.get_running_loop()
-
-        def announce(changes: list[Signed]) -> None:  # from the scan's thread, part by part
-            loop.call_soon_threadsafe(self._outbox.put_nowait, changes)
-
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._scan_wake.wait(), UNMOUNTED_CHECK_EVERY)
@@ -244,9 +234,10 @@ class FolderSync:
             force, self._force = self._force, set()
             revive, self._revive = self._revive, set()
             async with self._disk:
-                unstable, racy = await asyncio.to_thread(
-                    self._find_changes, None if full else dirty | force | revive, force, revive,
-                    announce)
+                changes, unstable, racy = await asyncio.to_thread(
+                    self._find_changes, None if full else dirty | force | revive, force, revive)
+            if changes:
+                await self._announce(changes)
             if racy:
                 asyncio.get_running_loop().call_later(RACY, self._recheck, racy)
             if unstable:
@@ -287,15 +278,13 @@ class FolderSync:
 
     # -- local changes -------------------------------------------------------------------------
     def _find_changes(
-        self, dirty: set[RelPath] | None, force: set[RelPath], revive: set[RelPath],
-        announce: Callable[[list[Signed]], None],
-    ) -> tuple[set[RelPath], set[RelPath]]:
-        """Hash what differs from the index (or is in `force`), version it, store it and
-        `announce` it, a part at a time.
+        self, dirty: set[RelPath] | None, force: set[RelPath], revive: set[RelPath]
+    ) -> tuple[list[Signed], set[RelPath], set[RelPath]]:
+        """Hash what differs from the index (or is in `force`), version it and store it.
 
         Paths in `revive` get a new version even when unchanged: a directory whose deletion
-        lost to a change inside it. Runs in a thread. Returns the paths still being written,
-        and the paths hashed while their mtime was fresh (to hash again).
+        lost to a change inside it. Runs in a thread. Returns the new versions, the paths
+        still being written, and the paths hashed while their mtime was fresh (to hash again).
         """
         me = self.mesh.me.key
         now_ns = time.time_ns()
@@ -309,21 +298,7 @@ class FolderSync:
         held: list[_Done] = []  # versions we hold already, whose inode moved
         unstable: set[RelPath] = set()
         present: set[str] = set()
-
-        def store() -> None:
-            self.index.put(self.id, [*mine, *held])
-            if mine:
-                announce([Signed(record, signature) for record, signature, _, _ in mine])
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("folder %s: new versions of %s", self.id, ", ".join(
-                        f"{r.path} ({r.kind}{', deleted' if r.deleted else ''})"
-                        for r, *_ in mine[:20]))
-            mine.clear()
-            held.clear()
-
         for s in seen:
-            if len(mine) >= ANNOUNCE_EVERY:
-                store()
             present.add(s.path)
             entry = known.get(s.path)
             if (entry is not None and s.path not in force and s.path not in revive
@@ -355,8 +330,12 @@ class FolderSync:
                 version = entry.record.version.bump(me, now_ns // 10**9)
                 record = entry.record.tombstone(version, me)
                 mine.append((record, self._sign(record), 0, 0))
-        store()
-        return unstable, racy
+        self.index.put(self.id, [*mine, *held])
+        if mine and log.isEnabledFor(logging.DEBUG):
+            log.debug("folder %s: new versions of %s", self.id,
+                      ", ".join(f"{r.path} ({r.kind}{', deleted' if r.deleted else ''})"
+                                for r, *_ in mine[:20]))
+        return [Signed(record, signature) for record, signature, _, _ in mine], unstable, racy
 
     def _seen_under(self, dirty: Iterable[RelPath]) -> list[scan.Seen]:
         seen: dict[str, scan.Seen] = {}
@@ -371,11 +350,6 @@ class FolderSync:
 
     def _sign(self, record: FileRecord) -> bytes:
         return self.mesh.sign(record.canonical(self.id))
-
-    async def _announces(self) -> None:
-        """Send what scans store, in the order they store it."""
-        while True:
-            await self._announce(await self._outbox.get())
 
     async def _announce(self, changes: list[Signed]) -> None:
         for at in range(0, len(changes), NOTICE_BATCH):
@@ -629,31 +603,22 @@ class FolderSync:
                 self._transfers[record.path] = _Progress(record.path, record.size)
             source = writes[0].need.source if writes else ""
             lacking: set[str] = set()
-            moved_on: set[str] = set()  # lacking, though its source answered for the block
-            announcers: dict[str, str] = {w.need.record.path: w.need.source for w in writes}
             for at in range(0, len(wanted), MAX_BLOCKS_PER_REQUEST):
                 part = wanted[at : at + MAX_BLOCKS_PER_REQUEST]
-                got, answered = await self._fetch([digest for _, _, digest in part], source)
+                got = await self._fetch([digest for _, _, digest in part], source)
                 found = [(w, got[w[2]]) for w in part if w[2] in got]
-                missing = {w[0].record.path for w in part if w[2] not in got}
-                lacking |= missing
-                moved_on |= {path for path in missing if announcers[path] in answered}
+                lacking |= {w[0].record.path for w in part if w[2] not in got}
                 await asyncio.to_thread(_write_all, found)
                 for (incoming, _, _), data in found:
                     if progress := self._transfers.get(incoming.record.path):
                         progress.done += len(data)
-            # A version is worth the wait only while someone may still supply it. One set
-            # aside and queued again, or one whose source answered without it (replaced there
-            # since), is gone if no member has it either: waiting would leave us syncing for
-            # ever. A source that did not answer may come back with it.
-            gone = [w.need for w in writes if w.need.record.path in lacking
-                    and (w.need.source == REVIVED or w.need.record.path in moved_on)]
+            # A version set aside and queued again is only worth the wait while someone still
+            # holds it: if no member can supply it, it was replaced everywhere.
+            gone = [w.need for w in writes
+                    if w.need.record.path in lacking and w.need.source == REVIVED]
             for need in gone:  # unless a newer version was queued meanwhile
                 await asyncio.to_thread(self.index.drop_need, self.id, need.record.path,
                                         need.record)
-                if need.source != REVIVED:
-                    log.info("folder %s: not waiting for %s: no member has the version %s "
-                             "announced any more", self.id, need.record.path, need.source)
             lacking -= {need.record.path for need in gone}
             if lacking and self._throttle.allow("lacking", time.time()):
                 log.warning("folder %s: no member has all of %s yet; will try again", self.id,
@@ -733,13 +698,11 @@ class FolderSync:
                 incoming.write_block(i, data)
         return missing
 
-    async def _fetch(self, hashes: list[bytes], source: str) -> tuple[dict[bytes, bytes], set[str]]:
-        """The blocks asked for that some member has (the source first, then the others), and
-        the members that answered."""
+    async def _fetch(self, hashes: list[bytes], source: str) -> dict[bytes, bytes]:
+        """The blocks asked for that some member has: the source first, then the others."""
         got: dict[bytes, bytes] = {}
-        answered: set[str] = set()
         sources = sorted(self.mesh.sources(self.id), key=lambda s: s[0] != source)
-        for key, address in sources:
+        for _, address in sources:
             wanted = tuple(dict.fromkeys(h for h in hashes if h not in got))
             if not wanted:
                 break
@@ -751,8 +714,7 @@ class FolderSync:
             for digest, data in zip(wanted, answer, strict=True):
                 if data is not None and _sha256(data) == digest:
                     got[digest] = data
-            answered.add(key)
-        return got, answered
+        return got
 
     def _keeper(self, batch: _Batch, loser: FileRecord | None) -> apply.KeepOld:
         """How to keep what sync replaces: a losing concurrent edit as a conflict copy beside

@@ -3,8 +3,7 @@
 Run inside a host's namespace: `python -m tests.integration.probe HOST:PORT KEYFILE [MODE]`.
 Each case is what an attacker or a broken peer on the LAN could send; `notice` sends change
 notices, signed by a trusted member, whose paths try to leave the folder; `forged` sends
-records that their claimed origin did not sign; `phantom` announces a version of a file that
-this node does not have; `index` asks for the index of folder `Sync`.
+records that their claimed origin did not sign; `index` asks for the index of folder `Sync`.
 """
 
 from __future__ import annotations
@@ -83,12 +82,6 @@ def forged(address: str, signer: KeySigner | AgentSigner) -> dict[str, int]:
     }
 
 
-def phantom(address: str, signer: KeySigner | AgentSigner) -> dict[str, int]:
-    """A version this node signs but does not hold: it is gone here, and nowhere else."""
-    ours = NodeId.of_key(signer.public_blob).key
-    return {"phantom.txt": notice(address, signer, record("phantom.txt", ours, b"gone"))}
-
-
 def record(path: str, origin: str, content: bytes) -> FileRecord:
     """A first version of a one-block file."""
     return FileRecord(RelPath(path), Kind.FILE, Vector.of({origin: 1}), origin,
@@ -107,7 +100,7 @@ def notice(address: str, signer: KeySigner | AgentSigner, record: FileRecord,
 def main() -> None:
     address, keyfile = sys.argv[1], Path(sys.argv[2])
     signer = load_signer(keyfile, None)
-    modes = {"notice": notices, "forged": forged, "phantom": phantom}
+    modes = {"notice": notices, "forged": forged}
     if sys.argv[3:] and sys.argv[3] in modes:
         print(json.dumps(modes[sys.argv[3]](address, signer)))
         return

@@ -164,20 +164,6 @@ def test_a_record_its_origin_did_not_sign_is_refused_even_from_a_member(make_lan
     assert h1.is_running()
 
 
-def test_a_version_its_announcer_no_longer_has_is_not_waited_for(make_lan):
-    # What happens when a version's only content was replaced before anyone fetched it (and
-    # what it lost to was deleted, so nothing newer replaces it): no member can supply it.
-    lan = mesh(make_lan, 2)
-    h1, h2 = lan.hosts
-    result = h2.exec(sys.executable, "-m", "tests.integration.probe", f"{h1.ip}:22300",
-                     str(h2.key), "phantom", cwd=str(REPO))
-    assert json.loads(result.stdout) == {"phantom.txt": 200}
-    wait_for("h1 to give the version up", lambda: "not waiting for phantom.txt"
-             in h1.log.read_text(), 10)
-    wait_for("h1 in sync", lambda: h1.json("status")["folders"][0]["state"] == "in sync", 10)
-    assert not (h1.sync / "phantom.txt").exists()
-
-
 def test_a_receiver_killed_mid_transfer_leaves_no_partial_file_and_resumes(make_lan, tmp_path):
     lan = mesh(make_lan, 2)
     h1, h2 = lan.hosts
