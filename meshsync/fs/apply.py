@@ -120,6 +120,11 @@ class Incoming:
         return seen
 
     @property
+    def sealed(self) -> bool:
+        """Whether `seal` succeeded: the file may be committed."""
+        return self._sealed
+
+    @property
     def closed(self) -> bool:
         """Whether the file is released: committed, aborted or closed."""
         return self._fd < 0

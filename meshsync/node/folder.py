@@ -674,8 +674,11 @@ class FolderSync:
         """
         for write, incoming in opened:
             self._attempt(batch, write.need, incoming.seal)
+        sealed = [(write, incoming) for write, incoming in opened if incoming.sealed]
+        if not sealed:
+            return
         apply.sync(self.root)
-        for write, incoming in opened:
+        for write, incoming in sealed:
             self._attempt(batch, write.need, partial(self._commit_one, batch, write, incoming))
         apply.sync(self.root)
         self.index.put(self.id, batch.done)

@@ -82,7 +82,9 @@ def test_blocks_in_any_order_appear_at_once_with_mode_and_mtime(tmp_path: Path) 
             incoming.write_block(i, block)
             assert not target.exists()
         assert incoming.have() == {0, 1, 2, 3}
+        assert not incoming.sealed
         incoming.seal()
+        assert incoming.sealed
         assert not target.exists()
         done = incoming.commit(None)
 
