@@ -337,12 +337,9 @@ class FolderSync:
                                 for r, *_ in mine[:20]))
         return [Signed(record, signature) for record, signature, _, _ in mine], unstable, racy
 
-    def _seen_under(self, dirty: Iterable[RelPath]) -> list[scan.Seen]:
-        seen: dict[str, scan.Seen] = {}
-        for path in dirty:
-            for s in scan.walk_under(self.root, path, self.ignore):
-                seen[s.path] = s
-        return list(seen.values())
+    def _seen_under(self, tops: list[RelPath]) -> list[scan.Seen]:
+        """What a walk sees under each of `tops`, none of which is below another."""
+        return [s for top in tops for s in scan.walk_under(self.root, top, self.ignore)]
 
     def _directories(self) -> list[str]:
         return [e.record.path for e in self.index.entries(self.id)

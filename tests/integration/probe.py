@@ -63,9 +63,9 @@ def signed(
 def notices(address: str, signer: KeySigner | AgentSigner) -> dict[str, int]:
     """One notice per path, each record signed by this (trusted) node as its origin."""
     origin = NodeId.of_key(signer.public_blob).key
-    return {path: notice(address, signer, record, record)
-            for path in [*BAD_PATHS, "ok.txt", "out/evil.txt"]
-            for record in [FileRecord(RelPath(path), Kind.FILE, Vector.of({origin: 1}), origin)]}
+    return {path: notice(address, signer, FileRecord(RelPath(path), Kind.FILE,
+                                                     Vector.of({origin: 1}), origin))
+            for path in [*BAD_PATHS, "ok.txt", "out/evil.txt"]}
 
 
 def forged(address: str, signer: KeySigner | AgentSigner) -> dict[str, int]:
