@@ -1,20 +1,50 @@
-"""Trusted peer keys: authorized_keys-style files, re-read whenever the user edits them."""
+"""Trusted peer keys: authorized_keys-style files, re-read whenever the user edits them.
+
+A line trusts its key for sync unless its options give the key for something else; `from=` and
+`expiry-time=` narrow that trust as sshd does, and an option we cannot read refuses the line.
+A file (or its directory) that someone else could write is ignored, as sshd's StrictModes.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import stat
 import threading
 import time
+from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 
 from meshsync.crypto.keys import KEY_TYPES, parse_public_line, public_key_line
 
-# One authorized_keys options field: unquoted chars or "quoted strings" (with \" escapes).
-# Single-char alternatives keep the match linear on hostile input.
-_OPTIONS = re.compile(r'(?:[^\s"]|"(?:[^"\\]|\\.)*")+\s+')
+log = logging.getLogger("meshsync.trust")
+
 RACY_NS = 2_000_000_000
+
+# sshd's options (names are case-insensitive) and whether each takes a ="value".
+_FEATURES = ("port-forwarding", "agent-forwarding", "x11-forwarding", "pty", "user-rc",
+             "touch-required", "verify-required")
+_KNOWN = {
+    **{prefix + name: False for name in _FEATURES for prefix in ("", "no-")},
+    "restrict": False, "cert-authority": False,
+    **dict.fromkeys(("command", "principals", "tunnel", "from", "expiry-time", "environment",
+                     "permitopen", "permitlisten"), True),
+}
+# The key was given to sshd for one command, a tunnel or a restricted login, or it is a CA key:
+# none of these is "this machine may sync". Every other option limits SSH features we never use.
+_OTHER_USE = frozenset({"command", "restrict", "cert-authority", "principals", "tunnel"})
+# One option: a name, maybe ="value" in which only \" escapes (as sshd's opt_dequote), then a
+# comma or the end of the field. The possessive repeat keeps the match linear on hostile input.
+_OPTION = re.compile(r'([A-Za-z0-9-]+)(?:="((?:\\"|[^"])*+)")?(,?)')
+_EXPIRY = re.compile(r"([0-9]{8}(?:[0-9]{4}(?:[0-9]{2})?)?)(z|utc)?", re.IGNORECASE)
+
+Network = IPv4Network | IPv6Network
+_MAPPED = IPv6Network("::ffff:0:0/96")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,63 +60,253 @@ class PublicKey:
         return public_key_line(self.blob, self.comment)
 
 
-def parse_key_line(line: str) -> PublicKey | None:
-    """Parse an authorized_keys line (options allowed); None for comments, blanks and junk."""
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """One entry of a `from=` list: a wildcard on the address text and, if it is one, a network."""
+
+    text: str
+    negated: bool
+    network: Network | None
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The sync trust one line gives its key: from `sources` (None: anywhere), until `expires`."""
+
+    key: PublicKey
+    sources: tuple[Pattern, ...] | None = None
+    expires: float | None = None  # wall seconds; the line is void once the clock passes them
+
+    def current(self, when: float) -> bool:
+        """Whether the line has not expired at wall time `when`."""
+        return self.expires is None or when <= self.expires
+
+    def allows(self, address: str, when: float) -> bool:
+        """Whether a peer at IP `address` may sync with this key at wall time `when`."""
+        return self.current(when) and (self.sources is None or matches(self.sources, address))
+
+
+def parse_patterns(text: str) -> tuple[Pattern, ...]:
+    """A `from=` pattern list (UseDNS no); ValueError for an empty entry or an invalid network."""
+    return tuple(map(_pattern, text.split(",")))
+
+
+def _pattern(entry: str) -> Pattern:
+    negated = entry.startswith("!")
+    text = entry[1:] if negated else entry
+    # sshd would read " 10.0.0.5" as a name that never matches: after a comma's space, a
+    # negation would silently allow what it names. Refuse the line instead.
+    if not text or any(c.isspace() for c in text):
+        raise ValueError(f"bad from= entry {entry!r}")
+    network = None
+    if "/" in text:
+        address, _, bits = text.partition("/")
+        if not (bits.isascii() and bits.isdigit()):
+            raise ValueError(f"bad mask length in {entry!r}")
+        network = ip_network(f"{address}/{int(bits)}")  # ValueError if host bits are set
+    else:
+        with suppress(ValueError):
+            network = ip_network(text)  # a bare address: compared as one, whatever its spelling
+    if network is not None and network.version == 6 and network.subnet_of(_MAPPED):
+        # Peers are judged as IPv4 (below); so is a network written in the mapped form.
+        low = int(network.network_address) & 0xFFFF_FFFF
+        network = IPv4Network((low, network.prefixlen - 96))
+    return Pattern(text.lower(), negated, network)
+
+
+def matches(patterns: tuple[Pattern, ...], address: str) -> bool:
+    """Whether IP `address` matches some entry and no negated one; never for a host name."""
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer, as sshd normalises it
+    text = str(ip).lower()
+    hits = [p for p in patterns
+            if (p.network is not None and ip in p.network) or wildcard(text, p.text)]
+    return bool(hits) and not any(p.negated for p in hits)
+
+
+def wildcard(text: str, pattern: str) -> bool:
+    """sshd's match_pattern: `*` is any run of characters, `?` any one, nothing else special."""
+    t = p = 0
+    star, resume = -1, 0
+    while t < len(text):
+        if p < len(pattern) and pattern[p] in ("?", text[t]):
+            t, p = t + 1, p + 1
+        elif p < len(pattern) and pattern[p] == "*":
+            star, resume, p = p, t, p + 1
+        elif star >= 0:  # let the last star take one more character, and retry from there
+            resume += 1
+            t, p = resume, star + 1
+        else:
+            return False
+    return pattern[p:].strip("*") == ""
+
+
+def parse_expiry(text: str) -> float:
+    """An `expiry-time=`: YYYYMMDD[HHMM[SS]] local time, or UTC with a Z; ValueError if not."""
+    m = _EXPIRY.fullmatch(text)
+    if m is None:
+        raise ValueError(f"bad expiry-time {text!r}")
+    d = m[1].ljust(14, "0")
+    # ValueError for a month 13, a February 30th...
+    moment = datetime(int(d[:4]), int(d[4:6]), int(d[6:8]), int(d[8:10]), int(d[10:12]),
+                      int(d[12:]))
+    try:
+        seconds = (moment.replace(tzinfo=UTC) if m[2] else moment).timestamp()
+    except (OverflowError, OSError):
+        raise ValueError(f"expiry-time out of range: {text!r}") from None
+    if seconds <= 0:
+        raise ValueError(f"expiry-time before 1970: {text!r}")
+    return seconds
+
+
+def _split_options(line: str) -> tuple[list[tuple[str, str | None]], str]:
+    """The options in front of a key, and the rest of the line; ValueError if unreadable."""
+    options: list[tuple[str, str | None]] = []
+    pos = 0
+    more = True
+    while more:
+        m = _OPTION.match(line, pos)
+        if m is None:
+            raise ValueError("unreadable options")
+        options.append((m[1].lower(), None if m[2] is None else m[2].replace('\\"', '"')))
+        pos, more = m.end(), bool(m[3])
+    if line[pos : pos + 1] not in (" ", "\t"):
+        raise ValueError("unreadable options")
+    return options, line[pos:].lstrip(" \t")
+
+
+def _grant(key: PublicKey, options: list[tuple[str, str | None]]) -> Grant | None:
+    """What `options` leave of sync trust in `key`; ValueError for one sshd would refuse."""
+    usable = True
+    sources: tuple[Pattern, ...] | None = None
+    expires: float | None = None
+    for name, value in options:
+        takes_value = _KNOWN.get(name)
+        if takes_value is None or takes_value != (value is not None):
+            raise ValueError(f"unknown option {name}")
+        if name in _OTHER_USE:
+            usable = False
+        elif name == "from" and value is not None:
+            if sources is not None:
+                raise ValueError("more than one from=")
+            sources = parse_patterns(value)
+        elif name == "expiry-time" and value is not None:
+            at = parse_expiry(value)
+            expires = at if expires is None else min(expires, at)
+    return Grant(key, sources, expires) if usable else None
+
+
+def parse_grant(line: str) -> Grant | None:
+    """The sync trust an authorized_keys line gives; None for comments, junk and refused lines."""
     line = line.strip()
     if not line or line.startswith("#"):
         return None
-    if line.split(None, 1)[0] not in KEY_TYPES:
-        options = _OPTIONS.match(line)
-        if options is None:
-            return None
-        line = line[options.end() :]
+    options: list[tuple[str, str | None]] = []
     try:
+        if line.split(None, 1)[0] not in KEY_TYPES:
+            options, line = _split_options(line)
         blob, comment = parse_public_line(line)
+        return _grant(PublicKey(blob, comment), options)
     except ValueError:
         return None
-    return PublicKey(blob, comment)
+
+
+def parse_key_line(line: str) -> PublicKey | None:
+    """The key of a line that trusts it for sync from anywhere, for good; None for any other."""
+    grant = parse_grant(line)
+    if grant is None or grant.sources is not None or grant.expires is not None:
+        return None
+    return grant.key
+
+
+def _unsafe(path: Path, st: os.stat_result, parent: os.stat_result, uid: int) -> str | None:
+    """Why sshd's StrictModes would refuse this file, with the fix; None if it would not."""
+    if not stat.S_ISREG(st.st_mode):
+        return "it is not a regular file"
+    for what, where, owner, mode in (("it", path, st.st_uid, st.st_mode),
+                                     ("its directory", path.parent, parent.st_uid, parent.st_mode)):
+        if owner not in (uid, 0):
+            return f"{what} is owned by uid {owner}, not by you or root; fix: chown {uid} {where}"
+        if mode & 0o022:
+            return f"{what} is writable by group or others; fix: chmod go-w {where}"
+    return None
+
+
+Grants = Mapping[bytes, tuple[Grant, ...]]
+Stamp = tuple[int, ...]
 
 
 class TrustStore:
-    """The set of trusted keys from several files; `writable` receives keys added at runtime."""
+    """Trusted keys from several files; `writable` receives keys added at runtime."""
 
-    def __init__(self, paths: list[Path], writable: Path) -> None:
+    def __init__(
+        self, paths: list[Path], writable: Path, wall: Callable[[], float] = time.time
+    ) -> None:
         self._paths = list(dict.fromkeys([*paths, writable]))
         self._writable = writable
-        self._cache: dict[Path, tuple[tuple[int, int, int], frozenset[bytes]]] = {}
+        self._wall = wall
+        self._cache: dict[Path, tuple[Stamp, Grants]] = {}
+        self._warned: dict[Path, Stamp] = {}
         self._lock = threading.Lock()
 
-    def _load(self, path: Path) -> frozenset[bytes]:
+    def _load(self, path: Path) -> Grants:
         try:
             st = path.stat()
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-            cached = self._cache.get(path)
-            # Timestamps are coarse (ms ticks): a same-size edit right after our read would keep
-            # the old stamp, so a file touched in the last seconds is never served from cache.
-            settled = time.time_ns() - st.st_mtime_ns > RACY_NS
-            if cached is not None and cached[0] == stamp and settled:
-                return cached[1]
+            real = Path(os.path.realpath(path))
+            parent = real.parent.stat()
+        except OSError:
+            return {}
+        # Mode and owners are in the stamp: a chmod or chown is a change, though no mtime moves.
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode, st.st_uid,
+                 parent.st_mode, parent.st_uid)
+        problem = _unsafe(real, st, parent, os.geteuid())
+        if problem is not None:
+            if self._warned.get(path) != stamp:
+                self._warned[path] = stamp
+                log.warning("ignoring the keys in %s: %s", path, problem)
+            return {}
+        self._warned.pop(path, None)
+        cached = self._cache.get(path)
+        # Timestamps are coarse (ms ticks): a same-size edit right after our read would keep
+        # the old stamp, so a file touched in the last seconds is never served from cache.
+        settled = time.time_ns() - st.st_mtime_ns > RACY_NS
+        if cached is not None and cached[0] == stamp and settled:
+            return cached[1]
+        try:
             text = path.read_text(errors="replace")
         except OSError:
-            return frozenset()
-        keys = frozenset(k.blob for k in map(parse_key_line, text.splitlines()) if k)
-        self._cache[path] = (stamp, keys)
-        return keys
+            return {}
+        grants: dict[bytes, tuple[Grant, ...]] = {}
+        for grant in filter(None, map(parse_grant, text.splitlines())):
+            grants[grant.key.blob] = (*grants.get(grant.key.blob, ()), grant)
+        self._cache[path] = (stamp, grants)
+        return grants
 
-    def keys(self) -> set[bytes]:
-        """All currently trusted key blobs."""
+    def _grants(self, blob: bytes) -> list[Grant]:
         with self._lock:
-            return set().union(*map(self._load, self._paths))
+            return [g for path in self._paths for g in self._load(path).get(blob, ())]
 
-    def is_trusted(self, blob: bytes) -> bool:
-        """True if blob is in any trust file as it is on disk now."""
-        return blob in self.keys()
+    def is_trusted(self, blob: bytes, address: str) -> bool:
+        """Whether some line lets a peer at IP `address` sync with this key, as files are now."""
+        when = self._wall()
+        return any(g.allows(address, when) for g in self._grants(blob))
+
+    def knows(self, blob: bytes) -> bool:
+        """Whether an unexpired line trusts this key, whatever its `from=`: for records relayed."""
+        when = self._wall()
+        return any(g.current(when) for g in self._grants(blob))
 
     def add(self, key: PublicKey) -> bool:
-        """Append key to the writable file; False if it was already trusted."""
+        """Append key to the writable file; False if a line trusts it already, without limits."""
         with self._lock:
-            if any(key.blob in self._load(p) for p in self._paths):
-                return False
+            for path in self._paths:
+                grants = self._load(path).get(key.blob, ())
+                if any(g.sources is None and g.expires is None for g in grants):
+                    return False
             self._writable.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(self._writable, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             with os.fdopen(fd, "r+b") as f:
