@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from meshsync.core.errors import MeshsyncError
 from meshsync.crypto.keys import KeyLoadError, find_key, load_signer
 from meshsync.crypto.trust import TrustStore
 from meshsync.node.clock import Clock
@@ -22,9 +23,14 @@ from meshsync.node.config import (
 )
 from meshsync.node.node import AlreadyRunning, Node
 
+# Errors the user can act on, each with a message made for them; anything else is a bug and
+# shows its traceback. A ValueError is the user's only while the arguments are checked.
+_FATAL: tuple[type[Exception], ...] = (MeshsyncError, OSError, KeyLoadError, AlreadyRunning)
+_ARGUMENTS: tuple[type[Exception], ...] = (ValueError, *_FATAL)
+
 
 def start(args: argparse.Namespace) -> int:
-    """Run a node until it is stopped; 1 with a one-line reason if it cannot start."""
+    """Run a node until it is stopped; 1 with a one-line reason if it cannot start or go on."""
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(message)s",
@@ -35,6 +41,7 @@ def start(args: argparse.Namespace) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     state = state_dir()
     ssh_dir = Path.home() / ".ssh"
+    expected = _ARGUMENTS
     try:
         config = Config(
             folders=folders_from(args.dirs, args.alias),
@@ -48,11 +55,33 @@ def start(args: argparse.Namespace) -> int:
         )
         signer = load_signer(find_key(args.key, ssh_dir, state), os.environ.get("SSH_AUTH_SOCK"))
         trust = TrustStore([ssh_dir / "authorized_keys"], state / "trusted_keys")
+        expected = _FATAL
         asyncio.run(Node(config, signer, trust, Clock()).run())
-    except (ValueError, KeyLoadError, AlreadyRunning) as e:
-        print(f"meshsync: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"meshsync: cannot start: {e}", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C before the node's own handler was in place
+        return 130
+    except BaseException as e:
+        reason = _reason(e, expected)
+        if reason is None:
+            raise
+        print(f"meshsync: {reason}", file=sys.stderr)
         return 1
     return 0
+
+
+def _reason(e: BaseException, expected: tuple[type[BaseException], ...]) -> str | None:
+    """The one line to show for an expected error, also inside (nested) exception groups.
+
+    None if `e`, or any error in its group, is unexpected: that is a bug, to show in full.
+    """
+    if isinstance(e, BaseExceptionGroup):
+        reasons = [_reason(inner, expected) for inner in e.exceptions]
+        return None if None in reasons else reasons[0]
+    if not isinstance(e, expected):
+        return None
+    if isinstance(e, OSError) and e.strerror:
+        where = " → ".join(os.fsdecode(f) if isinstance(f, bytes) else str(f)
+                           for f in (e.filename, e.filename2) if f is not None)
+        text = f"{where}: {e.strerror}" if where else str(e)
+    else:
+        text = str(e) or type(e).__name__
+    return text if text.isprintable() else repr(text)[1:-1]

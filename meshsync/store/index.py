@@ -2,27 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from meshsync.core.errors import MeshsyncError, WireError
-from meshsync.core.paths import RelPath
+from meshsync.core.paths import RelPath, check_path
 from meshsync.core.records import FileRecord, Kind
 from meshsync.core.vclock import Order, Vector
+
+log = logging.getLogger("meshsync.index")
 
 DIGEST = 32
 PAGE = 1000  # rows per read while streaming `entries`
 BUSY_TIMEOUT = 30.0  # seconds to wait for another connection's write transaction
+LOGGED_ROWS = 20  # damaged rows logged one by one; past that, one line per batch set aside
 _WRAP = 2**64
+_MAGIC = b"SQLite format 3\0"  # how every SQLite database file starts
+T = TypeVar("T")
+
+# SQLite's primary result codes that say the user must act (the extended ones end in these).
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_READONLY, _SQLITE_IOERR = 3, 5, 8, 10
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 11, 13, 14, 26
+_FIXABLE = frozenset({_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_READONLY, _SQLITE_IOERR,
+                      _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB})
 
 # Rows are decoded by position; each column is checked against its type first.
 _RECORD = (("folder", str), ("path", str), ("kind", str), ("version", str), ("origin", str),
@@ -60,8 +76,21 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
-class CorruptIndexError(MeshsyncError):
-    """A row of the index does not decode to a record: the database is damaged or foreign."""
+class IndexUnusable(MeshsyncError):
+    """The index cannot be opened or written; the message says why and what to do, in one line."""
+
+
+class _DamagedFile(IndexUnusable):
+    """The file is not a database or fails its check: set it aside and start a fresh one."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"the index {path} is damaged ({reason}): remove it and start again"
+                         " (meshsync rebuilds it from the folders and their peers)")
+        self.reason = reason
+
+
+class _DamagedRow(Exception):
+    """A row that does not decode to a record; the message says which column and why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,21 +113,31 @@ class Need:
     source: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Table(Generic[T]):
+    """A table of records: how to read a folder's rows, decode one, and remove a damaged one."""
+
+    name: str
+    select: str  # a folder's rows; conditions are appended
+    one: str  # the condition picking one row by its key (after the folder)
+    key: tuple[int, ...]  # positions in a row of the key columns after the folder
+    deletes: tuple[str, ...]  # each takes the folder and the key
+    decode: Callable[[tuple[Any, ...]], T]
+
+
 class Index:
-    """One index database; safe to share between threads, which take turns."""
+    """One index database; safe to share between threads, which take turns.
+
+    A row that does not decode is logged, removed and remembered: readers skip it, and
+    `take_damaged` hands its path to the folder to rescan from disk and ask peers for again.
+    """
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None,
-                                   check_same_thread=False)
-        try:
-            _use_wal(self._db, path)
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.execute("PRAGMA foreign_keys = ON")
-            _migrate(self._db, path)
-        except BaseException:
-            self._db.close()
-            raise
+        self._damaged: dict[str, set[RelPath]] = {}  # folder -> paths set aside, under _lock
+        self._logged = 0  # damaged rows logged one by one, under _lock
+        self._db = _open(path)
 
     def close(self) -> None:
         """Close the database; the object is unusable afterwards."""
@@ -109,7 +148,7 @@ class Index:
     def _write(self) -> Iterator[sqlite3.Connection]:
         # IMMEDIATE takes the write lock up front, so a read-then-write transaction cannot
         # deadlock against another connection to the same file.
-        with self._lock:
+        with self._lock, _unusable_as_error(self.path):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -120,11 +159,76 @@ class Index:
             self._db.execute("COMMIT")
 
     def _rows(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
-        with self._lock:
+        with self._lock, _unusable_as_error(self.path):
             return self._db.execute(sql, args).fetchall()
 
+    def _read(self, table: _Table[T], where: str, args: tuple[object, ...]) -> list[T]:
+        """The rows that decode, damaged ones set aside; a page wholly set aside is read again."""
+        # Setting a row aside deletes it, so reading again goes on past it.
+        while rows := self._rows(table.select + where, args):
+            if found := self._decoded(table, rows):
+                return found
+        return []
+
+    def _decoded(self, table: _Table[T], rows: list[tuple[Any, ...]],
+                 db: sqlite3.Connection | None = None) -> list[T]:
+        """Decode rows; `db` when inside `_write` (the lock held, the transaction open)."""
+        found, damaged = [], []
+        for row in rows:
+            try:
+                found.append(table.decode(row))
+            except _DamagedRow:
+                damaged.append(row)
+        if damaged:
+            if db is None:
+                with self._write() as db:
+                    self._set_aside(db, table, damaged)
+            else:
+                self._set_aside(db, table, damaged)
+        return found
+
+    def _set_aside(self, db: sqlite3.Connection, table: _Table[Any],
+                   rows: list[tuple[Any, ...]]) -> None:
+        """Remove the rows that still fail to decode, remember their paths, and log them."""
+        removed = []
+        for row in rows:
+            key = (row[0], *(row[i] for i in table.key))
+            # Another thread may have replaced the row since it was read: look again.
+            current = db.execute(table.select + table.one, key).fetchone()
+            reason = None if current is None else _fault(table, current)
+            if reason is None:
+                continue
+            removed.append((row[1], reason))
+            for statement in table.deletes:
+                db.execute(statement, key)
+        if not removed:
+            return
+        folder = rows[0][0]
+        paths = self._damaged.setdefault(folder, set())
+        for path, _ in removed:
+            with contextlib.suppress(WireError):  # a path no folder can hold: nothing to rescan
+                paths.add(check_path(path))
+        # A line per row, up to a bound: a wholly damaged table would flood the log.
+        shown = removed[: max(0, LOGGED_ROWS - self._logged)]
+        self._logged += len(shown)
+        for path, reason in shown:
+            log.warning("index: set aside a damaged %s row of folder %r, path %r (%s); it is"
+                        " rebuilt from the folder and its peers", table.name, folder, path,
+                        _printable(reason))
+        if len(removed) > len(shown):
+            log.warning("index: set aside %d more damaged %s rows of folder %r",
+                        len(removed) - len(shown), table.name, folder)
+
+    def take_damaged(self, folder: str) -> set[RelPath]:
+        """The paths whose rows were set aside as damaged since the last call (then forgotten).
+
+        The folder rescans them from disk and reads its peers' indexes again from the start.
+        """
+        with self._lock:
+            return self._damaged.pop(folder, set())
+
     def _entries(self, where: str, args: tuple[object, ...]) -> list[Entry]:
-        return [_entry(row) for row in self._rows(_SELECT_ENTRY + where, args)]
+        return self._read(_FILES, where, args)
 
     def add_losers(self, folder: str, losers: Sequence[Need]) -> None:
         """Keep versions that lost to a concurrent one (one per path and origin, the latest)."""
@@ -134,7 +238,7 @@ class Index:
 
     def losers(self, folder: str) -> list[Need]:
         """Every version kept aside as a loser, in path order."""
-        return [_need(row) for row in self._rows(_SELECT_LOSER + "ORDER BY path", (folder,))]
+        return self._read(_LOSERS, "ORDER BY path", (folder,))
 
     def drop_loser(self, folder: str, record: FileRecord) -> None:
         """Forget one version kept aside."""
@@ -143,7 +247,7 @@ class Index:
                        (folder, record.path, record.origin))
 
     def _needs(self, where: str, args: tuple[object, ...]) -> list[Need]:
-        return [_need(row) for row in self._rows(_SELECT_NEED + where, args)]
+        return self._read(_NEEDS, where, args)
 
     def get(self, folder: str, path: str) -> Entry | None:
         """The row of one path, None if the index has never seen it."""
@@ -177,9 +281,14 @@ class Index:
                 for i, digest in enumerate(record.blocks)))
             db.executemany("DELETE FROM need WHERE folder = ? AND path = ?", [
                 (folder, path) for path, record in final.items()
-                if (need := _need_version(db, folder, path)) is not None
+                if (need := self._need_version(db, folder, path)) is not None
                 and need.compare(record.version) in (Order.EQUAL, Order.OLDER)])
         return seqs
+
+    def _need_version(self, db: sqlite3.Connection, folder: str, path: str) -> Vector | None:
+        rows = db.execute(_SELECT_NEED + "AND path = ?", (folder, path)).fetchall()
+        found = self._decoded(_NEEDS, rows, db)
+        return found[0].record.version if found else None
 
     def entries(self, folder: str) -> Iterator[Entry]:
         """Every row of the folder in path order, read a page per transaction as it is consumed."""
@@ -209,7 +318,9 @@ class Index:
         rows = self._rows("SELECT f.path, b.idx FROM blocks AS b CROSS JOIN files AS f"
                           " ON f.id = b.file WHERE b.hash = ? AND f.folder = ? LIMIT 1",
                           (digest, folder))
-        return (rows[0][0], rows[0][1]) if rows else None
+        if not rows or (type(rows[0][0]), type(rows[0][1])) != (str, int):
+            return None  # a damaged row is set aside when read as an entry
+        return rows[0][0], rows[0][1]
 
     def add_needs(self, folder: str, needs: Sequence[Need]) -> None:
         """Queue remote versions to write, each replacing any need for the same path."""
@@ -241,8 +352,8 @@ class Index:
         """Forget the version queued for one path, if any (with `only`: if it is that one)."""
         with self._write() as db:
             if only is not None:
-                row = db.execute(_SELECT_NEED + "AND path = ?", (folder, path)).fetchone()
-                if row is None or _need(row).record != only:
+                rows = db.execute(_SELECT_NEED + "AND path = ?", (folder, path)).fetchall()
+                if [n.record for n in self._decoded(_NEEDS, rows, db)] != [only]:
                     return
             db.execute("DELETE FROM need WHERE folder = ? AND path = ?", (folder, path))
 
@@ -286,6 +397,171 @@ class Index:
         return int(row[0]), int(row[1])
 
 
+def _open(path: Path) -> sqlite3.Connection:
+    """A connection to the index, fit for use; a damaged file is set aside for a fresh one."""
+    try:
+        return _connect(path)
+    except _DamagedFile as e:
+        aside = _set_file_aside(path)
+        log.warning("the index %s is damaged (%s): moved it to %s; a new index is built from the"
+                    " folders and their peers", path, e.reason, aside.name)
+    return _connect(path)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    with _unusable_as_error(path, opening=True):
+        _create_private(path)
+        # SQLite would open a file it cannot write read-only, and fail only at the first write.
+        if (problem := _access_problem(path)) is not None:
+            raise IndexUnusable(problem)
+        _check_header(path)
+        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None,
+                             check_same_thread=False)
+        try:
+            _use_wal(db, path)
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA foreign_keys = ON")
+            _check_file(db, path)
+            _migrate(db, path)
+        except BaseException:
+            db.close()
+            raise
+    return db
+
+
+def _create_private(path: Path) -> None:
+    """Create a missing database file as 0600: SQLite gives its -wal and -shm the same mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def _check_header(path: Path) -> None:
+    """_DamagedFile unless the file is empty or starts as an SQLite database does.
+
+    Checked before SQLite opens it: SQLite deletes a -wal it cannot use when it closes the file.
+    """
+    with path.open("rb") as f:
+        head = f.read(len(_MAGIC))
+    if head and head != _MAGIC:
+        raise _DamagedFile(path, "file is not a database")
+
+
+def _check_file(db: sqlite3.Connection, path: Path) -> None:
+    """_DamagedFile unless SQLite's quick check finds the file sound.
+
+    It reads the whole file: about 0.1 s per 100,000 files when cached, the time to read it
+    from disk otherwise; less than the first scan, which reads every row besides.
+    """
+    problems = db.execute("PRAGMA quick_check").fetchall()
+    if problems != [("ok",)]:
+        first = str(problems[0][0]) if problems else "no answer"
+        raise _DamagedFile(path, f"failed SQLite's check: {_printable(' '.join(first.split()))}")
+
+
+def _set_file_aside(path: Path) -> Path:
+    """Rename the database, with its -wal and -shm, to `NAME.damaged-YYYYMMDD-HHMMSS`."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    aside, n = path.with_name(f"{path.name}.damaged-{stamp}"), 1
+    while any(Path(f"{aside}{suffix}").exists() for suffix in ("", "-wal", "-shm")):
+        aside, n = path.with_name(f"{path.name}.damaged-{stamp}.{n}"), n + 1
+    with _unusable_as_error(path):
+        # The WAL goes first: a WAL left beside a fresh file would be replayed into it.
+        for suffix in ("-wal", "-shm", ""):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{path}{suffix}").rename(f"{aside}{suffix}")
+    return aside
+
+
+@contextmanager
+def _unusable_as_error(path: Path, opening: bool = False) -> Iterator[None]:
+    """Turn SQLite and OS errors that the user can fix into IndexUnusable saying how.
+
+    While opening, a file that is not a database or is damaged raises _DamagedFile instead.
+    """
+    try:
+        yield
+    except (sqlite3.Error, OSError) as e:
+        code = _primary_code(e)
+        if opening and code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            raise _DamagedFile(path, _printable(str(e))) from e
+        if code is None:
+            raise
+        raise IndexUnusable(_unusable(path, code, e)) from e
+
+
+def _primary_code(e: sqlite3.Error | OSError) -> int | None:
+    """The SQLite result code the error stands for; None if the user cannot fix it."""
+    if isinstance(e, OSError):
+        return _SQLITE_FULL if e.errno in (errno.ENOSPC, errno.EDQUOT) else _SQLITE_CANTOPEN
+    code = getattr(e, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) and code & 0xFF in _FIXABLE else None
+
+
+def _unusable(path: Path, code: int, e: sqlite3.Error | OSError) -> str:
+    """One line: what is wrong with the index and what to do."""
+    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return (f"the index {path} is damaged: remove it and start again (meshsync rebuilds it"
+                " from the folders and their peers)")
+    if code == _SQLITE_BUSY:
+        return (f"the index {path} stayed locked by another process for {BUSY_TIMEOUT:.0f} s:"
+                " stop it and start again")
+    # SQLite reports a full disk as such only when a write fails; a -shm it cannot create or
+    # grow shows as an I/O or open error.
+    if code == _SQLITE_FULL or _full(path):
+        return f"the disk holding the index {path} is full: free some space and start again"
+    access = _access_problem(path)
+    if access:
+        return access
+    if not path.parent.is_dir():
+        return f"cannot open the index {path}: the directory {path.parent} does not exist"
+    detail = _printable(e.strerror or str(e)) if isinstance(e, OSError) else _printable(str(e))
+    if code == _SQLITE_IOERR:
+        return f"reading or writing the index {path} failed ({detail}): check the disk"
+    if code == _SQLITE_READONLY:
+        return (f"the index {path} is read-only ({detail}): make it writable by this user"
+                f" (chmod u+rw {path}) or remove it to rebuild it")
+    return (f"cannot open the index {path} ({detail}): this user must be able to read and"
+            f" write it and its directory {path.parent}")
+
+
+def _full(path: Path) -> bool:
+    try:
+        return os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return False
+
+
+def _access_problem(path: Path) -> str | None:
+    """Why this user cannot write the index, if the file system or the modes say so."""
+    try:
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return (f"the index {path} is on a read-only file system: mount it read-write, or"
+                    " set MESHSYNC_HOME to a writable directory")
+    except OSError:
+        pass
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if file.exists() and not os.access(file, os.R_OK | os.W_OK):
+            if (owner := file.stat().st_uid) != os.geteuid():  # run once as root, say
+                return (f"the index {path} is not this user's: {file.name} belongs to uid"
+                        f" {owner}; chown it to uid {os.geteuid()} or remove the index to"
+                        " rebuild it")
+            return (f"the index {path} is read-only: make {file.name} writable by this user"
+                    f" (chmod u+rw {file}) or remove the index to rebuild it")
+    if path.parent.is_dir() and not os.access(path.parent, os.W_OK | os.X_OK):
+        return (f"the index {path} cannot be written: this user cannot write its directory"
+                f" (chmod u+rwx {path.parent})")
+    return None
+
+
+def _printable(text: str) -> str:
+    """The text as is if it is printable, else escaped (no control character reaches the log)."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 def _use_wal(db: sqlite3.Connection, path: Path) -> None:
     """Switch the file to WAL mode, which is what lets synchronous=NORMAL survive power loss.
 
@@ -305,7 +581,8 @@ def _use_wal(db: sqlite3.Connection, path: Path) -> None:
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
     if mode != "wal":
-        raise MeshsyncError(f"{path}: SQLite cannot use WAL mode here (got {mode})")
+        raise IndexUnusable(f"SQLite cannot use WAL mode for the index {path} (got {mode}): put"
+                            " it on a local file system (set MESHSYNC_HOME)")
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
@@ -354,24 +631,26 @@ def _columns(r: FileRecord) -> tuple[object, ...]:
 
 
 def _check(row: tuple[Any, ...], columns: tuple[tuple[str, type], ...]) -> None:
-    """CorruptIndexError naming the row unless every column has its declared type."""
+    """_DamagedRow unless every column has its declared type."""
     for value, (name, kind) in zip(row, columns, strict=True):
         if type(value) is not kind:
-            raise CorruptIndexError(f"index row {row[0]!r}/{row[1]!r} is corrupt: {name} is"
-                                    f" {type(value).__name__}, not {kind.__name__}")
+            raise _DamagedRow(f"{name} is {type(value).__name__}, not {kind.__name__}")
 
 
 def _record(row: tuple[Any, ...]) -> FileRecord:
-    folder, path, kind, version, origin, deleted, size, mode, mtime_ns, blocks, target = row[:11]
+    _, path, kind, version, origin, deleted, size, mode, mtime_ns, blocks, target = row[:11]
+    if len(blocks) % DIGEST:
+        raise _DamagedRow(f"blocks hold {len(blocks)} bytes, not whole {DIGEST}-byte digests")
     try:
-        if len(blocks) % DIGEST:
-            raise ValueError("blocks are not whole digests")
+        vector = _vector(version)
+    except (ValueError, RecursionError, WireError) as e:
+        raise _DamagedRow(f"version is not a version vector: {e}") from None
+    try:
         return FileRecord(
-            RelPath(path), Kind(kind), _vector(version), origin, bool(deleted), size, mode,
-            mtime_ns, tuple(blocks[i : i + DIGEST] for i in range(0, len(blocks), DIGEST)),
-            target)
-    except (ValueError, WireError) as e:
-        raise CorruptIndexError(f"index row {folder!r}/{path!r} is corrupt: {e}") from None
+            RelPath(path), Kind(kind), vector, origin, bool(deleted), size, mode, mtime_ns,
+            tuple(blocks[i : i + DIGEST] for i in range(0, len(blocks), DIGEST)), target)
+    except ValueError:
+        raise _DamagedRow(f"kind {kind[:20]!r} is none of file, dir, symlink") from None
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
@@ -386,15 +665,28 @@ def _need(row: tuple[Any, ...]) -> Need:
     return Need(_record(row), row[11], row[12])
 
 
+def _fault(table: _Table[Any], row: tuple[Any, ...]) -> str | None:
+    """Why the row does not decode; None if it does."""
+    try:
+        table.decode(row)
+    except _DamagedRow as e:
+        return str(e)
+    return None
+
+
+_FILES = _Table("files", _SELECT_ENTRY, "AND path = ?", (1,), (
+    "DELETE FROM blocks WHERE file IN (SELECT id FROM files WHERE folder = ? AND path = ?)",
+    "DELETE FROM files WHERE folder = ? AND path = ?"), _entry)
+_NEEDS = _Table("need", _SELECT_NEED, "AND path = ?", (1,),
+                ("DELETE FROM need WHERE folder = ? AND path = ?",), _need)
+_LOSERS = _Table("losers", _SELECT_LOSER, "AND path = ? AND origin = ?", (1, 4),
+                 ("DELETE FROM losers WHERE folder = ? AND path = ? AND origin = ?",), _need)
+
+
 @lru_cache(maxsize=4096)
 def _vector(text: str) -> Vector:
     """A version vector from its JSON; cached, as many files share one (a new file's is {me: 1})."""
     return Vector.from_json(json.loads(text))
-
-
-def _need_version(db: sqlite3.Connection, folder: str, path: str) -> Vector | None:
-    row = db.execute(_SELECT_NEED + "AND path = ?", (folder, path)).fetchone()
-    return None if row is None else _need(row).record.version
 
 
 # SQLite integers are signed 64-bit; inode and device numbers are unsigned and some file

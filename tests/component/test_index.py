@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import shutil
 import sqlite3
+import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,11 +22,12 @@ from meshsync.core.errors import MeshsyncError
 from meshsync.core.paths import RelPath
 from meshsync.core.records import FileRecord, Kind
 from meshsync.core.vclock import Vector
-from meshsync.store.index import PAGE, CorruptIndexError, Entry, Index, Need
+from meshsync.store.index import LOGGED_ROWS, PAGE, Entry, Index, IndexUnusable, Need
 
 A = "00000000000000aa"
 B = "00000000000000bb"
 FOLDER = "photos"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def digest(label: str) -> bytes:
@@ -37,10 +44,11 @@ def item(record: FileRecord, inode: int = 7) -> tuple[FileRecord, bytes, int, in
     return record, b"sig:" + record.path.encode(), inode, 42
 
 
-def sql(path: Path, query: str) -> list[tuple[object, ...]]:
+def sql(path: Path, query: str, *args: object) -> list[tuple[object, ...]]:
     db = sqlite3.connect(path, isolation_level=None)
     try:
-        return db.execute(query).fetchall()
+        db.execute("PRAGMA ignore_check_constraints = ON")  # to damage rows as a disk might
+        return db.execute(query, args).fetchall()
     finally:
         db.close()
 
@@ -286,14 +294,320 @@ def test_a_database_from_a_newer_meshsync_is_refused(db_path: Path) -> None:
         Index(db_path)
 
 
-def test_a_corrupt_row_raises_an_error_naming_it(index: Index, db_path: Path) -> None:
-    index.put(FOLDER, [item(file("bad", "x")), item(file("bad2", "x"))])
-    sql(db_path, "UPDATE files SET version = 'not json' WHERE path = 'bad'")
-    sql(db_path, "UPDATE files SET origin = X'05' WHERE path = 'bad2'")
-    with pytest.raises(CorruptIndexError, match="'bad' is corrupt"):
-        index.get(FOLDER, "bad")
-    with pytest.raises(CorruptIndexError, match="origin is bytes"):
-        index.get(FOLDER, "bad2")
+# -- damaged rows are set aside ----------------------------------------------------------------
+DAMAGE = {
+    "bad-kind": "kind = 'socket'",
+    "bad-vector": "version = '{\"00000000000000aa\": '",
+    "short-blocks": "blocks = X'0102'",
+    "bytes-origin": "origin = X'05'",
+}
+
+
+def damage(db_path: Path, table: str, path: str, change: str) -> None:
+    # The changes above are constants of this file, never input.
+    sql(db_path, f"UPDATE {table} SET {change} WHERE path = ?", path)  # noqa: S608
+
+
+def test_damaged_file_rows_are_set_aside_while_the_good_rows_still_read(
+    index: Index, db_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    index.put(FOLDER, [item(file(p, p)) for p in ["a", *DAMAGE, "z"]])
+    for path, change in DAMAGE.items():
+        damage(db_path, "files", path, change)
+    with caplog.at_level(logging.WARNING, logger="meshsync.index"):
+        assert [e.record.path for e in index.entries(FOLDER)] == ["a", "z"]
+    assert index.take_damaged(FOLDER) == set(DAMAGE)
+    assert index.take_damaged(FOLDER) == set()  # handed over once
+    assert [e.record.path for e in index.entries(FOLDER)] == ["a", "z"]
+    assert index.take_damaged(FOLDER) == set()
+    assert sql(db_path, "SELECT path FROM files ORDER BY path") == [("a",), ("z",)]
+    assert sql(db_path, "SELECT count(*) FROM blocks") == [(2,)]  # theirs went with them
+    assert index.find_block(FOLDER, digest("bad-kind")) is None
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        "index: set aside a damaged files row of folder 'photos', path 'bad-kind' (kind 'socket'"
+        " is none of file, dir, symlink); it is rebuilt from the folder and its peers",
+        "index: set aside a damaged files row of folder 'photos', path 'bad-vector' (version is"
+        " not a version vector: Expecting value: line 1 column 22 (char 21)); it is rebuilt from"
+        " the folder and its peers",
+        "index: set aside a damaged files row of folder 'photos', path 'bytes-origin' (origin is"
+        " bytes, not str); it is rebuilt from the folder and its peers",
+        "index: set aside a damaged files row of folder 'photos', path 'short-blocks' (blocks"
+        " hold 2 bytes, not whole 32-byte digests); it is rebuilt from the folder and its peers",
+    ]
+
+
+def test_every_reader_skips_a_damaged_row(index: Index, db_path: Path) -> None:
+    index.put(FOLDER, [item(file(p, p)) for p in ["d/good", "d/bad"]])
+    damage(db_path, "files", "d/bad", DAMAGE["bad-kind"])
+    assert index.get(FOLDER, "d/bad") is None
+    damage(db_path, "files", "d/good", DAMAGE["bad-vector"])
+    assert index.entries_under(FOLDER, "d") == []
+    assert index.take_damaged(FOLDER) == {"d/bad", "d/good"}
+    index.put(FOLDER, [item(file("e", "e"))])
+    damage(db_path, "files", "e", DAMAGE["short-blocks"])
+    assert index.since(FOLDER, 0) == []
+    assert index.conflict_copies(FOLDER) == []
+    assert index.take_damaged(FOLDER) == {"e"}
+    assert index.counts(FOLDER) == (0, 0)
+
+
+def test_damaged_needs_and_losers_are_set_aside_too(index: Index, db_path: Path) -> None:
+    needs = [Need(file(p, p, node=B), b"s", B) for p in ["n1", "n2", "n3"]]
+    index.add_needs(FOLDER, needs)
+    index.add_losers(FOLDER, [Need(file(p, p, node=B), b"s", B) for p in ["l1", "l2"]])
+    damage(db_path, "need", "n1", DAMAGE["bad-kind"])
+    damage(db_path, "need", "n2", DAMAGE["bytes-origin"])
+    damage(db_path, "losers", "l1", DAMAGE["short-blocks"])
+    assert index.need(FOLDER, "n1") is None
+    assert index.needs(FOLDER) == [needs[2]]
+    assert [n.record.path for n in index.losers(FOLDER)] == ["l2"]
+    assert index.take_damaged(FOLDER) == {"n1", "n2", "l1"}
+    assert index.need_totals(FOLDER) == (1, 100)
+    assert sql(db_path, "SELECT path FROM losers") == [("l2",)]
+
+
+def test_a_damaged_need_read_inside_a_write_is_set_aside(index: Index, db_path: Path) -> None:
+    index.add_needs(FOLDER, [Need(file(p, p, node=B), b"s", B) for p in ["a", "b"]])
+    damage(db_path, "need", "a", DAMAGE["bad-vector"])
+    damage(db_path, "need", "b", DAMAGE["bad-kind"])
+    assert index.put(FOLDER, [item(file("a", "a"))]) == [1]  # reads a's need to drop it
+    index.drop_need(FOLDER, "b", file("b", "b", node=B))  # reads b's to compare it
+    assert index.take_damaged(FOLDER) == {"a", "b"}
+    assert sql(db_path, "SELECT count(*) FROM need") == [(0,)]
+    assert index.get(FOLDER, "a") is not None
+
+
+def test_a_page_wholly_damaged_does_not_end_a_read(index: Index, db_path: Path) -> None:
+    index.put(FOLDER, [item(file(f"f{i:02d}")) for i in range(10)])
+    sql(db_path, "UPDATE files SET kind = 'socket' WHERE seq <= 4")
+    assert [e.seq for e in index.since(FOLDER, 0, limit=4)] == [5, 6, 7, 8]
+    sql(db_path, "UPDATE files SET kind = 'socket' WHERE seq IN (5, 6, 7, 8)")
+    assert [e.record.path for e in index.entries(FOLDER)] == ["f08", "f09"]
+    assert index.take_damaged(FOLDER) == {f"f{i:02d}" for i in range(8)}
+
+
+def test_entries_stream_past_whole_pages_of_damaged_rows(index: Index, db_path: Path) -> None:
+    index.put(FOLDER, [item(file(f"{i:05d}")) for i in range(2 * PAGE + 5)])
+    sql(db_path, "UPDATE files SET kind = 'socket' WHERE seq <= ?", PAGE + 3)
+    assert sum(1 for _ in index.entries(FOLDER)) == PAGE + 2
+    assert len(index.take_damaged(FOLDER)) == PAGE + 3
+
+
+def test_a_damaged_row_is_logged_with_its_path_escaped_and_the_log_is_bounded(
+    index: Index, db_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    index.put(FOLDER, [item(file("evil\x1b[2J\nname"))])
+    index.put(FOLDER, [item(file(f"many/{i}")) for i in range(100)])
+    sql(db_path, "UPDATE files SET kind = 'socket'")
+    with caplog.at_level(logging.WARNING, logger="meshsync.index"):
+        assert list(index.entries(FOLDER)) == []
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == LOGGED_ROWS + 1
+    assert "path 'evil\\x1b[2J\\nname'" in lines[0]
+    assert not any("\x1b" in x or "\n" in x for x in lines)
+    assert lines[-1] == (f"index: set aside {101 - LOGGED_ROWS} more damaged files rows of"
+                         " folder 'photos'")
+    assert len(index.take_damaged(FOLDER)) == 101
+
+
+def test_a_damaged_path_no_folder_can_hold_is_removed_but_not_handed_on(
+    index: Index, db_path: Path,
+) -> None:
+    index.put(FOLDER, [item(file("x")), item(file("y"))])
+    sql(db_path, "UPDATE files SET path = '../escape', kind = 'socket' WHERE path = 'x'")
+    sql(db_path, "UPDATE files SET path = X'00ff' WHERE path = 'y'")
+    assert list(index.entries(FOLDER)) == []
+    assert index.take_damaged(FOLDER) == set()
+    assert sql(db_path, "SELECT count(*) FROM files") == [(0,)]
+
+
+def test_threads_reading_the_same_damaged_rows_set_each_aside_once(
+    index: Index, db_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    index.put(FOLDER, [item(file(f"f{i:03d}", str(i))) for i in range(300)])
+    sql(db_path, "UPDATE files SET version = 'x' WHERE seq % 3 = 0")
+    start = threading.Barrier(8)
+
+    def read(_: int) -> int:
+        start.wait()
+        return sum(1 for _ in index.entries(FOLDER))
+
+    with caplog.at_level(logging.WARNING, logger="meshsync.index"), ThreadPoolExecutor(8) as pool:
+        counts = list(pool.map(read, range(8)))
+    assert counts == [200] * 8
+    assert len(index.take_damaged(FOLDER)) == 100
+    one_by_one = [r for r in caplog.records if "more damaged" not in r.getMessage()]
+    assert len(one_by_one) == LOGGED_ROWS
+
+
+# -- a damaged file is set aside ---------------------------------------------------------------
+def test_a_file_that_is_not_a_database_is_moved_aside_for_a_fresh_index(
+    tmp_path: Path, db_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    db_path.write_bytes(b"these are not the pages you are looking for\n" * 200)
+    Path(f"{db_path}-wal").write_bytes(b"nor is this a log")
+    with caplog.at_level(logging.WARNING, logger="meshsync.index"):
+        index = Index(db_path)
+    try:
+        index.put(FOLDER, [item(file("a", "x"))])
+        assert [e.record.path for e in index.entries(FOLDER)] == ["a"]
+    finally:
+        index.close()
+    (aside,) = tmp_path.glob("index.db.damaged-*[0-9]")
+    assert aside.read_bytes().startswith(b"these are not the pages")
+    assert Path(f"{aside}-wal").read_bytes() == b"nor is this a log"
+    assert len(aside.name) == len("index.db.damaged-20261125-101500")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the index {db_path} is damaged (file is not a database): moved it to {aside.name};"
+        " a new index is built from the folders and their peers"]
+
+
+def test_a_database_failing_its_check_is_moved_aside(tmp_path: Path, db_path: Path) -> None:
+    index = Index(db_path)
+    index.put(FOLDER, [item(file(f"bulk/{i:05d}", str(i))) for i in range(3000)])
+    index.close()
+    page = sql(db_path, "PRAGMA page_size")[0][0]
+    assert isinstance(page, int)
+    with db_path.open("r+b") as f:  # scribble over pages in the middle, not the header
+        f.seek(page * 10)
+        f.write(b"\xa5" * page * 5)
+    index = Index(db_path)
+    try:
+        assert list(index.entries(FOLDER)) == []
+        assert index.max_seq(FOLDER) == 0
+    finally:
+        index.close()
+    assert len(list(tmp_path.glob("index.db.damaged-*"))) == 1
+    assert sql(db_path, "PRAGMA quick_check") == [("ok",)]
+
+
+# -- an index that cannot be written ------------------------------------------------------------
+def in_private_mount(mount: Path, size: str, script: str) -> str:
+    """Run `script` (given `mount` as argv[1]) with a tmpfs of `size` mounted there for it alone."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a private tmpfs needs root and unshare(1)")
+    mount.mkdir()
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", 'mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2'
+         ' && exec "$@"', "sh", size, str(mount), sys.executable, "-c", script, str(mount)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=60, check=False)
+    if done.returncode and "Traceback" not in done.stderr:  # unshare or mount refused
+        pytest.skip(f"cannot mount a private tmpfs here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+READ_ONLY = """
+import subprocess, sys
+from pathlib import Path
+from meshsync.store.index import Index, IndexUnusable
+db = Path(sys.argv[1]) / "index.db"
+Index(db).close()
+subprocess.run(["mount", "-o", "remount,ro", sys.argv[1]], check=True)
+try:
+    Index(db).close()
+except IndexUnusable as e:
+    print(e)
+"""
+
+
+def test_a_read_only_index_is_refused_in_one_line(tmp_path: Path) -> None:
+    if os.geteuid() == 0:  # modes do not stop root: make the file system read-only instead
+        mount = tmp_path / "ro"
+        message = in_private_mount(mount, "1m", READ_ONLY)
+        assert message == (f"the index {mount}/index.db is on a read-only file system: mount it"
+                           " read-write, or set MESHSYNC_HOME to a writable directory\n")
+    else:
+        db = tmp_path / "index.db"
+        Index(db).close()
+        db.chmod(0o444)
+        with pytest.raises(IndexUnusable) as refused:
+            Index(db)
+        assert str(refused.value) == (
+            f"the index {db} is read-only: make index.db writable by this user"
+            f" (chmod u+rw {db}) or remove the index to rebuild it")
+
+
+DISK_FULL = """
+import hashlib, sys
+from pathlib import Path
+from meshsync.core.paths import RelPath
+from meshsync.core.records import FileRecord, Kind
+from meshsync.core.vclock import Vector
+from meshsync.store.index import Index, IndexUnusable
+index = Index(Path(sys.argv[1]) / "index.db")
+try:
+    for n in range(10_000):
+        blocks = tuple(hashlib.sha256(f"{n}.{i}".encode()).digest() for i in range(50))
+        record = FileRecord(RelPath(f"f{n}"), Kind.FILE, Vector.of({"00000000000000aa": 1}),
+                            "00000000000000aa", size=50 * 131072, blocks=blocks)
+        index.put("photos", [(record, b"s" * 300, n, 1)])
+except IndexUnusable as e:
+    print(e)
+    print(index.get("photos", "f0") is not None)  # what was stored still reads
+index.close()
+"""
+
+
+def test_a_full_disk_mid_run_is_refused_in_one_line(tmp_path: Path) -> None:
+    mount = tmp_path / "small"
+    output = in_private_mount(mount, "256k", DISK_FULL)
+    assert output == (f"the disk holding the index {mount}/index.db is full: free some space and"
+                      " start again\nTrue\n")
+
+
+class ReadOnlyNow:
+    """The index's connection once its disk refuses writes, which no test can do for real:
+    a file system with files open for writing cannot be remounted read-only."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def execute(self, statement: str, *args: object) -> sqlite3.Cursor:
+        if statement.startswith("BEGIN"):
+            error = sqlite3.OperationalError("attempt to write a readonly database")
+            error.sqlite_errorcode = 8  # SQLITE_READONLY
+            raise error
+        return self._db.execute(statement, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+
+def test_a_write_refused_mid_run_raises_index_unusable(
+    index: Index, db_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    index.put(FOLDER, [item(file("a"))])
+    monkeypatch.setattr(index, "_db", ReadOnlyNow(index._db))
+    with pytest.raises(IndexUnusable) as refused:
+        index.put(FOLDER, [item(file("b"))])
+    assert str(refused.value) == (
+        f"the index {db_path} is read-only (attempt to write a readonly database): make it"
+        f" writable by this user (chmod u+rw {db_path}) or remove it to rebuild it")
+    assert index.get(FOLDER, "a") is not None  # reading goes on
+
+
+def test_an_index_in_a_missing_directory_is_refused_in_one_line(tmp_path: Path) -> None:
+    db = tmp_path / "missing" / "index.db"
+    with pytest.raises(IndexUnusable) as refused:
+        Index(db)
+    assert str(refused.value) == (f"cannot open the index {db}: the directory {db.parent} does"
+                                  " not exist")
+
+
+def test_index_files_are_private(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        index = Index(tmp_path / "index.db")
+        try:
+            index.put(FOLDER, [item(file("a", "x"))])
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        finally:
+            index.close()
+    finally:
+        os.umask(old)
+    assert modes == {"index.db": 0o600, "index.db-wal": 0o600, "index.db-shm": 0o600}
 
 
 def test_concurrent_puts_through_one_index_are_serialised(index: Index, db_path: Path) -> None:
