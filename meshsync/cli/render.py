@@ -5,6 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from meshsync.core.throttle import shown
+
+WIDE = 4096  # characters of a path or reason shown: all of any real one
+
 
 def table(header: list[str], rows: list[list[str]]) -> str:
     """Left-aligned columns, two spaces apart."""
@@ -55,21 +59,40 @@ def election(result: dict[str, Any]) -> str:
     return f"coordinator {result['coordinator']} (term {result['term']})"
 
 
+WAITING_SHOWN = 3  # waiting paths listed per folder; `--json` has up to 100
+
+
 def status(result: dict[str, Any]) -> str:
-    """Per folder: its state, what it still needs, the online members sharing it, transfers."""
+    """Per folder: its state, what it still needs, the online members sharing it, transfers,
+    and the first paths waiting for a retry, with why."""
     lines = [f"node {result['id']} ({result['name']}); {election(result)}"]
     for folder in result["folders"]:
         members = len(folder["members"])
         state = folder["state"]
         if folder["need_files"]:
             state += f", needs {folder['need_files']} files ({size(folder['need_bytes'])})"
+        if waiting := folder.get("waiting_count", 0):
+            state += f", {waiting} waiting"
         if folder["conflicts"]:
             state += f", {folder['conflicts']} conflict{'' if folder['conflicts'] == 1 else 's'}"
         lines.append(f"{folder['id']}  {folder['path']}  {state}; shared with {members} online "
                      f"member{'' if members == 1 else 's'}")
-        lines += [f"  {t['path']}  {size(t['done'])} of {size(t['size'])}"
+        lines += [f"  {shown(t['path'], WIDE)}  {size(t['done'])} of {size(t['size'])}"
                   for t in folder["transfers"]]
+        listed = folder.get("waiting", [])[:WAITING_SHOWN]
+        lines += [f"  waiting: {shown(w['path'], WIDE)}: {shown(w['reason'], WIDE)}"
+                  f" (next try {later(w['retry_in'])})" for w in listed]
+        if waiting > len(listed):
+            lines.append(f"  waiting: {waiting - len(listed)} more (see --json)")
     return "\n".join(lines)
+
+
+def later(seconds: float) -> str:
+    """`now`, `in 40s`, `in 4m 10s`."""
+    if seconds < 1:
+        return "now"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"in {minutes}m {rest}s" if minutes else f"in {rest}s"
 
 
 def conflicts(rows: list[dict[str, Any]]) -> str:

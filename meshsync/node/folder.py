@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
+import random
 import secrets
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -26,14 +28,15 @@ from meshsync.core.ids import NodeId
 from meshsync.core.paths import RelPath, parent
 from meshsync.core.plan import Action, decide
 from meshsync.core.records import FileRecord, Kind
-from meshsync.core.throttle import Throttle
-from meshsync.core.vclock import Order, Vector
+from meshsync.core.throttle import Throttle, shown
+from meshsync.core.vclock import MAX_OWN_COUNTER, Order, Vector
 from meshsync.core.wire import MAX_BLOCKS_PER_REQUEST, BlockRequest, IndexRequest, Records, Signed
 from meshsync.fs import apply, scan, versions
 from meshsync.fs.ignore import IGNORE_FILE, Ignore
 from meshsync.fs.watch import watch
+from meshsync.node.clock import Clock
 from meshsync.node.config import Folder, Keep
-from meshsync.store.index import Entry, Index, Need
+from meshsync.store.index import Entry, Index, IndexUnusable, Need
 
 log = logging.getLogger("meshsync.folder")
 
@@ -48,8 +51,14 @@ RETRY_UNSTABLE = 0.5
 # with the same size right after we hashed it can look unchanged. One hashed while its mtime
 # was this fresh is hashed again once it is older (git calls these entries racy).
 RACY = 2.0
-RETRY_NEEDS = 2.0
+RETRY_NEEDS = 2.0  # the wait after a failed attempt at a path, doubled after each one in a row
+MAX_BACKOFF = 300.0
+JITTER = 0.1  # each wait is cut by up to this share, so retries of many paths spread out
+NEEDS_PER_PASS = 10000  # versions attempted per pass, besides those waiting for their retry
 FILES_PER_GROUP = 256
+LOCAL_NEWS = 1000  # index rows looked through for blocks that may fill a waiting file
+WAITING_SHOWN = 100  # paths listed by `meshsync status`
+LOGGED_PER_PASS = 5  # failures logged per pass and cause; `meshsync status` lists them all
 
 
 class Mesh(Protocol):
@@ -86,11 +95,13 @@ R = TypeVar("R")
 @dataclass(slots=True)
 class _Batch:
     """What a batch of disk work produced: index items, paths to scan again (the user changed
-    them meanwhile, or sync made a conflict copy there), and directories to keep."""
+    them meanwhile, or sync made a conflict copy there), directories to keep, and versions
+    that could not be written (with a cause and a reason)."""
 
     done: list[_Done] = field(default_factory=list)
     changed: set[RelPath] = field(default_factory=set)
     revive: set[RelPath] = field(default_factory=set)
+    failed: list[tuple[Need, str, str]] = field(default_factory=list)
 
 
 def _done(need: Need, seen: scan.Seen | None) -> _Done:
@@ -120,6 +131,109 @@ class _Progress:
     done: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Lack:
+    """What a file's temp still lacked after an attempt, with the index's seq before it."""
+
+    seq: int
+    first: tuple[int, ...]  # the first missing block indexes: asked for before opening it again
+    missing: int
+
+
+@dataclass(slots=True)
+class _Wait:
+    """A queued version whose last attempt failed: why, and when it is tried again."""
+
+    need: tuple[Vector, str, bytes]  # which version (see _identity): another one starts afresh
+    reason: str  # one line, for people
+    delay: float
+    due: float
+    lack: _Lack | None = None
+
+
+def _identity(need: Need) -> tuple[Vector, str, bytes]:
+    return need.record.version, need.record.origin, need.signature
+
+
+class _Retries:
+    """Per path, the backoff of queued versions whose last attempt failed.
+
+    Kept in memory only: a restart tries every path at once.
+    """
+
+    def __init__(self) -> None:
+        self._waits: dict[RelPath, _Wait] = {}
+
+    def __len__(self) -> int:
+        return len(self._waits)
+
+    def due(self, needs: list[Need], now: float, complete: bool) -> list[Need]:
+        """The needs to attempt at `now`; forgets the waits of versions replaced or no longer
+        queued (`complete`: `needs` is every queued version, not the first in path order)."""
+        queued = {n.record.path: n for n in needs}
+        last = None if complete or not needs else needs[-1].record.path
+
+        def stale(path: RelPath, wait: _Wait) -> bool:
+            need = queued.get(path)
+            if need is None:  # gone, unless it lies beyond the needs read
+                return last is None or path <= last
+            return _identity(need) != wait.need
+
+        for path in [p for p, w in self._waits.items() if stale(p, w)]:
+            del self._waits[path]
+        return [n for n in needs if (w := self._waits.get(n.record.path)) is None or w.due <= now]
+
+    def failed(self, need: Need, reason: str, now: float, lack: _Lack | None = None) -> float:
+        """Wait longer before trying `need` again; returns the seconds until then."""
+        path, old = need.record.path, self._waits.get(need.record.path)
+        delay = RETRY_NEEDS
+        if old is not None and old.need == _identity(need):
+            delay = min(max(old.delay * 2, RETRY_NEEDS), MAX_BACKOFF)
+        wait = delay * (1 - JITTER * random.random())  # noqa: S311 (spreading, not secrecy)
+        self._waits[path] = _Wait(_identity(need), reason, delay, now + wait, lack)
+        return wait
+
+    def succeeded(self, path: RelPath) -> None:
+        """Forget a path written, or whose version is no longer wanted."""
+        self._waits.pop(path, None)
+
+    def lack(self, need: Need) -> _Lack | None:
+        """What the temp of this version lacked after its last attempt, if that is known."""
+        wait = self._waits.get(need.record.path)
+        return wait.lack if wait is not None and wait.need == _identity(need) else None
+
+    def retry_now(self) -> None:
+        """Make every path due, its backoff back at the start (what its temp lacks is kept)."""
+        for wait in self._waits.values():
+            wait.delay, wait.due = 0.0, float("-inf")
+
+    def next_due(self, now: float) -> float | None:
+        """Seconds until the first path is due again; None if none waits."""
+        return max(0.0, min(w.due for w in self._waits.values()) - now) if self._waits else None
+
+    def listing(self, now: float, limit: int) -> list[dict[str, Any]]:
+        """The first `limit` waiting paths in path order, for `meshsync status`."""
+        return [{"path": path, "reason": w.reason, "retry_in": round(max(0.0, w.due - now), 1)}
+                for path, w in sorted(self._waits.items())[:limit]]
+
+
+@dataclass(slots=True)
+class _Asking:
+    """The sources of one attempt, and which of them are no longer asked for which file."""
+
+    addresses: list[str]
+    barren: set[tuple[str, RelPath]] = field(default_factory=set)  # had none of what was asked
+    failed: set[str] = field(default_factory=set)
+
+    def asks(self, address: str, path: RelPath) -> bool:
+        """Whether `address` is still asked for blocks of `path`."""
+        return address not in self.failed and (address, path) not in self.barren
+
+    def gave_up(self, path: RelPath) -> bool:
+        """Whether no source is asked for `path` any more in this attempt."""
+        return not any(self.asks(address, path) for address in self.addresses)
+
+
 @dataclass(slots=True)
 class FolderSync:
     """The sync of one folder."""
@@ -129,12 +243,15 @@ class FolderSync:
     mesh: Mesh
     epoch: str
     keep: Keep = field(default_factory=Keep)
+    clock: Clock = field(default_factory=Clock)  # for retries; tests pass their own
     _dirty: set[RelPath] = field(default_factory=set)
     _want_full_scan: bool = True
     _scan_wake: asyncio.Event = field(default_factory=asyncio.Event)
     _need_wake: asyncio.Event = field(default_factory=asyncio.Event)
     _throttle: Throttle = field(default_factory=Throttle)
     _transfers: dict[str, _Progress] = field(default_factory=dict)
+    _retries: _Retries = field(default_factory=_Retries)
+    _failures: dict[RelPath, tuple[str, str, float]] = field(default_factory=dict)  # this pass's
     catch_up_wake: asyncio.Event = field(default_factory=asyncio.Event)
     _rewatch: asyncio.Event = field(default_factory=asyncio.Event)
     # Held by a scan, and by every write to the folder until the index records it: a scan
@@ -214,6 +331,13 @@ class FolderSync:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._scan_wake.wait(), UNMOUNTED_CHECK_EVERY)
             self._scan_wake.clear()
+            damaged = await asyncio.to_thread(self.index.take_damaged, self.id)
+            if damaged:  # rows the index could not read: what the disk holds, and ask again
+                log.warning("folder %s: %d damaged index rows set aside; rescanning them and "
+                            "asking peers again", self.id, len(damaged))
+                self._dirty |= damaged
+                await asyncio.to_thread(self.index.forget_peer_seqs, self.id)
+                self.catch_up_wake.set()
             was_mounted = self.mounted
             self.mounted = await asyncio.to_thread(self._check_marker, False)
             if self.mounted != was_mounted:
@@ -367,10 +491,18 @@ class FolderSync:
 
     def _judge(self, source: str, records: list[Signed]) -> int:
         queued: list[Need] = []
+        me = self.mesh.me.key
         for signed in records:
             record = signed.record
             if self.ignore.match(record.path, record.kind is Kind.DIR):
                 continue  # it stays local here
+            if record.version.get(me) > MAX_OWN_COUNTER:
+                # Taken, our next edit of it could not be counted: a faulty or forged history.
+                if self._throttle.allow((source, "own counter"), time.time()):
+                    log.warning("folder %s: refused %s from %s: it names version %d of this "
+                                "node, beyond any this node can make", self.id,
+                                shown(record.path), source, record.version.get(me))
+                continue
             self._weigh(Need(record, signed.signature, source), queued, verify=True)
         self.index.add_needs(self.id, queued)
         return len(queued)
@@ -440,6 +572,8 @@ class FolderSync:
             for key, address in self.mesh.sources(self.id):
                 try:
                     await self.catch_up(key, address)
+                except IndexUnusable:
+                    raise  # the node stops, saying why
                 except Exception as e:
                     failed = True
                     if self._throttle.allow((key, "catch-up"), time.time()):
@@ -490,40 +624,86 @@ class FolderSync:
 
     # -- writing -------------------------------------------------------------------------------
     async def _applies(self) -> None:
+        wait: float | None = None  # the one timer: until the first path waiting is due again
         while True:
-            await self._need_wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._need_wake.wait(), wait)
             self._need_wake.clear()
-            if not self.mounted:
-                continue
-            needs = await asyncio.to_thread(self.index.needs, self.id)
-            creates, deletes = _ordered(needs)
-            writes = await self._in_thread(self._apply_locally, creates)
-            # File contents go in groups, so a thousand small files cost a few round trips.
-            for at in range(0, len(writes), FILES_PER_GROUP):
-                await self._write_files(writes[at : at + FILES_PER_GROUP])
-            # Deletions last: a renamed file's new path takes its blocks from the old one.
-            await self._in_thread(self._apply_locally, deletes)
-            if await asyncio.to_thread(self._rejudge):
-                self._need_wake.set()
-            if self._temp_dirs:
-                async with self._disk:
-                    await asyncio.to_thread(self._sweep_temps)
-            if needs and not self._need_wake.is_set():
-                remaining = await asyncio.to_thread(self.index.need_totals, self.id)
-                if remaining[0]:
-                    asyncio.get_running_loop().call_later(RETRY_NEEDS, self._need_wake.set)
+            wait = await self.apply_due() if self.mounted else None
+
+    async def apply_due(self) -> float | None:
+        """Write the queued versions not waiting for a retry; returns the seconds until one is
+        due again (None: none is)."""
+        loaded = NEEDS_PER_PASS + len(self._retries)
+        needs = await asyncio.to_thread(self.index.needs, self.id, loaded)
+        complete = len(needs) < loaded
+        due = self._retries.due(needs, self.clock.now(), complete)
+        creates, deletes = _ordered(due)
+        writes = await self._in_thread(self._apply_locally, creates)
+        # File contents go in groups, so a thousand small files cost a few round trips.
+        for at in range(0, len(writes), FILES_PER_GROUP):
+            await self._write_files(writes[at : at + FILES_PER_GROUP])
+        # Deletions last: a renamed file's new path takes its blocks from the old one.
+        await self._in_thread(self._apply_locally, deletes)
+        self._report()
+        if await asyncio.to_thread(self._rejudge):
+            self._need_wake.set()
+        if self._temp_dirs:
+            async with self._disk:
+                await asyncio.to_thread(self._sweep_temps)
+        if not complete:  # the rest next time (a path waiting among them may be due already)
+            return RETRY_NEEDS
+        wait = self._retries.next_due(self.clock.now())
+        if due and not self._need_wake.is_set():
+            # Left without a retry of its own (the disk changed under it, say): soon again.
+            files, _ = await asyncio.to_thread(self.index.need_totals, self.id)
+            if files > len(self._retries):
+                wait = RETRY_NEEDS if wait is None else min(wait, RETRY_NEEDS)
+        return wait
+
+    def retry_now(self) -> None:
+        """Try every version waiting for a retry soon, from the start of its backoff (a member
+        came online: it may hold what they lack)."""
+        self._retries.retry_now()
+        self._need_wake.set()
+
+    def _fail(self, need: Need, cause: str, reason: str, lack: _Lack | None = None) -> None:
+        wait = self._retries.failed(need, reason, self.clock.now(), lack)
+        self._failures[need.record.path] = (cause, reason, wait)
+
+    def _report(self) -> None:
+        """Log this pass's failures: a few per cause, each path at most once per window."""
+        failures, self._failures = self._failures, {}
+        now, logged, unlogged = self.clock.now(), dict[str, int](), 0
+        for path, (cause, reason, wait) in sorted(failures.items()):
+            if logged.get(cause, 0) >= LOGGED_PER_PASS:
+                unlogged += 1
+            elif self._throttle.allow((path, cause), now):
+                logged[cause] = logged.get(cause, 0) + 1
+                # %r: a peer chose the path, and it may hold a newline or an escape sequence.
+                log.warning("folder %s: %r waits: %s; trying again in %.0f s", self.id, path,
+                            reason, wait)
+        if unlogged and self._throttle.allow(("unlogged", "waits"), now):
+            log.warning("folder %s: %d more path%s wait%s (meshsync status lists them)", self.id,
+                        unlogged, "" if unlogged == 1 else "s", "s" if unlogged == 1 else "")
 
     async def _in_thread(self, work: Callable[[_Batch, T], R], arg: T) -> R:
-        """Run a batch of disk work in a thread; paths it found changed are rescanned."""
+        """Run a batch of disk work in a thread; paths it found changed are rescanned, and
+        versions it wrote or could not write update their retries."""
         batch = _Batch()
         try:
             async with self._disk:
-                return await asyncio.to_thread(work, batch, arg)
+                result = await asyncio.to_thread(work, batch, arg)
         finally:
             self._revive |= batch.revive
             if batch.changed or batch.revive:
                 self._dirty |= batch.changed
                 self._scan_wake.set()
+            for need, cause, reason in batch.failed:
+                self._fail(need, cause, reason)
+        for record, *_ in batch.done:  # in the index now
+            self._retries.succeeded(record.path)
+        return result
 
     def _attempt(self, batch: _Batch, need: Need, step: Callable[[], _Done | None]) -> None:
         """Run one path's step; the disk having changed or a write failing spoils only it."""
@@ -533,8 +713,7 @@ class FolderSync:
             batch.changed.add(need.record.path)
             return
         except (apply.UnsafePath, apply.BadBlock, OSError, ValueError) as e:
-            if self._throttle.allow((need.record.path, "apply"), time.time()):
-                log.warning("folder %s: cannot write %s: %s", self.id, need.record.path, e)
+            batch.failed.append((need, "write", f"cannot write: {shown(e)}"))
             return
         if done is not None:
             batch.done.append(done)
@@ -574,6 +753,7 @@ class FolderSync:
         if not self._parent_present(record.path):
             # Its directory's own record has not come yet. Writing now would make the
             # directory, and the next scan would take it for a local creation (an echo).
+            batch.failed.append((need, "directory", "its directory has not come yet"))
             return None
         if record.kind is Kind.DIR:
             return _done(need, apply.make_dir(self.root, record, expected))
@@ -591,42 +771,55 @@ class FolderSync:
         return above is None or (self.root / above).is_symlink() or (self.root / above).exists()
 
     async def _write_files(self, writes: list[_Write]) -> None:
-        """Write a group of files: local blocks first, then the rest in shared requests."""
+        """Write a group of files: local blocks first, then the rest in shared requests.
+
+        A file that lacked blocks at its last attempt is not opened again unless a source has
+        some of its first missing blocks now, or the index holds new blocks that may fill it.
+        """
+        seq = await asyncio.to_thread(self.index.max_seq, self.id)
+        known = {w.need.record.path: (w.need.record, lack) for w in writes
+                 if (lack := self._retries.lack(w.need)) is not None}
+        settled = await asyncio.to_thread(self._nothing_new_here, known, seq)
+        source = writes[0].need.source if writes else ""
+        unsupplied = await self._probe([(known[path][0], lack) for path, lack in settled.items()],
+                                       source)
+        lacks = {path: settled[path] for path in unsupplied}
+        trying = [w for w in writes if w.need.record.path not in unsupplied]
         opened: list[_Opened] = []
         try:
-            wanted = await self._in_thread(self._open_all, (writes, opened))
+            wanted, spoiled = await self._in_thread(self._open_all, (trying, opened, set(settled)))
             for write, _ in opened:
                 record = write.need.record
                 self._transfers[record.path] = _Progress(record.path, record.size)
-            source = writes[0].need.source if writes else ""
-            lacking: set[str] = set()
-            for at in range(0, len(wanted), MAX_BLOCKS_PER_REQUEST):
-                part = wanted[at : at + MAX_BLOCKS_PER_REQUEST]
-                got = await self._fetch([digest for _, _, digest in part], source)
-                found = [(w, got[w[2]]) for w in part if w[2] in got]
-                lacking |= {w[0].record.path for w in part if w[2] not in got}
-                await asyncio.to_thread(_write_all, found)
-                for (incoming, _, _), data in found:
-                    if progress := self._transfers.get(incoming.record.path):
-                        progress.done += len(data)
+            failed = await self._fetch_all(wanted, source, spoiled)
+            spoiled |= set(failed)
+            lacks |= {w.need.record.path: lack for w, incoming in opened
+                      if w.need.record.path not in spoiled
+                      and (lack := _lack(incoming, seq)) is not None}
             # A version set aside and queued again is only worth the wait while someone still
             # holds it: if no member can supply it, it was replaced everywhere.
             gone = [w.need for w in writes
-                    if w.need.record.path in lacking and w.need.source == REVIVED]
+                    if w.need.record.path in lacks and w.need.source == REVIVED]
             for need in gone:  # unless a newer version was queued meanwhile
                 await asyncio.to_thread(self.index.drop_need, self.id, need.record.path,
                                         need.record)
-            lacking -= {need.record.path for need in gone}
-            if lacking and self._throttle.allow("lacking", time.time()):
-                log.warning("folder %s: no member has all of %s yet; will try again", self.id,
-                            ", ".join(sorted(lacking)[:5]) + (" …" if len(lacking) > 5 else ""))
+                self._retries.succeeded(need.record.path)
+            for write in writes:
+                need = write.need
+                if (lack := lacks.get(need.record.path)) is not None and need not in gone:
+                    self._fail(need, "blocks", f"no member has all of its blocks ({lack.missing}"
+                               f" of {len(need.record.blocks)} missing)", lack)
+                elif need.record.path in failed:
+                    self._fail(need, "write",
+                               f"cannot write: {shown(failed[need.record.path])}")
             # A file lacking a block waits (its temp kept); the others go into place now.
             await self._in_thread(self._commit_all, [
                 (w, i) for w, i in opened
-                if w.need.record.path not in lacking and w.need not in gone])
-        except OSError as e:  # writing a temp file failed (a full disk, say): all wait
-            if self._throttle.allow("write", time.time()):
-                log.warning("folder %s: cannot write received blocks: %s", self.id, e)
+                if w.need.record.path not in lacks and w.need.record.path not in spoiled])
+        except OSError as e:  # syncing the folder failed (a full disk, say): all wait
+            for write in writes:
+                if write.need.record.path not in lacks | self._failures.keys():
+                    self._fail(write.need, "write", f"cannot write: {shown(e)}")
         finally:
             # A temp file left behind is resumed later, unless its version is no longer wanted
             # by then (see _sweep_temps); only its handles go now.
@@ -636,21 +829,69 @@ class FolderSync:
             for write, _ in opened:
                 self._transfers.pop(write.need.record.path, None)
 
+    def _nothing_new_here(self, known: dict[RelPath, tuple[FileRecord, _Lack]],
+                          seq: int) -> dict[RelPath, _Lack]:
+        """Of the files whose temp lacked blocks, those that no block put in the index since
+        can fill, each with its lack brought up to `seq`; runs in a thread."""
+        if not known:
+            return {}
+        oldest = min(lack.seq for _, lack in known.values())
+        news = self.index.since(self.id, oldest, LOCAL_NEWS) if oldest < seq else []
+        if len(news) == LOCAL_NEWS:  # too much changed to look through: all look again
+            return {path: lack for path, (_, lack) in known.items() if lack.seq == seq}
+        put_at = {digest: e.seq for e in news for digest in e.record.blocks}  # the last put
+        return {path: replace(lack, seq=seq) for path, (record, lack) in known.items()
+                if all(put_at.get(digest, 0) <= lack.seq for digest in record.blocks)}
+
+    async def _probe(self, lacking: list[tuple[FileRecord, _Lack]], source: str) -> set[RelPath]:
+        """Of files known to lack blocks, those no source has any of the first missing ones of."""
+        asking = self._asking(source)
+        supplied: set[RelPath] = set()
+        wanted = [(r.path, r.blocks[i]) for r, lack in lacking for i in lack.first]
+        for part in _parts(wanted, lambda path: path in supplied or asking.gave_up(path)):
+            got = await self._fetch(part, asking)
+            supplied.update(path for path, digest in part if digest in got)
+        return {r.path for r, _ in lacking} - supplied
+
+    async def _fetch_all(self, wanted: list[_Wanted], source: str,
+                         skip: set[RelPath]) -> dict[RelPath, Exception]:
+        """Fetch the blocks wanted and write them; returns the files a write failed for."""
+        asking = self._asking(source)
+        failed: dict[RelPath, Exception] = {}
+        blocks = [(w[0].record.path, w) for w in wanted]
+        for part in _parts(blocks, lambda path: path in skip or path in failed
+                           or asking.gave_up(path)):
+            got = await self._fetch([(path, w[2]) for path, w in part], asking)
+            found = [(w, got[w[2]]) for _, w in part if w[2] in got]
+            failed.update(await asyncio.to_thread(_write_all, found))
+            for (incoming, _, _), data in found:
+                if progress := self._transfers.get(incoming.record.path):
+                    progress.done += len(data)
+        return failed
+
     def _open_all(
-        self, batch: _Batch, group: tuple[list[_Write], list[_Opened]]
-    ) -> list[_Wanted]:
-        """Open each file's temp, fill it from local blocks; return the blocks still wanted."""
-        writes, opened = group
+        self, batch: _Batch, group: tuple[list[_Write], list[_Opened], set[RelPath]]
+    ) -> tuple[list[_Wanted], set[RelPath]]:
+        """Open each file's temp and fill it from local blocks (but those in the set, which the
+        index holds nothing new for); return the blocks still wanted and the files that failed."""
+        writes, opened, settled = group
         wanted: list[_Wanted] = []
         for write in writes:
-            self._attempt(batch, write.need, partial(self._open_one, write, opened, wanted))
-        return wanted
+            look = write.need.record.path not in settled
+            self._attempt(batch, write.need, partial(self._open_one, write, opened, wanted, look))
+        return wanted, {need.record.path for need, _, _ in batch.failed}
 
-    def _open_one(self, write: _Write, opened: list[_Opened], wanted: list[_Wanted]) -> None:
+    def _open_one(self, write: _Write, opened: list[_Opened], wanted: list[_Wanted],
+                  look: bool) -> None:
         record = write.need.record
         incoming = apply.Incoming.open(self.root, record)
         opened.append((write, incoming))
-        wanted.extend((incoming, i, record.blocks[i]) for i in self._fill_locally(incoming, record))
+        if look:
+            missing = self._fill_locally(incoming, record)
+        else:
+            have = incoming.have()
+            missing = [i for i in range(len(record.blocks)) if i not in have]
+        wanted.extend((incoming, i, record.blocks[i]) for i in missing)
 
     def _sweep_temps(self) -> None:
         """Delete the temporary files of versions we no longer wait for (replaced, dropped, or
@@ -698,22 +939,38 @@ class FolderSync:
                 incoming.write_block(i, data)
         return missing
 
-    async def _fetch(self, hashes: list[bytes], source: str) -> dict[bytes, bytes]:
-        """The blocks asked for that some member has: the source first, then the others."""
-        got: dict[bytes, bytes] = {}
+    def _asking(self, source: str) -> _Asking:
+        """The online members to ask for blocks in one attempt, `source` first."""
         sources = sorted(self.mesh.sources(self.id), key=lambda s: s[0] != source)
-        for _, address in sources:
-            wanted = tuple(dict.fromkeys(h for h in hashes if h not in got))
+        return _Asking([address for _, address in sources])
+
+    async def _fetch(self, part: list[tuple[RelPath, bytes]],
+                     asking: _Asking) -> dict[bytes, bytes]:
+        """The blocks (of the files named) that some member has, asking each in turn.
+
+        A member that has none of a file's blocks asked for is not asked for that file again
+        in this attempt, nor one that fails for anything: what no member can supply costs a
+        request per member, not one per 64 blocks of it.
+        """
+        got: dict[bytes, bytes] = {}
+        for address in asking.addresses:
+            ask = [(p, d) for p, d in part if d not in got and asking.asks(address, p)]
+            wanted = tuple(dict.fromkeys(d for _, d in ask))
             if not wanted:
-                break
+                continue
             try:
                 answer = await self.mesh.fetch_blocks(address, BlockRequest(self.folder.id, wanted))
             except Exception as e:
                 log.debug("folder %s: blocks from %s failed: %s", self.id, address, e)
+                asking.failed.add(address)
                 continue
+            had: set[bytes] = set()
             for digest, data in zip(wanted, answer, strict=True):
                 if data is not None and _sha256(data) == digest:
                     got[digest] = data
+                    had.add(digest)
+            asking.barren |= {(address, p) for p, _ in ask} - {(address, p) for p, d in ask
+                                                               if d in had}
         return got
 
     def _keeper(self, batch: _Batch, loser: FileRecord | None) -> apply.KeepOld:
@@ -761,6 +1018,7 @@ class FolderSync:
     def status(self) -> dict[str, Any]:
         """This folder's line in `meshsync status --json`."""
         files, size = self.index.need_totals(self.id)
+        waiting = len(self._retries) if files else 0  # the waits of dropped needs go next pass
         return {
             "id": self.id,
             "path": str(self.root),
@@ -771,6 +1029,8 @@ class FolderSync:
                              for e in self.index.conflict_copies(self.id)),
             "transfers": [{"path": p.path, "size": p.size, "done": p.done}
                           for p in self._transfers.values()],
+            "waiting": self._retries.listing(self.clock.now(), WAITING_SHOWN) if waiting else [],
+            "waiting_count": waiting,
         }
 
 
@@ -839,9 +1099,42 @@ def _close_all(opened: list[_Opened]) -> None:
         incoming.close()
 
 
-def _write_all(found: list[tuple[_Wanted, bytes]]) -> None:
+def _write_all(found: list[tuple[_Wanted, bytes]]) -> dict[RelPath, Exception]:
+    """Write the blocks found; returns the files a write failed for (the rest of each skipped)."""
+    failed: dict[RelPath, Exception] = {}
     for (incoming, i, _), data in found:
-        incoming.write_block(i, data)
+        if incoming.record.path not in failed:
+            try:
+                incoming.write_block(i, data)
+            except (OSError, apply.BadBlock) as e:
+                failed[incoming.record.path] = e
+    return failed
+
+
+def _parts(items: list[tuple[RelPath, T]], skip: Callable[[RelPath], bool],
+           ) -> Iterator[list[tuple[RelPath, T]]]:
+    """Items (each of a file) a request's worth at a time, leaving out the files `skip` names
+    by the time their items come: a generator, so what earlier requests found counts."""
+    part: list[tuple[RelPath, T]] = []
+    for item in items:
+        if skip(item[0]):
+            continue
+        part.append(item)
+        if len(part) == MAX_BLOCKS_PER_REQUEST:
+            yield part
+            part = []
+    if part:
+        yield part
+
+
+def _lack(incoming: apply.Incoming, seq: int) -> _Lack | None:
+    """What a temp still lacks (None: nothing), with the index's seq before it was filled."""
+    have = incoming.have()
+    missing = len(incoming.record.blocks) - len(have)
+    if not missing:
+        return None
+    absent = (i for i in range(len(incoming.record.blocks)) if i not in have)
+    return _Lack(seq, tuple(itertools.islice(absent, MAX_BLOCKS_PER_REQUEST)), missing)
 
 
 def _sha256(data: bytes) -> bytes:

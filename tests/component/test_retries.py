@@ -1,0 +1,319 @@
+"""Versions that cannot be written yet: real SQLite and files, a mesh in the test, a fake clock.
+
+What no member can supply, or what the disk refuses, is tried again after a wait that doubles
+up to a cap; one attempt costs a request per member however many blocks are missing; status
+lists each waiting path with why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshsync.core.ids import NodeId
+from meshsync.core.paths import RelPath
+from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
+from meshsync.core.vclock import Vector
+from meshsync.core.wire import MAX_BLOCKS_PER_REQUEST, BlockRequest, FolderId, IndexRequest, Records
+from meshsync.fs import apply
+from meshsync.node import folder
+from meshsync.node.clock import Clock
+from meshsync.node.config import Folder
+from meshsync.node.folder import JITTER, MAX_BACKOFF, RETRY_NEEDS, FolderSync
+from meshsync.store.index import Index, Need
+
+ORIGIN = "0123456789abcdef"
+FOLDER = FolderId("photos")
+
+
+class FakeClock(Clock):
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:  # type: ignore[override]
+        return self.t
+
+    def wall(self) -> float:  # type: ignore[override]
+        return 1_700_000_000.0 + self.t
+
+    def wait_out(self, seconds: float) -> None:
+        """Let `seconds` pass, and a hair more: sums of floats round either way."""
+        self.t += seconds + 1e-6
+
+
+class Members:
+    """The Mesh a folder sees: online members that hold `blocks` (none, unless a test adds)."""
+
+    def __init__(self, count: int = 1) -> None:
+        self.addresses = [f"10.0.0.{n + 1}:7777" for n in range(count)]
+        self.blocks: dict[bytes, bytes] = {}
+        self.requests: list[tuple[str, int]] = []  # (address, hashes asked)
+
+    @property
+    def me(self) -> NodeId:
+        return NodeId(b"\x01" * 32)
+
+    def sign(self, message: bytes) -> bytes:
+        return b"signed"
+
+    def origin_key(self, origin: str, signature: bytes, message: bytes) -> bool:
+        return True
+
+    def sources(self, folder: str) -> list[tuple[str, str]]:
+        return [(f"key{n}", address) for n, address in enumerate(self.addresses)]
+
+    async def publish(self, notice: Records) -> None:
+        pass
+
+    async def fetch_blocks(self, address: str, request: BlockRequest) -> list[bytes | None]:
+        assert 0 < len(request.hashes) <= MAX_BLOCKS_PER_REQUEST
+        self.requests.append((address, len(request.hashes)))
+        return [self.blocks.get(h) for h in request.hashes]
+
+    async def fetch_index(self, address: str, request: IndexRequest) -> Records:
+        raise ConnectionError("not in these tests")
+
+    def taken(self) -> list[tuple[str, int]]:
+        """The requests made since the last call."""
+        taken, self.requests = self.requests, []
+        return taken
+
+
+def content(label: str, blocks: int) -> list[bytes]:
+    return [hashlib.sha256(f"{label} {n}".encode()).digest() * (BLOCK_SIZE // 32)
+            for n in range(blocks)]
+
+
+def record(path: str, data: list[bytes], counter: int = 1) -> FileRecord:
+    return FileRecord(RelPath(path), Kind.FILE, Vector.of({ORIGIN: counter}), ORIGIN,
+                      size=sum(map(len, data)), mode=0o644, mtime_ns=1_700_000_000 * 10**9,
+                      blocks=tuple(hashlib.sha256(b).digest() for b in data))
+
+
+def unheld(path: str, blocks: int, counter: int = 1) -> FileRecord:
+    """A file of `blocks` blocks whose contents nobody has (only their hashes are made)."""
+    hashes = tuple(hashlib.sha256(f"{path} {counter} {n}".encode()).digest()
+                   for n in range(blocks))
+    return FileRecord(RelPath(path), Kind.FILE, Vector.of({ORIGIN: counter}), ORIGIN,
+                      size=blocks * BLOCK_SIZE, mode=0o644, mtime_ns=1_700_000_000 * 10**9,
+                      blocks=hashes)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[Index]:
+    opened = Index(tmp_path / "index.db")
+    yield opened
+    opened.close()
+
+
+def folder_sync(tmp_path: Path, index: Index, mesh: Members, clock: FakeClock) -> FolderSync:
+    root = tmp_path / "photos"
+    (root / ".meshsync").mkdir(parents=True)
+    return FolderSync(Folder(FOLDER, root), index, mesh, "epoch", clock=clock)
+
+
+def queue(index: Index, *records: FileRecord) -> None:
+    index.add_needs(FOLDER, [Need(r, b"sig:" + r.path.encode(), "key0") for r in records])
+
+
+def doubled(attempts: int) -> float:
+    return min(RETRY_NEEDS * 2.0 ** (attempts - 1), MAX_BACKOFF)
+
+
+async def test_a_version_no_member_can_supply_waits_twice_as_long_after_each_attempt_up_to_a_cap(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    mesh = Members()
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    queue(index, unheld("film.mkv", 5))
+    waits = []
+    for _ in range(10):
+        wait = await sync.apply_due()
+        assert wait is not None
+        assert mesh.taken(), "each attempt asks again"
+        # Before it is due, a pass (the scanner wakes the loop every few seconds) asks nothing.
+        clock.t += wait / 2
+        assert await sync.apply_due() == pytest.approx(wait / 2)
+        assert not mesh.taken()
+        clock.wait_out(wait / 2)
+        waits.append(wait)
+    for attempt, wait in enumerate(waits, 1):
+        assert doubled(attempt) * (1 - JITTER) <= wait <= doubled(attempt)
+    assert doubled(10) == MAX_BACKOFF, "ten attempts reach the cap"
+    assert not (tmp_path / "photos" / "film.mkv").exists()
+
+
+async def test_an_attempt_at_a_100000_block_version_no_member_has_asks_each_member_once(
+        tmp_path: Path, index: Index, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    mesh = Members(count=3)
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    queue(index, unheld("disk.img", 100_000))
+    opened: list[str] = []
+    real_open = apply.Incoming.open
+
+    def counted_open(root: Path, r: FileRecord) -> apply.Incoming:
+        opened.append(r.path)
+        return real_open(root, r)
+
+    monkeypatch.setattr(apply.Incoming, "open", counted_open)
+
+    wait = await sync.apply_due()
+    assert sorted(address for address, _ in mesh.taken()) == sorted(mesh.addresses)
+    assert opened == ["disk.img"]
+    for _ in range(3):
+        assert wait is not None
+        clock.wait_out(wait)
+        wait = await sync.apply_due()
+        requests = mesh.taken()
+        assert sorted(address for address, _ in requests) == sorted(mesh.addresses)
+        assert all(hashes <= MAX_BLOCKS_PER_REQUEST for _, hashes in requests)
+    assert opened == ["disk.img"], "nothing changed here: its temp file is not read again"
+    assert sync.status()["waiting"][0]["reason"] == (
+        "no member has all of its blocks (100000 of 100000 missing)")
+
+
+async def test_a_waiting_version_is_opened_again_once_a_member_has_some_of_what_it_lacks(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    mesh = Members(count=2)
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    data = content("song", 200)
+    queue(index, record("song.flac", data))
+    wait = await sync.apply_due()
+    assert wait is not None
+    mesh.blocks = {hashlib.sha256(b).digest(): b for b in data}
+    clock.wait_out(wait)
+    assert await sync.apply_due() is None
+    assert (tmp_path / "photos" / "song.flac").read_bytes() == b"".join(data)
+    assert sync.status()["waiting"] == []
+
+
+async def test_a_member_with_only_the_first_blocks_is_not_asked_for_the_rest_again_and_again(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    mesh = Members()
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    data = content("tape", 1000)
+    queue(index, record("tape.tar", data))
+    mesh.blocks = {hashlib.sha256(b).digest(): b for b in data[:MAX_BLOCKS_PER_REQUEST]}
+    await sync.apply_due()
+    assert len(mesh.taken()) == 2  # what it had, then a request it had nothing of
+    assert sync.status()["waiting"][0]["reason"] == (
+        f"no member has all of its blocks ({1000 - MAX_BLOCKS_PER_REQUEST} of 1000 missing)")
+
+
+async def test_status_lists_a_waiting_path_with_its_reason_and_the_folder_stays_syncing(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    mesh = Members()
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    data = content("doc", 5)
+    mesh.blocks = {hashlib.sha256(b).digest(): b for b in data[:2]}
+    queue(index, record("doc.pdf", data), *(unheld(f"more/{n:03}.bin", 1) for n in range(120)))
+    (tmp_path / "photos" / "more").mkdir()
+    wait = await sync.apply_due()
+    assert wait is not None
+    clock.t += 1.0
+
+    status = sync.status()
+    assert status["state"] == "syncing"
+    assert status["waiting_count"] == 121
+    assert len(status["waiting"]) == 100
+    first = status["waiting"][0]
+    assert first["path"] == "doc.pdf"
+    assert first["reason"] == "no member has all of its blocks (3 of 5 missing)"
+    assert RETRY_NEEDS * (1 - JITTER) - 1.0 <= first["retry_in"] <= RETRY_NEEDS - 1.0
+
+
+async def test_a_new_version_of_a_waiting_path_is_tried_at_once_and_its_wait_starts_afresh(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    mesh = Members()
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    queue(index, unheld("clip.mov", 3))
+    waits = []
+    for _ in range(4):
+        wait = await sync.apply_due()
+        assert wait is not None
+        waits.append(wait)
+        clock.wait_out(wait)
+    assert waits[-1] >= doubled(4) * (1 - JITTER)
+    mesh.taken()
+
+    clock.t -= 1.0  # the old version is not due yet; the new one is
+    queue(index, unheld("clip.mov", 3, counter=2))
+    wait = await sync.apply_due()
+    assert mesh.taken()
+    assert wait is not None
+    assert wait <= RETRY_NEEDS
+
+
+async def test_retry_now_tries_every_waiting_path_at_once_and_starts_their_waits_afresh(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    mesh = Members()
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    queue(index, unheld("a.bin", 2), unheld("b.bin", 70))
+    for attempt in range(1, 6):
+        await sync.apply_due()
+        if attempt < 5:
+            clock.t += doubled(attempt)  # both are due by then, whatever their jitter
+    assert all(w["retry_in"] >= doubled(5) * (1 - JITTER) for w in sync.status()["waiting"])
+    mesh.taken()
+
+    sync.retry_now()
+    wait = await sync.apply_due()
+    assert len(mesh.taken()) == 1, "both probed in one request"
+    assert wait is not None
+    assert wait <= RETRY_NEEDS
+    assert all(w["retry_in"] <= RETRY_NEEDS for w in sync.status()["waiting"])
+
+
+async def test_a_write_the_disk_refuses_waits_and_says_why_then_goes_through(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    mesh = Members()
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    data = content("note", 2)
+    mesh.blocks = {hashlib.sha256(b).digest(): b for b in data}
+    blocker = tmp_path / "photos" / "notes"
+    blocker.write_text("a file where the directory should be")
+    queue(index, record("notes/today.txt", data))
+
+    waits = []
+    for _ in range(3):
+        wait = await sync.apply_due()
+        assert wait is not None
+        waits.append(wait)
+        clock.wait_out(wait)
+    assert waits[2] >= doubled(3) * (1 - JITTER)
+    [waiting] = sync.status()["waiting"]
+    assert waiting["path"] == "notes/today.txt"
+    assert waiting["reason"].startswith("cannot write: ")
+
+    blocker.unlink()
+    blocker.mkdir()
+    assert await sync.apply_due() is None
+    assert (blocker / "today.txt").read_bytes() == b"".join(data)
+    assert sync.status()["state"] == "in sync"
+    assert sync.status()["waiting_count"] == 0
+
+
+async def test_a_waiting_path_is_logged_once_per_window_with_anything_unprintable_escaped(
+        tmp_path: Path, index: Index, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    mesh = Members()
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    evil = "evil\n2026-01-01 node: \x1b[31mforged.bin"
+    queue(index, unheld(evil, 1))
+    with caplog.at_level(logging.WARNING, logger=folder.log.name):
+        for _ in range(4):  # 2 + 4 + 8 + 16 s: within one window
+            wait = await sync.apply_due()
+            assert wait is not None
+            clock.wait_out(wait)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1
+    assert repr(evil) in lines[0]
+    assert "\n" not in lines[0]
+    assert "\x1b" not in lines[0]
