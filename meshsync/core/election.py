@@ -23,6 +23,23 @@ from meshsync.core.ids import NodeId
 
 DOWN_AFTER = 3.0
 GRACE = 2.0
+# No mesh holds more elections than this many a second, ever: a term above the ceiling it
+# gives for the present is a claim no honest node can have made.
+TERMS_PER_SECOND = 1000
+TERM_EPOCH = 1_767_225_600  # 2026-01-01 00:00:00 UTC
+TERM_BASE = 2**32  # room for any honest term, whatever a node's clock says
+
+
+def term_ceiling(wall: float) -> int:
+    """The highest term a node accepts at wall-clock time `wall`.
+
+    A faulty or hostile member that claims a huge term would otherwise drag every node to it,
+    and the next election's term (one more) would then be past what the wire carries: the
+    mesh would split for good. The ceiling grows with time, so a term a hostile member put at
+    the ceiling is followed, one election later, by a term that is valid a millisecond later
+    (members repeat their hellos every second); and it stays below 2**53 for 280,000 years.
+    """
+    return TERM_BASE + max(0, int((wall - TERM_EPOCH) * TERMS_PER_SECOND))
 
 
 # Events (past tense)

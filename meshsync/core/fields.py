@@ -17,6 +17,11 @@ def check_int(data: dict[str, Any], key: str, low: int, high: int) -> int:
     return value
 
 
+def is_unicode(text: str) -> bool:
+    """Whether `text` has no lone surrogate (JSON can spell one; UTF-8 and SQLite cannot)."""
+    return text.isascii() or not any("\ud800" <= c <= "\udfff" for c in text)
+
+
 def check_digest(text: object) -> bytes:
     """A SHA-256 digest given as 64 hex digits."""
     # bytes.fromhex alone would skip whitespace and return a digest shorter than 32 bytes.

@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from meshsync.core.errors import WireError
-from meshsync.core.fields import check_digest, check_int
+from meshsync.core.fields import check_digest, check_int, is_unicode
 from meshsync.core.paths import RelPath, check_path
 from meshsync.core.vclock import Vector
 
@@ -92,7 +92,8 @@ class FileRecord:
             raise WireError("deleted must be true or false")
         if not isinstance(origin, str) or len(origin) != 16 or not _KEY_DIGITS.issuperset(origin):
             raise WireError("bad origin")
-        if not isinstance(target, str) or len(target) > MAX_TARGET or "\0" in target:
+        if (not isinstance(target, str) or len(target) > MAX_TARGET or "\0" in target
+                or not is_unicode(target)):
             raise WireError("bad symlink target")
         size = check_int(data, "size", 0, MAX_SIZE)
         if not isinstance(blocks, list) or len(blocks) != _block_count(kind, deleted, size):

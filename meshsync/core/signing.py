@@ -17,6 +17,7 @@ AUTHORIZATION = "Authorization"
 TIME = "X-Meshsync-Time"
 NONCE = "X-Meshsync-Nonce"
 DIGEST = "X-Meshsync-Digest"
+TARGET = "X-Meshsync-Target"
 RESPONSE_SIGNATURE = "X-Meshsync-Signature"
 SCHEME = "Meshsync "
 
@@ -28,21 +29,30 @@ def body_digest(body: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RequestHead:
-    """The signed parts of a request: everything but the body, which the digest stands for."""
+    """The signed parts of a request: everything but the body, which the digest stands for.
+
+    `target` is the ID of the node the request is meant for, so that no other member accepts
+    it: a request one member received cannot be replayed to another.
+    """
 
     method: str
     path: str
     query: str
+    target: str
     time: str
     nonce: str
     digest: str
 
     def canonical(self) -> bytes:
         """The exact bytes the sender signs (SSHSIG, namespace `meshsync`)."""
-        fields = (self.method.upper(), self.path, self.query, self.time, self.nonce, self.digest)
+        fields = (self.method.upper(), self.path, self.query, self.target, self.time,
+                  self.nonce, self.digest)
         if any("\n" in f for f in fields):
             raise AuthError("a signed field contains a newline")
-        return ("meshsync-request-v1\n" + "\n".join(fields) + "\n").encode()
+        try:
+            return ("meshsync-request-v2\n" + "\n".join(fields) + "\n").encode()
+        except UnicodeEncodeError:  # aiohttp hands on a header's non-UTF-8 bytes as surrogates
+            raise AuthError("a signed field is not valid UTF-8") from None
 
     def sent_at(self) -> float:
         """The sender's wall-clock timestamp; AuthError if it is not a number."""

@@ -9,8 +9,11 @@ from enum import Enum
 from meshsync.core.errors import WireError
 
 MAX_ENTRIES = 1024
-# Counters a peer may send: half of SQLite's range, so local bumps never run out of room.
+# Counters a peer may send: half of SQLite's range.
 MAX_COUNTER = 2**62
+# A node takes no version that names a counter of its own above this: its own bumps then
+# stay below MAX_COUNTER for 2**61 edits, so they are always valid for every peer.
+MAX_OWN_COUNTER = 2**61
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -39,13 +42,14 @@ class Vector:
         return dict(self.counters).get(key, 0)
 
     def bump(self, key: str, floor: int = 0) -> Vector:
-        """This vector with `key`'s counter past every counter in it, and at least `floor`.
+        """This vector with `key`'s own counter raised by one, to at least `floor`.
 
-        Nodes pass the Unix time as the floor (as Syncthing does): a node whose index was
-        wiped, keeping its key, then cannot reuse a counter it gave an earlier version.
+        Nodes pass the Unix time as the floor (Syncthing's rule): a node whose index was wiped,
+        keeping its key, then cannot reuse a counter it gave an earlier version. Only the
+        node's own counter is looked at, so a peer that writes a huge counter under its own
+        key cannot push anyone else's counters towards the end of their range.
         """
-        top = max((v for _, v in self.counters), default=0)
-        return Vector.of({**dict(self.counters), key: max(top + 1, floor)})
+        return Vector.of({**dict(self.counters), key: max(self.get(key) + 1, floor)})
 
     def merge(self, other: Vector) -> Vector:
         """The least vector that descends from both."""

@@ -9,13 +9,17 @@ from dataclasses import dataclass
 from typing import Any, NewType
 
 from meshsync.core.errors import WireError
-from meshsync.core.fields import check_digest, check_int
+from meshsync.core.fields import check_digest, check_int, is_unicode
 from meshsync.core.ids import NodeId
 from meshsync.core.records import BLOCK_SIZE, FileRecord
 
 FolderId = NewType("FolderId", str)
 
-MAX_HELLO_BYTES = 64 * 1024
+# Room for the largest hello the limits below allow: 256 folder IDs of 255 bytes, which JSON's
+# escapes (`\u0001`) make up to six times as long.
+MAX_HELLO_BYTES = 512 * 1024
+MAX_INDEX_REQUEST_BYTES = 4096
+MAX_BLOCK_REQUEST_BYTES = 256 * 1024
 MAX_FOLDERS = 256
 MAX_NAME = 64
 MAX_BATCH_RECORDS = 2000
@@ -162,7 +166,7 @@ class Records:
         epoch = data.get("epoch", "")
         if not isinstance(records, list) or len(records) > MAX_BATCH_RECORDS:
             raise WireError(f"records must be a list of at most {MAX_BATCH_RECORDS}")
-        if not isinstance(epoch, str) or len(epoch) > 64:
+        if not isinstance(epoch, str) or len(epoch) > 64 or not is_unicode(epoch):
             raise WireError("bad epoch")
         return cls(
             folder=check_folder_id(data.get("folder")),
@@ -186,7 +190,7 @@ class IndexRequest:
     @classmethod
     def from_json(cls, body: bytes) -> IndexRequest:
         """Parse; WireError if bad."""
-        data = _object(body, 4096)
+        data = _object(body, MAX_INDEX_REQUEST_BYTES)
         return cls(check_folder_id(data.get("folder")), check_int(data, "since", 0, MAX_SEQ))
 
 
@@ -205,7 +209,7 @@ class BlockRequest:
     @classmethod
     def from_json(cls, body: bytes) -> BlockRequest:
         """Parse; WireError if bad."""
-        data = _object(body, 256 * 1024)
+        data = _object(body, MAX_BLOCK_REQUEST_BYTES)
         hashes = data.get("hashes")
         if not isinstance(hashes, list) or not 0 < len(hashes) <= MAX_BLOCKS_PER_REQUEST:
             raise WireError(f"hashes must be a list of 1 to {MAX_BLOCKS_PER_REQUEST}")

@@ -181,6 +181,10 @@ def _public_key(blob: bytes) -> SSHPublicKey:
             raise ValueError(f"{key.key_size}-bit RSA key")
     elif not isinstance(key, Ed25519PublicKey):
         raise ValueError(f"unsupported key {type(key).__name__}")
+    # One key, one blob: a node's ID is the blob's hash, as `ssh-keygen -l` prints it, and an
+    # RSA number with a leading zero byte would otherwise give the same key another ID.
+    if _blob_of(key) != blob:
+        raise ValueError(f"{key_type.decode()} key is not in its canonical encoding")
     return key
 
 

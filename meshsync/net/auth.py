@@ -1,9 +1,17 @@
-"""Signed HTTP: the server middleware that checks every request and signs every answer."""
+"""Signed HTTP: the server middleware that checks every request and signs every answer.
+
+A request is judged from its head alone: signature, target, freshness and trust. A refused one
+is answered (signed) without reading its body, and its connection is closed rather than
+drained. An accepted one proves its connection to the listener, has its body read within a
+size per route and a time limit, and counts against its peer's requests in flight.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
@@ -17,18 +25,22 @@ from meshsync.core.signing import (
     NONCE,
     RESPONSE_SIGNATURE,
     SCHEME,
+    TARGET,
     TIME,
     ReplayGuard,
     RequestHead,
     body_digest,
     response_canonical,
 )
-from meshsync.core.throttle import Throttle
+from meshsync.core.throttle import Throttle, shown
 
 log = logging.getLogger("meshsync.auth")
 
 PEER_KEY = web.RequestKey("peer_key", bytes)
+BODY = web.RequestKey("body", bytes)
 MAX_SIGNATURE = 16 * 1024
+MAX_IN_FLIGHT = 16  # requests one peer may have in hand at once (our client sends at most 8)
+BODY_WITHIN = 30.0  # seconds to receive a body, whatever its size
 
 
 class Credentials(Protocol):
@@ -40,22 +52,32 @@ class Credentials(Protocol):
     def verify(self, signature: bytes, message: bytes) -> bytes:
         """The signer's public key blob; ValueError if the signature is not valid."""
 
-    def is_trusted(self, public_blob: bytes) -> bool:
-        """Whether requests signed by this key are accepted."""
+    def is_trusted(self, public_blob: bytes, address: str) -> bool:
+        """Whether requests signed by this key, from this IP address, are accepted."""
 
     def note_untrusted(self, public_blob: bytes, address: str) -> None:
         """Record a peer that proved its key but is not trusted (shown by `meshsync peers`)."""
 
 
+class Connections(Protocol):
+    """What the auth layer tells the listener: this connection carries a trusted peer."""
+
+    def prove(self, transport: asyncio.BaseTransport | None) -> None:
+        """A request on this connection was signed by a trusted key."""
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def head_of(method: str, path: str, query: str, headers: Mapping[str, str]) -> RequestHead:
+def head_of(
+    method: str, path: str, query: str, headers: Mapping[str, str]
+) -> RequestHead:
     """The signed head of a request from its parts; AuthError if a header is missing."""
-    time, nonce, digest = headers.get(TIME), headers.get(NONCE), headers.get(DIGEST)
-    if not (time and nonce and digest):
+    target, time = headers.get(TARGET), headers.get(TIME)
+    nonce, digest = headers.get(NONCE), headers.get(DIGEST)
+    if not (target and time and nonce and digest):
         raise AuthError("unsigned request")
-    return RequestHead(method, path, query, time, nonce, digest)
+    return RequestHead(method, path, query, target, time, nonce, digest)
 
 
 def decode_signature(value: str | None, scheme: str = SCHEME) -> bytes:
@@ -68,20 +90,33 @@ def decode_signature(value: str | None, scheme: str = SCHEME) -> bytes:
         raise AuthError("signature is not base64") from None
 
 
-def auth_middleware(credentials: Credentials, wall: Callable[[], float]) -> web.middleware:  # type: ignore[valid-type]
-    """Refuse unsigned, forged, stale or replayed requests with 401 before reading the body."""
+def auth_middleware(
+    credentials: Credentials,
+    me: NodeId,
+    wall: Callable[[], float],
+    routes: Mapping[str, int],
+    connections: Connections,
+) -> web.middleware:  # type: ignore[valid-type]
+    """Refuse unsigned, misdirected, forged, stale, replayed or untrusted requests before reading
+    their bodies; `routes` maps each path to the largest body it takes."""
     guard = ReplayGuard()
     throttle = Throttle()
+    in_flight: Counter[bytes] = Counter()
 
-    def refuse(request: web.Request, status: int, reason: str) -> web.Response:
+    def refuse(request: web.Request, status: int, reason: str, nonce: str = "") -> web.Response:
         # Keyed on the kind of refusal, not its detail: a peer chooses the clock offset or key.
-        if throttle.allow((request.remote, status, reason.partition(":")[0]), wall()):
-            log.warning("refused %s %s from %s: %s", request.method, request.path,
+        if throttle.allow((request.remote, reason.partition(":")[0]), wall()):
+            log.warning("refused %s %s from %s: %s", request.method, shown(request.path),
                         request.remote, reason)
-        return web.json_response({"error": reason}, status=status)
+        response = web.json_response({"error": reason}, status=status)
+        response.force_close()  # never drain a body we will not read, nor keep the connection
+        return sign_response(credentials, nonce, response) if nonce else response
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        limit = routes.get(request.path)
+        if limit is None or request.method != "POST":
+            return refuse(request, 404, "no such route")
         try:
             head = head_of(request.method, request.rel_url.raw_path,
                            request.rel_url.raw_query_string, request.headers)
@@ -90,23 +125,60 @@ def auth_middleware(credentials: Credentials, wall: Callable[[], float]) -> web.
                 key = credentials.verify(signature, head.canonical())
             except ValueError:
                 raise AuthError("bad signature") from None
+            if head.target != str(me):
+                raise AuthError("request meant for another node")
+        except AuthError as e:
+            return refuse(request, 401, str(e))
+        address = request.remote or "?"
+        if not credentials.is_trusted(key, address):
+            credentials.note_untrusted(key, address)
+            return refuse(request, 403, f"untrusted key {NodeId.of_key(key)}", head.nonce)
+        try:
+            # Only members' nonces are remembered: strangers cannot fill the replay window.
             guard.check(head, wall())
         except AuthError as e:
             return refuse(request, 401, str(e))
-        if not credentials.is_trusted(key):
-            credentials.note_untrusted(key, request.remote or "?")
-            response = refuse(request, 403, f"untrusted key {NodeId.of_key(key)}")
-            return sign_response(credentials, head.nonce, response)
-        body = await request.read()
-        if body_digest(body) != head.digest:
-            return refuse(request, 401, "body does not match its signed digest")
-        request[PEER_KEY] = key
-        answer = await handler(request)
+        connections.prove(request.transport)
+        if (request.content_length or 0) > limit:
+            return refuse(request, 413, f"body over {limit} bytes", head.nonce)
+        if in_flight[key] >= MAX_IN_FLIGHT:
+            return refuse(request, 429, f"over {MAX_IN_FLIGHT} requests in flight", head.nonce)
+        in_flight[key] += 1
+        try:
+            try:
+                async with asyncio.timeout(BODY_WITHIN):
+                    body = await _read_bounded(request, limit)
+            except TimeoutError:
+                return refuse(request, 408, f"body not received within {BODY_WITHIN:.0f} s",
+                              head.nonce)
+            if body is None:
+                return refuse(request, 413, f"body over {limit} bytes", head.nonce)
+            if body_digest(body) != head.digest:
+                return refuse(request, 401, "body does not match its signed digest", head.nonce)
+            request[PEER_KEY] = key
+            request[BODY] = body
+            answer = await handler(request)
+        finally:
+            in_flight[key] -= 1
+            if not in_flight[key]:
+                del in_flight[key]
         if isinstance(answer, web.Response):
             sign_response(credentials, head.nonce, answer)
         return answer
 
     return middleware
+
+
+async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None once it passes `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def sign_response(credentials: Credentials, nonce: str, response: web.Response) -> web.Response:

@@ -1,10 +1,19 @@
-"""Signed HTTP: requests to peers, signed by us, and answers checked to be signed by them."""
+"""Signed HTTP over TLS: requests to peers, signed by us, answers checked to be signed by them.
+
+Every connection is pinned, before a byte of the request is sent, to the SSH key the request
+is meant for: the server's TLS certificate must be vouched for by that key (see
+`crypto.tls`). A key not yet known at an address is learned first by `identify`, which
+reads the certificate and nothing else.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
+import ssl
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -13,6 +22,7 @@ from typing import Protocol
 import aiohttp
 
 from meshsync.core.errors import AuthError
+from meshsync.core.ids import NodeId
 from meshsync.core.records import BLOCK_SIZE
 from meshsync.core.signing import (
     AUTHORIZATION,
@@ -20,6 +30,7 @@ from meshsync.core.signing import (
     NONCE,
     RESPONSE_SIGNATURE,
     SCHEME,
+    TARGET,
     TIME,
     RequestHead,
     body_digest,
@@ -37,6 +48,8 @@ from meshsync.core.wire import (
 from meshsync.net.auth import decode_signature
 
 MAX_ANSWER = 1024 * 1024
+MAX_PINS = 256  # keys and addresses remembered; the oldest are forgotten first
+IDLE = 15.0  # seconds a pooled connection is kept: less than the server's 20
 
 
 class PeerError(Exception):
@@ -51,6 +64,11 @@ class PeerUnreachable(PeerError):
     """The peer did not answer in time, or answered something that is not a signed answer."""
 
 
+class PeerMismatch(PeerUnreachable):
+    """The TLS certificate at the address is not vouched for by the key we expected there: a
+    man in the middle, or another node that now listens at that address."""
+
+
 class PeerRefused(PeerError):
     """The peer answered, signed, with a refusal or an error."""
 
@@ -63,6 +81,43 @@ class Signing(Protocol):
 
     def verify(self, signature: bytes, message: bytes) -> bytes:
         """The signer's public key blob; ValueError if the signature is not valid."""
+
+    def vouched_key(self, certificate: bytes) -> bytes:
+        """The SSH key that vouches for a DER certificate; ValueError if none does."""
+
+
+def client_context() -> ssl.SSLContext:
+    """TLS 1.3, no certificate authorities: who is at the other end is checked by the vouch."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class _Pin(aiohttp.Fingerprint):
+    """aiohttp's certificate pin, checked as soon as the handshake is done: here the pin is the
+    SSH key that must vouch for the certificate, not the certificate's own hash."""
+
+    def __init__(self, key: bytes, vouched: Callable[[bytes], bytes]) -> None:
+        super().__init__(hashlib.sha256(key).digest())
+        self.key = key
+        self._vouched = vouched
+
+    def check(self, transport: asyncio.Transport) -> None:
+        """Refuse (as aiohttp's fingerprint mismatch) unless `key` vouches for the certificate."""
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        try:
+            if der is None or ssl_object.version() != "TLSv1.3":
+                raise ValueError("not TLS 1.3 with a certificate")
+            vouched = self._vouched(der)
+        except ValueError:
+            vouched = b""
+        if vouched != self.key:
+            host, port = (transport.get_extra_info("peername") or ("?", 0))[:2]
+            raise aiohttp.ServerFingerprintMismatch(
+                self.fingerprint, hashlib.sha256(vouched).digest(), host, port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +136,13 @@ class PeerClient:
         self._signing = signing
         self._wall = wall
         self._session: aiohttp.ClientSession | None = None
+        self._context = client_context()
+        self._pins: OrderedDict[bytes, _Pin] = OrderedDict()
+        self._vouches: OrderedDict[bytes, bytes] = OrderedDict()  # certificate hash -> key
 
     async def __aenter__(self) -> PeerClient:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit_per_host=8, keepalive_timeout=30),
+            connector=aiohttp.TCPConnector(limit_per_host=8, keepalive_timeout=IDLE),
             auto_decompress=False,
         )
         return self
@@ -95,28 +153,79 @@ class PeerClient:
         if self._session is not None:
             await self._session.close()
 
-    async def send_hello(self, address: str, hello: Hello, timeout: float = 1.5) -> Reply:
-        """Post our hello; the answer (if 200) is the peer's hello."""
-        return await self.post(address, "/v1/hello", hello.to_json(), timeout, MAX_HELLO_BYTES)
+    async def identify(self, address: str, timeout: float = 1.5) -> bytes:
+        """The SSH key that vouches for the TLS certificate at `address`; nothing is sent."""
+        host, _, port = address.rpartition(":")
+        try:
+            async with asyncio.timeout(timeout):
+                _, writer = await asyncio.open_connection(
+                    host, int(port), ssl=self._context, server_hostname="")
+        except ConnectionRefusedError:
+            raise PeerClosed(f"{address}: connection refused") from None
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise PeerUnreachable(f"{address}: {e.__class__.__name__}: {e}") from None
+        except TimeoutError:
+            raise PeerUnreachable(f"{address}: no TLS handshake within {timeout:.1f} s") from None
+        try:
+            ssl_object = writer.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            return self._vouched(der or b"")
+        except ValueError as e:
+            raise PeerMismatch(f"{address}: its TLS certificate is not vouched for by an SSH "
+                               f"key ({e})") from None
+        finally:
+            writer.transport.abort()
 
-    async def send_notice(self, address: str, notice: Records, timeout: float = 5.0) -> None:
+    async def send_hello(
+        self, address: str, key: bytes, hello: Hello, timeout: float = 1.5
+    ) -> Reply:
+        """Post our hello to the node holding `key`; the answer (if 200) is its hello."""
+        return await self.post(address, key, "/v1/hello", hello.to_json(), timeout,
+                               MAX_HELLO_BYTES)
+
+    async def send_notice(
+        self, address: str, key: bytes, notice: Records, timeout: float = 5.0
+    ) -> None:
         """Tell a peer of changes; PeerError if it did not take them."""
-        self._ok(address, await self.post(address, "/v1/notice", notice.to_json(), timeout, 4096))
+        reply = await self.post(address, key, "/v1/notice", notice.to_json(), timeout, 4096)
+        self._ok(address, reply)
 
     async def fetch_index(
-        self, address: str, request: IndexRequest, timeout: float = 30.0
+        self, address: str, key: bytes, request: IndexRequest, timeout: float = 30.0
     ) -> Records:
         """A page of a peer's index after `request.since`."""
-        reply = await self.post(address, "/v1/index", request.to_json(), timeout, MAX_BATCH_BYTES)
+        reply = await self.post(address, key, "/v1/index", request.to_json(), timeout,
+                                MAX_BATCH_BYTES)
         return Records.from_json(self._ok(address, reply))
 
     async def fetch_blocks(
-        self, address: str, request: BlockRequest, timeout: float = 30.0
+        self, address: str, key: bytes, request: BlockRequest, timeout: float = 30.0
     ) -> list[bytes | None]:
         """The blocks asked for, None where the peer has not got one; the caller checks hashes."""
         limit = len(request.hashes) * (BLOCK_SIZE + 4)
-        reply = await self.post(address, "/v1/blocks", request.to_json(), timeout, limit)
+        reply = await self.post(address, key, "/v1/blocks", request.to_json(), timeout, limit)
         return unpack_blocks(self._ok(address, reply), len(request.hashes))
+
+    def _vouched(self, der: bytes) -> bytes:
+        """The key vouching for a certificate, remembered by the certificate's hash."""
+        digest = hashlib.sha256(der).digest()
+        key = self._vouches.get(digest)
+        if key is None:
+            key = self._signing.vouched_key(der)
+            self._vouches[digest] = key
+            if len(self._vouches) > MAX_PINS:
+                self._vouches.popitem(last=False)
+        return key
+
+    def _pin(self, key: bytes) -> _Pin:
+        """One pin per key, so that connections to a peer are pooled."""
+        pin = self._pins.get(key)
+        if pin is None:
+            pin = self._pins[key] = _Pin(key, self._vouched)
+            if len(self._pins) > MAX_PINS:
+                self._pins.popitem(last=False)
+        self._pins.move_to_end(key)
+        return pin
 
     @staticmethod
     def _ok(address: str, reply: Reply) -> bytes:
@@ -125,17 +234,19 @@ class PeerClient:
         return reply.body
 
     async def post(
-        self, address: str, path: str, body: bytes, timeout: float, limit: int = MAX_ANSWER
+        self, address: str, key: bytes, path: str, body: bytes, timeout: float,
+        limit: int = MAX_ANSWER,
     ) -> Reply:
-        """A signed POST; PeerClosed if nothing listens, PeerUnreachable for any other failure."""
+        """A signed POST to the node holding `key`; PeerClosed if nothing listens, PeerMismatch
+        if another key answers there, PeerUnreachable for any other failure."""
         try:
-            return await self._post_once(address, path, body, timeout, limit)
+            return await self._post_once(address, key, path, body, timeout, limit)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
             if isinstance(e, aiohttp.ClientConnectorError):
                 raise self._failure(address, e) from None
             # A pooled connection the peer had already closed: one retry on a fresh one.
             try:
-                return await self._post_once(address, path, body, timeout, limit)
+                return await self._post_once(address, key, path, body, timeout, limit)
             except aiohttp.ClientError as e2:
                 raise self._failure(address, e2) from None
         except aiohttp.ClientError as e:
@@ -144,21 +255,22 @@ class PeerClient:
             raise PeerUnreachable(f"{address}: no answer within {timeout:.1f} s") from None
 
     async def _post_once(
-        self, address: str, path: str, body: bytes, timeout: float, limit: int
+        self, address: str, key: bytes, path: str, body: bytes, timeout: float, limit: int
     ) -> Reply:
         if self._session is None:
             raise RuntimeError("PeerClient used outside `async with`")
-        head = RequestHead("POST", path, "", f"{self._wall():.3f}", os.urandom(16).hex(),
-                           body_digest(body))
+        head = RequestHead("POST", path, "", str(NodeId.of_key(key)), f"{self._wall():.3f}",
+                           os.urandom(16).hex(), body_digest(body))
         headers = {
             AUTHORIZATION: SCHEME + base64.b64encode(self._signing.sign(head.canonical())).decode(),
+            TARGET: head.target,
             TIME: head.time,
             NONCE: head.nonce,
             DIGEST: head.digest,
             "Content-Type": "application/json",
         }
         async with asyncio.timeout(timeout), self._session.post(
-            f"http://{address}{path}", data=body, headers=headers
+            f"https://{address}{path}", data=body, headers=headers, ssl=self._pin(key)
         ) as response:
             if (response.content_length or 0) > limit:
                 raise PeerUnreachable(f"{address}: answer larger than {limit} bytes")
@@ -168,15 +280,19 @@ class PeerClient:
             message = response_canonical(head.nonce, response.status, body_digest(answer))
             try:
                 signature = decode_signature(response.headers.get(RESPONSE_SIGNATURE))
-                key = self._signing.verify(signature, message)
+                signer = self._signing.verify(signature, message)
             except (AuthError, ValueError):
-                raise PeerUnreachable(
-                    f"{address}: answer (HTTP {response.status}) is not signed by a meshsync node"
-                ) from None
+                signer = b""
+            if signer != key:
+                raise PeerUnreachable(f"{address}: answer (HTTP {response.status}) is not signed "
+                                      f"by {NodeId.of_key(key)}, the node it was sent to")
             return Reply(response.status, answer, key)
 
     @staticmethod
     def _failure(address: str, e: aiohttp.ClientError) -> PeerError:
+        if isinstance(e, aiohttp.ServerFingerprintMismatch):
+            return PeerMismatch(f"{address}: its TLS certificate is not vouched for by the key "
+                                "expected there")
         if isinstance(e, aiohttp.ClientConnectorError) and isinstance(
             e.os_error, ConnectionRefusedError
         ):

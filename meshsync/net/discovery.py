@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from meshsync import PROTOCOL_VERSION
+from meshsync.core.ids import NodeId
+from meshsync.core.throttle import shown
 
 log = logging.getLogger("meshsync.discovery")
 
@@ -26,15 +29,15 @@ SERVICE = "_meshsync._tcp.local."
 # partition would never learn of each other.
 REANNOUNCE_EVERY = 30.0
 RESOLVE_TIMEOUT_MS = 3000
+MAX_RESOLVING = 16  # adverts looked up at once; anyone on the LAN can announce thousands
 
 
 @dataclass(frozen=True, slots=True)
 class Advert:
-    """A node seen on mDNS: where it says it listens, and the ID and name it claims."""
+    """A node seen on mDNS: where it says it listens, and the ID it claims (a valid one)."""
 
     instance: str
     claimed_id: str
-    claimed_name: str
     addresses: tuple[str, ...]
     port: int
 
@@ -50,13 +53,15 @@ class Discovery:
         self._browser: AsyncServiceBrowser | None = None
         self._resolving: set[asyncio.Task[None]] = set()
 
-    async def run(self, label: str, node_id: str, name: str, port: int) -> None:
+    async def run(self, label: str, node_id: str, port: int) -> None:
         """Advertise and browse until cancelled; the goodbye is sent by `close`."""
+        # The TXT record says no more than the protocol and the ID: names and folders are for
+        # the nodes we trust, told over TLS.
         self._info = AsyncServiceInfo(
             SERVICE,
             f"{label}.{SERVICE}",
             port=port,
-            properties={"v": str(PROTOCOL_VERSION), "id": node_id, "name": name[:32]},
+            properties={"v": str(PROTOCOL_VERSION), "id": node_id},
             server=f"{label}.local.",
             addresses=[socket.inet_aton(a) for a in own_addresses()],
         )
@@ -92,27 +97,39 @@ class Discovery:
         if state_change is ServiceStateChange.Removed:
             self._on_gone(name)
             return
+        if len(self._resolving) >= MAX_RESOLVING:
+            return  # the browser reports it again when it is re-announced
+        # The name is the advertiser's to choose: it is not put into the task's name, which
+        # asyncio would print.
         task = asyncio.get_running_loop().create_task(
-            self._resolve(zeroconf, name), name=f"resolve {name}"
+            self._resolve(zeroconf, name), name="resolve an mDNS advert"
         )
         self._resolving.add(task)
         task.add_done_callback(self._resolving.discard)
 
     async def _resolve(self, zeroconf: Zeroconf, name: str) -> None:
-        info = AsyncServiceInfo(SERVICE, name)
-        if not await info.async_request(zeroconf, RESOLVE_TIMEOUT_MS):
-            log.debug("mDNS: %s did not resolve", name)
+        try:
+            info = AsyncServiceInfo(SERVICE, name)
+            resolved = await info.async_request(zeroconf, RESOLVE_TIMEOUT_MS)
+        except Exception as e:  # zeroconf refuses names with control characters, and so on
+            log.debug("mDNS: cannot resolve %s: %s", shown(name), shown(e))
+            return
+        if not resolved:
+            log.debug("mDNS: %s did not resolve", shown(name))
             return
         props = {
             k.decode(errors="replace"): (v or b"").decode(errors="replace")
             for k, v in info.properties.items()
         }
         addresses = tuple(info.parsed_addresses(IPVersion.V4Only))
-        if not addresses or not info.port:
+        claimed = props.get("id", "")
+        try:
+            NodeId.parse(claimed)
+        except ValueError:
+            log.debug("mDNS: %s advertises no valid node ID", shown(name))
             return
-        self._on_found(
-            Advert(name, props.get("id", ""), props.get("name", ""), addresses, info.port)
-        )
+        if addresses and info.port and props.get("v") == str(PROTOCOL_VERSION):
+            self._on_found(Advert(name, claimed, addresses, info.port))
 
 
 def own_addresses() -> list[str]:
@@ -121,3 +138,9 @@ def own_addresses() -> list[str]:
         str(ip.ip) for adapter in ifaddr.get_adapters() for ip in adapter.ips if ip.is_IPv4
     ]
     return [a for a in addresses if not a.startswith("127.")] or addresses
+
+
+def own_networks() -> list[ipaddress.IPv4Network]:
+    """The IPv4 networks this host is on: where an mDNS advert may sensibly point."""
+    return [ipaddress.IPv4Network(f"{ip.ip}/{ip.network_prefix}", strict=False)
+            for adapter in ifaddr.get_adapters() for ip in adapter.ips if ip.is_IPv4]

@@ -1,4 +1,4 @@
-"""The peer endpoint: an aiohttp server on the fixed default port, or a free one if it is taken."""
+"""The peer endpoint: an aiohttp app behind the listener, on port 22300 or a free one."""
 
 from __future__ import annotations
 
@@ -11,19 +11,34 @@ from typing import Protocol
 from aiohttp import web
 
 from meshsync.core.errors import Refused, WireError
+from meshsync.core.ids import NodeId
 from meshsync.core.wire import (
     MAX_BATCH_BYTES,
+    MAX_BLOCK_REQUEST_BYTES,
+    MAX_HELLO_BYTES,
+    MAX_INDEX_REQUEST_BYTES,
     BlockRequest,
     Hello,
     IndexRequest,
     Records,
     pack_blocks,
 )
-from meshsync.net.auth import PEER_KEY, Credentials, auth_middleware
+from meshsync.net.auth import BODY, PEER_KEY, Connections, Credentials, auth_middleware
 
 log = logging.getLogger("meshsync.server")
 
 DEFAULT_PORT = 22300
+# The largest body each route takes: the middleware refuses a larger one without reading it.
+ROUTES = {
+    "/v1/hello": MAX_HELLO_BYTES,
+    "/v1/notice": MAX_BATCH_BYTES,
+    "/v1/index": MAX_INDEX_REQUEST_BYTES,
+    "/v1/blocks": MAX_BLOCK_REQUEST_BYTES,
+}
+# A member's next request must arrive complete (line and headers) within this long of its
+# last answer, or the connection is closed: aiohttp's keep-alive timer doubles as the header
+# timeout, since it only stops once a whole request head has been parsed.
+IDLE = 20.0
 
 
 class PeerApi(Protocol):
@@ -42,16 +57,23 @@ class PeerApi(Protocol):
         """The blocks asked for that we hold, None for the others."""
 
 
-def make_app(credentials: Credentials, wall: Callable[[], float], api: PeerApi) -> web.Application:
+def make_app(
+    credentials: Credentials,
+    me: NodeId,
+    wall: Callable[[], float],
+    api: PeerApi,
+    connections: Connections,
+) -> web.Application:
     """The peer API: every route behind the signature check, every body parsed before use."""
     app = web.Application(
-        middlewares=[auth_middleware(credentials, wall)], client_max_size=MAX_BATCH_BYTES
+        middlewares=[auth_middleware(credentials, me, wall, ROUTES, connections)],
+        client_max_size=MAX_BATCH_BYTES,
     )
 
     def route(name: str, handle: Callable[[bytes, bytes, str], Awaitable[bytes]]) -> None:
         async def handler(request: web.Request) -> web.Response:
             try:
-                body = await handle(request[PEER_KEY], await request.read(), request.remote or "?")
+                body = await handle(request[PEER_KEY], request[BODY], request.remote or "?")
             except WireError as e:
                 return web.json_response({"error": f"bad {name}: {e}"}, status=400)
             except Refused as e:
@@ -80,13 +102,17 @@ def make_app(credentials: Credentials, wall: Callable[[], float], api: PeerApi) 
     return app
 
 
-async def serve(app: web.Application, sock: socket.socket) -> web.AppRunner:
-    """Serve `app` on a bound socket; `cleanup()` on the result stops it."""
+async def serve(app: web.Application) -> tuple[web.AppRunner, web.Server]:
+    """Set `app` up to answer connections: the server is the protocol the listener runs, and
+    `cleanup()` on the runner closes every connection."""
     # A short shutdown: peers retry, and a node on its way out must not wait a minute.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    # No lingering: a request we refuse is not drained, its connection is closed.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
+                           keepalive_timeout=IDLE, lingering_time=0)
     await runner.setup()
-    await web.SockSite(runner, sock).start()
-    return runner
+    if runner.server is None:
+        raise RuntimeError("aiohttp's runner has no server after setup")
+    return runner, runner.server
 
 
 def bind(port: int | None, host: str = "0.0.0.0") -> socket.socket:  # noqa: S104 (a LAN service)

@@ -457,7 +457,7 @@ class FolderSync:
         self.index.put(self.id, [*mine, *held])
         if mine and log.isEnabledFor(logging.DEBUG):
             log.debug("folder %s: new versions of %s", self.id,
-                      ", ".join(f"{r.path} ({r.kind}{', deleted' if r.deleted else ''})"
+                      ", ".join(f"{shown(r.path)} ({r.kind}{', deleted' if r.deleted else ''})"
                                 for r, *_ in mine[:20]))
         return [Signed(record, signature) for record, signature, _, _ in mine], unstable, racy
 
@@ -535,7 +535,7 @@ class FolderSync:
             return True
         if self._throttle.allow((need.source, "signature"), time.time()):
             log.warning("folder %s: refused %s from %s: not signed by its origin %s",
-                        self.id, record.path, need.source, record.origin)
+                        self.id, shown(record.path), need.source, record.origin)
         return False
 
     def _set_aside(self, losers: list[Need]) -> None:
@@ -577,7 +577,8 @@ class FolderSync:
                 except Exception as e:
                     failed = True
                     if self._throttle.allow((key, "catch-up"), time.time()):
-                        log.info("folder %s: catch-up from %s failed: %s", self.id, address, e)
+                        log.info("folder %s: catch-up from %s failed: %s", self.id, address,
+                                 shown(e, 300))
             # A peer that just came up may refuse us until it has heard back from us: soon again.
             retry = min(retry * 2, CATCH_UP_EVERY) if failed else RETRY_CATCH_UP
             with contextlib.suppress(TimeoutError):
@@ -961,7 +962,8 @@ class FolderSync:
             try:
                 answer = await self.mesh.fetch_blocks(address, BlockRequest(self.folder.id, wanted))
             except Exception as e:
-                log.debug("folder %s: blocks from %s failed: %s", self.id, address, e)
+                log.debug("folder %s: blocks from %s failed: %s", self.id, address,
+                          shown(e, 300))
                 asking.failed.add(address)
                 continue
             had: set[bytes] = set()
@@ -981,7 +983,7 @@ class FolderSync:
                 copy = conflicts.copy_path(rel, loser.mtime_ns, loser.origin)
                 if apply.keep_beside(dir_fd, name, copy.rpartition("/")[2]):
                     log.info("folder %s: conflict on %s: the other version is kept as %s",
-                             self.id, rel, copy)
+                             self.id, shown(rel), shown(copy))
                     batch.changed.add(copy)
                     return
             # A copy of that version is there already (made by a peer), or it is not an edit.
@@ -1011,7 +1013,7 @@ class FolderSync:
             await asyncio.to_thread(versions.restore, self.root, chosen, self._keep_version)
         self._dirty.add(rel)
         self._scan_wake.set()
-        log.info("folder %s: restored %s as kept at %s", self.id, rel, chosen.when)
+        log.info("folder %s: restored %s as kept at %s", self.id, shown(rel), chosen.when)
         return chosen
 
     # -- status --------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import ipaddress
 import logging
 import os
 import signal
@@ -19,18 +20,20 @@ from meshsync.core.errors import Refused, WireError
 from meshsync.core.ids import NodeId
 from meshsync.core.membership import Peer, Roster
 from meshsync.core.paths import RelPath, check_path
-from meshsync.core.throttle import Throttle
+from meshsync.core.throttle import Throttle, shown
 from meshsync.core.wire import BlockRequest, Hello, IndexRequest, Records
-from meshsync.crypto import sshsig
+from meshsync.crypto import sshsig, tls
 from meshsync.crypto.keys import Signer, public_key_line
 from meshsync.crypto.trust import PublicKey, TrustStore, parse_key_line
 from meshsync.fs import versions
-from meshsync.net.client import PeerClient, PeerClosed, PeerUnreachable, Reply
-from meshsync.net.discovery import Advert, Discovery, own_addresses
+from meshsync.net.client import PeerClient, PeerClosed, PeerMismatch, PeerUnreachable, Reply
+from meshsync.net.discovery import Advert, Discovery, own_addresses, own_networks
+from meshsync.net.listener import Limits, Listener, raise_open_file_limit, server_context
 from meshsync.net.server import bind, make_app, serve
 from meshsync.node.clock import Clock
 from meshsync.node.config import Config, control_socket
 from meshsync.node.folder import FolderSync, new_epoch
+from meshsync.node.state import secure_state_dir
 from meshsync.store.index import Index
 
 log = logging.getLogger("meshsync")
@@ -38,7 +41,12 @@ log = logging.getLogger("meshsync")
 HEARTBEAT = 1.0
 TICK = 0.2
 HELLO_TIMEOUT = 1.0
-HINT_RETRY = 5.0  # an advertised address that never answered is tried this often
+HINT_RETRY = 5.0  # an advertised address that did not answer is tried again after this long,
+HINT_RETRY_MAX = 300.0  # doubling each time up to this
+MAX_HINTS = 64  # advertised addresses remembered (--peer addresses come on top)
+ADDRESSES_PER_ADVERT = 4
+STRANGER_EVERY = 10.0  # how often an untrusted node is checked again (trust may have changed)
+GOODBYE_EVERY = 1.0  # mDNS goodbyes are unauthenticated: at most one round of checks a second
 SETTLE_TIMEOUT = 10.0
 
 
@@ -48,12 +56,12 @@ class AlreadyRunning(Exception):
 
 @dataclass(slots=True)
 class _Hint:
-    """An address to try: from mDNS or --peer, unproven until a signed answer comes from it."""
+    """An address to try: from mDNS or --peer, unproven until its TLS certificate shows a key."""
 
     claimed_id: str = ""
-    claimed_name: str = ""
     static: bool = False
     next_try: float = 0.0
+    retry: float = HINT_RETRY
 
 
 class Node:
@@ -73,6 +81,8 @@ class Node:
         self._settled = asyncio.Event()
         self._stop = asyncio.Event()
         self._inflight: set[str] = set()
+        self._stranger_checked: dict[str, float] = {}
+        self._goodbye_wake = 0.0
         self._folders: dict[str, FolderSync] = {}
         self._client: PeerClient | None = None
         self._tasks: asyncio.TaskGroup | None = None
@@ -87,9 +97,13 @@ class Node:
         """The key that made `signature` over `message`; ValueError if none did."""
         return sshsig.verify(signature, message)
 
-    def is_trusted(self, public_blob: bytes) -> bool:
-        """Whether the user trusts this key (authorized_keys or trusted_keys)."""
-        return self._trust.is_trusted(public_blob)
+    def is_trusted(self, public_blob: bytes, address: str) -> bool:
+        """Whether the user trusts this key from this IP (authorized_keys or trusted_keys)."""
+        return self._trust.is_trusted(public_blob, address)
+
+    def vouched_key(self, certificate: bytes) -> bytes:
+        """The SSH key that vouches for a peer's TLS certificate; ValueError if none does."""
+        return tls.vouched_key(certificate)
 
     def note_untrusted(self, public_blob: bytes, address: str) -> None:
         """A peer proved its key to us, but the user does not trust it: list it, accept nothing."""
@@ -106,7 +120,7 @@ class Node:
             blob = self.verify(signature, message)
         except ValueError:
             return False
-        trusted = blob == self._signer.public_blob or self._trust.is_trusted(blob)
+        trusted = blob == self._signer.public_blob or self._trust.knows(blob)
         return trusted and NodeId.of_key(blob).key == origin
 
     def _remember_stranger(self, key: bytes, seen_at: str, **known: Any) -> None:
@@ -120,8 +134,12 @@ class Node:
         # Parts close in the reverse order they opened: the peer endpoint stops answering
         # before the mDNS goodbye goes out, so a peer that checks finds the port closed.
         async with contextlib.AsyncExitStack() as parts:
+            tightened = secure_state_dir(self.config.state)
+            if tightened:  # as OpenSSH's StrictModes would refuse them
+                log.warning("tightened permissions in %s: %s", self.config.state,
+                            ", ".join(tightened))
             parts.callback(_lock(self.config.state).close)
-            index = Index(self.config.state / "index.db")
+            index = await asyncio.to_thread(Index, self.config.state / "index.db")
             parts.callback(index.close)
             epoch = index.get_meta("epoch") or new_epoch()
             index.set_meta("epoch", epoch)
@@ -133,8 +151,14 @@ class Node:
             discovery = Discovery(self._on_advert, self._on_mdns_goodbye)
             parts.push_async_callback(discovery.close)
             sock = bind(self.config.port)
+            parts.callback(sock.close)
             self.port = sock.getsockname()[1]
-            runner = await serve(make_app(self, self._clock.wall, self), sock)
+            certificate = await asyncio.to_thread(
+                tls.certificate_file, self.config.state, self._signer)
+            listener = Listener(sock, server_context(str(certificate)),
+                                Limits.for_open_files(raise_open_file_limit()))
+            runner, protocol = await serve(
+                make_app(self, self.id, self._clock.wall, self, listener))
             parts.push_async_callback(runner.cleanup)
             path = control_socket(self.config.state)
             control = await control_server.serve(path, self.dispatch)
@@ -146,8 +170,9 @@ class Node:
             async with asyncio.TaskGroup() as tg:
                 self._tasks = tg
                 tasks = [
-                    tg.create_task(discovery.run(self.id.label, str(self.id), self.config.name,
-                                                 self.port), name="discovery"),
+                    tg.create_task(listener.run(protocol), name="listener"),
+                    tg.create_task(discovery.run(self.id.label, str(self.id), self.port),
+                                   name="discovery"),
                     tg.create_task(self._heartbeats(client, tg), name="heartbeats"),
                     tg.create_task(self._ticks(), name="election timer"),
                     *(tg.create_task(f.run(), name=f"folder {f.id}")
@@ -177,30 +202,73 @@ class Node:
             await asyncio.sleep(TICK)
 
     def _addresses_to_contact(self, now: float) -> list[str]:
-        # Strangers too: each answer re-checks trust, so an edit of authorized_keys takes effect.
-        known = {p.address for p in self._roster if p.address}
+        # Trusted peers every heartbeat; strangers now and then, as trust may have been added.
+        known = {p.address for p in self._roster if p.address and (
+            p.trusted or now - self._stranger_checked.get(p.address, -STRANGER_EVERY)
+            >= STRANGER_EVERY)}
         hinted = {a for a, h in self._hints.items() if h.next_try <= now}
         return sorted((known | hinted) - self._inflight)
 
     async def _contact(self, client: PeerClient, address: str) -> None:
-        """Send our hello to `address` and take in what comes back."""
+        """Learn who is at `address`, and if we trust it, send our hello and take its answer.
+
+        Nothing of ours is sent before the TLS certificate there has shown whose key it is,
+        and only a node we trust gets our hello (our name, folders and view of the mesh).
+        """
         try:
-            reply = await client.send_hello(address, self._hello(), HELLO_TIMEOUT)
+            peer = self._roster.at(address)
+            key = peer.key if peer is not None and peer.trusted else None
+            if key is None:
+                key = await client.identify(address, HELLO_TIMEOUT)
+                if not self._worth_a_hello(address, key):
+                    return
+            reply = await client.send_hello(address, key, self._hello(), HELLO_TIMEOUT)
         except PeerClosed:
             self._unreachable(address, closed=True)
+        except PeerMismatch as e:
+            self._log_peer_input(address, "mismatch",
+                                 f"refused: {e} (another node, or a man in the middle)")
+            self._unreachable(address, closed=False)
+            if (peer := self._roster.at(address)) is not None:
+                self._roster.update(peer.key, address=None)  # it may tell us where it is now
+            self._hint(address)  # who is there now is learned afresh, and proven
         except PeerUnreachable as e:
             if self._roster.at(address) is None:  # never proven: tell the user once a minute
-                self._log_peer_input(address, f"does not answer as a meshsync node ({e})")
+                self._log_peer_input(address, "no answer",
+                                     f"does not answer as a meshsync node ({e})")
             self._unreachable(address, closed=False)
         else:
             self._take_reply(address, reply)
         finally:
             self._inflight.discard(address)
 
+    def _worth_a_hello(self, address: str, key: bytes) -> bool:
+        """Whether the node whose key `identify` found at `address` gets our hello."""
+        peer_id = NodeId.of_key(key)
+        hint = self._hints.get(address)
+        if peer_id == self.id:
+            self._hints.pop(address, None)  # our own advertisement, or --peer naming ourselves
+            return False
+        if hint is not None and hint.claimed_id and hint.claimed_id != str(peer_id):
+            self._log_peer_input(address, "advert",
+                                 f"advertised ID {shown(hint.claimed_id)} but its certificate "
+                                 f"is vouched for by {peer_id}")
+        if self._trust.is_trusted(key, _host(address)):
+            return True
+        if len(self._stranger_checked) >= MAX_HINTS:  # keep only strangers still listed
+            listed = {p.address for p in self._roster if not p.trusted}
+            self._stranger_checked = {a: t for a, t in self._stranger_checked.items()
+                                      if a in listed}
+        self._stranger_checked[address] = self._clock.now()
+        self._remember_stranger(key, address, address=address)
+        self._unreachable(address, closed=False)  # a hint backs off; a stranger is not dialled
+        return False
+
     def _unreachable(self, address: str, closed: bool) -> None:
         hint = self._hints.get(address)
         if hint is not None:
-            hint.next_try = self._clock.now() + HINT_RETRY
+            hint.next_try = self._clock.now() + hint.retry
+            hint.retry = min(hint.retry * 2, HINT_RETRY_MAX)
         peer = self._roster.at(address)
         if closed and peer is not None and self._election.is_up(peer.id):
             self._feed(el.PeerLeft(peer.id, self._clock.now()))
@@ -208,15 +276,11 @@ class Node:
     def _take_reply(self, address: str, reply: Reply) -> None:
         peer_id = NodeId.of_key(reply.key)
         hint = self._hints.get(address)
-        if peer_id == self.id:
-            self._hints.pop(address, None)  # our own advertisement, or --peer naming ourselves
-            return
-        if hint is not None:
-            if hint.claimed_id and hint.claimed_id != str(peer_id):
-                log.warning("%s advertised ID %s but proved %s", address, hint.claimed_id, peer_id)
-            if not hint.static:
-                del self._hints[address]
-        trusted = self._trust.is_trusted(reply.key)
+        if hint is not None and not hint.static:
+            del self._hints[address]
+        elif hint is not None:
+            hint.retry = HINT_RETRY
+        trusted = self._trust.is_trusted(reply.key, _host(address))
         if reply.status == 403:
             before = self._roster.get(peer_id)
             self._roster.update(reply.key, trusted=trusted, trusts_us=False, address=address,
@@ -229,16 +293,16 @@ class Node:
                 self._feed(el.PeerLeft(peer_id, self._clock.now()))
             return
         if not trusted:
-            name = hint.claimed_name if hint and hint.claimed_name else "?"
-            self._remember_stranger(reply.key, address, address=address, name=name)
+            self._remember_stranger(reply.key, address, address=address)
             return
         if reply.status != 200:
-            self._log_peer_input(address, f"answered HTTP {reply.status}: {reply.body[:200]!r}")
+            self._log_peer_input(address, "status",
+                                 f"answered HTTP {reply.status}: {shown(reply.body)}")
             return
         try:
             hello = Hello.from_json(reply.body)
         except WireError as e:
-            self._log_peer_input(address, f"sent a bad hello: {e}")
+            self._log_peer_input(address, "bad hello", f"sent a bad hello: {e}")
             return
         self._heard(reply.key, hello, address, trusts_us=True)
 
@@ -257,10 +321,14 @@ class Node:
             last_seen=self._clock.wall(), **changes,
         )
         if new:
-            log.info("peer found: %s (%s) at %s, trusted", peer.id, peer.name, address)
+            log.info("peer found: %s (%s) at %s, trusted", peer.id, shown(peer.name), address)
         now = self._clock.now()
         if self._stop.is_set():
             pass  # on our way out we take no part in elections, or we could win one and vanish
+        elif hello.term > el.term_ceiling(self._clock.wall()):
+            # Not heard at all: a member that insists goes down, and the others stay together.
+            self._log_peer_input(address, "term", f"claims term {hello.term}, more elections "
+                                                  "than any mesh can have held by now: ignored")
         elif hello.leaving:
             self._feed(el.PeerLeft(peer.id, now))
         elif peer.is_member(self.config.folder_ids):
@@ -268,7 +336,7 @@ class Node:
         elif not peer.folders & self.config.folder_ids and self._throttle.allow(
             (peer.id, "no folder"), self._clock.wall()
         ):
-            log.info("peer %s (%s) shares no folder with this node", peer.id, peer.name)
+            log.info("peer %s (%s) shares no folder with this node", peer.id, shown(peer.name))
         return peer
 
     # -- sync: what folders ask of the mesh, and what peers ask of folders -----------------------
@@ -284,24 +352,30 @@ class Node:
         client = self._client
         if client is None:
             return
-        targets = [a for key, a in self.sources(notice.folder) if key not in skip]
-        results = await asyncio.gather(*(client.send_notice(a, notice) for a in targets),
+        targets = [(a, peer.key) for key, a in self.sources(notice.folder)
+                   if key not in skip and (peer := self._roster.at(a)) is not None]
+        results = await asyncio.gather(*(client.send_notice(a, k, notice) for a, k in targets),
                                        return_exceptions=True)
-        for address, result in zip(targets, results, strict=True):
+        for (address, _), result in zip(targets, results, strict=True):
             if isinstance(result, Exception):
                 log.debug("notice to %s failed: %s", address, result)
 
+    def _member_at(self, address: str) -> tuple[PeerClient, bytes]:
+        """The client, and the key of the member last proven at `address`."""
+        peer = self._roster.at(address)
+        if self._client is None or peer is None or not peer.trusted:
+            raise PeerUnreachable(f"{address}: no member there")
+        return self._client, peer.key
+
     async def fetch_blocks(self, address: str, request: BlockRequest) -> list[bytes | None]:
-        """Blocks from one peer."""
-        if self._client is None:
-            raise PeerUnreachable("not connected")
-        return await self._client.fetch_blocks(address, request)
+        """Blocks from one member."""
+        client, key = self._member_at(address)
+        return await client.fetch_blocks(address, key, request)
 
     async def fetch_index(self, address: str, request: IndexRequest) -> Records:
-        """An index page from one peer."""
-        if self._client is None:
-            raise PeerUnreachable("not connected")
-        return await self._client.fetch_index(address, request)
+        """An index page from one member."""
+        client, key = self._member_at(address)
+        return await client.fetch_index(address, key, request)
 
     def _folder(self, folder: str, key: bytes) -> FolderSync:
         """The folder a peer asks about, if we both share it (said in our hellos)."""
@@ -342,11 +416,10 @@ class Node:
         )
 
     async def _say_goodbye(self, client: PeerClient) -> None:
-        members = [p.address for p in self._roster if p.address and self._election.is_up(p.id)]
+        members = [p for p in self._roster if p.address and self._election.is_up(p.id)]
         hello = self._hello()
-        await asyncio.gather(
-            *(client.send_hello(a, hello, 0.5) for a in members), return_exceptions=True
-        )
+        await asyncio.gather(*(client.send_hello(p.address, p.key, hello, 0.5)
+                               for p in members if p.address), return_exceptions=True)
 
     # -- election ------------------------------------------------------------------------------
     def _feed(self, event: el.Event) -> None:
@@ -361,6 +434,7 @@ class Node:
                 log.info("peer online: %s", self._describe(peer))
                 for sync in self._folders.values():
                     sync.catch_up_wake.set()
+                    sync.retry_now()  # it may hold what others could not supply
             case el.MarkDown(peer, reason):
                 log.info("peer down: %s (%s)", self._describe(peer), reason)
             case el.OpenElection(term):
@@ -380,21 +454,50 @@ class Node:
 
     # -- discovery -----------------------------------------------------------------------------
     def _on_advert(self, advert: Advert) -> None:
+        """An mDNS advertisement: a hint of where a node may be, to be proven by its key.
+
+        Anyone on the LAN can advertise anything, so only addresses on our own networks are
+        dialled (never loopback: that would make us a reflector to local services), a few per
+        advert, a bounded number in all, each backing off while it does not answer.
+        """
         if advert.claimed_id == str(self.id):
             return
-        for ip in advert.addresses:
+        networks = own_networks()
+        wake = False
+        for ip in advert.addresses[:ADDRESSES_PER_ADVERT]:
+            try:
+                parsed = ipaddress.ip_address(ip)
+            except ValueError:
+                continue
+            if parsed.is_loopback or not any(parsed in net for net in networks):
+                continue
             address = f"{ip}:{advert.port}"
-            if self._roster.at(address) is None:
-                hint = self._hints.setdefault(address, _Hint())
-                hint.claimed_id, hint.claimed_name, hint.next_try = (
-                    advert.claimed_id, advert.claimed_name, 0.0)
-        self._wake.set()
+            if self._roster.at(address) is None and self._hint(address, advert.claimed_id):
+                wake = True
+        if wake:
+            self._wake.set()
+
+    def _hint(self, address: str, claimed_id: str = "") -> bool:
+        """Remember an address to try; True if it is new. The most backed-off hint makes room."""
+        hint = self._hints.get(address)
+        if hint is not None:
+            # Re-advertising does not reset the backoff: the advertiser does not pace our dialling.
+            hint.claimed_id = claimed_id or hint.claimed_id
+            return False
+        learned = [a for a, h in self._hints.items() if not h.static]
+        if len(learned) >= MAX_HINTS:
+            del self._hints[max(learned, key=lambda a: self._hints[a].next_try)]
+        self._hints[address] = _Hint(claimed_id=claimed_id)
+        return True
 
     def _on_mdns_goodbye(self, instance: str) -> None:
         # A goodbye is unauthenticated, so it is only a reason to ask every peer at once: a node
         # that really stopped no longer answers, and one that did not keeps its seat.
-        log.debug("mDNS goodbye from %s", instance)
-        self._wake.set()
+        now = self._clock.now()
+        if now - self._goodbye_wake >= GOODBYE_EVERY:
+            self._goodbye_wake = now
+            log.debug("mDNS goodbye from %s", shown(instance))
+            self._wake.set()
 
     # -- control -------------------------------------------------------------------------------
     async def dispatch(self, command: str, args: dict[str, Any]) -> Any:
@@ -539,6 +642,7 @@ class Node:
 
     # -- log lines driven by peers -------------------------------------------------------------
     def _log_untrusted(self, peer_id: NodeId, address: str) -> None:
+        # One cause whatever the key: a stranger with a fresh key per request is one flood.
         if self._throttle.allow((peer_id, "untrusted"), self._clock.wall()):
             log.warning("untrusted peer %s at %s: nothing it sends is accepted; to trust it, "
                         "run: meshsync trust %s", peer_id, address, peer_id)
@@ -548,15 +652,21 @@ class Node:
             log.warning("peer %s at %s does not trust this node; on that machine run: "
                         "meshsync trust %s", peer_id, address, self.id)
 
-    def _log_peer_input(self, address: str, what: str) -> None:
-        if self._throttle.allow((address, what[:24]), self._clock.wall()):
-            log.warning("peer at %s %s", address, what)
+    def _log_peer_input(self, address: str, cause: str, what: str) -> None:
+        if self._throttle.allow((address, cause), self._clock.wall()):
+            log.warning("peer at %s %s", shown(address), shown(what, 300))
+
+
+def _host(address: str) -> str:
+    """The IP address of a `host:port` address."""
+    return address.rpartition(":")[0]
 
 
 def _lock(state: Path) -> Any:
     """Hold the state directory for this process; AlreadyRunning if another node holds it."""
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handle = (state / "node.lock").open("a")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+    handle = os.fdopen(os.open(state / "node.lock", flags, 0o600), "a")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

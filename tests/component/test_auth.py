@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from meshsync.core.signing import (
     RESPONSE_SIGNATURE,
     SCHEME,
     SKEW,
+    TARGET,
     TIME,
     RequestHead,
     body_digest,
@@ -35,7 +37,8 @@ from meshsync.crypto import sshsig
 from meshsync.crypto.keys import KeySigner, public_key_line
 from meshsync.crypto.sshsig import BadSignature
 from meshsync.crypto.trust import TrustStore
-from meshsync.net.server import make_app
+from meshsync.net.auth import MAX_IN_FLIGHT
+from meshsync.net.server import ROUTES, make_app
 
 T0 = 1_700_000_000.0
 THEIRS = Hello("client", 22300, frozenset({FolderId("docs")}), 3, None)
@@ -68,8 +71,8 @@ class Credentials:
     def verify(self, signature: bytes, message: bytes) -> bytes:
         return sshsig.verify(signature, message)
 
-    def is_trusted(self, public_blob: bytes) -> bool:
-        return self.trust.is_trusted(public_blob)
+    def is_trusted(self, public_blob: bytes, address: str) -> bool:
+        return self.trust.is_trusted(public_blob, address)
 
     def note_untrusted(self, public_blob: bytes, address: str) -> None:
         self.untrusted.append((public_blob, address))
@@ -80,9 +83,16 @@ class HelloHandler:
     """The peer API as far as hellos go: records every one that got past the middleware."""
 
     calls: list[tuple[bytes, Hello, str]] = field(default_factory=list)
+    hold: asyncio.Event | None = None  # when set, hellos wait for it before answering
+    all_in: asyncio.Event | None = None  # set once `expected` hellos are in hand
+    expected: int = 0
 
     async def handle_hello(self, key: bytes, hello: Hello, address: str) -> Hello:
         self.calls.append((key, hello, address))
+        if self.all_in is not None and len(self.calls) >= self.expected:
+            self.all_in.set()
+        if self.hold is not None:
+            await self.hold.wait()
         return OURS
 
     async def handle_notice(self, key: bytes, notice: Records) -> None:
@@ -96,12 +106,27 @@ class HelloHandler:
 
 
 @dataclass
+class Proofs:
+    """The listener as the middleware sees it: which connections a trusted request proved."""
+
+    proven: list[object] = field(default_factory=list)
+
+    def prove(self, transport: object) -> None:
+        self.proven.append(transport)
+
+
+@dataclass
 class Server:
     client: TestClient[Any, Any]
     key: KeySigner
     credentials: Credentials
     handled: HelloHandler
     wall: Wall
+    proofs: Proofs
+
+    @property
+    def id(self) -> NodeId:
+        return NodeId.of_key(self.key.public_blob)
 
 
 def new_key() -> KeySigner:
@@ -126,9 +151,14 @@ async def server(aiohttp_client: Any, tmp_path: Path, member: KeySigner) -> Serv
     trusted.write_text(public_key_line(member.public_blob, "member@lan") + "\n")
     key = new_key()
     credentials = Credentials(key, TrustStore([trusted], tmp_path / "state" / "trusted_keys"))
-    handled, wall = HelloHandler(), Wall()
-    client = await aiohttp_client(make_app(credentials, wall, handled))
-    return Server(client, key, credentials, handled, wall)
+    handled, wall, proofs = HelloHandler(), Wall(), Proofs()
+    me = NodeId.of_key(key.public_blob)
+    client = await aiohttp_client(make_app(credentials, me, wall, handled, proofs))
+    SERVER_ID[0] = str(me)
+    return Server(client, key, credentials, handled, wall, proofs)
+
+
+SERVER_ID = [""]  # the ID requests are signed for: the server of the running test
 
 
 def signed(
@@ -140,14 +170,15 @@ def signed(
     query: str = "",
     sent: float = T0,
     nonce: str | None = None,
+    target: str | None = None,
 ) -> dict[str, str]:
     """The headers meshsync/net/client.py sends for this request."""
-    head = RequestHead(
-        method, path, query, f"{sent:.3f}", nonce or os.urandom(16).hex(), body_digest(body)
-    )
+    head = RequestHead(method, path, query, target or SERVER_ID[0], f"{sent:.3f}",
+                       nonce or os.urandom(16).hex(), body_digest(body))
     signature = sshsig.sign(signer, head.canonical())
     return {
         AUTHORIZATION: SCHEME + base64.b64encode(signature).decode(),
+        TARGET: head.target,
         TIME: head.time,
         NONCE: head.nonce,
         DIGEST: head.digest,
@@ -237,7 +268,7 @@ async def test_unsigned_request_is_refused_with_401(server: Server) -> None:
     assert server.handled.calls == []
 
 
-@pytest.mark.parametrize("missing", [AUTHORIZATION, TIME, NONCE, DIGEST])
+@pytest.mark.parametrize("missing", [AUTHORIZATION, TARGET, TIME, NONCE, DIGEST])
 async def test_request_missing_a_signed_header_is_refused_with_401(
     server: Server, member: KeySigner, missing: str
 ) -> None:
@@ -267,12 +298,13 @@ async def test_signature_over_another_request_is_refused_with_401(
     assert server.handled.calls == []
 
 
-@pytest.mark.parametrize("header", [TIME, NONCE, DIGEST])
+@pytest.mark.parametrize("header", [TARGET, TIME, NONCE, DIGEST])
 async def test_signed_header_altered_after_signing_is_refused_with_401(
     server: Server, member: KeySigner, header: str
 ) -> None:
     headers = signed(member, THEIRS.to_json())
-    altered = {TIME: f"{T0 + 1:.3f}", NONCE: os.urandom(16).hex(), DIGEST: body_digest(b"{}")}
+    altered = {TIME: f"{T0 + 1:.3f}", NONCE: os.urandom(16).hex(), DIGEST: body_digest(b"{}"),
+               TARGET: str(NodeId.of_key(b"another member"))}
     headers[header] = altered[header]
     answer = await post_unfinished_body(server, headers)
     assert (answer.status, answer.error) == (401, "bad signature")
@@ -283,7 +315,8 @@ async def test_signature_for_another_namespace_is_refused_with_401(
     server: Server, member: KeySigner
 ) -> None:
     headers = signed(member, THEIRS.to_json())
-    head = RequestHead("POST", "/v1/hello", "", headers[TIME], headers[NONCE], headers[DIGEST])
+    head = RequestHead("POST", "/v1/hello", "", headers[TARGET], headers[TIME], headers[NONCE],
+                       headers[DIGEST])
     git = sshsig.sign(member, head.canonical(), namespace="git")
     headers[AUTHORIZATION] = SCHEME + base64.b64encode(git).decode()
     answer = await post_unfinished_body(server, headers)
@@ -444,12 +477,12 @@ async def test_burst_of_identical_bad_requests_is_logged_once(
 
 
 async def test_burst_of_stale_requests_with_varying_clocks_is_logged_once(
-    server: Server, stranger: KeySigner, caplog: pytest.LogCaptureFixture
+    server: Server, member: KeySigner, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The clock offset is the sender's to choose: it must not make each request a new log line.
     caplog.set_level(logging.INFO, logger="meshsync.auth")
     for n in range(50):
-        headers = signed(stranger, b"{}", sent=T0 - SKEW - 10 - n)
+        headers = signed(member, b"{}", sent=T0 - SKEW - 10 - n)
         assert (await post(server, headers, b"{}")).status == 401
     assert len(refusals(caplog)) == 1
     assert "stale request" in refusals(caplog)[0]
@@ -464,3 +497,81 @@ async def test_burst_of_fresh_untrusted_keys_is_logged_once(
         assert (await post(server, signed(new_key(), b"{}"), b"{}")).status == 403
     assert len(refusals(caplog)) == 1
     assert len(server.credentials.untrusted) == 50
+
+
+async def test_request_signed_for_another_node_is_refused_with_401(
+    server: Server, member: KeySigner
+) -> None:
+    # What a member that received a request could try: replaying it to another member.
+    headers = signed(member, THEIRS.to_json(), target=str(NodeId.of_key(b"another member")))
+    answer = await post_unfinished_body(server, headers)
+    assert (answer.status, answer.error) == (401, "request meant for another node")
+    assert server.handled.calls == []
+
+
+async def test_stale_request_from_a_stranger_is_refused_without_remembering_its_nonce(
+    server: Server, stranger: KeySigner
+) -> None:
+    # Strangers' requests are refused before the replay check: they cannot fill its memory.
+    answer = await post_unfinished_body(server, signed(stranger, b"{}", sent=T0 - SKEW - 10))
+    assert answer.status == 403
+
+
+async def test_only_a_trusted_request_proves_its_connection(
+    server: Server, member: KeySigner, stranger: KeySigner
+) -> None:
+    body = THEIRS.to_json()
+    assert (await post(server, {}, body)).status == 401
+    assert (await post(server, signed(stranger, body), body)).status == 403
+    assert server.proofs.proven == []
+    assert (await post(server, signed(member, body), body)).status == 200
+    assert len(server.proofs.proven) == 1
+
+
+@pytest.mark.parametrize("status_of", ["unsigned", "untrusted"])
+async def test_refused_request_closes_its_connection_instead_of_draining_the_body(
+    server: Server, stranger: KeySigner, status_of: str
+) -> None:
+    headers = {} if status_of == "unsigned" else signed(stranger, b"{}")
+    answer = await post_unfinished_body(server, headers)
+    assert answer.status in (401, 403)
+    assert answer.headers.get("Connection", "").lower() == "close"
+
+
+@pytest.mark.parametrize("path", sorted(ROUTES))
+async def test_a_body_larger_than_its_route_takes_is_refused_unread(
+    server: Server, member: KeySigner, path: str
+) -> None:
+    body = b"x" * (ROUTES[path] + 1)
+    headers = signed(member, body, path=path)
+    async with server.client.post(path, data=io.BytesIO(body), headers=headers) as response:
+        answer = Answer(response.status, await response.read(), response.headers)
+    assert (answer.status, answer.error) == (413, f"body over {ROUTES[path]} bytes")
+    assert answer.headers.get("Connection", "").lower() == "close"
+    answer.assert_signed_by(server.key, headers[NONCE])
+
+
+async def test_an_unknown_route_is_refused_without_checking_anything(
+    server: Server, member: KeySigner
+) -> None:
+    answer = await post(server, signed(member, b"{}", path="/v1/nothing"), b"{}", "/v1/nothing")
+    assert (answer.status, answer.error) == (404, "no such route")
+
+
+async def test_a_peer_with_too_many_requests_in_flight_gets_429(
+    server: Server, member: KeySigner
+) -> None:
+    server.handled.hold = asyncio.Event()
+    server.handled.all_in = asyncio.Event()
+    server.handled.expected = MAX_IN_FLIGHT
+    body = THEIRS.to_json()
+    held = [asyncio.create_task(post(server, signed(member, body), body))
+            for _ in range(MAX_IN_FLIGHT)]
+    try:
+        async with asyncio.timeout(ANSWER_DEADLINE):
+            await server.handled.all_in.wait()
+        extra = await post(server, signed(member, body), body)
+        assert (extra.status, extra.error) == (429, f"over {MAX_IN_FLIGHT} requests in flight")
+    finally:
+        server.handled.hold.set()
+    assert [a.status for a in await asyncio.gather(*held)] == [200] * MAX_IN_FLIGHT

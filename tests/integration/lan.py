@@ -7,13 +7,14 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,7 +28,7 @@ def why_no_lan() -> str | None:
     """None if namespaces can be made here, else the reason they cannot."""
     if os.geteuid() != 0:
         return "network namespaces need root"
-    for tool in ("ip", "nft", "ssh-keygen"):
+    for tool in ("ip", "nft", "ssh-keygen", "tcpdump"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     return None
@@ -108,6 +109,8 @@ class Host:
         self.log = self.home / "node.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.env_extra: dict[str, str] = {}
+        self.state = self.home / ".local" / "state" / "meshsync"
+        self.open_files: int | None = None  # RLIMIT_NOFILE (soft and hard) of the node, if set
         (self.home / ".ssh").mkdir(parents=True, mode=0o700)
         self.key = self.home / ".ssh" / "id_ed25519"
         self.make_key()
@@ -140,12 +143,19 @@ class Host:
     def launch(self, *args: str) -> None:
         """Start `meshsync start ~/Sync` here, in the background, logging to node.log."""
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} already runs"
+        limit = self.open_files
+
+        def limit_open_files() -> None:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         with self.log.open("ab") as log:
             log.write(f"---- start {' '.join(args)}\n".encode())
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.ns, sys.executable, "-m", "meshsync", "start",
                  str(self.sync), "--name", self.name, *args],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=limit_open_files,
             )
 
     def is_running(self) -> bool:
@@ -185,6 +195,31 @@ class Host:
         result = self.cli("stop")
         assert result.returncode == 0, result.stderr
         assert self.proc.wait(15) == 0
+
+    @contextlib.contextmanager
+    def running(self, *argv: str) -> Iterator[subprocess.Popen[str]]:
+        """Run `python -m …` in this host's namespace until the block ends; it says `ready`
+        on its first line once it is in place."""
+        with subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, *argv], env=self.env,
+            cwd=str(Path(__file__).resolve().parents[2]), stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+        ) as proc:
+            try:
+                assert proc.stdout is not None
+                first = proc.stdout.readline().strip()
+                assert first == "ready", f"{' '.join(argv)} did not start: {first!r}"
+                yield proc
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+    def add_addresses(self, count: int) -> list[str]:
+        """`count` more addresses on this host's interface, as one attacker may hold."""
+        added = [f"{SUBNET}.{100 + i}" for i in range(count)]
+        for address in added:
+            run("ip", "-n", self.ns, "addr", "add", f"{address}/24", "dev", "eth0")
+        return added
 
     def trust(self, *others: Host) -> None:
         """Put the others' public keys in this host's authorized_keys."""
@@ -277,6 +312,22 @@ class Lan:
                 host.proc.wait(10)
             run("ip", "netns", "del", host.ns, check=False)
         run("ip", "netns", "del", self.switch, check=False)
+
+    @contextlib.contextmanager
+    def capture(self, pcap: Path) -> Iterator[None]:
+        """Record every frame crossing the switch (tcpdump on the bridge) until the block ends."""
+        with subprocess.Popen(
+            ["ip", "netns", "exec", self.switch, "tcpdump", "-i", "br0", "-U", "-s", "0", "-w",
+             str(pcap)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        ) as proc:
+            assert proc.stderr is not None
+            try:
+                # tcpdump says "listening on br0" once it captures.
+                assert "listening on" in proc.stderr.readline()
+                yield
+            finally:
+                proc.terminate()  # tcpdump writes out what it holds on SIGTERM
+                proc.wait(10)
 
     def logs(self) -> str:
         """Every host's node log, for a failing test's report."""

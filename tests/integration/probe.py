@@ -1,6 +1,8 @@
 """Send hand-made requests to a node's peer port and print each answer's status as JSON.
 
 Run inside a host's namespace: `python -m tests.integration.probe HOST:PORT KEYFILE [MODE]`.
+Requests go over TLS and name the node they are for, as meshsync's own client does (the
+target is read from the key that vouches for the node's certificate).
 Each case is what an attacker or a broken peer on the LAN could send; `notice` sends change
 notices, signed by a trusted member, whose paths try to leave the folder; `forged` sends
 records that their claimed origin did not sign; `index` asks for the index of folder `Sync`.
@@ -12,10 +14,13 @@ import base64
 import hashlib
 import json
 import os
+import socket
+import ssl
 import sys
 import time
 import urllib.error
 import urllib.request
+from functools import cache
 from pathlib import Path
 
 from meshsync.core.ids import NodeId
@@ -26,13 +31,14 @@ from meshsync.core.signing import (
     DIGEST,
     NONCE,
     SCHEME,
+    TARGET,
     TIME,
     RequestHead,
     body_digest,
 )
 from meshsync.core.vclock import Vector
 from meshsync.core.wire import Hello
-from meshsync.crypto import sshsig
+from meshsync.crypto import sshsig, tls
 from meshsync.crypto.agent import AgentSigner
 from meshsync.crypto.keys import KeySigner, load_signer
 
@@ -40,23 +46,45 @@ PATH = "/v1/hello"
 BAD_PATHS = ["../escape.txt", "/etc/evil", "a/../../b", "nul\0byte", ".meshsync/versions/x"]
 
 
+ADDRESS = ""  # the node probed, HOST:PORT
+
+
+def tls_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # who answers is checked by the vouch, as meshsync does
+    return context
+
+
+@cache
+def target() -> str:
+    """The ID of the node at ADDRESS, from the key that vouches for its TLS certificate."""
+    host, _, port = ADDRESS.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=5) as raw, \
+            tls_context().wrap_socket(raw) as conn:
+        return str(NodeId.of_key(tls.vouched_key(conn.getpeercert(binary_form=True) or b"")))
+
+
 def post(address: str, body: bytes, headers: dict[str, str], path: str = PATH) -> int:
-    request = urllib.request.Request(f"http://{address}{path}", data=body, method="POST",
+    request = urllib.request.Request(f"https://{address}{path}", data=body, method="POST",
                                      headers={"Content-Type": "application/json", **headers})
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (lab address)
+        with urllib.request.urlopen(  # noqa: S310 (a lab address)
+                request, timeout=5, context=tls_context()) as response:
             return int(response.status)
     except urllib.error.HTTPError as e:
         return e.code
 
 
 def signed(
-    signer: object, body: bytes, *, sent: float | None = None, path: str = PATH
+    signer: object, body: bytes, *, sent: float | None = None, path: str = PATH,
+    to: str | None = None,
 ) -> dict[str, str]:
     when = time.time() if sent is None else sent
-    head = RequestHead("POST", path, "", f"{when:.3f}", os.urandom(16).hex(), body_digest(body))
+    head = RequestHead("POST", path, "", to or target(), f"{when:.3f}", os.urandom(16).hex(),
+                       body_digest(body))
     signature = sshsig.sign(signer, head.canonical())  # type: ignore[arg-type]
-    return {AUTHORIZATION: SCHEME + base64.b64encode(signature).decode(),
+    return {AUTHORIZATION: SCHEME + base64.b64encode(signature).decode(), TARGET: head.target,
             TIME: head.time, NONCE: head.nonce, DIGEST: head.digest}
 
 
@@ -98,7 +126,9 @@ def notice(address: str, signer: KeySigner | AgentSigner, record: FileRecord,
 
 
 def main() -> None:
+    global ADDRESS
     address, keyfile = sys.argv[1], Path(sys.argv[2])
+    ADDRESS = address
     signer = load_signer(keyfile, None)
     modes = {"notice": notices, "forged": forged}
     if sys.argv[3:] and sys.argv[3] in modes:
@@ -123,6 +153,9 @@ def main() -> None:
     results["bad_signature"] = post(address, body, tampered)
     results["stale"] = post(address, body, signed(signer, body, sent=time.time() - 120))
     results["from_the_future"] = post(address, body, signed(signer, body, sent=time.time() + 120))
+    # Signed for another member: what a member that received it could try to replay elsewhere.
+    other = str(NodeId.of_key(b"another member"))
+    results["meant_for_another"] = post(address, body, signed(signer, body, to=other))
     garbage = b"\x00\xff not json"
     results["garbage_body"] = post(address, garbage, signed(signer, garbage))
     print(json.dumps(results))

@@ -20,12 +20,13 @@ def test_an_independent_mdns_client_sees_the_service_and_its_id(make_lan):
     instance = f"{h1.id.label}._meshsync._tcp.local."
     assert f"_meshsync._tcp.local. 4500 IN PTR {instance}" in " ".join(answer.split())
     assert f'"id={h1.id}"' in answer
-    assert '"v=1"' in answer
+    assert '"v=2"' in answer
     srv = h2.exec("dig", "+short", "-p", "5353", f"@{h1.ip}", instance, "SRV").stdout
     assert srv.split()[2] == "22300"
     txt = h2.exec("dig", "+short", "-p", "5353", f"@{h1.ip}", instance, "TXT").stdout
     strings = [s.strip('"') for s in txt.split()]
-    assert sorted(strings) == sorted([f"id={h1.id}", "v=1", "name=h1"])
+    # No host name: the TXT record says the protocol and the ID, no more.
+    assert sorted(strings) == sorted([f"id={h1.id}", "v=2"])
     assert sum(len(s) + 1 for s in strings) < 200  # one length byte per string
 
 

@@ -3,6 +3,9 @@
 from meshsync.core.election import (
     DOWN_AFTER,
     GRACE,
+    TERM_BASE,
+    TERM_EPOCH,
+    TERMS_PER_SECOND,
     Broadcast,
     Election,
     ElectionForced,
@@ -14,6 +17,7 @@ from meshsync.core.election import (
     PeerLeft,
     StepDown,
     Ticked,
+    term_ceiling,
 )
 from meshsync.core.ids import NodeId
 
@@ -174,3 +178,19 @@ def test_coordinator_that_leaves_right_after_we_follow_it_is_replaced_at_once():
         FollowCoordinator(B, 3),
         Broadcast(),
     ]
+
+
+def test_the_term_ceiling_leaves_room_for_every_honest_term_and_for_the_next_one():
+    # Honest meshes hold an election every few seconds at most; the ceiling grows 1000 a second.
+    assert term_ceiling(0.0) == TERM_BASE  # a clock set to 1970 still accepts 2**32 terms
+    assert term_ceiling(TERM_EPOCH + 10.0) == TERM_BASE + 10 * TERMS_PER_SECOND
+    year_9999 = 253_402_300_799.0
+    assert term_ceiling(year_9999) + 1 < 2**53  # the wire's largest term, far off
+
+
+def test_a_term_put_at_the_ceiling_has_a_valid_successor_a_moment_later():
+    now = TERM_EPOCH + 1_000_000.0
+    claimed = term_ceiling(now)
+    # One election later the next term is claimed; a millisecond on it is under the ceiling.
+    assert claimed + 1 > term_ceiling(now)
+    assert claimed + 1 <= term_ceiling(now + 0.002)

@@ -17,11 +17,12 @@ from meshsync.core.signing import (
 T0 = 1_700_000_000.0
 NONCE = "0123456789abcdef0123456789abcdef"
 EMPTY_DIGEST = "sha256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+TARGET = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"
 
 
 def head(time: float | str = T0, nonce: str = NONCE) -> RequestHead:
     stamp = f"{time:.3f}" if isinstance(time, float) else time
-    return RequestHead("POST", "/v1/hello", "", stamp, nonce, EMPTY_DIGEST)
+    return RequestHead("POST", "/v1/hello", "", TARGET, stamp, nonce, EMPTY_DIGEST)
 
 
 def nonces(seed: int = 1) -> Iterator[str]:
@@ -39,13 +40,14 @@ def test_body_digest_is_the_hex_sha256_with_its_algorithm() -> None:
 
 def test_request_canonical_form_is_the_documented_byte_layout() -> None:
     signed = RequestHead(
-        "post", "/v1/hello", "a=1&b=%20", "1700000000.250", NONCE, EMPTY_DIGEST
+        "post", "/v1/hello", "a=1&b=%20", TARGET, "1700000000.250", NONCE, EMPTY_DIGEST
     ).canonical()
     assert signed == (
-        b"meshsync-request-v1\n"
+        b"meshsync-request-v2\n"
         b"POST\n"
         b"/v1/hello\n"
         b"a=1&b=%20\n"
+        b"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\n"
         b"1700000000.250\n"
         b"0123456789abcdef0123456789abcdef\n"
         b"sha256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n"
@@ -65,9 +67,10 @@ def test_response_canonical_form_binds_the_answer_to_the_request_nonce() -> None
     )
 
 
-@pytest.mark.parametrize("field", ["method", "path", "query", "time", "nonce", "digest"])
+@pytest.mark.parametrize(
+    "field", ["method", "path", "query", "target", "time", "nonce", "digest"])
 def test_a_signed_field_containing_a_newline_cannot_be_signed(field: str) -> None:
-    parts = {"method": "POST", "path": "/v1/hello", "query": "", "time": "1",
+    parts = {"method": "POST", "path": "/v1/hello", "query": "", "target": TARGET, "time": "1",
              "nonce": NONCE, "digest": EMPTY_DIGEST}
     parts[field] += "\nPOST"
     with pytest.raises(AuthError, match="newline"):

@@ -1,6 +1,8 @@
-"""Log throttling: one report per key per window, on a fake clock, in bounded memory."""
+"""Log lines caused by peers: per key and per cause on a fake clock, bounded, printable."""
 
-from meshsync.core.throttle import MAX_KEYS, WINDOW, Throttle
+import pytest
+
+from meshsync.core.throttle import MAX_KEYS, PER_CAUSE, SHOWN, WINDOW, Throttle, shown
 
 
 def test_first_report_of_a_key_is_allowed_and_repeats_in_the_window_are_not() -> None:
@@ -45,3 +47,40 @@ def test_memory_stays_bounded_however_many_keys_are_seen() -> None:
     for n in range(10 * MAX_KEYS):
         assert throttle.allow(("10.0.0.1", f"reason {n}"), now=float(n))
         assert len(throttle._last) <= MAX_KEYS
+
+
+def test_a_cause_gets_a_few_lines_a_window_however_many_peers_it_comes_from() -> None:
+    # A fresh key per request is a new peer each time, but one flood.
+    throttle = Throttle()
+    allowed = sum(throttle.allow((f"key {n}", "untrusted"), now=n / 100) for n in range(5000))
+    assert allowed == PER_CAUSE
+    assert throttle.allow(("key 0", "untrusted"), now=WINDOW + 1)  # the next window
+    assert throttle.allow(("key 1", "another cause"), now=1.0)  # other causes are not held
+
+
+def test_a_flood_of_distinct_causes_stays_bounded_in_memory_and_lines() -> None:
+    throttle = Throttle()
+    allowed = sum(throttle.allow((n, f"cause {n}"), now=0.0) for n in range(10 * MAX_KEYS))
+    assert allowed <= MAX_KEYS
+    assert len(throttle._last) <= MAX_KEYS
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("laptop", "laptop"),
+        ("a\nb", "a\\nb"),
+        ("\x1b[2J", "\\x1b[2J"),
+        ("right\u202eleft", "right\\u202eleft"),
+        ("lone \ud800", "lone \\ud800"),
+        ("x" * 200, "x" * SHOWN + "…"),
+    ],
+)
+def test_peer_text_is_shown_on_one_printable_bounded_line(text: str, expected: str) -> None:
+    assert shown(text) == expected
+    assert shown(text).isprintable()
+
+
+def test_shown_takes_anything_that_has_a_text() -> None:
+    assert shown(ValueError("bad\r\npath")) == "bad\\r\\npath"
+    assert shown(b"\x00") == "b'\\x00'"

@@ -64,9 +64,17 @@ def test_bump_makes_a_version_newer_than_the_one_it_came_from(start: Vector, key
     assert start.compare(start.bump(key)) is Order.OLDER
 
 
-def test_bump_puts_the_counter_past_every_counter_in_the_vector() -> None:
-    assert v(a=1, b=7).bump(A) == v(a=8, b=7)
+def test_bump_raises_only_the_nodes_own_counter() -> None:
+    assert v(a=1, b=7).bump(A) == v(a=2, b=7)
     assert v().bump(C) == v(c=1)
+
+
+def test_a_huge_counter_of_another_node_does_not_move_ours() -> None:
+    # A faulty peer's counter at the top of the wire's range leaves our next version valid.
+    hostile = v(a=3, b=MAX_COUNTER)
+    bumped = hostile.bump(A, floor=1_700_000_000)
+    assert bumped == v(a=1_700_000_000, b=MAX_COUNTER)
+    assert Vector.from_json(bumped.to_json()) == bumped
 
 
 def test_a_bump_after_merging_is_newer_than_every_version_merged_in() -> None:
@@ -185,4 +193,4 @@ def test_bump_never_goes_below_its_floor_so_a_wiped_index_cannot_reuse_a_counter
     again_after_wipe = Vector().bump(A, floor=1_700_000_005)
     assert first.get(A) == 1_700_000_000
     assert again_after_wipe.compare(first) is Order.NEWER
-    assert first.bump(A, floor=5).get(A) == 1_700_000_001  # past every counter all the same
+    assert first.bump(A, floor=5).get(A) == 1_700_000_001  # past its own counter all the same

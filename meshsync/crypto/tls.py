@@ -1,0 +1,114 @@
+"""TLS bound to the SSH identity: a certificate whose key the node's SSH key vouches for.
+
+The certificate carries, in an extension of its own, an SSHSIG (namespace `meshsync`) by the
+node's SSH key over the SHA-256 of the certificate's public key. A client that reads the
+certificate after the handshake (the handshake proved the server holds that TLS key) learns
+which SSH key stands behind the connection before it sends a byte of its request; a man in
+the middle that terminates TLS with a key of its own cannot produce that signature. This is
+libp2p's TLS handshake, with SSHSIG in place of its signed key extension, and it works for
+every SSH key type and for keys held in ssh-agent (one signature when the certificate is made).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+from cryptography.x509.oid import NameOID
+
+from meshsync.crypto import sshsig
+from meshsync.crypto.keys import Signer, load_public_blob
+
+# A UUID-derived OID (ITU-T X.667): ours without registering anything.
+VOUCH_OID = x509.ObjectIdentifier("2.25.106626129328020432357101602168182838693")
+_VOUCH_PREFIX = b"meshsync-tls-v1\n"
+MAX_CERTIFICATE = 16 * 1024
+CERTIFICATE_FILE = "tls.pem"
+
+
+class NotVouched(ValueError):
+    """A TLS certificate that no SSH key vouches for (or that is not a certificate at all)."""
+
+
+def vouch_message(spki_der: bytes) -> bytes:
+    """What the SSH key signs: the SHA-256 of the certificate's SubjectPublicKeyInfo."""
+    return _VOUCH_PREFIX + hashlib.sha256(spki_der).digest()
+
+
+def make_certificate(signer: Signer) -> bytes:
+    """A new TLS key and a self-signed certificate vouched for by `signer`, as one PEM."""
+    key = Ed25519PrivateKey.generate()
+    spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    vouch = sshsig.sign(signer, vouch_message(spki))
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshsync")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(int.from_bytes(secrets.token_bytes(16), "big") >> 1)
+        # Validity is not what binds this certificate (nobody checks it against a CA): the
+        # vouch is. A fixed far end keeps a node's certificate from expiring under it.
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(datetime.datetime(9999, 12, 31, tzinfo=datetime.UTC))
+        .add_extension(x509.UnrecognizedExtension(VOUCH_OID, vouch), critical=False)
+        .sign(key, None)
+    )
+    private = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    return private + certificate.public_bytes(Encoding.PEM)
+
+
+def vouched_key(der: bytes) -> bytes:
+    """The SSH public key blob that vouches for this DER certificate; NotVouched if none does."""
+    if len(der) > MAX_CERTIFICATE:
+        raise NotVouched("certificate is too large")
+    try:
+        certificate = x509.load_der_x509_certificate(der)
+        vouch = certificate.extensions.get_extension_for_oid(VOUCH_OID).value
+        spki = certificate.public_key().public_bytes(
+            Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    except x509.ExtensionNotFound:
+        raise NotVouched("certificate carries no SSH key's vouch") from None
+    except (ValueError, TypeError) as e:  # not DER, or a key type cryptography cannot read
+        raise NotVouched(f"not a usable certificate: {e}") from None
+    if not isinstance(vouch, x509.UnrecognizedExtension):
+        raise NotVouched("certificate's vouch is malformed")
+    try:
+        return load_public_blob(sshsig.verify(vouch.value, vouch_message(spki)))
+    except ValueError as e:  # BadSignature is a ValueError, as is an unusable key
+        raise NotVouched(f"certificate's vouch does not verify: {e}") from None
+
+
+def certificate_file(state: Path, signer: Signer) -> Path:
+    """The node's TLS key and certificate (0600 in the state directory), made when missing or
+    when they were made for another SSH key."""
+    path = state / CERTIFICATE_FILE
+    try:
+        pem = path.read_bytes()
+        certificate = x509.load_pem_x509_certificate(pem)
+        if vouched_key(certificate.public_bytes(Encoding.DER)) == signer.public_blob:
+            return path
+    except (OSError, ValueError):
+        pass  # missing, damaged or another key's: make a new one
+    temporary = path.with_name(f".{CERTIFICATE_FILE}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(make_certificate(signer))
+        temporary.replace(path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,278 @@
+"""TLS bound to the SSH key, for real: certificates, the listener's limits and the client's pin."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.x509.oid import NameOID
+
+from meshsync.core.ids import NodeId
+from meshsync.core.wire import BlockRequest, FolderId, Hello, IndexRequest, Records
+from meshsync.crypto import sshsig, tls
+from meshsync.crypto.keys import KeySigner
+from meshsync.net.client import PeerClient, PeerMismatch
+from meshsync.net.listener import Limits, Listener, server_context
+from meshsync.net.server import make_app, serve
+
+HELLO = Hello("client", 22300, frozenset({FolderId("docs")}), 1, None)
+
+
+def new_key() -> KeySigner:
+    return KeySigner(Ed25519PrivateKey.generate())
+
+
+def der_of(pem: bytes) -> bytes:
+    return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+
+
+# -- the certificate and its vouch ---------------------------------------------------------------
+@pytest.mark.parametrize("curve", [None, ec.SECP256R1(), ec.SECP384R1()])
+def test_a_certificate_names_the_ssh_key_that_vouched_for_it(curve: ec.EllipticCurve | None):
+    signer = new_key() if curve is None else KeySigner(ec.generate_private_key(curve))
+    assert tls.vouched_key(der_of(tls.make_certificate(signer))) == signer.public_blob
+
+
+def test_a_vouch_copied_into_a_certificate_for_another_tls_key_does_not_verify() -> None:
+    victim = x509.load_pem_x509_certificate(tls.make_certificate(new_key()))
+    vouch = victim.extensions.get_extension_for_oid(tls.VOUCH_OID).value
+    key = Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshsync")])
+    now = datetime.datetime.now(datetime.UTC)
+    forged = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+              .public_key(key.public_key()).serial_number(1)
+              .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+              .add_extension(vouch, critical=False).sign(key, None))
+    with pytest.raises(tls.NotVouched, match="does not verify"):
+        tls.vouched_key(forged.public_bytes(Encoding.DER))
+
+
+@pytest.mark.parametrize("der", [b"", b"\x30\x03\x02\x01\x01", b"not a certificate" * 10,
+                                 b"\x30" * 20_000])
+def test_bytes_that_are_not_a_vouched_certificate_are_refused_with_not_vouched(der: bytes):
+    with pytest.raises(tls.NotVouched):
+        tls.vouched_key(der)
+
+
+def test_the_certificate_file_is_private_and_made_anew_for_another_key(tmp_path: Path) -> None:
+    first, second = new_key(), new_key()
+    path = tls.certificate_file(tmp_path, first)
+    assert path.stat().st_mode & 0o777 == 0o600
+    pem = path.read_bytes()
+    assert tls.certificate_file(tmp_path, first).read_bytes() == pem  # kept across starts
+    assert tls.vouched_key(der_of(tls.certificate_file(tmp_path, second).read_bytes())) == (
+        second.public_blob)
+
+
+# -- a real server and client over loopback ------------------------------------------------------
+@dataclass
+class Node:
+    """Credentials and a peer API that counts what reached it."""
+
+    signer: KeySigner
+    hellos: list[Hello] = field(default_factory=list)
+
+    def sign(self, message: bytes) -> bytes:
+        return sshsig.sign(self.signer, message)
+
+    def verify(self, signature: bytes, message: bytes) -> bytes:
+        return sshsig.verify(signature, message)
+
+    def is_trusted(self, public_blob: bytes, address: str) -> bool:
+        return True
+
+    def note_untrusted(self, public_blob: bytes, address: str) -> None:
+        raise AssertionError("everyone is trusted here")
+
+    def vouched_key(self, certificate: bytes) -> bytes:
+        return tls.vouched_key(certificate)
+
+    async def handle_hello(self, key: bytes, hello: Hello, remote: str) -> Hello:
+        self.hellos.append(hello)
+        return Hello("server", 1, frozenset(), 1, None)
+
+    async def handle_notice(self, key: bytes, notice: Records) -> None:
+        return None
+
+    async def handle_index(self, key: bytes, request: IndexRequest) -> Records:
+        raise AssertionError("not asked")
+
+    async def handle_blocks(self, key: bytes, request: BlockRequest) -> list[bytes | None]:
+        raise AssertionError("not asked")
+
+
+@dataclass
+class Running:
+    node: Node
+    address: str
+    listener: Listener
+
+
+def listening() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Running]:
+    node = Node(new_key())
+    certificate = tls.certificate_file(tmp_path, node.signer)
+    sock = listening()
+    listener = Listener(sock, server_context(str(certificate)), Limits(prove_within=0.5))
+    runner, protocol = await serve(make_app(node, NodeId.of_key(node.signer.public_blob),
+                                            time.time, node, listener))
+    task = asyncio.create_task(listener.run(protocol))
+    try:
+        yield Running(node, f"127.0.0.1:{sock.getsockname()[1]}", listener)
+    finally:
+        task.cancel()
+        await runner.cleanup()
+        sock.close()
+
+
+async def test_a_request_pinned_to_the_servers_key_is_answered(server: Running) -> None:
+    async with PeerClient(Node(new_key()), time.time) as client:
+        key = await client.identify(server.address)
+        assert key == server.node.signer.public_blob
+        reply = await client.send_hello(server.address, key, HELLO)
+    assert (reply.status, reply.key) == (200, key)
+    assert server.node.hellos == [HELLO]
+    assert server.listener.count() == (0, 0)  # closed with the client, each of them
+
+
+async def test_a_request_pinned_to_another_key_is_never_sent(server: Running) -> None:
+    async with PeerClient(Node(new_key()), time.time) as client:
+        with pytest.raises(PeerMismatch):
+            await client.send_hello(server.address, new_key().public_blob, HELLO)
+    assert server.node.hellos == []
+
+
+async def test_a_server_whose_certificate_no_key_vouches_for_is_found_out(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshsync")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, None))
+    pem = tmp_path / "plain.pem"
+    pem.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+                    + cert.public_bytes(Encoding.PEM))
+    received: list[bytes] = []
+
+    async def take(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.read(65536))
+        writer.close()
+
+    plain = await asyncio.start_server(take, "127.0.0.1", 0, ssl=server_context(str(pem)))
+    address = f"127.0.0.1:{plain.sockets[0].getsockname()[1]}"
+    async with plain, PeerClient(Node(new_key()), time.time) as client:
+        with pytest.raises(PeerMismatch, match="not vouched"):
+            await client.identify(address)
+        with pytest.raises(PeerMismatch):
+            await client.send_hello(address, new_key().public_blob, HELLO)
+    assert b"".join(received) == b""  # not one byte of a request
+
+
+async def open_raw(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, _, port = address.rpartition(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def closed(reader: asyncio.StreamReader, within: float) -> bool:
+    try:
+        async with asyncio.timeout(within):
+            return await reader.read(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+async def test_a_connection_that_proves_nothing_is_closed_after_the_grace(server: Running) -> None:
+    reader, writer = await open_raw(server.address)  # no TLS handshake, ever
+    assert await closed(reader, 5.0)
+    writer.close()
+    assert server.listener.count() == (0, 0)
+
+
+async def test_an_address_holds_few_unproven_connections(server: Running) -> None:
+    limit = server.listener.limits.unproven_per_address
+    held = [await open_raw(server.address) for _ in range(limit)]
+    extra_reader, extra_writer = await open_raw(server.address)
+    assert await closed(extra_reader, 2.0)  # shown out at once, while the others wait
+    assert server.listener.count() == (limit, limit)
+    for _, writer in [*held, (extra_reader, extra_writer)]:
+        writer.close()
+
+
+async def test_when_too_many_are_unproven_the_oldest_goes_first(tmp_path: Path) -> None:
+    node = Node(new_key())
+    sock = listening()
+    listener = Listener(sock, server_context(str(tls.certificate_file(tmp_path, node.signer))),
+                        Limits(unproven=2, unproven_per_address=8, prove_within=30))
+    task = asyncio.create_task(listener.run(asyncio.Protocol))
+    address = f"127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        first = await open_raw(address)
+        second = await open_raw(address)
+        third = await open_raw(address)
+        assert await closed(first[0], 2.0)
+        assert listener.count() == (2, 2)
+        for _, writer in (first, second, third):
+            writer.close()
+    finally:
+        task.cancel()
+        sock.close()
+
+
+async def test_connections_cancelled_before_their_handshake_leave_no_descriptor(
+    tmp_path: Path,
+) -> None:
+    certificate = str(tls.certificate_file(tmp_path, new_key()))
+    before = open_descriptors()
+    sock = listening()
+    listener = Listener(sock, server_context(certificate),
+                        Limits(unproven=1, unproven_per_address=1000, prove_within=30))
+    address = f"127.0.0.1:{sock.getsockname()[1]}"
+    # Waiting in the backlog, they are accepted in one burst: each evicts the one before it
+    # before that one's handshake task has even run.
+    clients = [await open_raw(address) for _ in range(50)]
+    task = asyncio.create_task(listener.run(asyncio.Protocol))
+    try:
+        assert await closed(clients[-2][0], 2.0)
+        for _, writer in clients:
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        sock.close()
+    assert open_descriptors() == before
+
+
+def open_descriptors() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+def test_the_limits_leave_most_descriptors_to_the_rest_of_the_node() -> None:
+    assert Limits.for_open_files(1024).connections == 256
+    assert Limits.for_open_files(1024).unproven == 64
+    assert Limits.for_open_files(1 << 20).connections == 512
+    assert Limits.for_open_files(40).connections == 16
+
+
+def test_the_server_speaks_only_tls_1_3(tmp_path: Path) -> None:
+    context = server_context(str(tls.certificate_file(tmp_path, new_key())))
+    assert context.minimum_version is ssl.TLSVersion.TLSv1_3
