@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import itertools
 import logging
-import random
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -36,6 +35,7 @@ from meshsync.fs.ignore import IGNORE_FILE, Ignore
 from meshsync.fs.watch import watch
 from meshsync.node.clock import Clock
 from meshsync.node.config import Folder, Keep
+from meshsync.node.retry import RETRY_NEEDS, Asking, Lack, Retries
 from meshsync.store.index import Entry, Index, IndexUnusable, Need
 
 log = logging.getLogger("meshsync.folder")
@@ -51,9 +51,6 @@ RETRY_UNSTABLE = 0.5
 # with the same size right after we hashed it can look unchanged. One hashed while its mtime
 # was this fresh is hashed again once it is older (git calls these entries racy).
 RACY = 2.0
-RETRY_NEEDS = 2.0  # the wait after a failed attempt at a path, doubled after each one in a row
-MAX_BACKOFF = 300.0
-JITTER = 0.1  # each wait is cut by up to this share, so retries of many paths spread out
 NEEDS_PER_PASS = 10000  # versions attempted per pass, besides those waiting for their retry
 FILES_PER_GROUP = 256
 LOCAL_NEWS = 1000  # index rows looked through for blocks that may fill a waiting file
@@ -131,109 +128,6 @@ class _Progress:
     done: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class _Lack:
-    """What a file's temp still lacked after an attempt, with the index's seq before it."""
-
-    seq: int
-    first: tuple[int, ...]  # the first missing block indexes: asked for before opening it again
-    missing: int
-
-
-@dataclass(slots=True)
-class _Wait:
-    """A queued version whose last attempt failed: why, and when it is tried again."""
-
-    need: tuple[Vector, str, bytes]  # which version (see _identity): another one starts afresh
-    reason: str  # one line, for people
-    delay: float
-    due: float
-    lack: _Lack | None = None
-
-
-def _identity(need: Need) -> tuple[Vector, str, bytes]:
-    return need.record.version, need.record.origin, need.signature
-
-
-class _Retries:
-    """Per path, the backoff of queued versions whose last attempt failed.
-
-    Kept in memory only: a restart tries every path at once.
-    """
-
-    def __init__(self) -> None:
-        self._waits: dict[RelPath, _Wait] = {}
-
-    def __len__(self) -> int:
-        return len(self._waits)
-
-    def due(self, needs: list[Need], now: float, complete: bool) -> list[Need]:
-        """The needs to attempt at `now`; forgets the waits of versions replaced or no longer
-        queued (`complete`: `needs` is every queued version, not the first in path order)."""
-        queued = {n.record.path: n for n in needs}
-        last = None if complete or not needs else needs[-1].record.path
-
-        def stale(path: RelPath, wait: _Wait) -> bool:
-            need = queued.get(path)
-            if need is None:  # gone, unless it lies beyond the needs read
-                return last is None or path <= last
-            return _identity(need) != wait.need
-
-        for path in [p for p, w in self._waits.items() if stale(p, w)]:
-            del self._waits[path]
-        return [n for n in needs if (w := self._waits.get(n.record.path)) is None or w.due <= now]
-
-    def failed(self, need: Need, reason: str, now: float, lack: _Lack | None = None) -> float:
-        """Wait longer before trying `need` again; returns the seconds until then."""
-        path, old = need.record.path, self._waits.get(need.record.path)
-        delay = RETRY_NEEDS
-        if old is not None and old.need == _identity(need):
-            delay = min(max(old.delay * 2, RETRY_NEEDS), MAX_BACKOFF)
-        wait = delay * (1 - JITTER * random.random())  # noqa: S311 (spreading, not secrecy)
-        self._waits[path] = _Wait(_identity(need), reason, delay, now + wait, lack)
-        return wait
-
-    def succeeded(self, path: RelPath) -> None:
-        """Forget a path written, or whose version is no longer wanted."""
-        self._waits.pop(path, None)
-
-    def lack(self, need: Need) -> _Lack | None:
-        """What the temp of this version lacked after its last attempt, if that is known."""
-        wait = self._waits.get(need.record.path)
-        return wait.lack if wait is not None and wait.need == _identity(need) else None
-
-    def retry_now(self) -> None:
-        """Make every path due, its backoff back at the start (what its temp lacks is kept)."""
-        for wait in self._waits.values():
-            wait.delay, wait.due = 0.0, float("-inf")
-
-    def next_due(self, now: float) -> float | None:
-        """Seconds until the first path is due again; None if none waits."""
-        return max(0.0, min(w.due for w in self._waits.values()) - now) if self._waits else None
-
-    def listing(self, now: float, limit: int) -> list[dict[str, Any]]:
-        """The first `limit` waiting paths in path order, for `meshsync status`."""
-        return [{"path": path, "reason": w.reason, "retry_in": round(max(0.0, w.due - now), 1)}
-                for path, w in sorted(self._waits.items())[:limit]]
-
-
-@dataclass(slots=True)
-class _Asking:
-    """The sources of one attempt, and which of them are no longer asked for which file."""
-
-    addresses: list[str]
-    barren: set[tuple[str, RelPath]] = field(default_factory=set)  # had none of what was asked
-    failed: set[str] = field(default_factory=set)
-
-    def asks(self, address: str, path: RelPath) -> bool:
-        """Whether `address` is still asked for blocks of `path`."""
-        return address not in self.failed and (address, path) not in self.barren
-
-    def gave_up(self, path: RelPath) -> bool:
-        """Whether no source is asked for `path` any more in this attempt."""
-        return not any(self.asks(address, path) for address in self.addresses)
-
-
 @dataclass(slots=True)
 class FolderSync:
     """The sync of one folder."""
@@ -250,7 +144,7 @@ class FolderSync:
     _need_wake: asyncio.Event = field(default_factory=asyncio.Event)
     _throttle: Throttle = field(default_factory=Throttle)
     _transfers: dict[str, _Progress] = field(default_factory=dict)
-    _retries: _Retries = field(default_factory=_Retries)
+    _retries: Retries = field(default_factory=Retries)
     _failures: dict[RelPath, tuple[str, str, float]] = field(default_factory=dict)  # this pass's
     catch_up_wake: asyncio.Event = field(default_factory=asyncio.Event)
     _rewatch: asyncio.Event = field(default_factory=asyncio.Event)
@@ -668,7 +562,7 @@ class FolderSync:
         self._retries.retry_now()
         self._need_wake.set()
 
-    def _fail(self, need: Need, cause: str, reason: str, lack: _Lack | None = None) -> None:
+    def _fail(self, need: Need, cause: str, reason: str, lack: Lack | None = None) -> None:
         wait = self._retries.failed(need, reason, self.clock.now(), lack)
         self._failures[need.record.path] = (cause, reason, wait)
 
@@ -830,8 +724,8 @@ class FolderSync:
             for write, _ in opened:
                 self._transfers.pop(write.need.record.path, None)
 
-    def _nothing_new_here(self, known: dict[RelPath, tuple[FileRecord, _Lack]],
-                          seq: int) -> dict[RelPath, _Lack]:
+    def _nothing_new_here(self, known: dict[RelPath, tuple[FileRecord, Lack]],
+                          seq: int) -> dict[RelPath, Lack]:
         """Of the files whose temp lacked blocks, those that no block put in the index since
         can fill, each with its lack brought up to `seq`; runs in a thread."""
         if not known:
@@ -844,7 +738,7 @@ class FolderSync:
         return {path: replace(lack, seq=seq) for path, (record, lack) in known.items()
                 if all(put_at.get(digest, 0) <= lack.seq for digest in record.blocks)}
 
-    async def _probe(self, lacking: list[tuple[FileRecord, _Lack]], source: str) -> set[RelPath]:
+    async def _probe(self, lacking: list[tuple[FileRecord, Lack]], source: str) -> set[RelPath]:
         """Of files known to lack blocks, those no source has any of the first missing ones of."""
         asking = self._asking(source)
         supplied: set[RelPath] = set()
@@ -940,13 +834,13 @@ class FolderSync:
                 incoming.write_block(i, data)
         return missing
 
-    def _asking(self, source: str) -> _Asking:
+    def _asking(self, source: str) -> Asking:
         """The online members to ask for blocks in one attempt, `source` first."""
         sources = sorted(self.mesh.sources(self.id), key=lambda s: s[0] != source)
-        return _Asking([address for _, address in sources])
+        return Asking([address for _, address in sources])
 
     async def _fetch(self, part: list[tuple[RelPath, bytes]],
-                     asking: _Asking) -> dict[bytes, bytes]:
+                     asking: Asking) -> dict[bytes, bytes]:
         """The blocks (of the files named) that some member has, asking each in turn.
 
         A member that has none of a file's blocks asked for is not asked for that file again
@@ -1129,14 +1023,14 @@ def _parts(items: list[tuple[RelPath, T]], skip: Callable[[RelPath], bool],
         yield part
 
 
-def _lack(incoming: apply.Incoming, seq: int) -> _Lack | None:
+def _lack(incoming: apply.Incoming, seq: int) -> Lack | None:
     """What a temp still lacks (None: nothing), with the index's seq before it was filled."""
     have = incoming.have()
     missing = len(incoming.record.blocks) - len(have)
     if not missing:
         return None
     absent = (i for i in range(len(incoming.record.blocks)) if i not in have)
-    return _Lack(seq, tuple(itertools.islice(absent, MAX_BLOCKS_PER_REQUEST)), missing)
+    return Lack(seq, tuple(itertools.islice(absent, MAX_BLOCKS_PER_REQUEST)), missing)
 
 
 def _sha256(data: bytes) -> bytes:

@@ -23,7 +23,8 @@ from meshsync.fs import apply
 from meshsync.node import folder
 from meshsync.node.clock import Clock
 from meshsync.node.config import Folder
-from meshsync.node.folder import JITTER, MAX_BACKOFF, RETRY_NEEDS, FolderSync
+from meshsync.node.folder import FolderSync
+from meshsync.node.retry import JITTER, MAX_BACKOFF, RETRY_NEEDS
 from meshsync.store.index import Index, Need
 
 ORIGIN = "0123456789abcdef"

@@ -23,7 +23,6 @@ Each prints `ready` once it is in place.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import contextlib
 import datetime
@@ -37,8 +36,6 @@ import socket
 import ssl
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +51,6 @@ from cryptography.x509.oid import NameOID
 from meshsync.core.ids import NodeId
 from meshsync.core.paths import RelPath
 from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
-from meshsync.core.signing import (
-    AUTHORIZATION,
-    DIGEST,
-    NONCE,
-    SCHEME,
-    TARGET,
-    TIME,
-    RequestHead,
-    body_digest,
-)
 from meshsync.core.vclock import Vector
 from meshsync.core.wire import FolderId, Hello, Records, Signed
 from meshsync.crypto import sshsig, tls
@@ -71,27 +58,13 @@ from meshsync.crypto.keys import KeySigner, load_signer
 from meshsync.net.client import PeerClient, PeerError
 from meshsync.net.listener import Limits, Listener, server_context
 from meshsync.net.server import make_app, serve
+from tests.integration.probe import node_at, post, signed
 
 FOLDER = FolderId("Sync")
 
 
 def ready() -> None:
     print("ready", flush=True)
-
-
-def client_context() -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def node_at(address: str) -> str:
-    """The ID of the node at `address`, read from the key vouching for its certificate."""
-    host, _, port = address.rpartition(":")
-    with socket.create_connection((host, int(port)), timeout=5) as raw, \
-            client_context().wrap_socket(raw) as conn:
-        return str(NodeId.of_key(tls.vouched_key(conn.getpeercert(binary_form=True) or b"")))
 
 
 # -- a man in the middle -------------------------------------------------------------------------
@@ -189,19 +162,8 @@ def fresh_keys(address: str, count: int) -> None:
     ready()
     for _ in range(count):
         signer = KeySigner(Ed25519PrivateKey.generate())
-        head = RequestHead("POST", "/v1/hello", "", target, f"{time.time():.3f}",
-                           os.urandom(16).hex(), body_digest(body))
-        headers = {AUTHORIZATION: SCHEME + base64.b64encode(
-            sshsig.sign(signer, head.canonical())).decode(), TARGET: target, TIME: head.time,
-            NONCE: head.nonce, DIGEST: head.digest, "Content-Type": "application/json"}
-        request = urllib.request.Request(f"https://{address}/v1/hello", data=body,
-                                         headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(  # noqa: S310 (a lab address)
-                    request, timeout=5, context=client_context()) as response:
-                answers[response.status] += 1
-        except urllib.error.HTTPError as e:
-            answers[e.code] += 1
+            answers[post(address, body, signed(signer, body, to=target))] += 1
         except OSError:
             answers[0] += 1
     print(json.dumps(dict(answers)), flush=True)

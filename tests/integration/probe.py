@@ -57,9 +57,9 @@ def tls_context() -> ssl.SSLContext:
 
 
 @cache
-def target() -> str:
-    """The ID of the node at ADDRESS, from the key that vouches for its TLS certificate."""
-    host, _, port = ADDRESS.rpartition(":")
+def node_at(address: str) -> str:
+    """The ID of the node at `address`, from the key that vouches for its TLS certificate."""
+    host, _, port = address.rpartition(":")
     with socket.create_connection((host, int(port)), timeout=5) as raw, \
             tls_context().wrap_socket(raw) as conn:
         return str(NodeId.of_key(tls.vouched_key(conn.getpeercert(binary_form=True) or b"")))
@@ -81,8 +81,8 @@ def signed(
     to: str | None = None,
 ) -> dict[str, str]:
     when = time.time() if sent is None else sent
-    head = RequestHead("POST", path, "", to or target(), f"{when:.3f}", os.urandom(16).hex(),
-                       body_digest(body))
+    head = RequestHead("POST", path, "", to or node_at(ADDRESS), f"{when:.3f}",
+                       os.urandom(16).hex(), body_digest(body))
     signature = sshsig.sign(signer, head.canonical())  # type: ignore[arg-type]
     return {AUTHORIZATION: SCHEME + base64.b64encode(signature).decode(), TARGET: head.target,
             TIME: head.time, NONCE: head.nonce, DIGEST: head.digest}
