@@ -14,7 +14,7 @@ from meshsync.core.vclock import Vector
 
 BLOCK_SIZE = 128 * 1024
 MAX_SIZE = 2**53
-MAX_TARGET = 4096
+MAX_TARGET = 4095  # bytes of UTF-8: the most a Linux symlink holds (PATH_MAX less its NUL)
 _KEY_DIGITS = frozenset("0123456789abcdef")  # an origin is a `NodeId.key`, as in vectors
 
 
@@ -93,7 +93,7 @@ class FileRecord:
         if not isinstance(origin, str) or len(origin) != 16 or not _KEY_DIGITS.issuperset(origin):
             raise WireError("bad origin")
         if (not isinstance(target, str) or len(target) > MAX_TARGET or "\0" in target
-                or not is_unicode(target)):
+                or not is_unicode(target) or len(target.encode()) > MAX_TARGET):
             raise WireError("bad symlink target")
         size = check_int(data, "size", 0, MAX_SIZE)
         if not isinstance(blocks, list) or len(blocks) != _block_count(kind, deleted, size):

@@ -51,6 +51,12 @@ class Vector:
         """
         return Vector.of({**dict(self.counters), key: max(self.get(key) + 1, floor)})
 
+    def can_bump(self, key: str) -> bool:
+        """Whether `key`'s bump of this vector stays within what every node accepts: its own
+        counter at most MAX_OWN_COUNTER, and room for its entry among MAX_ENTRIES."""
+        own = self.get(key)
+        return own <= MAX_OWN_COUNTER and (own > 0 or len(self.counters) < MAX_ENTRIES)
+
     def merge(self, other: Vector) -> Vector:
         """The least vector that descends from both."""
         merged = dict(self.counters)

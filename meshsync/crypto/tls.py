@@ -81,7 +81,8 @@ def vouched_key(der: bytes) -> bytes:
             Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     except x509.ExtensionNotFound:
         raise NotVouched("certificate carries no SSH key's vouch") from None
-    except (ValueError, TypeError) as e:  # not DER, or a key type cryptography cannot read
+    except Exception as e:  # the parser's errors share no base (ValueError, InvalidVersion,
+        # UnsupportedAlgorithm…), and none may escape for a certificate a peer chose
         raise NotVouched(f"not a usable certificate: {e}") from None
     if not isinstance(vouch, x509.UnrecognizedExtension):
         raise NotVouched("certificate's vouch is malformed")

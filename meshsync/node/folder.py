@@ -28,7 +28,7 @@ from meshsync.core.paths import RelPath, parent
 from meshsync.core.plan import Action, decide
 from meshsync.core.records import FileRecord, Kind
 from meshsync.core.throttle import Throttle, shown
-from meshsync.core.vclock import MAX_OWN_COUNTER, Order, Vector
+from meshsync.core.vclock import Order, Vector
 from meshsync.core.wire import MAX_BLOCKS_PER_REQUEST, BlockRequest, IndexRequest, Records, Signed
 from meshsync.fs import apply, scan, versions
 from meshsync.fs.ignore import IGNORE_FILE, Ignore
@@ -390,12 +390,13 @@ class FolderSync:
             record = signed.record
             if self.ignore.match(record.path, record.kind is Kind.DIR):
                 continue  # it stays local here
-            if record.version.get(me) > MAX_OWN_COUNTER:
+            if not record.version.can_bump(me):
                 # Taken, our next edit of it could not be counted: a faulty or forged history.
-                if self._throttle.allow((source, "own counter"), time.time()):
-                    log.warning("folder %s: refused %s from %s: it names version %d of this "
-                                "node, beyond any this node can make", self.id,
-                                shown(record.path), source, record.version.get(me))
+                if self._throttle.allow((source, "no room"), time.time()):
+                    log.warning("folder %s: refused %s from %s: this node could not count its "
+                                "next edit of it (its version names %d nodes, and version %d "
+                                "of this one)", self.id, shown(record.path), source,
+                                len(record.version.counters), record.version.get(me))
                 continue
             self._weigh(Need(record, signed.signature, source), queued, verify=True)
         self.index.add_needs(self.id, queued)

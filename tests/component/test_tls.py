@@ -276,3 +276,14 @@ def test_the_limits_leave_most_descriptors_to_the_rest_of_the_node() -> None:
 def test_the_server_speaks_only_tls_1_3(tmp_path: Path) -> None:
     context = server_context(str(tls.certificate_file(tmp_path, new_key())))
     assert context.minimum_version is ssl.TLSVersion.TLSv1_3
+
+
+def test_a_certificate_for_a_key_type_nobody_knows_is_not_vouched() -> None:
+    # Found by the property test: an OID cryptography cannot load raised UnsupportedAlgorithm,
+    # which no caller expected (a peer's certificate could have stopped the node).
+    der = bytearray(der_of(tls.make_certificate(new_key())))
+    ed25519 = bytes.fromhex("06032b6570")  # OID 1.3.101.112
+    at = der.rindex(ed25519, 0, der.index(b"SSHSIG"))  # the subject key's, not the signature's
+    der[at + 4] ^= 0x40
+    with pytest.raises(tls.NotVouched, match="not a usable certificate"):
+        tls.vouched_key(bytes(der))

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from meshsync.core.errors import WireError
-from meshsync.core.vclock import MAX_COUNTER, MAX_ENTRIES, Order, Vector
+from meshsync.core.vclock import MAX_COUNTER, MAX_ENTRIES, MAX_OWN_COUNTER, Order, Vector
 
 A, B, C = "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "0123456789abcdef"
 
@@ -194,3 +194,12 @@ def test_bump_never_goes_below_its_floor_so_a_wiped_index_cannot_reuse_a_counter
     assert first.get(A) == 1_700_000_000
     assert again_after_wipe.compare(first) is Order.NEWER
     assert first.bump(A, floor=5).get(A) == 1_700_000_001  # past its own counter all the same
+
+
+def test_a_node_can_bump_any_vector_it_takes() -> None:
+    assert v(a=3, b=MAX_COUNTER).can_bump(A)  # another's counter at the top is no matter
+    assert Vector.of({A: MAX_OWN_COUNTER}).can_bump(A)
+    assert not Vector.of({A: MAX_OWN_COUNTER + 1}).can_bump(A)
+    full = Vector.of({f"{n:016x}": 1 for n in range(MAX_ENTRIES)})
+    assert not full.can_bump("f" * 16)  # no room for a 1025th entry
+    assert full.can_bump(f"{0:016x}")  # a node already named bumps in place
