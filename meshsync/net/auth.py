@@ -96,12 +96,17 @@ def auth_middleware(
     wall: Callable[[], float],
     routes: Mapping[str, int],
     connections: Connections,
+    digests: Mapping[str, Callable[[bytes], str]] | None = None,
 ) -> web.middleware:  # type: ignore[valid-type]
     """Refuse unsigned, misdirected, forged, stale, replayed or untrusted requests before reading
-    their bodies; `routes` maps each path to the largest body it takes."""
+    their bodies; `routes` maps each path to the largest body it takes, and `digests` a path
+    to what its answers are signed over (by default, the whole body)."""
     guard = ReplayGuard()
     throttle = Throttle()
     in_flight: Counter[bytes] = Counter()
+
+    def answer_digest(path: str) -> Callable[[bytes], str]:
+        return (digests or {}).get(path, body_digest)
 
     def refuse(request: web.Request, status: int, reason: str, nonce: str = "") -> web.Response:
         # Keyed on the kind of refusal, not its detail: a peer chooses the clock offset or key.
@@ -110,7 +115,9 @@ def auth_middleware(
                         request.remote, reason)
         response = web.json_response({"error": reason}, status=status)
         response.force_close()  # never drain a body we will not read, nor keep the connection
-        return sign_response(credentials, nonce, response) if nonce else response
+        if not nonce:
+            return response
+        return sign_response(credentials, nonce, response, answer_digest(request.path))
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -163,7 +170,7 @@ def auth_middleware(
             if not in_flight[key]:
                 del in_flight[key]
         if isinstance(answer, web.Response):
-            sign_response(credentials, head.nonce, answer)
+            sign_response(credentials, head.nonce, answer, answer_digest(request.path))
         return answer
 
     return middleware
@@ -181,10 +188,13 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def sign_response(credentials: Credentials, nonce: str, response: web.Response) -> web.Response:
+def sign_response(
+    credentials: Credentials, nonce: str, response: web.Response,
+    digest: Callable[[bytes], str] = body_digest,
+) -> web.Response:
     """Sign `response` as the answer to the request that carried `nonce`."""
     body = response.body if isinstance(response.body, bytes) else b""
-    message = response_canonical(nonce, response.status, body_digest(body))
+    message = response_canonical(nonce, response.status, digest(body))
     response.headers[RESPONSE_SIGNATURE] = SCHEME + base64.b64encode(
         credentials.sign(message)
     ).decode()

@@ -43,6 +43,7 @@ from meshsync.core.wire import (
     Hello,
     IndexRequest,
     Records,
+    frames_digest,
     unpack_blocks,
 )
 from meshsync.net.auth import decode_signature
@@ -50,6 +51,7 @@ from meshsync.net.auth import decode_signature
 MAX_ANSWER = 1024 * 1024
 MAX_PINS = 256  # keys and addresses remembered; the oldest are forgotten first
 IDLE = 15.0  # seconds a pooled connection is kept: less than the server's 20
+READ_BUFFER = 4 << 20  # an answer of blocks is read in few turns of the loop, not 128 of 64 KiB
 
 
 class PeerError(Exception):
@@ -143,7 +145,7 @@ class PeerClient:
     async def __aenter__(self) -> PeerClient:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit_per_host=8, keepalive_timeout=IDLE),
-            auto_decompress=False,
+            auto_decompress=False, read_bufsize=READ_BUFFER,
         )
         return self
 
@@ -203,7 +205,8 @@ class PeerClient:
     ) -> list[bytes | None]:
         """The blocks asked for, None where the peer has not got one; the caller checks hashes."""
         limit = len(request.hashes) * (BLOCK_SIZE + 4)
-        reply = await self.post(address, key, "/v1/blocks", request.to_json(), timeout, limit)
+        reply = await self.post(address, key, "/v1/blocks", request.to_json(), timeout, limit,
+                                frames_digest)
         return unpack_blocks(self._ok(address, reply), len(request.hashes))
 
     def _vouched(self, der: bytes) -> bytes:
@@ -235,18 +238,18 @@ class PeerClient:
 
     async def post(
         self, address: str, key: bytes, path: str, body: bytes, timeout: float,
-        limit: int = MAX_ANSWER,
+        limit: int = MAX_ANSWER, digest: Callable[[bytes], str] = body_digest,
     ) -> Reply:
         """A signed POST to the node holding `key`; PeerClosed if nothing listens, PeerMismatch
         if another key answers there, PeerUnreachable for any other failure."""
         try:
-            return await self._post_once(address, key, path, body, timeout, limit)
+            return await self._post_once(address, key, path, body, timeout, limit, digest)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
             if isinstance(e, aiohttp.ClientConnectorError):
                 raise self._failure(address, e) from None
             # A pooled connection the peer had already closed: one retry on a fresh one.
             try:
-                return await self._post_once(address, key, path, body, timeout, limit)
+                return await self._post_once(address, key, path, body, timeout, limit, digest)
             except aiohttp.ClientError as e2:
                 raise self._failure(address, e2) from None
         except aiohttp.ClientError as e:
@@ -255,7 +258,8 @@ class PeerClient:
             raise PeerUnreachable(f"{address}: no answer within {timeout:.1f} s") from None
 
     async def _post_once(
-        self, address: str, key: bytes, path: str, body: bytes, timeout: float, limit: int
+        self, address: str, key: bytes, path: str, body: bytes, timeout: float, limit: int,
+        digest: Callable[[bytes], str],
     ) -> Reply:
         if self._session is None:
             raise RuntimeError("PeerClient used outside `async with`")
@@ -277,7 +281,7 @@ class PeerClient:
             answer = await _read_bounded(response.content, limit)
             if answer is None:
                 raise PeerUnreachable(f"{address}: answer larger than {limit} bytes")
-            message = response_canonical(head.nonce, response.status, body_digest(answer))
+            message = response_canonical(head.nonce, response.status, digest(answer))
             try:
                 signature = decode_signature(response.headers.get(RESPONSE_SIGNATURE))
                 signer = self._signing.verify(signature, message)

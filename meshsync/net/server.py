@@ -21,6 +21,7 @@ from meshsync.core.wire import (
     Hello,
     IndexRequest,
     Records,
+    frames_digest,
     pack_blocks,
 )
 from meshsync.net.auth import BODY, PEER_KEY, Connections, Credentials, auth_middleware
@@ -35,6 +36,8 @@ ROUTES = {
     "/v1/index": MAX_INDEX_REQUEST_BYTES,
     "/v1/blocks": MAX_BLOCK_REQUEST_BYTES,
 }
+# Answers signed over less than their whole body: blocks are checked against their hashes.
+ANSWER_DIGESTS = {"/v1/blocks": frames_digest}
 # A member's next request must arrive complete (line and headers) within this long of its
 # last answer, or the connection is closed: aiohttp's keep-alive timer doubles as the header
 # timeout, since it only stops once a whole request head has been parsed.
@@ -66,7 +69,8 @@ def make_app(
 ) -> web.Application:
     """The peer API: every route behind the signature check, every body parsed before use."""
     app = web.Application(
-        middlewares=[auth_middleware(credentials, me, wall, ROUTES, connections)],
+        middlewares=[auth_middleware(credentials, me, wall, ROUTES, connections,
+                                     ANSWER_DIGESTS)],
         client_max_size=MAX_BATCH_BYTES,
     )
 

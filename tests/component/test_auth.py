@@ -38,7 +38,7 @@ from meshsync.crypto.keys import KeySigner, public_key_line
 from meshsync.crypto.sshsig import BadSignature
 from meshsync.crypto.trust import TrustStore
 from meshsync.net.auth import MAX_IN_FLIGHT
-from meshsync.net.server import ROUTES, make_app
+from meshsync.net.server import ANSWER_DIGESTS, ROUTES, make_app
 
 T0 = 1_700_000_000.0
 THEIRS = Hello("client", 22300, frozenset({FolderId("docs")}), 3, None)
@@ -199,12 +199,14 @@ class Answer:
         assert isinstance(reason, str)
         return reason
 
-    def assert_signed_by(self, key: KeySigner, request_nonce: str) -> None:
-        """The answer carries a signature by `key` binding it to the request with that nonce."""
+    def assert_signed_by(self, key: KeySigner, request_nonce: str, path: str = "") -> None:
+        """The answer carries a signature by `key` binding it to the request with that nonce
+        (over its body, or what that path's answers are signed over)."""
         value = self.headers[RESPONSE_SIGNATURE]
         assert value.startswith(SCHEME)
         signature = base64.b64decode(value[len(SCHEME) :])
-        message = response_canonical(request_nonce, self.status, body_digest(self.raw))
+        digest = ANSWER_DIGESTS.get(path, body_digest)
+        message = response_canonical(request_nonce, self.status, digest(self.raw))
         assert sshsig.verify(signature, message) == key.public_blob
 
 
@@ -548,7 +550,7 @@ async def test_a_body_larger_than_its_route_takes_is_refused_unread(
         answer = Answer(response.status, await response.read(), response.headers)
     assert (answer.status, answer.error) == (413, f"body over {ROUTES[path]} bytes")
     assert answer.headers.get("Connection", "").lower() == "close"
-    answer.assert_signed_by(server.key, headers[NONCE])
+    answer.assert_signed_by(server.key, headers[NONCE], path)
 
 
 async def test_an_unknown_route_is_refused_without_checking_anything(

@@ -39,6 +39,7 @@ from meshsync.core.wire import (
     Records,
     Signed,
     check_folder_id,
+    frames_digest,
     pack_blocks,
     unpack_blocks,
 )
@@ -578,10 +579,13 @@ BLOCK_LISTS = st.lists(
        st.integers(-1, MAX_BLOCKS_PER_REQUEST + 1))
 def test_a_block_answer_from_any_bytes_is_blocks_or_a_wire_error(body: bytes, count: int) -> None:
     blocks = decoded(lambda b: unpack_blocks(b, count), body)
+    assert frames_digest(body).startswith("frames-sha256=")  # what its signature is checked over
     if blocks is not None:
         assert len(blocks) == max(count, 0)
         assert pack_blocks(blocks) == body
         assert all(b is None or 0 < len(b) <= BLOCK_SIZE for b in blocks)
+        assert frames_digest(pack_blocks([b and b"x" * len(b) for b in blocks])) == (
+            frames_digest(body))  # the framing, not the bytes
 
 
 @BIG

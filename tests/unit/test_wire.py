@@ -8,7 +8,15 @@ import pytest
 
 from meshsync.core.errors import WireError
 from meshsync.core.ids import NodeId
-from meshsync.core.wire import MAX_FOLDERS, MAX_HELLO_BYTES, MAX_NAME, FolderId, Hello
+from meshsync.core.wire import (
+    MAX_FOLDERS,
+    MAX_HELLO_BYTES,
+    MAX_NAME,
+    FolderId,
+    Hello,
+    frames_digest,
+    pack_blocks,
+)
 
 COORDINATOR = NodeId.of_key(b"ssh-ed25519 coordinator")
 
@@ -273,3 +281,12 @@ def test_damaged_hellos_raise_only_wire_error() -> None:
     assert accepted > 100
     assert len(reasons) > 1000
     assert all(reasons), "every refusal says why"
+
+
+def test_an_answer_of_blocks_is_signed_over_its_framing_which_any_change_of_shape_alters():
+    answer = pack_blocks([b"a" * 10, None, b"b" * 3])
+    same_shape = pack_blocks([b"c" * 10, None, b"d" * 3])  # contents are checked by hash
+    assert frames_digest(answer) == frames_digest(same_shape)
+    for other in (pack_blocks([b"a" * 10, None]), pack_blocks([b"a" * 10, b"x", b"b" * 3]),
+                  answer + b"\0", answer[:-1], b""):
+        assert frames_digest(other) != frames_digest(answer)
