@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from meshsync.core.errors import MeshsyncError
+from meshsync.crypto.agent import AgentError
 from meshsync.crypto.keys import KeyLoadError, find_key, load_signer
 from meshsync.crypto.trust import TrustStore
 from meshsync.node.clock import Clock
@@ -25,7 +26,10 @@ from meshsync.node.node import AlreadyRunning, Node
 
 # Errors the user can act on, each with a message made for them; anything else is a bug and
 # shows its traceback. A ValueError is the user's only while the arguments are checked.
-_FATAL: tuple[type[Exception], ...] = (MeshsyncError, OSError, KeyLoadError, AlreadyRunning)
+_FATAL: tuple[type[Exception], ...] = (
+    MeshsyncError, OSError, KeyLoadError, AlreadyRunning, AgentError)
+# A network error that escapes is a bug (peers' failures are handled where they happen).
+_NOT_THE_USERS = (TimeoutError, ConnectionError)
 _ARGUMENTS: tuple[type[Exception], ...] = (ValueError, *_FATAL)
 
 
@@ -76,8 +80,10 @@ def _reason(e: BaseException, expected: tuple[type[BaseException], ...]) -> str 
     if isinstance(e, BaseExceptionGroup):
         reasons = [_reason(inner, expected) for inner in e.exceptions]
         return None if None in reasons else reasons[0]
-    if not isinstance(e, expected):
+    if not isinstance(e, expected) or isinstance(e, _NOT_THE_USERS):
         return None
+    if isinstance(e, AgentError):  # e.g. `ssh-add -D` while the node ran
+        return f"{e}: the node cannot sign without its key; run ssh-add, then start it again"
     if isinstance(e, OSError) and e.strerror:
         where = " → ".join(os.fsdecode(f) if isinstance(f, bytes) else str(f)
                            for f in (e.filename, e.filename2) if f is not None)

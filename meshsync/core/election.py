@@ -45,7 +45,8 @@ def term_ceiling(wall: float) -> int:
 # Events (past tense)
 @dataclass(frozen=True, slots=True)
 class PeerHeard:
-    """A member spoke to us, or answered us, with its view of the mesh."""
+    """A member spoke to us, or answered us, with its view of the mesh (term 0 and no
+    coordinator: heard, with no claim to take)."""
 
     peer: NodeId
     term: int

@@ -7,6 +7,7 @@ escape into a name, a path or an error it makes us print.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable
 
 WINDOW = 60.0
@@ -19,6 +20,7 @@ class Throttle:
     """Allows one line per key per window, and at most `per_cause` lines per cause per window.
 
     A key is a tuple whose last item names the cause (`(peer, "bad hello")`), or a cause alone.
+    Safe to share between threads (a folder judges records in one and reports on the loop).
     """
 
     def __init__(self, window: float = WINDOW, per_cause: int = PER_CAUSE) -> None:
@@ -26,9 +28,14 @@ class Throttle:
         self._per_cause = per_cause
         self._last: dict[Hashable, float] = {}
         self._causes: dict[Hashable, tuple[float, int]] = {}  # cause -> (window start, lines)
+        self._lock = threading.Lock()
 
     def allow(self, key: Hashable, now: float) -> bool:
         """True if a line for `key` may be logged at `now`; the caller then logs exactly one."""
+        with self._lock:
+            return self._allow(key, now)
+
+    def _allow(self, key: Hashable, now: float) -> bool:
         last = self._last.get(key)
         if last is not None and now - last < self._window:
             return False

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NewType
 
@@ -141,6 +142,35 @@ class Signed:
         except ValueError:
             raise WireError("record signature is not base64") from None
         return cls(FileRecord.from_json(data.get("record")), raw)
+
+
+def size_bound(signed: Signed) -> int:
+    """Bytes a record can take at most in a batch's JSON (every character of a path escaped)."""
+    r = signed.record
+    return (512 + 12 * (len(r.path) + len(r.target)) + 67 * len(r.blocks)
+            + 40 * len(r.version.counters) + 2 * len(signed.signature))
+
+
+BATCH_BUDGET = MAX_BATCH_BYTES - 64 * 1024  # what records may fill, the envelope aside
+
+
+def batches(signed: Sequence[Signed]) -> Iterator[tuple[Signed, ...]]:
+    """Runs of records that each fit in one batch (by count and by bytes), in order. A record
+    that fits in none (a file of some 15 GiB, whose block list alone is over 8 MiB) is left
+    out: the caller says so."""
+    run: list[Signed] = []
+    size = 0
+    for one in signed:
+        bound = size_bound(one)
+        if bound > BATCH_BUDGET:
+            continue
+        if run and (size + bound > BATCH_BUDGET or len(run) == MAX_BATCH_RECORDS):
+            yield tuple(run)
+            run, size = [], 0
+        run.append(one)
+        size += bound
+    if run:
+        yield tuple(run)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ _SIG_KEY_TYPE = {
 }
 _RSA_HASH = {b"rsa-sha2-256": hashes.SHA256(), b"rsa-sha2-512": hashes.SHA512()}
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
+MAX_RSA_EXPONENT = 2**32
 
 
 class KeyLoadError(Exception):
@@ -179,6 +180,10 @@ def _public_key(blob: bytes) -> SSHPublicKey:
     elif isinstance(key, RSAPublicKey):
         if not 1024 <= key.key_size <= 16384:  # OpenSSH's own limits
             raise ValueError(f"{key.key_size}-bit RSA key")
+        if key.public_numbers().e > MAX_RSA_EXPONENT:
+            # Verifying costs as many bits as the exponent has: a crafted key would make a
+            # stranger's every request cost milliseconds. ssh-keygen makes 65537.
+            raise ValueError("RSA key with an exponent over 2**32")
     elif not isinstance(key, Ed25519PublicKey):
         raise ValueError(f"unsupported key {type(key).__name__}")
     # One key, one blob: a node's ID is the blob's hash, as `ssh-keygen -l` prints it, and an

@@ -35,8 +35,8 @@ def sign(signer: Signer, message: bytes, namespace: str = "meshsync") -> bytes:
     return MAGIC + put_u32(VERSION) + b"".join(map(put_string, fields))
 
 
-def verify(sig: bytes, message: bytes, namespace: str = "meshsync") -> bytes:
-    """Check an SSHSIG blob over message and return the signer's public key blob."""
+def _fields(sig: bytes) -> tuple[int, bytes, bytes, bytes, bytes]:
+    """(version, public key, namespace, hash name, signature) of an SSHSIG blob."""
     if len(sig) > MAX_SIZE:
         raise BadSignature(f"signature is {len(sig)} bytes, more than {MAX_SIZE}")
     if not sig.startswith(MAGIC):
@@ -49,6 +49,18 @@ def verify(sig: bytes, message: bytes, namespace: str = "meshsync") -> bytes:
         raise BadSignature(f"malformed SSHSIG: {e}") from None
     if not r.done():
         raise BadSignature("trailing bytes after SSHSIG")
+    return version, public_blob, ns, hash_algorithm, signature
+
+
+def signer(sig: bytes) -> bytes:
+    """The public key an SSHSIG blob claims to be by, unchecked: to decide, before paying for
+    the check, whether a signature by that key would count at all."""
+    return _fields(sig)[1]
+
+
+def verify(sig: bytes, message: bytes, namespace: str = "meshsync") -> bytes:
+    """Check an SSHSIG blob over message and return the signer's public key blob."""
+    version, public_blob, ns, hash_algorithm, signature = _fields(sig)
     if version != VERSION:
         raise BadSignature(f"unsupported SSHSIG version {version}")
     if ns != namespace.encode():

@@ -273,7 +273,7 @@ class TrustStore:
         cached = self._cache.get(path)
         # Timestamps are coarse (ms ticks): a same-size edit right after our read would keep
         # the old stamp, so a file touched in the last seconds is never served from cache.
-        settled = time.time_ns() - st.st_mtime_ns > RACY_NS
+        settled = abs(time.time_ns() - st.st_mtime_ns) > RACY_NS  # a future mtime too
         if cached is not None and cached[0] == stamp and settled:
             return cached[1]
         try:

@@ -241,21 +241,22 @@ class PeerClient:
         limit: int = MAX_ANSWER, digest: Callable[[bytes], str] = body_digest,
     ) -> Reply:
         """A signed POST to the node holding `key`; PeerClosed if nothing listens, PeerMismatch
-        if another key answers there, PeerUnreachable for any other failure."""
-        try:
-            return await self._post_once(address, key, path, body, timeout, limit, digest)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
-            if isinstance(e, aiohttp.ClientConnectorError):
-                raise self._failure(address, e) from None
-            # A pooled connection the peer had already closed: one retry on a fresh one.
+        if another key answers there, PeerUnreachable for any other failure (never anything
+        but a PeerError: whoever is at the address chooses how it fails)."""
+        for attempt in (1, 2):
             try:
                 return await self._post_once(address, key, path, body, timeout, limit, digest)
-            except aiohttp.ClientError as e2:
-                raise self._failure(address, e2) from None
-        except aiohttp.ClientError as e:
-            raise self._failure(address, e) from None
-        except TimeoutError:
-            raise PeerUnreachable(f"{address}: no answer within {timeout:.1f} s") from None
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+                # A pooled connection the peer had already closed: one retry on a fresh one.
+                if attempt == 2 or isinstance(e, aiohttp.ClientConnectorError):
+                    raise self._failure(address, e) from None
+            except aiohttp.ClientError as e:
+                raise self._failure(address, e) from None
+            except TimeoutError:
+                raise PeerUnreachable(f"{address}: no answer within {timeout:.1f} s") from None
+            except OSError as e:  # ssl errors, resets: whatever aiohttp did not wrap
+                raise PeerUnreachable(f"{address}: {e.__class__.__name__}: {e}") from None
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def _post_once(
         self, address: str, key: bytes, path: str, body: bytes, timeout: float, limit: int,

@@ -33,7 +33,7 @@ class Limits:
     connections: int = 512
     per_address: int = 16
     unproven: int = 64
-    unproven_per_address: int = 4
+    unproven_per_address: int = 8  # our own client opens up to 8 to a peer at once
     prove_within: float = 5.0
 
     @classmethod
@@ -176,7 +176,11 @@ class Listener:
             if not task.cancelled():  # a stranger's broken, slow or non-TLS client
                 log.debug("TLS handshake with %s failed: %s", connection.address,
                           task.exception())
-            sock.close()  # asyncio has let go of it (or never took it)
+            if connection.transport is not None:
+                # Cancelled in the turn its handshake finished: the transport owns the socket.
+                connection.transport.abort()  # type: ignore[attr-defined]
+            else:
+                sock.close()  # asyncio has let go of it (or never took it)
             self.forget(connection)
 
     def opened(self, connection: _Connection) -> None:

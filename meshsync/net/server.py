@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from meshsync.core.errors import Refused, WireError
 from meshsync.core.ids import NodeId
+from meshsync.core.throttle import Throttle, shown
 from meshsync.core.wire import (
     MAX_BATCH_BYTES,
     MAX_BLOCK_REQUEST_BYTES,
@@ -106,11 +108,33 @@ def make_app(
     return app
 
 
+class _OneLine(logging.Filter):
+    """aiohttp's own reports of a bad request (a malformed header, say) as one printable line
+    per kind a minute: as they come, each is a traceback quoting the peer's bytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._throttle = Throttle()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        kind = type(error).__name__ if error is not None else str(record.msg)[:40]
+        if not self._throttle.allow((kind, "aiohttp"), time.monotonic()):
+            return False
+        if error is not None:
+            record.msg, record.args = "%s: %s", (shown(record.getMessage()), shown(error))
+            record.exc_info = record.exc_text = None
+        return True
+
+
 async def serve(app: web.Application) -> tuple[web.AppRunner, web.Server]:
     """Set `app` up to answer connections: the server is the protocol the listener runs, and
     `cleanup()` on the runner closes every connection."""
     # A short shutdown: peers retry, and a node on its way out must not wait a minute.
     # No lingering: a request we refuse is not drained, its connection is closed.
+    reports = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _OneLine) for f in reports.filters):
+        reports.addFilter(_OneLine())
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
                            keepalive_timeout=IDLE, lingering_time=0)
     await runner.setup()

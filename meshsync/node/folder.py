@@ -29,7 +29,16 @@ from meshsync.core.plan import Action, decide
 from meshsync.core.records import FileRecord, Kind
 from meshsync.core.throttle import Throttle, shown
 from meshsync.core.vclock import Order, Vector
-from meshsync.core.wire import MAX_BLOCKS_PER_REQUEST, BlockRequest, IndexRequest, Records, Signed
+from meshsync.core.wire import (
+    BATCH_BUDGET,
+    MAX_BLOCKS_PER_REQUEST,
+    BlockRequest,
+    IndexRequest,
+    Records,
+    Signed,
+    batches,
+    size_bound,
+)
 from meshsync.fs import apply, scan, versions
 from meshsync.fs.ignore import IGNORE_FILE, Ignore
 from meshsync.fs.watch import watch
@@ -45,7 +54,6 @@ CATCH_UP_EVERY = 5.0  # the safety net under notices: an index page per member, 
 REVIVED = "revived"  # the source of a need for a version taken back from the losers
 RETRY_CATCH_UP = 0.25  # doubled after each failed round, up to CATCH_UP_EVERY
 UNMOUNTED_CHECK_EVERY = 2.0
-NOTICE_BATCH = 1000
 RETRY_UNSTABLE = 0.5
 # File systems stamp mtimes in coarse ticks (ext4: a few ms), so a file rewritten in place
 # with the same size right after we hashed it can look unchanged. One hashed while its mtime
@@ -367,15 +375,23 @@ class FolderSync:
         return self.mesh.sign(record.canonical(self.id))
 
     async def _announce(self, changes: list[Signed]) -> None:
-        for at in range(0, len(changes), NOTICE_BATCH):
-            notice = Records(self.folder.id, tuple(changes[at : at + NOTICE_BATCH]))
-            await self.mesh.publish(notice)
-        log.info("folder %s: announced %d change%s", self.id, len(changes),
-                 "" if len(changes) == 1 else "s")
+        sent = 0
+        for batch in batches(changes):
+            await self.mesh.publish(Records(self.folder.id, batch))
+            sent += len(batch)
+        log.info("folder %s: announced %d change%s", self.id, sent, "" if sent == 1 else "s")
+        self._too_large([s.record for s in changes if size_bound(s) > BATCH_BUDGET])
+
+    def _too_large(self, records: list[FileRecord]) -> None:
+        for record in records:
+            if self._throttle.allow((record.path, "too large"), time.time()):
+                log.warning("folder %s: %s cannot be announced: its record (%d blocks) is over "
+                            "what one message carries", self.id, shown(record.path),
+                            len(record.blocks))
 
     # -- remote records ------------------------------------------------------------------------
-    async def take(self, source: str, records: Iterable[Signed]) -> int:
-        """Verify and judge remote records; queue those we must write. Returns how many."""
+    async def take(self, source: str, records: Iterable[Signed]) -> list[Signed]:
+        """Verify and judge remote records; queue those we must write, and return them."""
         # One at a time: judging compares with the version already waiting, then replaces it.
         async with self._judging:
             needs = await asyncio.to_thread(self._judge, source, list(records))
@@ -383,7 +399,7 @@ class FolderSync:
             self._need_wake.set()
         return needs
 
-    def _judge(self, source: str, records: list[Signed]) -> int:
+    def _judge(self, source: str, records: list[Signed]) -> list[Signed]:
         queued: list[Need] = []
         me = self.mesh.me.key
         for signed in records:
@@ -400,7 +416,7 @@ class FolderSync:
                 continue
             self._weigh(Need(record, signed.signature, source), queued, verify=True)
         self.index.add_needs(self.id, queued)
-        return len(queued)
+        return [Signed(n.record, n.signature) for n in queued]
 
     def _weigh(self, need: Need, queued: list[Need], keep: bool = True,
                verify: bool = False) -> plan.Judgement:
@@ -501,11 +517,24 @@ class FolderSync:
             since = page.seq
 
     def answer_index(self, since: int) -> Records:
-        """A page of our index after `since`, for a peer catching up; runs in a thread."""
+        """A page of our index after `since`, for a peer catching up; runs in a thread.
+
+        A page holds what fits in one message; a record that fits in none is passed over (and
+        said so), so that catch-up goes on past it.
+        """
         entries = self.index.since(self.id, since)
-        seq = entries[-1].seq if entries else self.index.max_seq(self.id)
-        signed = tuple(Signed(e.record, e.signature) for e in entries)
-        return Records(self.folder.id, signed, self.epoch, seq)
+        if not entries:
+            return Records(self.folder.id, (), self.epoch, self.index.max_seq(self.id))
+        signed = [Signed(e.record, e.signature) for e in entries]
+        page = next(batches(signed), ())
+        seqs = {id(s): e.seq for s, e in zip(signed, entries, strict=True)}
+        last = seqs[id(page[-1])] if page else entries[-1].seq
+        skipped = [s.record for s in signed if size_bound(s) > BATCH_BUDGET
+                   and seqs[id(s)] <= last]
+        self._too_large(skipped)
+        if not page or len(page) == len(signed):
+            last = entries[-1].seq  # everything read fit, or nothing could
+        return Records(self.folder.id, page, self.epoch, last)
 
     def answer_blocks(self, hashes: tuple[bytes, ...]) -> list[bytes | None]:
         """The blocks we hold, verified against their hash; runs in a thread."""
@@ -911,9 +940,17 @@ class FolderSync:
         return chosen
 
     # -- status --------------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        """This folder's line in `meshsync status --json`."""
+    def counts(self) -> tuple[int, int, int]:
+        """(versions to write, their bytes, conflict copies): status's part read from the index,
+        in a thread."""
         files, size = self.index.need_totals(self.id)
+        copies = sum(conflicts.is_copy(e.record.path) for e in self.index.conflict_copies(self.id))
+        return files, size, copies
+
+    def status(self, counts: tuple[int, int, int] | None = None) -> dict[str, Any]:
+        """This folder's line in `meshsync status --json`; on the loop, which owns the
+        transfers and retries it lists (`counts` read beforehand, or now)."""
+        files, size, copies = counts or self.counts()
         waiting = len(self._retries) if files else 0  # the waits of dropped needs go next pass
         return {
             "id": self.id,
@@ -921,8 +958,7 @@ class FolderSync:
             "state": "unmounted" if not self.mounted else "syncing" if files else "in sync",
             "need_files": files,
             "need_bytes": size,
-            "conflicts": sum(conflicts.is_copy(e.record.path)
-                             for e in self.index.conflict_copies(self.id)),
+            "conflicts": copies,
             "transfers": [{"path": p.path, "size": p.size, "done": p.done}
                           for p in self._transfers.values()],
             "waiting": self._retries.listing(self.clock.now(), WAITING_SHOWN) if waiting else [],

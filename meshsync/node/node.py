@@ -20,13 +20,21 @@ from meshsync.core.errors import Refused, WireError
 from meshsync.core.ids import NodeId
 from meshsync.core.membership import Peer, Roster
 from meshsync.core.paths import RelPath, check_path
+from meshsync.core.signing import SKEW
 from meshsync.core.throttle import Throttle, shown
 from meshsync.core.wire import BlockRequest, Hello, IndexRequest, Records
 from meshsync.crypto import sshsig, tls
 from meshsync.crypto.keys import Signer, public_key_line
 from meshsync.crypto.trust import PublicKey, TrustStore, parse_key_line
 from meshsync.fs import versions
-from meshsync.net.client import PeerClient, PeerClosed, PeerMismatch, PeerUnreachable, Reply
+from meshsync.net.client import (
+    PeerClient,
+    PeerClosed,
+    PeerError,
+    PeerMismatch,
+    PeerUnreachable,
+    Reply,
+)
 from meshsync.net.discovery import Advert, Discovery, own_addresses, own_networks
 from meshsync.net.listener import Limits, Listener, raise_open_file_limit, server_context
 from meshsync.net.server import bind, make_app, serve
@@ -44,8 +52,11 @@ HELLO_TIMEOUT = 1.0
 HINT_RETRY = 5.0  # an advertised address that did not answer is tried again after this long,
 HINT_RETRY_MAX = 300.0  # doubling each time up to this
 MAX_HINTS = 64  # advertised addresses remembered (--peer addresses come on top)
+NEW_HINTS_PER_SECOND = 16  # new addresses are first dialled at most this often, however many
+HINTS_DIALLED_AT_ONCE = 16
 ADDRESSES_PER_ADVERT = 4
 STRANGER_EVERY = 10.0  # how often an untrusted node is checked again (trust may have changed)
+MAX_RELAYS = 8  # notices the coordinator is passing on at once; more wait for catch-up
 GOODBYE_EVERY = 1.0  # mDNS goodbyes are unauthenticated: at most one round of checks a second
 SETTLE_TIMEOUT = 10.0
 
@@ -82,6 +93,8 @@ class Node:
         self._stop = asyncio.Event()
         self._inflight: set[str] = set()
         self._stranger_checked: dict[str, float] = {}
+        self._next_new_dial = 0.0
+        self._relays = 0
         self._goodbye_wake = 0.0
         self._folders: dict[str, FolderSync] = {}
         self._client: PeerClient | None = None
@@ -107,7 +120,18 @@ class Node:
 
     def note_untrusted(self, public_blob: bytes, address: str) -> None:
         """A peer proved its key to us, but the user does not trust it: list it, accept nothing."""
-        self._remember_stranger(public_blob, address)
+        if not self._not_from_there(public_blob, address):
+            self._remember_stranger(public_blob, address)
+
+    def _not_from_there(self, key: bytes, address: str) -> bool:
+        """True (and said once) if the user trusts `key`, but not from `address` (from=)."""
+        if not self._trust.knows(key):
+            return False
+        peer_id = NodeId.of_key(key)
+        if self._throttle.allow((peer_id, "not from there"), self._clock.wall()):
+            log.warning("refused %s at %s: its key is trusted, but not from there (from= in "
+                        "authorized_keys)", peer_id, shown(address))
+        return True
 
     @property
     def me(self) -> NodeId:
@@ -117,11 +141,16 @@ class Node:
     def origin_key(self, origin: str, signature: bytes, message: bytes) -> bool:
         """Whether `signature` over `message` is by us or a trusted node whose key is `origin`."""
         try:
-            blob = self.verify(signature, message)
+            claimed = sshsig.signer(signature)  # cheap: only a signature that would count
+        except ValueError:                      # is worth its check
+            return False
+        trusted = claimed == self._signer.public_blob or self._trust.knows(claimed)
+        if not trusted or NodeId.of_key(claimed).key != origin:
+            return False
+        try:
+            return self.verify(signature, message) == claimed
         except ValueError:
             return False
-        trusted = blob == self._signer.public_blob or self._trust.knows(blob)
-        return trusted and NodeId.of_key(blob).key == origin
 
     def _remember_stranger(self, key: bytes, seen_at: str, **known: Any) -> None:
         _, new = self._roster.update(key, trusted=False, last_seen=self._clock.wall(), **known)
@@ -206,8 +235,11 @@ class Node:
         known = {p.address for p in self._roster if p.address and (
             p.trusted or now - self._stranger_checked.get(p.address, -STRANGER_EVERY)
             >= STRANGER_EVERY)}
-        hinted = {a for a, h in self._hints.items() if h.next_try <= now}
-        return sorted((known | hinted) - self._inflight)
+        room = HINTS_DIALLED_AT_ONCE - sum(a in self._hints for a in self._inflight)
+        due = sorted((a for a, h in self._hints.items()
+                      if h.next_try <= now and a not in known and a not in self._inflight),
+                     key=lambda a: self._hints[a].next_try)
+        return sorted((known - self._inflight) | set(due[: max(room, 0)]))
 
     async def _contact(self, client: PeerClient, address: str) -> None:
         """Learn who is at `address`, and if we trust it, send our hello and take its answer.
@@ -232,7 +264,7 @@ class Node:
             if (peer := self._roster.at(address)) is not None:
                 self._roster.update(peer.key, address=None)  # it may tell us where it is now
             self._hint(address)  # who is there now is learned afresh, and proven
-        except PeerUnreachable as e:
+        except PeerError as e:  # unreachable, or anything else it chose to answer
             if self._roster.at(address) is None:  # never proven: tell the user once a minute
                 self._log_peer_input(address, "no answer",
                                      f"does not answer as a meshsync node ({e})")
@@ -253,8 +285,19 @@ class Node:
             self._log_peer_input(address, "advert",
                                  f"advertised ID {shown(hint.claimed_id)} but its certificate "
                                  f"is vouched for by {peer_id}")
+        known = self._roster.get(peer_id)
+        if (known is not None and known.address not in (None, address)
+                and self._election.is_up(peer_id)):
+            # A member up at its own address, advertised at another: a relay, or a stale advert.
+            # Dialling it there would hand the member's address to whoever advertised it.
+            if (hint := self._hints.get(address)) is not None and not hint.static:
+                del self._hints[address]
+            return False
         if self._trust.is_trusted(key, _host(address)):
             return True
+        if self._not_from_there(key, address):
+            self._unreachable(address, closed=False)
+            return False
         if len(self._stranger_checked) >= MAX_HINTS:  # keep only strangers still listed
             listed = {p.address for p in self._roster if not p.trusted}
             self._stranger_checked = {a: t for a, t in self._stranger_checked.items()
@@ -281,6 +324,8 @@ class Node:
         elif hint is not None:
             hint.retry = HINT_RETRY
         trusted = self._trust.is_trusted(reply.key, _host(address))
+        if not trusted and self._not_from_there(reply.key, address):
+            return
         if reply.status == 403:
             before = self._roster.get(peer_id)
             self._roster.update(reply.key, trusted=trusted, trusts_us=False, address=address,
@@ -332,7 +377,12 @@ class Node:
         elif hello.leaving:
             self._feed(el.PeerLeft(peer.id, now))
         elif peer.is_member(self.config.folder_ids):
-            self._feed(el.PeerHeard(peer.id, hello.term, hello.coordinator, now))
+            term, coordinator = hello.term, hello.coordinator
+            if term > el.term_ceiling(self._clock.wall() - SKEW):
+                # Heard, but its claim is not taken until a node whose clock is SKEW behind
+                # ours would take it too: one pushed to our ceiling must not split us from them.
+                term, coordinator = 0, None
+            self._feed(el.PeerHeard(peer.id, term, coordinator, now))
         elif not peer.folders & self.config.folder_ids and self._throttle.allow(
             (peer.id, "no folder"), self._clock.wall()
         ):
@@ -389,11 +439,21 @@ class Node:
         """Changes made in the mesh; the coordinator passes on what members send it."""
         sync = self._folder(notice.folder, key)
         sender = NodeId.of_key(key).key
-        await sync.take(sender, notice.records)
-        if self._election.coordinator == self.id and self._tasks is not None:
-            # Not awaited here: the sender should not wait on our fan-out to every member.
-            self._tasks.create_task(self.publish(notice, skip=frozenset({sender})),
-                                    name=f"relay notice from {sender}")
+        news = await sync.take(sender, notice.records)
+        if (news and self._election.coordinator == self.id and self._tasks is not None
+                and self._relays < MAX_RELAYS):
+            # Only what was news to us (what was not, we passed on before), a few at a time:
+            # a member that sends one notice again and again cannot make us fan it out.
+            # Not awaited: the sender should not wait on our fan-out to every member.
+            self._relays += 1
+            relay = Records(notice.folder, tuple(news))
+            self._tasks.create_task(self._relay(relay, sender), name=f"relay from {sender}")
+
+    async def _relay(self, notice: Records, sender: str) -> None:
+        try:
+            await self.publish(notice, skip=frozenset({sender}))
+        finally:
+            self._relays -= 1
 
     async def handle_index(self, key: bytes, request: IndexRequest) -> Records:
         """A page of our index for a peer catching up."""
@@ -487,7 +547,13 @@ class Node:
         learned = [a for a, h in self._hints.items() if not h.static]
         if len(learned) >= MAX_HINTS:
             del self._hints[max(learned, key=lambda a: self._hints[a].next_try)]
-        self._hints[address] = _Hint(claimed_id=claimed_id)
+        # A flood of adverts queues its addresses instead of dialling them all at once; the
+        # queue is as long as the hints kept, so a new one waits seconds at the most.
+        now = self._clock.now()
+        self._next_new_dial = min(max(now, self._next_new_dial),
+                                  now + MAX_HINTS / NEW_HINTS_PER_SECOND)
+        self._hints[address] = _Hint(claimed_id=claimed_id, next_try=self._next_new_dial)
+        self._next_new_dial += 1 / NEW_HINTS_PER_SECOND
         return True
 
     def _on_mdns_goodbye(self, instance: str) -> None:
@@ -590,7 +656,7 @@ class Node:
         members = [p for p in self._roster if p.is_member(self.config.folder_ids)]
         folders = []
         for sync in self._folders.values():
-            status = await asyncio.to_thread(sync.status)
+            status = sync.status(await asyncio.to_thread(sync.counts))
             status["members"] = [str(p.id) for p in members
                                  if sync.id in p.folders and self._election.is_up(p.id)]
             folders.append(status)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import (
@@ -30,7 +30,7 @@ from meshsync.crypto.keys import (
     public_key_line,
     verify_signature,
 )
-from meshsync.crypto.sshwire import put_string
+from meshsync.crypto.sshwire import put_mpint, put_string
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen missing")
 
@@ -175,3 +175,16 @@ def test_verify_signature_rejections(tmp_path: Path) -> None:
 def test_key_signer_rejects_unknown_curve() -> None:
     with pytest.raises(KeyLoadError, match="curve"):
         KeySigner(ec.generate_private_key(ec.SECP256K1()))
+
+
+def test_an_rsa_key_with_a_huge_exponent_is_refused() -> None:
+    # Verifying costs as many bits as the exponent has: a stranger's crafted key would make
+    # each of its requests cost milliseconds before we even knew it was not trusted.
+    modulus = rsa.generate_private_key(65537, 2048).public_key().public_numbers().n
+    for exponent, usable in ((65537, True), (2**32 + 15, False), (modulus - 2, False)):
+        blob = put_string(b"ssh-rsa") + put_mpint(exponent) + put_mpint(modulus)
+        if usable:
+            assert load_public_blob(blob) == blob
+        else:
+            with pytest.raises(ValueError, match="exponent over 2"):
+                load_public_blob(blob)

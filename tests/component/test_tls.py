@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import socket
 import ssl
 import time
@@ -22,7 +23,7 @@ from meshsync.core.ids import NodeId
 from meshsync.core.wire import BlockRequest, FolderId, Hello, IndexRequest, Records
 from meshsync.crypto import sshsig, tls
 from meshsync.crypto.keys import KeySigner
-from meshsync.net.client import PeerClient, PeerMismatch
+from meshsync.net.client import PeerClient, PeerMismatch, PeerUnreachable
 from meshsync.net.listener import Limits, Listener, server_context
 from meshsync.net.server import make_app, serve
 
@@ -287,3 +288,50 @@ def test_a_certificate_for_a_key_type_nobody_knows_is_not_vouched() -> None:
     der[at + 4] ^= 0x40
     with pytest.raises(tls.NotVouched, match="not a usable certificate"):
         tls.vouched_key(bytes(der))
+
+
+async def test_malformed_requests_after_the_handshake_add_a_printable_line_or_two(
+    server: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    host, _, port = server.address.rpartition(":")
+    bad = [b"POST /v1/hello HTTP/1.1\r\nHost: x\r\nX-Evil: a\x1b[31m\nFAKE LINE\r\n\r\n",
+           b"POST /v1/hello HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+           b"POST /v1/hello HTTP/1.1\r\n" + b"X-A: b\r\n" * 200 + b"Bad\x00Header\r\n\r\n"]
+    for n in range(30):
+        reader, writer = await asyncio.open_connection(host, int(port), ssl=client,
+                                                       server_hostname="")
+        writer.write(bad[n % len(bad)])
+        await reader.read()
+        writer.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) <= len(bad)  # one per kind of error a minute, not one per request
+    assert all(line.isprintable() and r.exc_info is None
+               for line, r in zip(lines, caplog.records, strict=True))
+
+
+async def test_a_peer_that_drops_then_stalls_a_request_fails_it_as_a_peer_error(
+    tmp_path: Path,
+) -> None:
+    # The retry on a fresh connection timing out used to escape as a bare TimeoutError,
+    # out of the node's heartbeat task: a stranger relaying a member's port stopped the node.
+    node = Node(new_key())
+    context = server_context(str(tls.certificate_file(tmp_path, node.signer)))
+    seen: list[int] = []
+
+    async def drop_then_stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(len(seen))
+        await reader.read(65536)
+        if len(seen) == 1:
+            writer.transport.abort()  # the request arrived: the connection "was stale"
+        else:
+            await asyncio.sleep(3600)
+
+    stalling = await asyncio.start_server(drop_then_stall, "127.0.0.1", 0, ssl=context)
+    address = f"127.0.0.1:{stalling.sockets[0].getsockname()[1]}"
+    async with stalling, PeerClient(Node(new_key()), time.time) as client:
+        with pytest.raises(PeerUnreachable, match="no answer"):
+            await client.send_hello(address, node.signer.public_blob, HELLO, timeout=0.5)
+    assert seen == [0, 1]

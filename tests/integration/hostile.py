@@ -8,6 +8,8 @@
     python -m tests.integration.hostile flood HOST:PORT COUNT SOURCE...
         COUNT connections from the SOURCE addresses that never finish a TLS handshake (half
         send nothing, half the start of a ClientHello), each reopened as soon as it is closed
+    python -m tests.integration.hostile relay PORT HOST:PORT
+        a plain TCP relay from PORT to HOST:PORT (TLS passes through it, end to end)
     python -m tests.integration.hostile keys HOST:PORT COUNT
         COUNT hellos, each signed by a fresh key; prints how they were answered
     python -m tests.integration.hostile adverts IP PORT TEXT ID
@@ -109,6 +111,31 @@ async def mitm(context: ssl.SSLContext, port: int, out: Path) -> None:
             writer.transport.abort()
 
     server = await asyncio.start_server(take, "0.0.0.0", port, ssl=context)  # noqa: S104
+    ready()
+    async with server:
+        await server.serve_forever()
+
+
+# -- a relay ---------------------------------------------------------------------------------------
+async def relay(port: int, target: str) -> None:
+    host, _, target_port = target.rpartition(":")
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.transport.abort()
+
+    async def take(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            far_reader, far_writer = await asyncio.open_connection(host, int(target_port))
+        except OSError:
+            writer.transport.abort()
+            return
+        await asyncio.gather(pipe(reader, far_writer), pipe(far_reader, writer))
+
+    server = await asyncio.start_server(take, "0.0.0.0", port)  # noqa: S104
     ready()
     async with server:
         await server.serve_forever()
@@ -336,6 +363,8 @@ def main() -> None:
         asyncio.run(mitm(context, int(args[0]), learned))
     elif mode == "flood":
         flood(args[0], int(args[1]), args[2:])
+    elif mode == "relay":
+        asyncio.run(relay(int(args[0]), args[1]))
     elif mode == "keys":
         fresh_keys(args[0], int(args[1]))
     elif mode == "adverts":

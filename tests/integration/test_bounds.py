@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from tests.integration.lan import Host, Lan, wait_for
+from tests.integration.lan import Host, Lan, holds_for, wait_for
 from tests.integration.test_election import agreed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,3 +87,22 @@ def test_fresh_keys_and_forged_adverts_add_a_bounded_number_of_printable_lines(m
         assert not line.startswith(FAKE), line
     assert "\x1b" not in h1.log.read_text()
     still_syncs(h2, h1, "after-the-flood.txt")
+
+
+def test_an_address_advertised_for_a_member_up_elsewhere_takes_nothing_from_it(make_lan):
+    # A stranger relays h2's port and advertises the relay with h2's ID: TLS passes through,
+    # so the relay's certificate is h2's own. h1 must neither move h2 there (the relay could
+    # then stall h1's fetches) nor take it for down when the relay goes.
+    lan = make_lan(3)
+    h1, h2, attacker = lan.hosts
+    pair(lan)
+    with attacker.running("-m", "tests.integration.hostile", "relay", "9003",
+                          f"{h2.ip}:22300"), \
+            attacker.running("-m", "tests.integration.hostile", "adverts", attacker.ip, "9000",
+                             "relayed", str(h2.id)):
+        holds_for("h2 online at its own address", lambda: [
+            (p["address"], p["state"]) for p in h1.json("peers") if p["id"] == str(h2.id)
+        ] == [(f"{h2.ip}:22300", "online")], 5)
+    holds_for("h2 online once the relay is gone", lambda: [
+        p["state"] for p in h1.json("peers") if p["id"] == str(h2.id)] == ["online"], 4)
+    assert "peer down" not in h1.log.read_text()

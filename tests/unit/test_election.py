@@ -194,3 +194,11 @@ def test_a_term_put_at_the_ceiling_has_a_valid_successor_a_moment_later():
     # One election later the next term is claimed; a millisecond on it is under the ceiling.
     assert claimed + 1 > term_ceiling(now)
     assert claimed + 1 <= term_ceiling(now + 0.002)
+
+
+def test_a_member_heard_without_a_claim_is_live_and_moves_nothing():
+    e = Election(me=B, started=0.0)
+    e.handle(PeerHeard(C, 5, C, 0.5))
+    assert e.handle(PeerHeard(A, 0, None, 1.0)) == [MarkUp(A)]
+    assert (e.term, e.coordinator) == (5, C)
+    assert e.is_up(A)

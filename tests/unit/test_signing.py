@@ -185,3 +185,15 @@ def test_a_full_guard_refuses_until_the_window_moves_on() -> None:
     # The refused nonce was not used up: once the first ones expire, it is accepted.
     guard.check(head(T0 + SKEW, refused), wall=T0 + SKEW + 1)
     assert len(guard._seen) == 1
+
+
+def test_one_sender_cannot_fill_the_replay_window_for_the_others() -> None:
+    guard = ReplayGuard(capacity=100, per_sender=10)
+    fresh = nonces(7)
+    for _ in range(10):
+        guard.check(head(nonce=next(fresh)), wall=T0, sender=b"greedy")
+    with pytest.raises(AuthError, match="too many"):
+        guard.check(head(nonce=next(fresh)), wall=T0, sender=b"greedy")
+    guard.check(head(nonce=next(fresh)), wall=T0, sender=b"another")  # still let in
+    # Once its nonces would be stale anyway, the sender's room comes back.
+    guard.check(head(T0 + SKEW + 1, next(fresh)), wall=T0 + SKEW + 1, sender=b"greedy")

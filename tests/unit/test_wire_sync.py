@@ -13,6 +13,8 @@ from meshsync.core.paths import RelPath
 from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
 from meshsync.core.vclock import Vector
 from meshsync.core.wire import (
+    BATCH_BUDGET,
+    MAX_BATCH_BYTES,
     MAX_BATCH_RECORDS,
     MAX_BLOCKS_PER_REQUEST,
     BlockRequest,
@@ -20,7 +22,9 @@ from meshsync.core.wire import (
     IndexRequest,
     Records,
     Signed,
+    batches,
     pack_blocks,
+    size_bound,
     unpack_blocks,
 )
 
@@ -38,6 +42,14 @@ RECORD = FileRecord(RelPath("a/b.txt"), Kind.FILE, Vector.of({ORIGIN: 3}), ORIGI
                     blocks=(digest(0), digest(1)))
 SIGNED = Signed(RECORD, b"SSHSIG\x00\x00\x00\x01 any bytes \xff")
 DELETED = Signed(RECORD.tombstone(RECORD.version.bump(ORIGIN), ORIGIN), b"sig")
+
+
+def signed_record(path: str, blocks: int = 1) -> Signed:
+    """A record of a file of `blocks` blocks, with a signature as long as an RSA-4096 one."""
+    record = FileRecord(RelPath(path), Kind.FILE, Vector.of({ORIGIN: 2**62, "f" * 16: 9}),
+                        ORIGIN, size=blocks * BLOCK_SIZE, mtime_ns=-(2**62),
+                        blocks=tuple(digest(n) for n in range(blocks)))
+    return Signed(record, bytes(range(256)) * 3)
 
 
 def records_body(**changes: object) -> bytes:
@@ -256,3 +268,24 @@ def test_trailing_bytes_are_refused() -> None:
 def test_an_answer_with_another_number_of_blocks_is_refused(count: int) -> None:
     with pytest.raises(WireError):
         unpack_blocks(pack_blocks([b"a", None]), count)
+
+
+def test_batches_fit_in_one_message_each_whatever_their_records_hold() -> None:
+    # Sixteen records of 1 GiB files are 8.8 MB of JSON: over what one message carries.
+    big = [signed_record(f"big-{n}.iso", blocks=8192) for n in range(16)]
+    small = [signed_record(f"small-{n}.txt") for n in range(3000)]
+    for records in (big, small, big + small):
+        runs = list(batches(records))
+        assert [s for run in runs for s in run] == records  # all of them, in order
+        for run in runs:
+            body = Records(FolderId("Sync"), run, "epoch", 2**63 - 1).to_json()
+            assert len(body) <= MAX_BATCH_BYTES
+            assert len(run) <= MAX_BATCH_RECORDS
+            assert Records.from_json(body).records == run
+
+
+def test_a_record_too_large_for_any_message_is_left_out_of_every_batch() -> None:
+    huge = signed_record("huge.img", blocks=130_000)  # a 16 GiB file: 8.7 MB of hashes
+    small = signed_record("a.txt")
+    assert size_bound(huge) > BATCH_BUDGET
+    assert list(batches([small, huge, small])) == [(small, small)]
