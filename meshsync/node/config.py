@@ -96,6 +96,13 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
+def check_port(port: int | None) -> int | None:
+    """`--port`: None (the default port) or 0 to 65535 (0: any free one); ValueError if not."""
+    if port is not None and not 0 <= port <= 65535:
+        raise ValueError(f"--port wants a number from 0 to 65535, not {port}")
+    return port
+
+
 def check_peer_address(text: str) -> str:
     """`HOST:PORT` for `--peer`; ValueError if it is not one."""
     host, sep, port = text.rpartition(":")

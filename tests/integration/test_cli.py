@@ -72,6 +72,16 @@ def test_a_folder_that_cannot_be_named_is_refused_in_one_line(tmp_path, args):
     assert not (tmp_path / "Sync").exists()
 
 
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_a_port_out_of_range_is_refused_in_one_line(tmp_path, port):
+    env = {**os.environ, "HOME": str(tmp_path), "MESHSYNC_HOME": str(tmp_path / "state")}
+    result = subprocess.run([sys.executable, "-m", "meshsync", "start", str(tmp_path / "Sync"),
+                             "--port", port], env=env, capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 1
+    assert result.stderr == f"meshsync: --port wants a number from 0 to 65535, not {port}\n"
+
+
 def test_a_second_node_on_the_same_state_directory_is_refused(make_lan):
     lan = make_lan(1)
     (h1,) = lan.hosts
