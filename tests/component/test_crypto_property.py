@@ -38,6 +38,8 @@ from meshsync.crypto.keys import (
 from meshsync.crypto.sshsig import BadSignature
 from meshsync.crypto.sshwire import Reader, put_mpint, put_string, put_u32
 from meshsync.net.auth import MAX_SIGNATURE, decode_signature, head_of
+from tests import decoding
+from tests.decoding import decoded
 
 T = TypeVar("T")
 
@@ -80,37 +82,11 @@ def signed_by(signer: KeySigner, message: bytes, sshsig_hash: str = "") -> bytes
     return sshsig.MAGIC + put_u32(1) + b"".join(map(put_string, fields))
 
 
-def decoded(decode: Callable[[Any], T], data: Any, error: type[Exception]) -> T | None:
-    """What `decode` makes of `data`, or None if it refused with `error` and said why.
-
-    Any other exception is not caught: it fails the test, with the example that raised it.
-    """
-    try:
-        return decode(data)
-    except error as e:
-        reason = str(e)
-    assert reason, f"{decode.__qualname__} refused without saying why"
-    return None
 
 
-@st.composite
-def damaged(draw: st.DrawFn, bodies: st.SearchStrategy[bytes]) -> bytes:
-    """Valid bytes cut, flipped, extended or spliced a few times."""
-    body = bytearray(draw(bodies))
-    for _ in range(draw(st.integers(1, 3))):
-        at = draw(st.integers(0, len(body)))
-        how = draw(st.sampled_from(("cut", "flip", "insert", "drop", "repeat")))
-        if how == "cut":
-            del body[at:]
-        elif how == "flip" and at < len(body):
-            body[at] ^= 1 << draw(st.integers(0, 7))
-        elif how == "insert":
-            body[at:at] = draw(st.binary(min_size=1, max_size=8) | st.sampled_from(FRAGMENTS))
-        elif how == "drop":
-            del body[at : at + draw(st.integers(1, 16))]
-        else:
-            body[at:at] = body[at : at + draw(st.integers(1, 64))]
-    return bytes(body)
+def damaged(bodies: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    """Valid bytes damaged, with the fragments SSH wire decoders find hard."""
+    return decoding.damaged(bodies, FRAGMENTS).map(bytes)
 
 
 def fields_of(blob: bytes, head: int = 0) -> list[bytes] | None:

@@ -43,6 +43,7 @@ from meshsync.core.wire import (
     pack_blocks,
     unpack_blocks,
 )
+from tests import decoding
 
 T = TypeVar("T")
 
@@ -129,24 +130,9 @@ def plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-@st.composite
-def damaged_bytes(draw: st.DrawFn, bodies: st.SearchStrategy[bytes]) -> bytes:
-    """A valid body cut, flipped, extended or spliced a few times."""
-    body = bytearray(draw(bodies))
-    for _ in range(draw(st.integers(1, 3))):
-        at = draw(st.integers(0, len(body)))
-        how = draw(st.sampled_from(("cut", "flip", "insert", "drop", "repeat")))
-        if how == "cut":
-            del body[at:]
-        elif how == "flip" and at < len(body):
-            body[at] = draw(st.integers(0, 255))
-        elif how == "insert":
-            body[at:at] = draw(st.binary(min_size=1, max_size=8) | st.sampled_from(FRAGMENTS))
-        elif how == "drop":
-            del body[at : at + draw(st.integers(1, 16))]
-        else:
-            body[at:at] = body[at : at + draw(st.integers(1, 64))]
-    return Bytes(body)
+def damaged_bytes(bodies: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    """A valid body damaged, with the fragments JSON decoders find hard."""
+    return decoding.damaged(bodies, FRAGMENTS).map(Bytes)
 
 
 def _damage(draw: st.DrawFn, node: Any) -> Any:
@@ -194,16 +180,8 @@ def damaged_json(draw: st.DrawFn, values: st.SearchStrategy[Any]) -> Any:
 
 
 def decoded(decode: Callable[[Any], T], data: Any, error: type[Exception] = WireError) -> T | None:
-    """What `decode` makes of `data`, or None if it refused with `error` and said why.
-
-    Any other exception is not caught: it fails the test, with the example that raised it.
-    """
-    try:
-        return decode(data)
-    except error as e:
-        reason = str(e)
-    assert reason, f"{decode.__qualname__} refused without saying why"
-    return None
+    """What `decode` makes of `data`, or None if it refused with `error` (a WireError)."""
+    return decoding.decoded(decode, data, error)
 
 
 def accepted(decode: Callable[[Any], object], data: Any) -> bool:
