@@ -37,6 +37,7 @@ from meshsync.crypto import sshsig
 from meshsync.crypto.keys import KeySigner, public_key_line
 from meshsync.crypto.sshsig import BadSignature
 from meshsync.crypto.trust import TrustStore
+from meshsync.net import auth
 from meshsync.net.auth import MAX_IN_FLIGHT
 from meshsync.net.server import ANSWER_DIGESTS, ROUTES, make_app
 
@@ -597,3 +598,14 @@ async def test_a_flood_from_one_address_gets_unsigned_refusals_after_the_first(
     later_headers = signed(stranger, b"{}", sent=server.wall.now)
     later = await post(server, later_headers, b"{}")
     later.assert_signed_by(server.key, later_headers[NONCE])
+
+
+async def test_a_body_that_never_finishes_is_answered_408_and_its_connection_closed(
+    server: Server, member: KeySigner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth, "BODY_WITHIN", 0.3)  # 30 s in the node; the rule, not the wait
+    headers = signed(member, THEIRS.to_json())
+    answer = await post_unfinished_body(server, headers)
+    assert (answer.status, answer.error) == (408, "body not received within 0 s")
+    assert answer.headers.get("Connection", "").lower() == "close"
+    assert server.handled.calls == []

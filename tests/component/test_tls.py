@@ -335,3 +335,27 @@ async def test_a_peer_that_drops_then_stalls_a_request_fails_it_as_a_peer_error(
         with pytest.raises(PeerUnreachable, match="no answer"):
             await client.send_hello(address, node.signer.public_blob, HELLO, timeout=0.5)
     assert seen == [0, 1]
+
+
+async def test_an_answer_signed_by_another_key_than_the_one_asked_is_refused(
+    tmp_path: Path,
+) -> None:
+    # The TLS certificate is vouched for by the key we asked, but the answers are signed by
+    # another: whatever answers there is not the node we meant, and nothing it says counts.
+    vouching, answering = new_key(), new_key()
+    node = Node(answering)
+    sock = listening()
+    listener = Listener(sock, server_context(str(tls.certificate_file(tmp_path, vouching))),
+                        Limits())
+    runner, protocol = await serve(make_app(node, NodeId.of_key(vouching.public_blob),
+                                            time.time, node, listener))
+    task = asyncio.create_task(listener.run(protocol))
+    address = f"127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        async with PeerClient(Node(new_key()), time.time) as client:
+            with pytest.raises(PeerUnreachable, match="is not signed by"):
+                await client.send_hello(address, vouching.public_blob, HELLO)
+    finally:
+        task.cancel()
+        await runner.cleanup()
+        sock.close()
