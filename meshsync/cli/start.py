@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from meshsync.core.errors import MeshsyncError
+from meshsync.core.throttle import shown
 from meshsync.crypto.agent import AgentError
 from meshsync.crypto.keys import KeyLoadError, find_key, load_signer
 from meshsync.crypto.trust import TrustStore
@@ -91,4 +92,4 @@ def _reason(e: BaseException, expected: tuple[type[BaseException], ...]) -> str 
         text = f"{where}: {e.strerror}" if where else str(e)
     else:
         text = str(e) or type(e).__name__
-    return text if text.isprintable() else repr(text)[1:-1]
+    return shown(text, None)

@@ -60,11 +60,12 @@ class Throttle:
         return len(self._last) < MAX_KEYS
 
 
-def shown(text: object, limit: int = SHOWN) -> str:
-    """`text` fit for one log line: at most `limit` characters, anything unprintable escaped."""
+def shown(text: object, limit: int | None = SHOWN) -> str:
+    """`text` fit for one log line: at most `limit` characters (None: all), anything
+    unprintable escaped."""
     value = str(text)
-    cut = value[:limit]
+    cut = value if limit is None else value[:limit]
     if not cut.isprintable():
         # repr escapes newlines, escape sequences, bidi overrides and lone surrogates alike.
         cut = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
-    return cut + "…" if len(value) > limit else cut
+    return cut + "…" if len(cut) < len(value) else cut

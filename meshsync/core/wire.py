@@ -39,7 +39,7 @@ def check_folder_id(text: object) -> FolderId:
         or "/" in text
         or "\0" in text
         or text in (".", "..")
-        or any("\ud800" <= c <= "\udfff" for c in text)  # JSON's lone surrogates: no file name
+        or not is_unicode(text)  # JSON's lone surrogates: no file name
     ):
         raise WireError(f"bad folder ID: {text!r}")
     return FolderId(text)
@@ -154,23 +154,33 @@ def size_bound(signed: Signed) -> int:
 BATCH_BUDGET = MAX_BATCH_BYTES - 64 * 1024  # what records may fill, the envelope aside
 
 
-def batches(signed: Sequence[Signed]) -> Iterator[tuple[Signed, ...]]:
-    """Runs of records that each fit in one batch (by count and by bytes), in order. A record
-    that fits in none (a file of some 15 GiB, whose block list alone is over 8 MiB) is left
-    out: the caller says so."""
+def first_batch(
+    signed: Sequence[Signed], start: int = 0
+) -> tuple[tuple[Signed, ...], int]:
+    """The records from `start` on that fit in one batch (by count and by bytes), and where
+    the next batch starts. A record that fits in none (a file of some 15 GiB, whose block list
+    alone is over 8 MiB) is passed over: the caller says so."""
     run: list[Signed] = []
     size = 0
-    for one in signed:
-        bound = size_bound(one)
-        if bound > BATCH_BUDGET:
-            continue
-        if run and (size + bound > BATCH_BUDGET or len(run) == MAX_BATCH_RECORDS):
-            yield tuple(run)
-            run, size = [], 0
-        run.append(one)
-        size += bound
-    if run:
-        yield tuple(run)
+    at = start
+    while at < len(signed):
+        bound = size_bound(signed[at])
+        if bound <= BATCH_BUDGET:
+            if run and (size + bound > BATCH_BUDGET or len(run) == MAX_BATCH_RECORDS):
+                break
+            run.append(signed[at])
+            size += bound
+        at += 1
+    return tuple(run), at
+
+
+def batches(signed: Sequence[Signed]) -> Iterator[tuple[Signed, ...]]:
+    """Runs of records that each fit in one batch, in order, passing over what fits in none."""
+    at = 0
+    while at < len(signed):
+        run, at = first_batch(signed, at)
+        if run:
+            yield run
 
 
 @dataclass(frozen=True, slots=True)

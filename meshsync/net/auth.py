@@ -42,7 +42,7 @@ MAX_SIGNATURE = 16 * 1024
 MAX_IN_FLIGHT = 16  # requests one peer may have in hand at once (our client sends at most 8)
 BODY_WITHIN = 30.0  # seconds to receive a body, whatever its size
 SIGNED_REFUSALS_EVERY = 1.0  # seconds between signed refusals to one address (signing costs)
-MAX_ADDRESSES = 1024  # addresses whose last signed refusal is remembered
+MAX_ADDRESSES = 1024  # addresses sent a signed refusal in one such interval, at most
 
 
 class Credentials(Protocol):
@@ -106,22 +106,9 @@ def auth_middleware(
     guard = ReplayGuard()
     throttle = Throttle()
     in_flight: Counter[bytes] = Counter()
-    signed_refusals: dict[str, float] = {}  # address -> when it was last sent a signed one
-
-    def worth_signing(address: str, now: float) -> bool:
-        """A stranger that knocks once a second (a node that trusts us) gets a signed refusal,
-        which tells it apart from a spoofed one; a flood gets unsigned ones, which cost nothing."""
-        last = signed_refusals.get(address)
-        if last is not None and now - last < SIGNED_REFUSALS_EVERY:
-            return False
-        if len(signed_refusals) >= MAX_ADDRESSES:
-            for old in [a for a, t in signed_refusals.items()
-                        if now - t >= SIGNED_REFUSALS_EVERY]:
-                del signed_refusals[old]
-            if len(signed_refusals) >= MAX_ADDRESSES:
-                return False
-        signed_refusals[address] = now
-        return True
+    # A stranger that knocks once a second (a node that trusts us) gets a signed refusal, which
+    # tells it apart from a spoofed one; a flood gets unsigned ones, which cost nothing.
+    signed_refusals = Throttle(SIGNED_REFUSALS_EVERY, per_cause=MAX_ADDRESSES)
 
     def answer_digest(path: str) -> Callable[[bytes], str]:
         return (digests or {}).get(path, body_digest)
@@ -158,7 +145,7 @@ def auth_middleware(
         address = request.remote or "?"
         if not credentials.is_trusted(key, address):
             credentials.note_untrusted(key, address)
-            nonce = head.nonce if worth_signing(address, wall()) else ""
+            nonce = head.nonce if signed_refusals.allow((address, "signed"), wall()) else ""
             return refuse(request, 403, f"untrusted key {NodeId.of_key(key)}", nonce)
         try:
             # Only members' nonces are remembered: strangers cannot fill the replay window.

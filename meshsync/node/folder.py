@@ -37,6 +37,7 @@ from meshsync.core.wire import (
     Records,
     Signed,
     batches,
+    first_batch,
     size_bound,
 )
 from meshsync.fs import apply, scan, versions
@@ -526,15 +527,9 @@ class FolderSync:
         if not entries:
             return Records(self.folder.id, (), self.epoch, self.index.max_seq(self.id))
         signed = [Signed(e.record, e.signature) for e in entries]
-        page = next(batches(signed), ())
-        seqs = {id(s): e.seq for s, e in zip(signed, entries, strict=True)}
-        last = seqs[id(page[-1])] if page else entries[-1].seq
-        skipped = [s.record for s in signed if size_bound(s) > BATCH_BUDGET
-                   and seqs[id(s)] <= last]
-        self._too_large(skipped)
-        if not page or len(page) == len(signed):
-            last = entries[-1].seq  # everything read fit, or nothing could
-        return Records(self.folder.id, page, self.epoch, last)
+        page, covered = first_batch(signed)
+        self._too_large([s.record for s in signed[:covered] if size_bound(s) > BATCH_BUDGET])
+        return Records(self.folder.id, page, self.epoch, entries[covered - 1].seq)
 
     def answer_blocks(self, hashes: tuple[bytes, ...]) -> list[bytes | None]:
         """The blocks we hold, verified against their hash; runs in a thread."""

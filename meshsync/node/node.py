@@ -290,7 +290,7 @@ class Node:
                 and self._election.is_up(peer_id)):
             # A member up at its own address, advertised at another: a relay, or a stale advert.
             # Dialling it there would hand the member's address to whoever advertised it.
-            if (hint := self._hints.get(address)) is not None and not hint.static:
+            if hint is not None and not hint.static:
                 del self._hints[address]
             return False
         if self._trust.is_trusted(key, _host(address)):
@@ -390,20 +390,23 @@ class Node:
         return peer
 
     # -- sync: what folders ask of the mesh, and what peers ask of folders -----------------------
+    def _online_members(self, folder: str) -> list[Peer]:
+        """The online members sharing `folder` at a known address, coordinator first."""
+        found = [p for p in self._roster if folder in p.folders and p.address
+                 and p.is_member(self.config.folder_ids) and self._election.is_up(p.id)]
+        return sorted(found, key=lambda p: p.id != self._election.coordinator)
+
     def sources(self, folder: str) -> list[tuple[str, str]]:
         """(node key, address) of the online members sharing `folder`, coordinator first."""
-        found = [p for p in self._roster if folder in p.folders
-                 and p.is_member(self.config.folder_ids) and self._election.is_up(p.id)]
-        found.sort(key=lambda p: p.id != self._election.coordinator)
-        return [(p.id.key, p.address) for p in found if p.address]
+        return [(p.id.key, p.address) for p in self._online_members(folder) if p.address]
 
     async def publish(self, notice: Records, skip: frozenset[str] = frozenset()) -> None:
         """Send a notice to the coordinator and every other member sharing its folder."""
         client = self._client
         if client is None:
             return
-        targets = [(a, peer.key) for key, a in self.sources(notice.folder)
-                   if key not in skip and (peer := self._roster.at(a)) is not None]
+        targets = [(p.address, p.key) for p in self._online_members(notice.folder)
+                   if p.address and p.id.key not in skip]
         results = await asyncio.gather(*(client.send_notice(a, k, notice) for a, k in targets),
                                        return_exceptions=True)
         for (address, _), result in zip(targets, results, strict=True):
@@ -476,10 +479,10 @@ class Node:
         )
 
     async def _say_goodbye(self, client: PeerClient) -> None:
-        members = [p for p in self._roster if p.address and self._election.is_up(p.id)]
         hello = self._hello()
         await asyncio.gather(*(client.send_hello(p.address, p.key, hello, 0.5)
-                               for p in members if p.address), return_exceptions=True)
+                               for p in self._roster if p.address and self._election.is_up(p.id)),
+                             return_exceptions=True)
 
     # -- election ------------------------------------------------------------------------------
     def _feed(self, event: el.Event) -> None:

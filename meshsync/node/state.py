@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 from meshsync.core.errors import MeshsyncError
+from meshsync.core.throttle import shown
 
 # The bits beyond 0700 for the directory and 0600 for what is in it: none may stay (as OpenSSH's
 # StrictModes wants of ~/.ssh). Bits are only taken away: a 0444 file becomes 0400, not 0600.
@@ -59,16 +60,11 @@ def _chmod(dir_fd: int, name: str, mode: int, directory: Path) -> None:
 
 def _not_ours(path: Path) -> MeshsyncError:
     owner = path.lstat().st_uid
-    return MeshsyncError(f"{_shown(str(path))} belongs to another user (uid {owner}) and is open"
+    return MeshsyncError(f"{shown(path, None)} belongs to another user (uid {owner}) and is open"
                          f" to others: chown it to this user (uid {os.geteuid()}), or set"
                          " MESHSYNC_HOME to a directory of your own")
 
 
 def _change(name: str, mode: int, loose: int) -> str:
     before = stat.S_IMODE(mode)
-    return f"{_shown(name)} {before:04o}→{before & ~loose:04o}"
-
-
-def _shown(name: str) -> str:
-    """A name fit for one log line: control characters escaped."""
-    return name if name.isprintable() else repr(name)[1:-1]
+    return f"{shown(name, None)} {before:04o}→{before & ~loose:04o}"

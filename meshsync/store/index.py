@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 from meshsync.core.errors import MeshsyncError, WireError
 from meshsync.core.paths import RelPath, check_path
 from meshsync.core.records import FileRecord, Kind
+from meshsync.core.throttle import shown
 from meshsync.core.vclock import Order, Vector
 
 log = logging.getLogger("meshsync.index")
@@ -209,15 +210,15 @@ class Index:
             with contextlib.suppress(WireError):  # a path no folder can hold: nothing to rescan
                 paths.add(check_path(path))
         # A line per row, up to a bound: a wholly damaged table would flood the log.
-        shown = removed[: max(0, LOGGED_ROWS - self._logged)]
-        self._logged += len(shown)
-        for path, reason in shown:
+        told = removed[: max(0, LOGGED_ROWS - self._logged)]
+        self._logged += len(told)
+        for path, reason in told:
             log.warning("index: set aside a damaged %s row of folder %r, path %r (%s); it is"
                         " rebuilt from the folder and its peers", table.name, folder, path,
-                        _printable(reason))
-        if len(removed) > len(shown):
+                        shown(reason, None))
+        if len(removed) > len(told):
             log.warning("index: set aside %d more damaged %s rows of folder %r",
-                        len(removed) - len(shown), table.name, folder)
+                        len(removed) - len(told), table.name, folder)
 
     def take_damaged(self, folder: str) -> set[RelPath]:
         """The paths whose rows were set aside as damaged since the last call (then forgotten).
@@ -459,7 +460,7 @@ def _check_file(db: sqlite3.Connection, path: Path) -> None:
     problems = db.execute("PRAGMA quick_check").fetchall()
     if problems != [("ok",)]:
         first = str(problems[0][0]) if problems else "no answer"
-        raise _DamagedFile(path, f"failed SQLite's check: {_printable(' '.join(first.split()))}")
+        raise _DamagedFile(path, f"failed SQLite's check: {shown(' '.join(first.split()), None)}")
 
 
 def _set_file_aside(path: Path) -> Path:
@@ -487,7 +488,7 @@ def _unusable_as_error(path: Path, opening: bool = False) -> Iterator[None]:
     except (sqlite3.Error, OSError) as e:
         code = _primary_code(e)
         if opening and code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
-            raise _DamagedFile(path, _printable(str(e))) from e
+            raise _DamagedFile(path, shown(e, None)) from e
         if code is None:
             raise
         raise IndexUnusable(_unusable(path, code, e)) from e
@@ -518,7 +519,7 @@ def _unusable(path: Path, code: int, e: sqlite3.Error | OSError) -> str:
         return access
     if not path.parent.is_dir():
         return f"cannot open the index {path}: the directory {path.parent} does not exist"
-    detail = _printable(e.strerror or str(e)) if isinstance(e, OSError) else _printable(str(e))
+    detail = shown((e.strerror if isinstance(e, OSError) else None) or e, None)
     if code == _SQLITE_IOERR:
         return f"reading or writing the index {path} failed ({detail}): check the disk"
     if code == _SQLITE_READONLY:
@@ -555,11 +556,6 @@ def _access_problem(path: Path) -> str | None:
         return (f"the index {path} cannot be written: this user cannot write its directory"
                 f" (chmod u+rwx {path.parent})")
     return None
-
-
-def _printable(text: str) -> str:
-    """The text as is if it is printable, else escaped (no control character reaches the log)."""
-    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _use_wal(db: sqlite3.Connection, path: Path) -> None:
