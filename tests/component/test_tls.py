@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import logging
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,9 +24,20 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from cryptography.x509.oid import NameOID
 
 from meshsync.core.ids import NodeId
+from meshsync.core.signing import (
+    AUTHORIZATION,
+    DIGEST,
+    NONCE,
+    SCHEME,
+    TARGET,
+    TIME,
+    RequestHead,
+    body_digest,
+)
 from meshsync.core.wire import BlockRequest, FolderId, Hello, IndexRequest, Records
 from meshsync.crypto import sshsig, tls
 from meshsync.crypto.keys import KeySigner
+from meshsync.net import server as server_module
 from meshsync.net.client import PeerClient, PeerMismatch, PeerUnreachable
 from meshsync.net.listener import Limits, Listener, server_context
 from meshsync.net.server import make_app, serve
@@ -359,3 +374,54 @@ async def test_an_answer_signed_by_another_key_than_the_one_asked_is_refused(
         task.cancel()
         await runner.cleanup()
         sock.close()
+
+
+async def test_a_members_next_request_head_must_come_whole_within_the_idle_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The proven connection of a member that starts a request and stalls (slowloris) is
+    # closed when aiohttp's keep-alive timer runs out: it stops only for a whole head.
+    monkeypatch.setattr(server_module, "IDLE", 0.5)  # 20 s in the node
+    node, member = Node(new_key()), new_key()
+    sock = listening()
+    listener = Listener(sock, server_context(str(tls.certificate_file(tmp_path, node.signer))),
+                        Limits())
+    runner, protocol = await serve(make_app(node, NodeId.of_key(node.signer.public_blob),
+                                            time.time, node, listener))
+    task = asyncio.create_task(listener.run(protocol))
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    body = HELLO.to_json()
+    head = RequestHead("POST", "/v1/hello", "", str(NodeId.of_key(node.signer.public_blob)),
+                       f"{time.time():.3f}", os.urandom(16).hex(), body_digest(body))
+    signature = base64.b64encode(sshsig.sign(member, head.canonical())).decode()
+    request = (f"POST /v1/hello HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+               f"{AUTHORIZATION}: {SCHEME}{signature}\r\n{TARGET}: {head.target}\r\n"
+               f"{TIME}: {head.time}\r\n{NONCE}: {head.nonce}\r\n{DIGEST}: {head.digest}\r\n"
+               "\r\n").encode() + body
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", sock.getsockname()[1], ssl=client, server_hostname="")
+        writer.write(request)
+        answer = await reader.readuntil(b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200")
+        length = next(int(line.split(b":")[1]) for line in answer.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        await reader.readexactly(length)
+        assert listener.count() == (1, 0)  # proven
+        writer.write(b"POST /v1/hello HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        assert await closed(reader, 5.0)
+        writer.close()
+    finally:
+        task.cancel()
+        await runner.cleanup()
+        sock.close()
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_one() -> None:
+    script = ("import resource; from meshsync.net.listener import raise_open_file_limit; "
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 2048)); "
+              "print(raise_open_file_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.split() == ["2048", "2048"]

@@ -1,0 +1,89 @@
+"""What an mDNS advert makes a node dial: a few addresses of its own networks, paced, bounded.
+
+A real Node (not started), fed adverts the way Discovery feeds them, on this host's networks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from meshsync.core.ids import NodeId
+from meshsync.core.wire import FolderId
+from meshsync.crypto.keys import KeySigner
+from meshsync.crypto.trust import TrustStore
+from meshsync.net.discovery import Advert, own_networks
+from meshsync.node import node as node_module
+from meshsync.node.config import Config, Folder
+from meshsync.node.node import ADDRESSES_PER_ADVERT, MAX_HINTS, NEW_HINTS_PER_SECOND, Node
+
+CLAIMED = str(NodeId.of_key(b"someone"))
+
+
+class FakeClock:
+    """Monotonic time the test sets; wall time alike."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+    def wall(self) -> float:
+        return 1_800_000_000.0 + self.t
+
+
+@pytest.fixture
+def lan() -> ipaddress.IPv4Network:
+    """A network of this host's, not loopback (skipped where there is none)."""
+    found = [n for n in own_networks() if not n.is_loopback and n.num_addresses >= 256]
+    if not found:
+        pytest.skip("this host has no network of 256 addresses besides loopback")
+    return found[0]
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> tuple[Node, FakeClock]:
+    clock = FakeClock()
+    config = Config(folders=(Folder(FolderId("docs"), tmp_path / "docs"),), state=tmp_path / "s",
+                    ssh_dir=tmp_path / "ssh", name="a")
+    signer = KeySigner(Ed25519PrivateKey.generate())
+    trust = TrustStore([tmp_path / "ssh" / "authorized_keys"], tmp_path / "s" / "trusted_keys")
+    return Node(config, signer, trust, clock), clock  # type: ignore[arg-type]
+
+
+def hinted(node: Node) -> dict[str, float]:
+    return {a: h.next_try for a, h in node._hints.items()}
+
+
+def test_only_a_few_addresses_of_our_own_networks_are_taken_from_an_advert(
+    node: tuple[Node, FakeClock], lan: ipaddress.IPv4Network
+) -> None:
+    n, _ = node
+    ours = [str(lan[10 + i]) for i in range(ADDRESSES_PER_ADVERT + 2)]
+    # Loopback would make us a reflector to this host's own services, an address off our
+    # networks a reflector to anyone's.
+    n._on_advert(Advert("x", CLAIMED, (ours[0], "127.0.0.1", ours[1], "8.8.8.8"), 22300))
+    assert set(hinted(n)) == {f"{ours[0]}:22300", f"{ours[1]}:22300"}
+    n._on_advert(Advert("y", CLAIMED, tuple(ours), 22301))  # only the first few of many
+    assert {a for a in hinted(n) if a.endswith(":22301")} == {
+        f"{a}:22301" for a in ours[:ADDRESSES_PER_ADVERT]}
+
+
+def test_a_flood_of_adverts_is_remembered_in_part_and_dialled_at_a_pace(
+    node: tuple[Node, FakeClock], lan: ipaddress.IPv4Network
+) -> None:
+    n, clock = node
+    for i in range(1000):
+        n._on_advert(Advert(f"x{i}", CLAIMED, (str(lan[1 + i % 250]),), 20000 + i))
+    hints = hinted(n)
+    assert len(hints) == MAX_HINTS
+    # New addresses are queued a sixteenth of a second apart, never more than the queue's
+    # length ahead: a flood makes no one wait more than a few seconds, nor dial faster.
+    assert max(hints.values()) <= clock.t + MAX_HINTS / NEW_HINTS_PER_SECOND
+    due_now = [a for a, t in hints.items() if t <= clock.t]
+    assert len(due_now) <= 1
+    assert len(n._addresses_to_contact(clock.t + 100)) <= node_module.HINTS_DIALLED_AT_ONCE
