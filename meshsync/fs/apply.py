@@ -19,6 +19,7 @@ from meshsync.core.paths import MARKER, TEMP_PREFIX, RelPath, is_temporary
 from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
 from meshsync.fs import scan
 from meshsync.fs.scan import VANISHED, Seen, open_file, parent, read_at, seen_at
+from meshsync.fs.scan import ParentNotDir as ParentNotDir
 from meshsync.fs.scan import UnsafePath as UnsafePath
 
 # Called with (directory fd, name, path) just before sync replaces or deletes that entry.
@@ -33,7 +34,7 @@ class Changed(Exception):
 
 
 class NotEmpty(Changed):
-    """A directory to delete still holds entries."""
+    """A directory to delete or replace still holds entries: retry once they are deleted."""
 
 
 class BadBlock(Exception):
@@ -87,7 +88,7 @@ class Incoming:
 
     def write_block(self, index: int, data: bytes) -> None:
         """Write block `index`; BadBlock, writing nothing, unless it is the record's block."""
-        if not (0 <= index < len(self.record.blocks) and len(data) == self._length(index)
+        if not (0 <= index < len(self.record.blocks) and len(data) == self.length(index)
                 and hashlib.sha256(data).digest() == self.record.blocks[index]):
             raise BadBlock(f"block {index} of {self.record.path} does not match its record")
         view, offset = memoryview(data), index * BLOCK_SIZE
@@ -110,8 +111,11 @@ class Incoming:
         self._sealed = True
 
     def commit(self, expected: Seen | None, keep_old: KeepOld | None = None) -> Seen:
-        """Replace `expected` (None: nothing) with the sealed file; on Changed the temp stays.
-        Durable only after a `sync` (see seal)."""
+        """Replace `expected` (None: nothing; a directory only if empty) with the sealed file.
+
+        On failure the temp stays for a retry, until `abort` or `remove_temps` deletes it.
+        Durable only after a `sync` (see seal).
+        """
         if not self._sealed:
             raise ValueError(f"{self.record.path}: not sealed")
         _replace(self._dir_fd, self._temp, self._name, self.record.path, expected, keep_old)
@@ -149,7 +153,8 @@ class Incoming:
                  trace: TracebackType | None) -> None:
         self.close()
 
-    def _length(self, index: int) -> int:
+    def length(self, index: int) -> int:
+        """The size of block `index` of this file."""
         return min(BLOCK_SIZE, self.record.size - index * BLOCK_SIZE)
 
     def _verified(self) -> set[int]:
@@ -157,7 +162,7 @@ class Incoming:
         view = memoryview(bytearray(BLOCK_SIZE))
         present = set()
         for index, digest in enumerate(self.record.blocks):
-            block, offset = view[: self._length(index)], index * BLOCK_SIZE
+            block, offset = view[: self.length(index)], index * BLOCK_SIZE
             if (offset + len(block) <= size and read_at(self._fd, block, offset) == len(block)
                     and hashlib.sha256(block).digest() == digest):
                 present.add(index)
@@ -200,11 +205,15 @@ def read_block(root: Path, path: RelPath, index: int) -> bytes | None:
     return bytes(view[:got]) if got else None
 
 
-def make_dir(root: Path, record: FileRecord, expected: Seen | None) -> Seen:
-    """The directory with the record's mode and mtime, where `expected` is absent or a directory."""
+def make_dir(root: Path, record: FileRecord, expected: Seen | None,
+             keep_old: KeepOld | None = None) -> Seen:
+    """The directory with the record's mode and mtime where `expected` is (a file or link: kept)."""
     with parent(root, record.path, create=True) as (dir_fd, name):
         _check(dir_fd, name, record.path, expected)
         if expected is None or expected.kind is not Kind.DIR:
+            if expected is not None:
+                # No rename puts a directory over a file: the path is absent until the mkdir.
+                _discard(dir_fd, name, record.path, keep_old)
             try:
                 os.mkdir(name, 0o700, dir_fd=dir_fd)
             except FileExistsError:
@@ -215,7 +224,7 @@ def make_dir(root: Path, record: FileRecord, expected: Seen | None) -> Seen:
 
 def make_symlink(root: Path, record: FileRecord, expected: Seen | None,
                  keep_old: KeepOld | None = None) -> Seen:
-    """Atomically put a link to record.target in place of `expected` (not a directory)."""
+    """Atomically put a link to record.target in place of `expected` (a directory only if empty)."""
     with parent(root, record.path, create=True) as (dir_fd, name):
         temp = TEMP_PREFIX + secrets.token_hex(8)
         os.symlink(record.target, temp, dir_fd=dir_fd)
@@ -239,11 +248,8 @@ def remove(root: Path, path: RelPath, expected: Seen | None,
             _check(dir_fd, name, path, expected)
             if expected is not None and expected.kind is Kind.DIR:
                 _remove_dir(dir_fd, name, path)
-                return
-            if keep_old is not None:
-                keep_old(dir_fd, name, path)
-            with suppress(FileNotFoundError):  # keep_old may have moved it away
-                os.unlink(name, dir_fd=dir_fd)
+            else:
+                _discard(dir_fd, name, path, keep_old)
     except FileNotFoundError:
         return  # a parent is gone, and the path with it
 
@@ -326,9 +332,19 @@ def _identity(seen: Seen | None) -> tuple[object, ...] | None:
 def _replace(dir_fd: int, temp: str, name: str, path: RelPath, expected: Seen | None,
              keep_old: KeepOld | None) -> None:
     _check(dir_fd, name, path, expected)
-    if keep_old is not None and expected is not None and expected.kind is not Kind.DIR:
+    if expected is not None and expected.kind is Kind.DIR:
+        # An empty directory holds nothing to keep, and no rename puts a file over it.
+        _remove_dir(dir_fd, name, path)
+    elif keep_old is not None and expected is not None:
         keep_old(dir_fd, name, path)
     os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def _discard(dir_fd: int, name: str, path: RelPath, keep_old: KeepOld | None) -> None:
+    if keep_old is not None:
+        keep_old(dir_fd, name, path)
+    with suppress(FileNotFoundError):  # keep_old may have moved it away
+        os.unlink(name, dir_fd=dir_fd)
 
 
 def _set_metadata(dir_fd: int, name: str, record: FileRecord) -> None:

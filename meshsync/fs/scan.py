@@ -35,6 +35,17 @@ class UnsafePath(Exception):
     """A directory on the way to a path is a symlink or a file: the path is not in the folder."""
 
 
+class ParentNotDir(UnsafePath):
+    """The directory on the way at `path` is a file or a symlink (`kind`) here: not gone through.
+
+    Its own record may yet make it a directory: a path's record can come before its parent's.
+    """
+
+    def __init__(self, path: RelPath, kind: Kind) -> None:
+        super().__init__(f"{path} is a symlink or a file: refusing to go through it")
+        self.path, self.kind = path, kind
+
+
 @dataclass(frozen=True, slots=True)
 class Seen:
     """One path as lstat saw it; size counts for files only, as in FileRecord."""
@@ -175,12 +186,19 @@ def _open_dir(dir_fd: int, name: str, shown: str, create: bool) -> int:
         return os.open(name, _DIR, dir_fd=dir_fd)
     except OSError as e:
         if e.errno in (errno.ENOTDIR, errno.ELOOP):
-            raise UnsafePath(f"{shown} is a symlink or a file: refusing to go through it") from None
+            raise _not_a_directory(dir_fd, name, shown) from None
         if e.errno != errno.ENOENT or not create:
             raise
     with suppress(FileExistsError):
         os.mkdir(name, 0o755, dir_fd=dir_fd)
     return _open_dir(dir_fd, name, shown, create=False)
+
+
+def _not_a_directory(dir_fd: int, name: str, shown: str) -> UnsafePath:
+    seen = seen_at(RelPath(shown), name, dir_fd)
+    if seen is None or seen.kind is Kind.DIR:  # a fifo or a device, or it changed meanwhile
+        return UnsafePath(f"{shown} is not a directory: refusing to go through it")
+    return ParentNotDir(RelPath(shown), seen.kind)
 
 
 def _walk_below(root: Path, top: str, ignore: Ignore | None) -> Iterator[Seen]:

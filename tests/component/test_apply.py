@@ -16,14 +16,17 @@ from meshsync.fs.apply import (
     BadBlock,
     Changed,
     Incoming,
-    UnsafePath,
+    NotEmpty,
+    ParentNotDir,
     expect_matches,
     make_dir,
     make_symlink,
     move_to_versions,
     read_block,
     remove,
+    remove_temps,
     set_metadata,
+    temp_name,
     versions_dir,
 )
 from meshsync.fs.scan import Seen, walk_under
@@ -165,8 +168,10 @@ def test_commit_refuses_to_overwrite_a_change_it_did_not_scan(tmp_path: Path) ->
     expect_matches(tmp_path, RelPath("nothing/here"), None)
 
 
-@pytest.mark.parametrize("path", ["out/f", "out/new/f", "file/f"])
-def test_nothing_is_written_through_a_symlinked_or_file_parent(tmp_path: Path, path: str) -> None:
+@pytest.mark.parametrize(("path", "kind"), [("out/f", Kind.SYMLINK), ("out/new/f", Kind.SYMLINK),
+                                          ("file/f", Kind.FILE)])
+def test_nothing_is_written_through_a_symlinked_or_file_parent(tmp_path: Path, path: str,
+                                                               kind: Kind) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     root = tmp_path / "root"
@@ -183,8 +188,9 @@ def test_nothing_is_written_through_a_symlinked_or_file_parent(tmp_path: Path, p
     ]
 
     for attempt in writes:
-        with pytest.raises(UnsafePath, match="symlink or a file"):
+        with pytest.raises(ParentNotDir, match="symlink or a file") as refused:
             attempt()
+        assert (refused.value.path, refused.value.kind) == (path.partition("/")[0], kind)
 
     assert list(outside.iterdir()) == []
     assert sorted(p.name for p in root.iterdir()) == ["file", "out"]
@@ -295,3 +301,131 @@ def test_read_block_reads_one_block_of_a_local_file(tmp_path: Path) -> None:
     assert read_block(tmp_path, RelPath("f"), 3) is None
     assert read_block(tmp_path, RelPath("gone"), 0) is None
     assert read_block(tmp_path, RelPath("link"), 0) is None
+
+
+# -- changes of kind: x is a file, a directory or a link here, and becomes another ------------
+CHANGES_OF_KIND = [(old, new) for old in Kind for new in Kind if old is not new]
+
+
+def make(root: Path, kind: Kind) -> None:
+    """x as `kind`: a file, a directory holding one file, or a link."""
+    if kind is Kind.FILE:
+        (root / "x").write_text("old file")
+    elif kind is Kind.DIR:
+        (root / "x").mkdir()
+        (root / "x" / "inside").write_text("inside")
+    else:
+        (root / "x").symlink_to("old-target")
+
+
+def put(root: Path, kind: Kind, expected: Seen | None) -> Seen:
+    """Apply a remote x of `kind` over `expected`, keeping what it replaces in versions."""
+    keep = keep_in_versions(root)
+    if kind is Kind.FILE:
+        return write(root, file_record("x", b"new file"), b"new file", expected, keep)
+    if kind is Kind.DIR:
+        return make_dir(root, other_record("x", Kind.DIR), expected, keep)
+    return make_symlink(root, other_record("x", Kind.SYMLINK, target="new-target"), expected,
+                        keep)
+
+
+def edit_by_user(root: Path, kind: Kind) -> None:
+    """What a user does to x after it was scanned: a new version of the same kind."""
+    if kind is Kind.FILE:
+        (root / "x").write_text("user's edit, unscanned")
+    elif kind is Kind.DIR:  # the old one is kept aside, so its inode cannot be reused
+        (root / "x").rename(root / "moved-away")
+        (root / "x").mkdir()
+    else:
+        (root / "y").symlink_to("user's target")
+        (root / "y").replace(root / "x")
+
+
+@pytest.mark.parametrize(("old", "new"), CHANGES_OF_KIND)
+def test_every_change_of_kind_is_applied_and_keeps_the_old(tmp_path: Path, old: Kind,
+                                                           new: Kind) -> None:
+    make(tmp_path, old)
+    expected = seen(tmp_path, "x")
+    keep = keep_in_versions(tmp_path)
+    if old is Kind.DIR:  # its entries' deletions come as records of their own, first
+        remove(tmp_path, RelPath("x/inside"), seen(tmp_path, "x/inside"), keep)
+
+    done = put(tmp_path, new, expected)
+
+    assert done == seen(tmp_path, "x")
+    assert (done.kind, done.mtime_ns) == (new, MTIME)
+    if new is Kind.FILE:
+        assert (tmp_path / "x").read_bytes() == b"new file"
+    elif new is Kind.DIR:  # and what a remote made in it now goes in
+        write(tmp_path, file_record("x/a", b"a"), b"a")
+        assert (tmp_path / "x" / "a").read_bytes() == b"a"
+    else:
+        assert (tmp_path / "x").readlink() == Path("new-target")
+    kept = versions_dir(tmp_path)
+    if old is Kind.FILE:
+        assert (kept / "x~20200913-122640").read_text() == "old file"
+    elif old is Kind.DIR:  # the entries were kept as they went; the empty directory is not
+        assert [p.name for p in kept.iterdir()] == ["x"]
+        assert (kept / "x" / "inside~20200913-122640").read_text() == "inside"
+    else:
+        assert (kept / "x~20200913-122640").readlink() == Path("old-target")
+    assert temp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("new", [Kind.FILE, Kind.SYMLINK])
+def test_a_directory_is_replaced_only_once_its_entries_are_deleted(tmp_path: Path,
+                                                                   new: Kind) -> None:
+    make(tmp_path, Kind.DIR)
+    expected = seen(tmp_path, "x")
+
+    with pytest.raises(NotEmpty):
+        put(tmp_path, new, expected)
+    assert (tmp_path / "x" / "inside").read_text() == "inside"
+    assert not versions_dir(tmp_path).exists()
+    # The entry's deletion moves the directory's mtime, which the retry must not take for a
+    # user's change.
+    remove(tmp_path, RelPath("x/inside"), seen(tmp_path, "x/inside"))
+    done = put(tmp_path, new, expected)
+
+    assert done.kind is new
+    assert temp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize(("old", "new"), CHANGES_OF_KIND)
+def test_a_change_of_kind_over_a_users_unscanned_change_raises_changed(tmp_path: Path, old: Kind,
+                                                                       new: Kind) -> None:
+    make(tmp_path, old)
+    expected = seen(tmp_path, "x")
+    edit_by_user(tmp_path, old)
+    edited = seen(tmp_path, "x")
+
+    with pytest.raises(Changed) as refused:
+        put(tmp_path, new, expected)
+
+    assert refused.type is Changed
+    assert seen(tmp_path, "x") == edited
+    assert not versions_dir(tmp_path).exists()
+
+
+def test_a_failed_commit_leaves_no_temp_once_its_version_is_not_wanted(tmp_path: Path) -> None:
+    make(tmp_path, Kind.DIR)
+    expected = seen(tmp_path, "x")
+    record = file_record("x", b"new file")
+    with pytest.raises(NotEmpty):
+        write(tmp_path, record, b"new file", expected)
+    with pytest.raises(NotEmpty):
+        make_symlink(tmp_path, other_record("x", Kind.SYMLINK, target="t"), expected)
+    assert [p.name for p in temp_files(tmp_path)] == [temp_name(record)]  # to resume
+
+    assert remove_temps(tmp_path, "", {temp_name(record)}) == 1  # still waited for
+    assert len(temp_files(tmp_path)) == 1
+    assert remove_temps(tmp_path, "", set()) == 0  # no longer
+    assert temp_files(tmp_path) == []
+    with Incoming.open(tmp_path, record) as incoming:
+        incoming.write_block(0, b"new file")
+        incoming.seal()
+        with pytest.raises(NotEmpty):
+            incoming.commit(expected)
+        incoming.abort()
+    assert temp_files(tmp_path) == []
+    assert (tmp_path / "x" / "inside").read_text() == "inside"

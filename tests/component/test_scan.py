@@ -18,7 +18,17 @@ import pytest
 from meshsync.core.paths import TEMP_PREFIX, RelPath
 from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
 from meshsync.core.vclock import Vector
-from meshsync.fs.scan import Seen, differs, hash_file, stable_hash, walk, walk_under
+from meshsync.fs.scan import (
+    ParentNotDir,
+    Seen,
+    UnsafePath,
+    differs,
+    hash_file,
+    parent,
+    stable_hash,
+    walk,
+    walk_under,
+)
 from meshsync.fs.watch import watch
 
 MIB = 1024 * 1024
@@ -82,6 +92,33 @@ def test_walk_without_ignore_rules_skips_only_meshsyncs_own(tmp_path: Path) -> N
     assert {s.path for s in walk(tmp_path)} == {
         "node_modules", "node_modules/x.js", ".DS_Store", ".meshsyncignore"}
     assert [s.path for s in walk_under(tmp_path, RelPath(".DS_Store"))] == [".DS_Store"]
+
+
+@pytest.mark.parametrize(("path", "ancestor", "kind"), [("file/new/f", "file", Kind.FILE),
+                                                      ("dir/link/f", "dir/link", Kind.SYMLINK)])
+def test_a_file_or_link_on_the_way_is_refused_naming_it_for_its_record_to_come(
+    tmp_path: Path, path: str, ancestor: str, kind: Kind,
+) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("a directory elsewhere, its record not applied yet")
+    (tmp_path / "dir" / "link").symlink_to(tmp_path / "dir")
+
+    with pytest.raises(ParentNotDir, match="refusing to go through it") as refused, \
+            parent(tmp_path, path, create=True):
+        pass
+
+    assert (refused.value.path, refused.value.kind) == (ancestor, kind)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["dir", "file", "link"]
+
+
+def test_a_fifo_on_the_way_is_unsafe_but_no_parent_to_wait_for(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe")
+
+    with pytest.raises(UnsafePath, match="not a directory") as refused, \
+            parent(tmp_path, "pipe/f", create=True):
+        pass
+
+    assert not isinstance(refused.value, ParentNotDir)
 
 
 @pytest.mark.parametrize("size", [0, 1, BLOCK_SIZE, BLOCK_SIZE + 1, 3 * BLOCK_SIZE])
