@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="keep replaced and deleted files this long (default 30)")
     start.add_argument("--keep-size", default="1G", metavar="SIZE",
                        help="at most this much of them per folder, oldest go first (default 1G)")
+    start.add_argument("--min-free", default="1%", metavar="SIZE|N%",
+                       help="never fill a folder's disk past this: a size, or a share of the "
+                            "disk (default 1%%)")
     start.add_argument("-v", "--verbose", action="store_true", help="log debug detail too")
 
     def client(name: str, help: str, json_flag: bool = True) -> argparse.ArgumentParser:

@@ -49,6 +49,10 @@ def peers(rows: list[dict[str, Any]]) -> str:
     hints = [f"  {row['trust_command']}" for row in rows if row.get("trust_command")]
     if hints:
         text += "\nto trust an untrusted peer, run:\n" + "\n".join(hints)
+    fixes = [f"  {row['id'].removeprefix('SHA256:')[:8]}: {row['fix']}"
+             for row in rows if row.get("fix")]
+    if fixes:
+        text += "\nrefused for their clocks:\n" + "\n".join(fixes)
     return text
 
 
@@ -59,31 +63,42 @@ def election(result: dict[str, Any]) -> str:
     return f"coordinator {result['coordinator']} (term {result['term']})"
 
 
-WAITING_SHOWN = 3  # waiting paths listed per folder; `--json` has up to 100
+WAITING_SHOWN = 3  # held-back paths listed per folder; `--json` has up to 100
 
 
 def status(result: dict[str, Any]) -> str:
-    """Per folder: its state, what it still needs, the online members sharing it, transfers,
-    and the first paths waiting for a retry, with why."""
+    """Per folder: its state, what it still needs, the online members sharing it, the scan
+    under way, transfers and their rate, and the first paths held back, with why."""
     lines = [f"node {result['id']} ({result['name']}); {election(result)}"]
     for folder in result["folders"]:
         members = len(folder["members"])
         state = folder["state"]
+        if scan := folder.get("scan"):
+            state += (f" ({scan['entries_done']:,} of {scan['entries_found']:,} entries, "
+                      f"{size(scan['bytes_done'])} of {size(scan['bytes_found'])}"
+                      f"{', still finding more' if scan['walking'] else ''})")
         if folder["need_files"]:
             state += f", needs {folder['need_files']} files ({size(folder['need_bytes'])})"
-        if waiting := folder.get("waiting_count", 0):
-            state += f", {waiting} waiting"
+        held = folder.get("held_back_count", folder.get("waiting_count", 0))
+        if held and state == "held back":
+            state += f": {held} file{'' if held == 1 else 's'}"
+        elif held:
+            state += f", {held} held back"
         if folder["conflicts"]:
             state += f", {folder['conflicts']} conflict{'' if folder['conflicts'] == 1 else 's'}"
+        rate = folder.get("rate") or {}
+        if rate.get("in") or rate.get("out"):
+            state += f", receiving {size(rate['in'])}/s, sending {size(rate['out'])}/s"
         lines.append(f"{folder['id']}  {folder['path']}  {state}; shared with {members} online "
                      f"member{'' if members == 1 else 's'}")
         lines += [f"  {shown(t['path'], WIDE)}  {size(t['done'])} of {size(t['size'])}"
                   for t in folder["transfers"]]
-        listed = folder.get("waiting", [])[:WAITING_SHOWN]
-        lines += [f"  waiting: {shown(w['path'], WIDE)}: {shown(w['reason'], WIDE)}"
-                  f" (next try {later(w['retry_in'])})" for w in listed]
-        if waiting > len(listed):
-            lines.append(f"  waiting: {waiting - len(listed)} more (see --json)")
+        listed = folder.get("held_back", folder.get("waiting", []))[:WAITING_SHOWN]
+        lines += [f"  held back: {shown(w['path'], WIDE)}: {shown(w['reason'], WIDE)}"
+                  + (f" (next try {later(w['retry_in'])})" if "retry_in" in w else "")
+                  for w in listed]
+        if held > len(listed):
+            lines.append(f"  held back: {held - len(listed)} more (see --json)")
     return "\n".join(lines)
 
 

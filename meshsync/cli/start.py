@@ -21,6 +21,7 @@ from meshsync.node.config import (
     check_peer_address,
     check_port,
     folders_from,
+    parse_min_free,
     parse_size,
     state_dir,
 )
@@ -57,12 +58,14 @@ def start(args: argparse.Namespace) -> int:
             port=check_port(args.port),
             peers=tuple(check_peer_address(p) for p in args.peer),
             keep=Keep(args.keep_days * 86400, parse_size(args.keep_size)),
+            min_free=parse_min_free(args.min_free),
             **({"name": args.name} if args.name else {}),
         )
         signer = load_signer(find_key(args.key, ssh_dir, state), os.environ.get("SSH_AUTH_SOCK"))
-        trust = TrustStore([ssh_dir / "authorized_keys"], state / "trusted_keys")
+        clock = Clock()  # checks MESHSYNC_CLOCK_OFFSET, an argument of sorts
+        trust = TrustStore([ssh_dir / "authorized_keys"], state / "trusted_keys", clock.wall)
         expected = _FATAL
-        asyncio.run(Node(config, signer, trust, Clock()).run())
+        asyncio.run(Node(config, signer, trust, clock).run())
     except KeyboardInterrupt:  # Ctrl-C before the node's own handler was in place
         return 130
     except BaseException as e:

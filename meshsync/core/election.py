@@ -9,6 +9,12 @@ Rules, in the order they are applied:
   coordinator is never claimed by another node: following one we have not heard from yet
   (a relayed claim, a healing partition) gives it DOWN_AFTER seconds to be heard.
 - A member silent for DOWN_AFTER seconds, or one that said it is leaving, is down.
+- The coordinator is live while we hear it ourselves, or while a live member following it at
+  our term says it hears it itself (a vouch). Only a direct hearing vouches, so a cut link
+  (A-B and B-C up, A-C down) does not make C call elections A's side never needs, and two
+  members that do not hear the coordinator cannot keep a dead one alive by vouching for each
+  other. A vouch lasts while its member is live: a dead coordinator is given up DOWN_AFTER
+  after the last member that heard it last said so (DOWN_AFTER after its death, plus a hello).
 - With no live coordinator a node opens term+1; the lowest live ID, on learning of the open
   term, announces itself coordinator of that same term. Nobody opens an election during the
   first GRACE seconds after start, so a joining node first hears the mesh it joins: that is
@@ -52,6 +58,7 @@ class PeerHeard:
     term: int
     coordinator: NodeId | None
     now: float
+    hears_coordinator: bool = False  # it heard its coordinator itself within DOWN_AFTER
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +137,7 @@ class _Member:
     last_heard: float
     up: bool = True
     down_at: float = 0.0
+    hears: tuple[int, NodeId] | None = None  # the (term, coordinator) it last said it hears
 
 
 @dataclass(slots=True)
@@ -157,15 +165,29 @@ class Election:
         member = self._members.get(peer)
         return member is not None and member.up
 
+    def hears_coordinator(self, node: NodeId, now: float) -> bool:
+        """Whether `node` (this one, or a live member by its last word) hears our coordinator
+        itself, not through others; the coordinator hears itself."""
+        coordinator = self.coordinator
+        if coordinator is None:
+            return False
+        if node == self.me:
+            return coordinator == self.me or self._fresh(coordinator, now)
+        if not self._fresh(node, now):
+            return False
+        member = self._members[node]
+        return node == coordinator or member.hears == (self.term, coordinator)
+
     def handle(self, event: Event) -> list[Action]:
         """Apply one event; return what the node must do, in order."""
         actions: list[Action] = []
         match event:
-            case PeerHeard(peer, term, coordinator, now):
+            case PeerHeard(peer, term, coordinator, now, hears):
                 member = self._members.get(peer)
                 if member is None or not member.up:
                     actions.append(MarkUp(peer))
-                self._members[peer] = _Member(last_heard=now)
+                heard = (term, coordinator) if hears and coordinator is not None else None
+                self._members[peer] = _Member(last_heard=now, hears=heard)
                 actions += self._consider(term, coordinator, now)
                 actions += self._settle(now)
             case PeerLeft(peer, now):
@@ -221,9 +243,15 @@ class Election:
     def _leave_seat(self) -> list[Action]:
         return [StepDown(self.term)] if self.coordinator == self.me else []
 
+    def _fresh(self, peer: NodeId, now: float) -> bool:
+        member = self._members.get(peer)
+        return member is not None and member.up and now - member.last_heard <= DOWN_AFTER
+
     def _alive(self, coordinator: NodeId, now: float) -> bool:
         if coordinator == self.me or self.is_up(coordinator):
             return True
+        if any(self.hears_coordinator(peer, now) for peer in self._members):
+            return True  # vouched for: only our link to it is cut
         # One we have not heard from since we began to follow it gets the time any member gets
         # before it counts as down; one that went down while we followed it gets none.
         member = self._members.get(coordinator)

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from meshsync.core.ids import NodeId
+from meshsync.core.signing import MAX_OFFSET
 from meshsync.core.wire import FolderId
 
 MAX_STRANGERS = 64  # untrusted peers remembered for `meshsync peers`; oldest forgotten first
@@ -23,16 +24,23 @@ class Peer:
     trusts_us: bool | None = None  # None until one of our hellos has been answered
     folders: frozenset[FolderId] = frozenset()
     last_seen: float | None = None  # wall-clock seconds
+    clock_offset: float | None = None  # its clock minus ours, in seconds, as last measured
+
+    @property
+    def clock_refused(self) -> bool:
+        """Whether its clock was last found too far from ours for either of us to accept."""
+        return self.clock_offset is not None and abs(self.clock_offset) > MAX_OFFSET
 
     def is_member(self, ours: frozenset[FolderId]) -> bool:
         """Trusted both ways and sharing a folder: a member of our mesh."""
         return self.trusted and self.trusts_us is True and bool(self.folders & ours)
 
     def state(self, up: bool) -> str:
-        """`untrusted` (we do not trust it), `refused` (it does not trust us), `online`, `down`."""
+        """`untrusted` (we do not trust it), `refused` (it does not trust us, or our clocks
+        differ too much), `online`, `down`."""
         if not self.trusted:
             return "untrusted"
-        if self.trusts_us is False:
+        if self.trusts_us is False or self.clock_refused:
             return "refused"
         return "online" if up else "down"
 
@@ -74,8 +82,22 @@ class Roster:
         self._peers[peer_id] = peer
         return peer, old is None
 
+    def measured(self, key: bytes, clock_offset: float) -> None:
+        """Record how far a known peer's clock is from ours; nothing for an unknown peer."""
+        peer = self._peers.get(NodeId.of_key(key))
+        if peer is not None:
+            self._peers[peer.id] = dataclasses.replace(peer, clock_offset=clock_offset)
+
     def _forget_strangers(self) -> None:
         strangers = [p for p in self._peers.values() if not p.trusted]
         if len(strangers) >= MAX_STRANGERS:
             oldest = min(strangers, key=lambda p: p.last_seen or 0.0)
             del self._peers[oldest.id]
+
+
+def clock_fix(offset: float) -> str:
+    """What to tell the user of a peer whose clock is `offset` seconds from ours."""
+    size = abs(offset)
+    amount = (f"{size:.0f} s" if size < 120 else f"{size / 60:.0f} min" if size < 7200
+              else f"{size / 3600:.0f} h" if size < 172_800 else f"{size / 86400:.0f} days")
+    return f"the clocks differ by {amount}: set both to network time (timedatectl set-ntp true)"

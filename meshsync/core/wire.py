@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import struct
 from collections.abc import Iterator, Sequence
@@ -18,12 +19,14 @@ from meshsync.core.records import BLOCK_SIZE, FileRecord
 FolderId = NewType("FolderId", str)
 
 # Room for the largest hello the limits below allow: 256 folder IDs of 255 bytes, which JSON's
-# escapes (`\u0001`) make up to six times as long.
+# escapes (`\u0001`) make up to six times as long, and 32 member addresses (some 4 KiB).
 MAX_HELLO_BYTES = 512 * 1024
 MAX_INDEX_REQUEST_BYTES = 4096
 MAX_BLOCK_REQUEST_BYTES = 256 * 1024
 MAX_FOLDERS = 256
 MAX_NAME = 64
+MAX_MEMBER_ADDRESSES = 32  # members a hello tells of (where they listen)
+MAX_ADDRESS = 47  # `[IPv6]:port` at its longest
 MAX_BATCH_RECORDS = 2000
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 MAX_BLOCKS_PER_REQUEST = 64  # 8 MiB of 128 KiB blocks: the most one answer holds in memory
@@ -45,6 +48,46 @@ def check_folder_id(text: object) -> FolderId:
     return FolderId(text)
 
 
+def check_address(text: object) -> str:
+    """`IP:PORT` as nodes write where they listen: an IP address in its one canonical spelling
+    (IPv6 in brackets), and a port from 1 to 65535."""
+    if not isinstance(text, str) or len(text) > MAX_ADDRESS or not text.isascii():
+        raise WireError(f"bad address (not IP:PORT): {str(text)[:80]!r}")
+    host, _, port = text.rpartition(":")
+    bracketed = host[:1] == "[" and host[-1:] == "]"
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        raise WireError(f"bad address (not IP:PORT): {text!r}") from None
+    # One spelling per address (no leading zeros, no zone, IPv4 not dressed as IPv6), the same
+    # on every Python: the roster and the hints find an address by its text.
+    canonical = str(ip) == host.strip("[]") and "%" not in host and not (
+        isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped)
+    if (not canonical or bracketed != (ip.version == 6) or not port.isdigit()
+            or port != str(int(port)) or not 0 < int(port) < 65536):
+        raise WireError(f"bad address (not IP:PORT): {text!r}")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class MemberAddress:
+    """Where a member the sender knows listens, by that member's own word to it."""
+
+    id: NodeId
+    address: str
+
+    def to_json(self) -> dict[str, str]:
+        """The wire form."""
+        return {"id": str(self.id), "address": self.address}
+
+    @classmethod
+    def from_json(cls, data: object) -> MemberAddress:
+        """Parse one entry; WireError if bad."""
+        if not isinstance(data, dict):
+            raise WireError("a member address must be an object")
+        return cls(_node_id(data.get("id")), check_address(data.get("address")))
+
+
 @dataclass(frozen=True, slots=True)
 class Hello:
     """What a node says of itself: sent on discovery and as every heartbeat, answered in kind."""
@@ -55,6 +98,8 @@ class Hello:
     term: int
     coordinator: NodeId | None
     leaving: bool = False
+    hears_coordinator: bool = False  # it heard its coordinator itself within DOWN_AFTER
+    members: tuple[MemberAddress, ...] = ()  # where online members it trusts listen
 
     def to_json(self) -> bytes:
         """The message body."""
@@ -66,6 +111,8 @@ class Hello:
                 "term": self.term,
                 "coordinator": str(self.coordinator) if self.coordinator else None,
                 "leaving": self.leaving,
+                "hears_coordinator": self.hears_coordinator,
+                "members": [m.to_json() for m in self.members],
             },
             separators=(",", ":"),
         ).encode()
@@ -84,6 +131,12 @@ class Hello:
         leaving = data.get("leaving", False)
         if not isinstance(leaving, bool):
             raise WireError("leaving must be true or false")
+        hears = data.get("hears_coordinator", False)
+        if not isinstance(hears, bool):
+            raise WireError("hears_coordinator must be true or false")
+        members = data.get("members", [])
+        if not isinstance(members, list) or len(members) > MAX_MEMBER_ADDRESSES:
+            raise WireError(f"members must be a list of at most {MAX_MEMBER_ADDRESSES}")
         return cls(
             name=name,
             port=check_int(data, "port", 1, 65535),
@@ -91,6 +144,8 @@ class Hello:
             term=check_int(data, "term", 0, 2**53),
             coordinator=None if coordinator is None else _node_id(coordinator),
             leaving=leaving,
+            hears_coordinator=hears,
+            members=tuple(MemberAddress.from_json(m) for m in members),
         )
 
 

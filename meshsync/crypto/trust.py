@@ -290,6 +290,18 @@ class TrustStore:
         with self._lock:
             return [g for path in self._paths for g in self._load(path).get(blob, ())]
 
+    def stamp(self) -> tuple[Stamp | None, ...]:
+        """What the files are now, cheaply (stat only): a change means trust may have changed."""
+        stamps: list[Stamp | None] = []
+        for path in self._paths:
+            try:
+                st = path.stat()
+            except OSError:
+                stamps.append(None)
+                continue
+            stamps.append((st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode, st.st_uid))
+        return tuple(stamps)
+
     def is_trusted(self, blob: bytes, address: str) -> bool:
         """Whether some line lets a peer at IP `address` sync with this key, as files are now."""
         when = self._wall()
@@ -299,6 +311,14 @@ class TrustStore:
         """Whether an unexpired line trusts this key, whatever its `from=`: for records relayed."""
         when = self._wall()
         return any(g.current(when) for g in self._grants(blob))
+
+    def known_keys(self) -> list[bytes]:
+        """Every key an unexpired line trusts, whatever its `from=`: to find a key by its ID."""
+        when = self._wall()
+        with self._lock:
+            return list(dict.fromkeys(
+                blob for path in self._paths for blob, grants in self._load(path).items()
+                if any(g.current(when) for g in grants)))
 
     def add(self, key: PublicKey) -> bool:
         """Append key to the writable file; False if a line trusts it already, without limits."""

@@ -27,9 +27,11 @@ from meshsync.core.signing import (
     SCHEME,
     TARGET,
     TIME,
+    ClockOffset,
     ReplayGuard,
     RequestHead,
     body_digest,
+    check_time,
     response_canonical,
 )
 from meshsync.core.throttle import Throttle, shown
@@ -59,6 +61,10 @@ class Credentials(Protocol):
 
     def note_untrusted(self, public_blob: bytes, address: str) -> None:
         """Record a peer that proved its key but is not trusted (shown by `meshsync peers`)."""
+
+    def note_clock(self, public_blob: bytes, address: str, offset: float) -> None:
+        """Record a trusted peer refused because its clock is `offset` seconds from ours (its
+        minus ours), beyond what is accepted; called only once its signature verified."""
 
 
 class Connections(Protocol):
@@ -113,27 +119,42 @@ def auth_middleware(
     def answer_digest(path: str) -> Callable[[bytes], str]:
         return (digests or {}).get(path, body_digest)
 
-    def refuse(request: web.Request, status: int, reason: str, nonce: str = "") -> web.Response:
+    def refuse(
+        request: web.Request, status: int, reason: str, nonce: str = "", cause: str = ""
+    ) -> web.Response:
         # Keyed on the kind of refusal, not its detail: a peer chooses the clock offset or key.
-        if throttle.allow((request.remote, reason.partition(":")[0]), wall()):
+        if throttle.allow((request.remote, cause or reason.partition(":")[0]), wall()):
             log.warning("refused %s %s from %s: %s", request.method, shown(request.path),
                         request.remote, reason)
+        return answer(request, status, reason, nonce)
+
+    def answer(request: web.Request, status: int, reason: str, nonce: str) -> web.Response:
         response = web.json_response({"error": reason}, status=status)
         response.force_close()  # never drain a body we will not read, nor keep the connection
         if not nonce:
             return response
-        return sign_response(credentials, nonce, response, answer_digest(request.path))
+        return sign_response(credentials, nonce, response, wall(), answer_digest(request.path))
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         limit = routes.get(request.path)
         if limit is None or request.method != "POST":
             return refuse(request, 404, "no such route")
+        address = request.remote or "?"
+        clock: ClockOffset | None = None
         try:
             head = head_of(request.method, request.rel_url.raw_path,
                            request.rel_url.raw_query_string, request.headers)
             signature = decode_signature(request.headers.get(AUTHORIZATION))
-            guard.check_time(head, wall())
+            try:
+                check_time(head, wall())
+            except ClockOffset as e:
+                # Checked, at most once a second per address, so that a trusted sender learns
+                # why from a signed answer and is shown refused for its clock; the others are
+                # refused from the head alone.
+                if not signed_refusals.allow((address, "signed"), wall()):
+                    raise
+                clock = e
             try:
                 key = credentials.verify(signature, head.canonical())
             except ValueError:
@@ -141,12 +162,15 @@ def auth_middleware(
             if head.target != str(me):
                 raise AuthError("request meant for another node")
         except AuthError as e:
-            return refuse(request, 401, str(e))
-        address = request.remote or "?"
+            return refuse(request, 401, str(e), cause="clock" if isinstance(e, ClockOffset) else "")
         if not credentials.is_trusted(key, address):
             credentials.note_untrusted(key, address)
-            nonce = head.nonce if signed_refusals.allow((address, "signed"), wall()) else ""
-            return refuse(request, 403, f"untrusted key {NodeId.of_key(key)}", nonce)
+            signs = clock is not None or signed_refusals.allow((address, "signed"), wall())
+            return refuse(request, 403, f"untrusted key {NodeId.of_key(key)}",
+                          head.nonce if signs else "")
+        if clock is not None:
+            credentials.note_clock(key, address, clock.offset)
+            return answer(request, 401, str(clock), head.nonce)  # the node logs it, with the fix
         try:
             # Only members' nonces are remembered: strangers cannot fill the replay window.
             guard.check(head, wall(), key)
@@ -171,14 +195,14 @@ def auth_middleware(
                 return refuse(request, 401, "body does not match its signed digest", head.nonce)
             request[PEER_KEY] = key
             request[BODY] = body
-            answer = await handler(request)
+            reply = await handler(request)
         finally:
             in_flight[key] -= 1
             if not in_flight[key]:
                 del in_flight[key]
-        if isinstance(answer, web.Response):
-            sign_response(credentials, head.nonce, answer, answer_digest(request.path))
-        return answer
+        if isinstance(reply, web.Response):
+            sign_response(credentials, head.nonce, reply, wall(), answer_digest(request.path))
+        return reply
 
     return middleware
 
@@ -196,12 +220,14 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
 
 
 def sign_response(
-    credentials: Credentials, nonce: str, response: web.Response,
+    credentials: Credentials, nonce: str, response: web.Response, wall: float,
     digest: Callable[[bytes], str] = body_digest,
 ) -> web.Response:
-    """Sign `response` as the answer to the request that carried `nonce`."""
+    """Sign `response`, stamped with our time `wall`, as the answer to the request that carried
+    `nonce`: the asker learns how far our clocks differ."""
     body = response.body if isinstance(response.body, bytes) else b""
-    message = response_canonical(nonce, response.status, digest(body))
+    response.headers[TIME] = f"{wall:.3f}"
+    message = response_canonical(nonce, response.status, response.headers[TIME], digest(body))
     response.headers[RESPONSE_SIGNATURE] = SCHEME + base64.b64encode(
         credentials.sign(message)
     ).decode()

@@ -27,6 +27,7 @@ from meshsync.core.records import BLOCK_SIZE
 from meshsync.core.signing import (
     AUTHORIZATION,
     DIGEST,
+    MAX_OFFSET,
     NONCE,
     RESPONSE_SIGNATURE,
     SCHEME,
@@ -34,6 +35,7 @@ from meshsync.core.signing import (
     TIME,
     RequestHead,
     body_digest,
+    parse_time,
     response_canonical,
 )
 from meshsync.core.wire import (
@@ -73,6 +75,17 @@ class PeerMismatch(PeerUnreachable):
 
 class PeerRefused(PeerError):
     """The peer answered, signed, with a refusal or an error."""
+
+
+class PeerClockOffset(PeerRefused):
+    """The peer holding `key` refused us because our clocks differ by more than MAX_OFFSET;
+    `offset` is its clock minus ours, in seconds, as its signed answer showed."""
+
+    def __init__(self, address: str, key: bytes, offset: float) -> None:
+        super().__init__(f"{address}: refused, as its clock differs from ours by {offset:+.0f} s "
+                         f"(more than {MAX_OFFSET:.0f} s)")
+        self.key = key
+        self.offset = offset
 
 
 class Signing(Protocol):
@@ -124,11 +137,13 @@ class _Pin(aiohttp.Fingerprint):
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A peer's signed answer: its status, body and the public key that signed it."""
+    """A peer's signed answer: its status, body, the public key that signed it, and how far its
+    clock is from ours (its minus ours, in seconds)."""
 
     status: int
     body: bytes
     key: bytes
+    clock_offset: float
 
 
 class PeerClient:
@@ -264,7 +279,8 @@ class PeerClient:
     ) -> Reply:
         if self._session is None:
             raise RuntimeError("PeerClient used outside `async with`")
-        head = RequestHead("POST", path, "", str(NodeId.of_key(key)), f"{self._wall():.3f}",
+        sent = self._wall()
+        head = RequestHead("POST", path, "", str(NodeId.of_key(key)), f"{sent:.3f}",
                            os.urandom(16).hex(), body_digest(body))
         headers = {
             AUTHORIZATION: SCHEME + base64.b64encode(self._signing.sign(head.canonical())).decode(),
@@ -282,8 +298,10 @@ class PeerClient:
             answer = await _read_bounded(response.content, limit)
             if answer is None:
                 raise PeerUnreachable(f"{address}: answer larger than {limit} bytes")
-            message = response_canonical(head.nonce, response.status, digest(answer))
+            stamp = response.headers.get(TIME, "")
             try:
+                their_time = parse_time(stamp)
+                message = response_canonical(head.nonce, response.status, stamp, digest(answer))
                 signature = decode_signature(response.headers.get(RESPONSE_SIGNATURE))
                 signer = self._signing.verify(signature, message)
             except (AuthError, ValueError):
@@ -291,7 +309,11 @@ class PeerClient:
             if signer != key:
                 raise PeerUnreachable(f"{address}: answer (HTTP {response.status}) is not signed "
                                       f"by {NodeId.of_key(key)}, the node it was sent to")
-            return Reply(response.status, answer, key)
+            # It stamped its answer between our sending and our reading it: halfway, at best guess.
+            offset = their_time - (sent + self._wall()) / 2
+            if response.status == 401 and abs(offset) > MAX_OFFSET:
+                raise PeerClockOffset(address, key, offset)
+            return Reply(response.status, answer, key, offset)
 
     @staticmethod
     def _failure(address: str, e: aiohttp.ClientError) -> PeerError:

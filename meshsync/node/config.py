@@ -44,6 +44,34 @@ class Keep:
 
 
 @dataclass(frozen=True, slots=True)
+class MinFree:
+    """Space sync leaves free on each folder's disk: a share of it, or a size."""
+
+    percent: float = 1.0  # Syncthing's default
+    size: int | None = None  # bytes, in place of the share
+
+    def of(self, total: int) -> int:
+        """The bytes to keep free on a disk of `total` bytes."""
+        return self.size if self.size is not None else int(total * self.percent / 100)
+
+    def __str__(self) -> str:
+        return f"{self.percent:g} %" if self.size is None else f"{self.size >> 20} MiB"
+
+
+def parse_min_free(text: str) -> MinFree:
+    """`--min-free`: `1%` of the disk, or a size like `5G`; ValueError if it is neither."""
+    if text.strip().endswith("%"):
+        try:
+            percent = float(text.strip()[:-1])
+        except ValueError:
+            percent = -1.0
+        if not 0 <= percent <= 100:
+            raise ValueError(f"--min-free wants a share from 0% to 100% or a size, not {text!r}")
+        return MinFree(percent)
+    return MinFree(size=parse_size(text))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything `meshsync start` was told."""
 
@@ -55,6 +83,7 @@ class Config:
     peers: tuple[str, ...] = ()
     name: str = socket.gethostname()
     keep: Keep = Keep()
+    min_free: MinFree = MinFree()
 
     @property
     def folder_ids(self) -> frozenset[FolderId]:

@@ -18,17 +18,26 @@ from meshsync.control.protocol import ControlError
 from meshsync.core import election as el
 from meshsync.core.errors import Refused, WireError
 from meshsync.core.ids import NodeId
-from meshsync.core.membership import Peer, Roster
+from meshsync.core.membership import Peer, Roster, clock_fix
 from meshsync.core.paths import RelPath, check_path
-from meshsync.core.signing import SKEW
+from meshsync.core.signing import MAX_OFFSET
 from meshsync.core.throttle import Throttle, shown
-from meshsync.core.wire import BlockRequest, Hello, IndexRequest, Records
+from meshsync.core.wire import (
+    MAX_MEMBER_ADDRESSES,
+    BlockRequest,
+    Hello,
+    IndexRequest,
+    MemberAddress,
+    Records,
+    check_address,
+)
 from meshsync.crypto import sshsig, tls
 from meshsync.crypto.keys import Signer, public_key_line
 from meshsync.crypto.trust import PublicKey, TrustStore, parse_key_line
 from meshsync.fs import versions
 from meshsync.net.client import (
     PeerClient,
+    PeerClockOffset,
     PeerClosed,
     PeerError,
     PeerMismatch,
@@ -41,6 +50,7 @@ from meshsync.net.server import bind, make_app, serve
 from meshsync.node.clock import Clock
 from meshsync.node.config import Config, control_socket
 from meshsync.node.folder import FolderSync, new_epoch
+from meshsync.node.judge import Origin
 from meshsync.node.state import secure_state_dir
 from meshsync.store.index import Index
 
@@ -56,6 +66,7 @@ NEW_HINTS_PER_SECOND = 16  # new addresses are first dialled at most this often,
 HINTS_DIALLED_AT_ONCE = 16
 ADDRESSES_PER_ADVERT = 4
 STRANGER_EVERY = 10.0  # how often an untrusted node is checked again (trust may have changed)
+MAX_ORIGINS = 64  # untrusted origins of records remembered, so they can be trusted by ID
 MAX_RELAYS = 8  # notices the coordinator is passing on at once; more wait for catch-up
 GOODBYE_EVERY = 1.0  # mDNS goodbyes are unauthenticated: at most one round of checks a second
 SETTLE_TIMEOUT = 10.0
@@ -97,6 +108,8 @@ class Node:
         self._relays = 0
         self._goodbye_wake = 0.0
         self._folders: dict[str, FolderSync] = {}
+        self._origins: dict[str, bytes] = {}  # vector key -> key, of untrusted record origins
+        self._trust_stamp = trust.stamp()
         self._client: PeerClient | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self.port = 0
@@ -123,6 +136,12 @@ class Node:
         if not self._not_from_there(public_blob, address):
             self._remember_stranger(public_blob, address)
 
+    def note_clock(self, public_blob: bytes, address: str, offset: float) -> None:
+        """A trusted peer whose clock is too far from ours to accept its requests: list it as
+        refused, with the offset and the fix."""
+        self._clock_refused(public_blob, offset, address, trusted=True,
+                            last_seen=self._clock.wall())
+
     def _not_from_there(self, key: bytes, address: str) -> bool:
         """True (and said once) if the user trusts `key`, but not from `address` (from=)."""
         if not self._trust.knows(key):
@@ -138,19 +157,40 @@ class Node:
         """This node's ID."""
         return self.id
 
-    def origin_key(self, origin: str, signature: bytes, message: bytes) -> bool:
-        """Whether `signature` over `message` is by us or a trusted node whose key is `origin`."""
+    def check_origin(self, origin: str, signature: bytes, message: bytes) -> Origin:
+        """Whether `signature` over `message` is by the node whose vector key is `origin` (us,
+        or a node we trust), or by an untrusted one (remembered, so that it can be trusted by
+        its ID), or not by it at all."""
         try:
             claimed = sshsig.signer(signature)  # cheap: only a signature that would count
         except ValueError:                      # is worth its check
-            return False
-        trusted = claimed == self._signer.public_blob or self._trust.knows(claimed)
-        if not trusted or NodeId.of_key(claimed).key != origin:
-            return False
+            return Origin.FORGED
+        if NodeId.of_key(claimed).key != origin:
+            return Origin.FORGED
         try:
-            return self.verify(signature, message) == claimed
+            if self.verify(signature, message) != claimed:
+                return Origin.FORGED
         except ValueError:
-            return False
+            return Origin.FORGED
+        if claimed == self._signer.public_blob or self._trust.knows(claimed):
+            return Origin.TRUSTED
+        self._origins.pop(origin, None)  # the most recent last: the oldest is forgotten first
+        self._origins[origin] = claimed
+        while len(self._origins) > MAX_ORIGINS:
+            del self._origins[next(iter(self._origins))]
+        return Origin.UNTRUSTED
+
+    def untrusted_origin(self, origin: str) -> str:
+        """Which node made versions held back here, and the command that would trust it."""
+        key = self._origins.get(origin)
+        if key is None:
+            return (f"made by node {origin}, not trusted here: on that machine `meshsync id` "
+                    "prints its key line; trust it here with: meshsync trust 'KEY LINE'")
+        peer_id = NodeId.of_key(key)
+        peer = self._roster.get(peer_id)
+        name = f" ({shown(peer.name)})" if peer is not None and peer.name != "?" else ""
+        return (f"made by {peer_id}{name}, not trusted here; to trust it, run: "
+                f"meshsync trust {peer_id}")
 
     def _remember_stranger(self, key: bytes, seen_at: str, **known: Any) -> None:
         _, new = self._roster.update(key, trusted=False, last_seen=self._clock.wall(), **known)
@@ -172,7 +212,8 @@ class Node:
             parts.callback(index.close)
             epoch = index.get_meta("epoch") or new_epoch()
             index.set_meta("epoch", epoch)
-            self._folders = {f.id: FolderSync(f, index, self, epoch, self.config.keep)
+            self._folders = {f.id: FolderSync(f, index, self, epoch, self.config.keep,
+                                              min_free=self.config.min_free)
                              for f in self.config.folders}
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):  # before mDNS: a signal mid-way says bye
@@ -219,6 +260,10 @@ class Node:
         while True:
             self._wake.clear()
             now = self._clock.now()
+            stamp = await asyncio.to_thread(self._trust.stamp)
+            if stamp != self._trust_stamp:  # authorized_keys or trusted_keys edited
+                self._trust_stamp = stamp
+                self._trust_changed()
             for address in self._addresses_to_contact(now):
                 self._inflight.add(address)
                 tg.create_task(self._contact(client, address), name=f"hello {address}")
@@ -254,9 +299,14 @@ class Node:
                 key = await client.identify(address, HELLO_TIMEOUT)
                 if not self._worth_a_hello(address, key):
                     return
-            reply = await client.send_hello(address, key, self._hello(), HELLO_TIMEOUT)
+            hello = self._hello(NodeId.of_key(key))
+            reply = await client.send_hello(address, key, hello, HELLO_TIMEOUT)
         except PeerClosed:
             self._unreachable(address, closed=True)
+        except PeerClockOffset as e:  # its signed refusal: a trusted node, our clocks apart
+            self._clock_refused(e.key, e.offset, address, address=address, trusted=True,
+                                last_seen=self._clock.wall())
+            self._unreachable(address, closed=False)
         except PeerMismatch as e:
             self._log_peer_input(address, "mismatch",
                                  f"refused: {e} (another node, or a man in the middle)")
@@ -271,6 +321,7 @@ class Node:
             self._unreachable(address, closed=False)
         else:
             self._take_reply(address, reply)
+            self._roster.measured(reply.key, reply.clock_offset)
         finally:
             self._inflight.discard(address)
 
@@ -356,7 +407,7 @@ class Node:
         peer = self._heard(key, hello, f"{remote}:{hello.port}", trusts_us=None)
         if peer.trusts_us is None:
             self._wake.set()  # say hello back at once: its answer tells whether it trusts us
-        return self._hello()
+        return self._hello(peer.id)
 
     def _heard(self, key: bytes, hello: Hello, address: str, trusts_us: bool | None) -> Peer:
         """Take in a trusted peer's hello, whichever way it came."""
@@ -377,12 +428,14 @@ class Node:
         elif hello.leaving:
             self._feed(el.PeerLeft(peer.id, now))
         elif peer.is_member(self.config.folder_ids):
-            term, coordinator = hello.term, hello.coordinator
-            if term > el.term_ceiling(self._clock.wall() - SKEW):
-                # Heard, but its claim is not taken until a node whose clock is SKEW behind
-                # ours would take it too: one pushed to our ceiling must not split us from them.
-                term, coordinator = 0, None
-            self._feed(el.PeerHeard(peer.id, term, coordinator, now))
+            term, coordinator, hears = hello.term, hello.coordinator, hello.hears_coordinator
+            if term > el.term_ceiling(self._clock.wall() - MAX_OFFSET):
+                # Heard, but its claim is not taken until a node whose clock is as far behind
+                # ours as we accept would take it too: one pushed to our ceiling must not split
+                # us from them.
+                term, coordinator, hears = 0, None, False
+            self._feed(el.PeerHeard(peer.id, term, coordinator, now, hears))
+            self._learn_addresses(hello.members)
         elif not peer.folders & self.config.folder_ids and self._throttle.allow(
             (peer.id, "no folder"), self._clock.wall()
         ):
@@ -439,22 +492,40 @@ class Node:
         return sync
 
     async def handle_notice(self, key: bytes, notice: Records) -> None:
-        """Changes made in the mesh; the coordinator passes on what members send it."""
+        """Changes made in the mesh; passed on as `_relay_to` says."""
         sync = self._folder(notice.folder, key)
-        sender = NodeId.of_key(key).key
-        news = await sync.take(sender, notice.records)
-        if (news and self._election.coordinator == self.id and self._tasks is not None
-                and self._relays < MAX_RELAYS):
+        sender = NodeId.of_key(key)
+        news = await sync.take(sender.key, notice.records)
+        to = self._relay_to(sender) if news else frozenset()
+        if to and self._tasks is not None and self._relays < MAX_RELAYS:
             # Only what was news to us (what was not, we passed on before), a few at a time:
             # a member that sends one notice again and again cannot make us fan it out.
             # Not awaited: the sender should not wait on our fan-out to every member.
             self._relays += 1
             relay = Records(notice.folder, tuple(news))
-            self._tasks.create_task(self._relay(relay, sender), name=f"relay from {sender}")
+            self._tasks.create_task(self._relay(relay, to), name=f"relay from {sender.key}")
 
-    async def _relay(self, notice: Records, sender: str) -> None:
+    def _relay_to(self, sender: NodeId) -> frozenset[str]:
+        """Whom news from `sender` goes on to (vector keys): from the coordinator, every other
+        member; from a member that hears the coordinator itself, the members that do not, and
+        the coordinator if the sender does not (a link cut between them: we are the bridge)."""
+        election, now = self._election, self._clock.now()
+        coordinator = election.coordinator
+        members = {p.id for p in self._roster
+                   if p.is_member(self.config.folder_ids) and election.is_up(p.id)}
+        if coordinator == self.id:
+            to = members
+        elif coordinator is not None and election.hears_coordinator(self.id, now):
+            to = {p for p in members if not election.hears_coordinator(p, now)}
+            if not election.hears_coordinator(sender, now):
+                to.add(coordinator)
+        else:
+            return frozenset()
+        return frozenset(p.key for p in to - {sender})
+
+    async def _relay(self, notice: Records, to: frozenset[str]) -> None:
         try:
-            await self.publish(notice, skip=frozenset({sender}))
+            await self.publish(notice, skip=frozenset(p.id.key for p in self._roster) - to)
         finally:
             self._relays -= 1
 
@@ -468,15 +539,39 @@ class Node:
         sync = self._folder(request.folder, key)
         return await asyncio.to_thread(sync.answer_blocks, request.hashes)
 
-    def _hello(self) -> Hello:
+    def _hello(self, to: NodeId | None = None) -> Hello:
+        """Our hello; to a peer, with where the members it may sync with listen."""
+        leaving = self._stop.is_set()
         return Hello(
             name=self.config.name,
             port=self.port,
             folders=self.config.folder_ids,
             term=self._election.term,
             coordinator=self._election.coordinator,
-            leaving=self._stop.is_set(),
+            leaving=leaving,
+            hears_coordinator=self._election.hears_coordinator(self.id, self._clock.now()),
+            members=() if leaving or to is None else self._member_addresses(to),
         )
+
+    def _member_addresses(self, to: NodeId) -> tuple[MemberAddress, ...]:
+        """Where our online members listen that share a folder with `to` (never `to` itself,
+        nor a peer we do not trust), the most recently heard first."""
+        recipient = self._roster.get(to)
+        if recipient is None:
+            return ()
+        found: list[MemberAddress] = []
+        for peer in sorted(self._roster, key=lambda p: p.last_seen or 0.0, reverse=True):
+            if (peer.id == to or not peer.address or not peer.folders & recipient.folders
+                    or not peer.is_member(self.config.folder_ids)
+                    or not self._election.is_up(peer.id)):
+                continue
+            try:  # the address we reached it at: a --peer host name is not passed on
+                found.append(MemberAddress(peer.id, check_address(peer.address)))
+            except WireError:
+                continue
+            if len(found) == MAX_MEMBER_ADDRESSES:
+                break
+        return tuple(found)
 
     async def _say_goodbye(self, client: PeerClient) -> None:
         hello = self._hello()
@@ -528,17 +623,38 @@ class Node:
         networks = own_networks()
         wake = False
         for ip in advert.addresses[:ADDRESSES_PER_ADVERT]:
-            try:
-                parsed = ipaddress.ip_address(ip)
-            except ValueError:
-                continue
-            if parsed.is_loopback or not any(parsed in net for net in networks):
-                continue
             address = f"{ip}:{advert.port}"
-            if self._roster.at(address) is None and self._hint(address, advert.claimed_id):
+            if (_dialable(ip, networks) and self._roster.at(address) is None
+                    and self._hint(address, advert.claimed_id)):
                 wake = True
         if wake:
             self._wake.set()
+
+    def _learn_addresses(self, members: tuple[MemberAddress, ...]) -> None:
+        """Where a member says members we trust listen: hints, so that a mesh formed through
+        one `--peer` outlives that node. Each is still proven by its TLS certificate, and
+        filtered as an advert is: a member cannot make us dial where it likes."""
+        unknown = [m for m in members if m.id != self.id
+                   and self._roster.at(m.address) is None and not self._reached(m.id)]
+        if not unknown:
+            return  # the steady state: everyone it names is up here already
+        networks = own_networks()
+        trusted = {NodeId.of_key(key): key for key in self._trust.known_keys()}
+        wake = False
+        for member in unknown:
+            key = trusted.get(member.id)
+            host = _host(member.address).strip("[]")
+            if (key is not None and _dialable(host, networks)
+                    and self._trust.is_trusted(key, host)
+                    and self._hint(member.address, str(member.id))):
+                wake = True
+        if wake:
+            self._wake.set()
+
+    def _reached(self, peer_id: NodeId) -> bool:
+        """Whether a member is up here at an address we know."""
+        peer = self._roster.get(peer_id)
+        return peer is not None and peer.address is not None and self._election.is_up(peer_id)
 
     def _hint(self, address: str, claimed_id: str = "") -> bool:
         """Remember an address to try; True if it is new. The most backed-off hint makes room."""
@@ -610,7 +726,9 @@ class Node:
         keys: list[PublicKey] = []
         for text in texts:
             peer = self._roster.find(text.strip())
-            key = PublicKey(peer.key, peer.name) if peer else parse_key_line(text)
+            origin = self._origin_by_id(text.strip())
+            key = (PublicKey(peer.key, peer.name) if peer else PublicKey(origin, "")
+                   if origin else parse_key_line(text))
             if key is None:
                 raise ControlError(
                     f"not a public key line nor the ID of a discovered peer: {text[:80]!r}")
@@ -623,8 +741,21 @@ class Node:
                 self._roster.update(key.blob, trusted=True)
         for peer_id in added:
             log.info("trusted %s", peer_id)
+        if added:
+            self._trust_changed()
         self._wake.set()
         return {"added": added, "already": already}
+
+    def _trust_changed(self) -> None:
+        """Versions held back for their origin may be taken now."""
+        for sync in self._folders.values():
+            sync.trust_changed()
+
+    def _origin_by_id(self, text: str) -> bytes | None:
+        """The key of an untrusted origin of versions held back, by its full or short ID."""
+        found = [k for k in self._origins.values() if text in (str(NodeId.of_key(k)),
+                                                               NodeId.of_key(k).short)]
+        return found[0] if len(found) == 1 else None
 
     def _election_json(self) -> dict[str, Any]:
         coordinator = self._election.coordinator
@@ -639,7 +770,7 @@ class Node:
             "address": f"{addresses[0] if addresses else '?'}:{self.port}",
             "role": "coordinator" if coordinator == self.id else "member",
             "state": "online", "self": True, "last_seen": self._clock.wall(),
-            "folders": sorted(self.config.folder_ids),
+            "folders": sorted(self.config.folder_ids), "clock_offset": 0.0,
         }]
         for peer in sorted(self._roster, key=lambda p: p.id):
             member = peer.is_member(self.config.folder_ids)
@@ -649,9 +780,12 @@ class Node:
                         "member" if member else "peer",
                 "state": peer.state(self._election.is_up(peer.id)),
                 "self": False, "last_seen": peer.last_seen, "folders": sorted(peer.folders),
+                "clock_offset": None if peer.clock_offset is None else round(peer.clock_offset, 1),
             }
             if row["state"] == "untrusted":
                 row["trust_command"] = f"meshsync trust {peer.id}"
+            if peer.clock_refused and peer.clock_offset is not None:
+                row["fix"] = clock_fix(peer.clock_offset)
             rows.append(row)
         return rows
 
@@ -721,6 +855,14 @@ class Node:
             log.warning("peer %s at %s does not trust this node; on that machine run: "
                         "meshsync trust %s", peer_id, address, self.id)
 
+    def _clock_refused(self, key: bytes, offset: float, seen_at: str, **known: Any) -> None:
+        """Record, and say once a minute, that our clocks are too far apart to talk."""
+        peer, _ = self._roster.update(key, clock_offset=offset, **known)
+        if self._throttle.allow((peer.id, "clock"), self._clock.wall()):
+            log.warning("peer %s at %s: clock differs by %+.0f s (more than %.0f s), so neither "
+                        "of us accepts the other; %s", peer.id, shown(seen_at), offset,
+                        MAX_OFFSET, clock_fix(offset))
+
     def _log_peer_input(self, address: str, cause: str, what: str) -> None:
         if self._throttle.allow((address, cause), self._clock.wall()):
             log.warning("peer at %s %s", shown(address), shown(what, 300))
@@ -729,6 +871,16 @@ class Node:
 def _host(address: str) -> str:
     """The IP address of a `host:port` address."""
     return address.rpartition(":")[0]
+
+
+def _dialable(ip: str, networks: list[ipaddress.IPv4Network]) -> bool:
+    """Whether an address a peer told us of may be dialled: on one of our own networks, and
+    not loopback (that would make us a reflector to local services)."""
+    try:
+        parsed = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return not parsed.is_loopback and any(parsed in net for net in networks)
 
 
 def _lock(state: Path) -> Any:

@@ -33,6 +33,7 @@ class _Wait:
     """A queued version whose last attempt failed: why, and when it is tried again."""
 
     need: tuple[Vector, str, bytes]  # which version (see _identity): another one starts afresh
+    cause: str  # what kind of trouble, for people and for `meshsync status` (`cause`)
     reason: str  # one line, for people
     delay: float
     due: float
@@ -71,14 +72,16 @@ class Retries:
             del self._waits[path]
         return [n for n in needs if (w := self._waits.get(n.record.path)) is None or w.due <= now]
 
-    def failed(self, need: Need, reason: str, now: float, lack: Lack | None = None) -> float:
-        """Wait longer before trying `need` again; returns the seconds until then."""
+    def failed(self, need: Need, cause: str, reason: str, now: float, lack: Lack | None = None,
+               backoff: bool = True) -> float:
+        """Wait longer before trying `need` again (without `backoff`: as long as the first
+        time, for a cause that is cheap to check); returns the seconds until then."""
         path, old = need.record.path, self._waits.get(need.record.path)
         delay = RETRY_NEEDS
-        if old is not None and old.need == _identity(need):
+        if backoff and old is not None and old.need == _identity(need):
             delay = min(max(old.delay * 2, RETRY_NEEDS), MAX_BACKOFF)
         wait = delay * (1 - JITTER * random.random())  # noqa: S311 (spreading, not secrecy)
-        self._waits[path] = _Wait(_identity(need), reason, delay, now + wait, lack)
+        self._waits[path] = _Wait(_identity(need), cause, reason, delay, now + wait, lack)
         return wait
 
     def succeeded(self, path: RelPath) -> None:
@@ -101,8 +104,9 @@ class Retries:
 
     def listing(self, now: float, limit: int) -> list[dict[str, Any]]:
         """The first `limit` waiting paths in path order, for `meshsync status`."""
-        return [{"path": path, "reason": w.reason, "retry_in": round(max(0.0, w.due - now), 1)}
-                for path, w in sorted(self._waits.items())[:limit]]
+        return [{"path": path, "cause": w.cause, "reason": w.reason,
+                 "retry_in": round(max(0.0, w.due - now), 1)}
+                for path, w in sorted(self._waits.items())[:max(limit, 0)]]
 
 
 @dataclass(slots=True)

@@ -55,6 +55,7 @@ _NEED_COLUMNS = ", ".join(name for name, _ in _NEED)
 _SELECT_ENTRY = f"SELECT {_ENTRY_COLUMNS} FROM files WHERE folder = ? "  # noqa: S608
 _SELECT_NEED = f"SELECT {_NEED_COLUMNS} FROM need WHERE folder = ? "  # noqa: S608
 _SELECT_LOSER = f"SELECT {_NEED_COLUMNS} FROM losers WHERE folder = ? "  # noqa: S608
+_SELECT_HELD = f"SELECT {_NEED_COLUMNS} FROM held WHERE folder = ? "  # noqa: S608
 _UPSERT = """
 INSERT INTO files (folder, path, kind, version, origin, deleted, size, mode, mtime_ns, blocks,
                    target, signature, inode, dev, seq)
@@ -68,6 +69,11 @@ ON CONFLICT (folder, path) DO UPDATE SET
 _ADD_LOSER = """
 INSERT OR REPLACE INTO losers (folder, path, kind, version, origin, deleted, size, mode, mtime_ns,
                                blocks, target, signature, source)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_ADD_HELD = """
+INSERT OR REPLACE INTO held (folder, path, kind, version, origin, deleted, size, mode, mtime_ns,
+                             blocks, target, signature, source)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _ADD_NEED = """
@@ -245,6 +251,26 @@ class Index:
         """Forget one version kept aside."""
         with self._write() as db:
             db.execute("DELETE FROM losers WHERE folder = ? AND path = ? AND origin = ?",
+                       (folder, record.path, record.origin))
+
+    def add_held(self, folder: str, held: Sequence[Need]) -> None:
+        """Keep versions whose origin is not trusted (one per path and origin, the latest)."""
+        with self._write() as db:
+            db.executemany(_ADD_HELD, (
+                (folder, *_columns(n.record), n.signature, n.source) for n in held))
+
+    def held(self, folder: str, limit: int = -1) -> list[Need]:
+        """Versions held back for their origin, in path order (the first `limit`)."""
+        return self._read(_HELD, "ORDER BY path LIMIT ?", (folder, limit))
+
+    def held_count(self, folder: str) -> int:
+        """How many versions are held back for their origin."""
+        return int(self._rows("SELECT count(*) FROM held WHERE folder = ?", (folder,))[0][0])
+
+    def drop_held(self, folder: str, record: FileRecord) -> None:
+        """Forget one version held back."""
+        with self._write() as db:
+            db.execute("DELETE FROM held WHERE folder = ? AND path = ? AND origin = ?",
                        (folder, record.path, record.origin))
 
     def _needs(self, where: str, args: tuple[object, ...]) -> list[Need]:
@@ -677,6 +703,8 @@ _NEEDS = _Table("need", _SELECT_NEED, "AND path = ?", (1,),
                 ("DELETE FROM need WHERE folder = ? AND path = ?",), _need)
 _LOSERS = _Table("losers", _SELECT_LOSER, "AND path = ? AND origin = ?", (1, 4),
                  ("DELETE FROM losers WHERE folder = ? AND path = ? AND origin = ?",), _need)
+_HELD = _Table("held", _SELECT_HELD, "AND path = ? AND origin = ?", (1, 4),
+               ("DELETE FROM held WHERE folder = ? AND path = ? AND origin = ?",), _need)
 
 
 @lru_cache(maxsize=4096)

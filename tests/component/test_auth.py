@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,10 @@ from meshsync.core.ids import NodeId
 from meshsync.core.signing import (
     AUTHORIZATION,
     DIGEST,
+    MAX_OFFSET,
     NONCE,
     RESPONSE_SIGNATURE,
     SCHEME,
-    SKEW,
     TARGET,
     TIME,
     RequestHead,
@@ -33,13 +34,17 @@ from meshsync.core.signing import (
 )
 from meshsync.core.throttle import WINDOW
 from meshsync.core.wire import BlockRequest, FolderId, Hello, IndexRequest, Records
-from meshsync.crypto import sshsig
+from meshsync.crypto import sshsig, tls
 from meshsync.crypto.keys import KeySigner, public_key_line
 from meshsync.crypto.sshsig import BadSignature
 from meshsync.crypto.trust import TrustStore
 from meshsync.net import auth
 from meshsync.net.auth import MAX_IN_FLIGHT
-from meshsync.net.server import ANSWER_DIGESTS, ROUTES, make_app
+from meshsync.net.client import PeerClient, PeerClockOffset, Reply
+from meshsync.net.listener import Limits, Listener, server_context
+from meshsync.net.server import ANSWER_DIGESTS, ROUTES, make_app, serve
+from meshsync.node.config import Config, Folder
+from meshsync.node.node import Node
 
 T0 = 1_700_000_000.0
 THEIRS = Hello("client", 22300, frozenset({FolderId("docs")}), 3, None)
@@ -65,6 +70,7 @@ class Credentials:
         self.signer = signer
         self.trust = trust
         self.untrusted: list[tuple[bytes, str]] = []
+        self.clocks: list[tuple[bytes, str, float]] = []
 
     def sign(self, message: bytes) -> bytes:
         return sshsig.sign(self.signer, message)
@@ -77,6 +83,9 @@ class Credentials:
 
     def note_untrusted(self, public_blob: bytes, address: str) -> None:
         self.untrusted.append((public_blob, address))
+
+    def note_clock(self, public_blob: bytes, address: str, offset: float) -> None:
+        self.clocks.append((public_blob, address, offset))
 
 
 @dataclass
@@ -201,13 +210,14 @@ class Answer:
         return reason
 
     def assert_signed_by(self, key: KeySigner, request_nonce: str, path: str = "") -> None:
-        """The answer carries a signature by `key` binding it to the request with that nonce
-        (over its body, or what that path's answers are signed over)."""
+        """The answer carries a signature by `key` binding it, and the time it carries, to the
+        request with that nonce (over its body, or what that path's answers are signed over)."""
         value = self.headers[RESPONSE_SIGNATURE]
         assert value.startswith(SCHEME)
         signature = base64.b64decode(value[len(SCHEME) :])
         digest = ANSWER_DIGESTS.get(path, body_digest)
-        message = response_canonical(request_nonce, self.status, digest(self.raw))
+        message = response_canonical(request_nonce, self.status, self.headers[TIME],
+                                     digest(self.raw))
         assert sshsig.verify(signature, message) == key.public_blob
 
 
@@ -359,21 +369,77 @@ async def test_replay_is_refused_before_its_body_is_read(
     assert len(server.handled.calls) == 1
 
 
-@pytest.mark.parametrize("offset", [-(SKEW + 5), SKEW + 5], ids=["past", "future"])
-async def test_stale_request_is_refused_with_401(
+async def test_a_signed_answer_carries_our_time_under_its_signature(
+    server: Server, member: KeySigner
+) -> None:
+    body = THEIRS.to_json()
+    headers = signed(member, body)
+    answer = await post(server, headers, body)
+    assert answer.headers[TIME] == f"{T0:.3f}"
+    answer.assert_signed_by(server.key, headers[NONCE])
+    moved = Answer(answer.status, answer.raw, {**answer.headers, TIME: f"{T0 + 3600:.3f}"})
+    with pytest.raises(BadSignature):
+        moved.assert_signed_by(server.key, headers[NONCE])
+
+
+@pytest.mark.parametrize("offset", [-(MAX_OFFSET + 5), MAX_OFFSET + 5, 1234.0],
+                         ids=["past", "future", "twenty-minutes"])
+async def test_a_member_whose_clock_is_beyond_the_bound_gets_a_signed_401_and_is_noted(
     server: Server, member: KeySigner, offset: float
 ) -> None:
     headers = signed(member, THEIRS.to_json(), sent=T0 + offset)
     answer = await post_unfinished_body(server, headers)
     assert answer.status == 401
-    assert answer.error == f"stale request: clock differs by {-offset:+.0f} s"
+    assert answer.error == f"clock differs by {offset:+.0f} s (more than 900 s)"
+    answer.assert_signed_by(server.key, headers[NONCE])  # so that it can tell its user why
+    [(key, address, noted)] = server.credentials.clocks
+    assert (key, address, noted) == (member.public_blob, "127.0.0.1", pytest.approx(offset))
     assert server.handled.calls == []
+    assert server.proofs.proven == []
 
 
-async def test_request_within_the_skew_is_accepted(server: Server, member: KeySigner) -> None:
+async def test_a_far_clock_is_checked_once_a_second_per_address_and_otherwise_refused_unread(
+    server: Server, member: KeySigner
+) -> None:
+    # Checking a signature costs: a flood of far-off times gets refusals made from the head.
+    for _ in range(5):
+        answer = await post_unfinished_body(server, signed(member, b"{}", sent=T0 + 2000))
+        assert (answer.status, answer.error) == (401, "clock differs by +2000 s (more than 900 s)")
+    assert len(server.credentials.clocks) == 1
+    server.wall.now += 1.5
+    headers = signed(member, b"{}", sent=server.wall.now + 2000)
+    (await post_unfinished_body(server, headers)).assert_signed_by(server.key, headers[NONCE])
+    assert len(server.credentials.clocks) == 2
+
+
+async def test_a_stranger_whose_clock_is_beyond_the_bound_is_refused_as_untrusted(
+    server: Server, stranger: KeySigner
+) -> None:
+    headers = signed(stranger, b"{}", sent=T0 - 5000)
+    answer = await post_unfinished_body(server, headers)
+    assert answer.status == 403
+    answer.assert_signed_by(server.key, headers[NONCE])
+    assert server.credentials.untrusted == [(stranger.public_blob, "127.0.0.1")]
+    assert server.credentials.clocks == []
+
+
+async def test_a_forged_request_whose_clock_is_beyond_the_bound_is_not_noted(
+    server: Server, member: KeySigner
+) -> None:
+    headers = signed(member, b"{}", sent=T0 + 2000)
+    headers[NONCE] = os.urandom(16).hex()  # no longer what the member signed
+    answer = await post_unfinished_body(server, headers)
+    assert (answer.status, answer.error) == (401, "bad signature")
+    assert server.credentials.clocks == []
+
+
+async def test_a_request_within_the_clock_bound_is_accepted(
+    server: Server, member: KeySigner
+) -> None:
     body = THEIRS.to_json()
-    for sent in (T0 - SKEW + 1, T0 + SKEW - 1):
+    for sent in (T0 - MAX_OFFSET + 1, T0 - 300, T0 + 300, T0 + MAX_OFFSET - 1):
         assert (await post(server, signed(member, body, sent=sent), body)).status == 200
+    assert server.credentials.clocks == []
 
 
 @pytest.mark.parametrize(
@@ -479,16 +545,17 @@ async def test_burst_of_identical_bad_requests_is_logged_once(
     assert len(refusals(caplog)) == 2
 
 
-async def test_burst_of_stale_requests_with_varying_clocks_is_logged_once(
-    server: Server, member: KeySigner, caplog: pytest.LogCaptureFixture
+async def test_burst_of_far_off_requests_with_varying_clocks_is_logged_once(
+    server: Server, stranger: KeySigner, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The clock offset is the sender's to choose: it must not make each request a new log line.
+    # (A trusted sender's is said by the node, naming it and the fix: see note_clock.)
     caplog.set_level(logging.INFO, logger="meshsync.auth")
     for n in range(50):
-        headers = signed(member, b"{}", sent=T0 - SKEW - 10 - n)
-        assert (await post(server, headers, b"{}")).status == 401
-    assert len(refusals(caplog)) == 1
-    assert "stale request" in refusals(caplog)[0]
+        headers = signed(stranger, b"{}", sent=T0 - MAX_OFFSET - 10 - n)
+        assert (await post(server, headers, b"{}")).status in (401, 403)
+    clock_lines = [line for line in refusals(caplog) if "clock differs" in line]
+    assert len(clock_lines) == 1
 
 
 async def test_burst_of_fresh_untrusted_keys_is_logged_once(
@@ -609,3 +676,176 @@ async def test_a_body_that_never_finishes_is_answered_408_and_its_connection_clo
     assert (answer.status, answer.error) == (408, "body not received within 0 s")
     assert answer.headers.get("Connection", "").lower() == "close"
     assert server.handled.calls == []
+
+
+# -- a real client over TLS, its clock set off from the server's --------------------------------
+@dataclass
+class Listening:
+    key: KeySigner
+    credentials: Credentials
+    handled: HelloHandler
+    address: str
+
+
+@pytest.fixture
+async def over_tls(tmp_path: Path, member: KeySigner) -> AsyncIterator[Listening]:
+    """The server, its clock at T0, behind the TLS listener the node puts it behind."""
+    trusted = tmp_path / "authorized_keys"
+    trusted.write_text(public_key_line(member.public_blob, "member@lan") + "\n")
+    key = new_key()
+    credentials = Credentials(key, TrustStore([trusted], tmp_path / "state" / "trusted_keys"))
+    handled = HelloHandler()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.setblocking(False)
+    listener = Listener(sock, server_context(str(tls.certificate_file(tmp_path, key))), Limits())
+    runner, protocol = await serve(make_app(credentials, NodeId.of_key(key.public_blob), Wall(),
+                                            handled, listener))
+    task = asyncio.create_task(listener.run(protocol))
+    try:
+        yield Listening(key, credentials, handled, f"127.0.0.1:{sock.getsockname()[1]}")
+    finally:
+        task.cancel()
+        await runner.cleanup()
+        sock.close()
+
+
+@dataclass
+class ClientSigning:
+    """What the member's client needs of its crypto layer."""
+
+    signer: KeySigner
+
+    def sign(self, message: bytes) -> bytes:
+        return sshsig.sign(self.signer, message)
+
+    def verify(self, signature: bytes, message: bytes) -> bytes:
+        return sshsig.verify(signature, message)
+
+    def vouched_key(self, certificate: bytes) -> bytes:
+        return tls.vouched_key(certificate)
+
+
+def client_of(member: KeySigner, clock_offset: float) -> PeerClient:
+    """The member's client, its wall clock `clock_offset` seconds from the server's."""
+    return PeerClient(ClientSigning(member), lambda: T0 + clock_offset)
+
+
+@pytest.mark.parametrize("offset", [300.0, -300.0], ids=["ahead", "behind"])
+async def test_a_client_five_minutes_off_is_served_and_learns_the_offset(
+    over_tls: Listening, member: KeySigner, offset: float
+) -> None:
+    async with client_of(member, offset) as client:
+        reply = await client.send_hello(over_tls.address, over_tls.key.public_blob, THEIRS)
+    assert (reply.status, Hello.from_json(reply.body)) == (200, OURS)
+    assert reply.clock_offset == pytest.approx(-offset, abs=1.0)  # the server's minus ours
+    assert len(over_tls.handled.calls) == 1
+    assert over_tls.credentials.clocks == []
+
+
+@pytest.mark.parametrize("offset", [1200.0, -1200.0], ids=["ahead", "behind"])
+async def test_a_client_twenty_minutes_off_is_refused_and_both_sides_know_by_how_much(
+    over_tls: Listening, member: KeySigner, offset: float
+) -> None:
+    async with client_of(member, offset) as client:
+        with pytest.raises(PeerClockOffset, match="more than 900 s") as refused:
+            await client.send_hello(over_tls.address, over_tls.key.public_blob, THEIRS)
+    assert refused.value.offset == pytest.approx(-offset, abs=1.0)
+    assert refused.value.key == over_tls.key.public_blob
+    [(key, address, noted)] = over_tls.credentials.clocks
+    assert (key, address) == (member.public_blob, "127.0.0.1")
+    assert noted == pytest.approx(offset, abs=1.0)  # the client's minus the server's
+    assert over_tls.handled.calls == []
+
+
+# -- the node's side: a peer refused for its clock is listed so, with the fix --------------------
+class NodeClock:
+    """Monotonic and wall time the test sets."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+    def wall(self) -> float:
+        return T0 + self.t
+
+
+@pytest.fixture
+def node(tmp_path: Path, member: KeySigner) -> Node:
+    """A node (not started) that trusts `member`."""
+    (tmp_path / "ssh").mkdir()
+    (tmp_path / "ssh" / "authorized_keys").write_text(
+        public_key_line(member.public_blob, "member@lan") + "\n")
+    config = Config(folders=(Folder(FolderId("docs"), tmp_path / "docs"),), state=tmp_path / "s",
+                    ssh_dir=tmp_path / "ssh", name="a")
+    trust = TrustStore([tmp_path / "ssh" / "authorized_keys"], tmp_path / "s" / "trusted_keys")
+    return Node(config, new_key(), trust, NodeClock())  # type: ignore[arg-type]
+
+
+def row_of(node: Node, key: bytes) -> dict[str, Any]:
+    [row] = [r for r in node._peers_json() if r["id"] == str(NodeId.of_key(key))]
+    return row
+
+
+def clock_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "clock differs" in r.getMessage()]
+
+
+def test_a_peer_noted_by_the_server_for_its_clock_is_listed_refused_with_the_fix(
+    node: Node, member: KeySigner, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    for _ in range(5):  # a request a second, each refused
+        node.note_clock(member.public_blob, "10.0.0.7", 1234.0)
+    row = row_of(node, member.public_blob)
+    assert (row["state"], row["clock_offset"]) == ("refused", 1234.0)
+    assert row["fix"] == ("the clocks differ by 21 min: set both to network time "
+                          "(timedatectl set-ntp true)")
+    [line] = clock_lines(caplog)  # once a minute
+    assert str(NodeId.of_key(member.public_blob)) in line
+    assert "+1234 s" in line
+    assert "timedatectl set-ntp true" in line
+
+
+class RefusingClient:
+    """A PeerClient whose every hello is refused by the peer for our clocks."""
+
+    def __init__(self, key: bytes, offset: float) -> None:
+        self.key, self.offset = key, offset
+
+    async def identify(self, address: str, timeout: float) -> bytes:
+        return self.key
+
+    async def send_hello(self, address: str, key: bytes, hello: Hello, timeout: float) -> Reply:
+        raise PeerClockOffset(address, key, self.offset)
+
+
+async def test_a_peer_refusing_our_hello_for_the_clock_is_listed_refused_with_the_fix(
+    node: Node, member: KeySigner, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    client = RefusingClient(member.public_blob, -1200.0)
+    await node._contact(client, "10.0.0.7:22300")  # type: ignore[arg-type]
+    row = row_of(node, member.public_blob)
+    assert (row["state"], row["address"], row["clock_offset"]) == (
+        "refused", "10.0.0.7:22300", -1200.0)
+    assert row["fix"].startswith("the clocks differ by 20 min")
+    [line] = clock_lines(caplog)
+    assert "-1200 s" in line
+    assert str(NodeId.of_key(member.public_blob)) in line
+    # Its clock set right, its next answer shows it, and the refusal is gone.
+    answering = AnsweringClient(member.public_blob, 0.4)
+    await node._contact(answering, "10.0.0.7:22300")  # type: ignore[arg-type]
+    row = row_of(node, member.public_blob)
+    assert (row["state"], row["clock_offset"]) == ("online", 0.4)
+    assert "fix" not in row
+
+
+class AnsweringClient(RefusingClient):
+    """A PeerClient whose hellos are answered, the peer's clock `offset` from ours."""
+
+    async def send_hello(self, address: str, key: bytes, hello: Hello, timeout: float) -> Reply:
+        return Reply(200, OURS.to_json(), key, self.offset)

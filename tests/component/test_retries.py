@@ -24,6 +24,7 @@ from meshsync.node import folder
 from meshsync.node.clock import Clock
 from meshsync.node.config import Folder
 from meshsync.node.folder import FolderSync
+from meshsync.node.judge import Origin
 from meshsync.node.retry import JITTER, MAX_BACKOFF, RETRY_NEEDS
 from meshsync.store.index import Index, Need
 
@@ -61,8 +62,11 @@ class Members:
     def sign(self, message: bytes) -> bytes:
         return b"signed"
 
-    def origin_key(self, origin: str, signature: bytes, message: bytes) -> bool:
-        return True
+    def check_origin(self, origin: str, signature: bytes, message: bytes) -> Origin:
+        return Origin.TRUSTED
+
+    def untrusted_origin(self, origin: str) -> str:
+        return f"made by {origin}"
 
     def sources(self, folder: str) -> list[tuple[str, str]]:
         return [(f"key{n}", address) for n, address in enumerate(self.addresses)]
@@ -119,7 +123,9 @@ def index(tmp_path: Path) -> Iterator[Index]:
 def folder_sync(tmp_path: Path, index: Index, mesh: Members, clock: FakeClock) -> FolderSync:
     root = tmp_path / "photos"
     (root / ".meshsync").mkdir(parents=True)
-    return FolderSync(Folder(FOLDER, root), index, mesh, "epoch", clock=clock)
+    sync = FolderSync(Folder(FOLDER, root), index, mesh, "epoch", clock=clock)
+    sync.scanned = True  # as after the first scan, which these tests do not run
+    return sync
 
 
 def queue(index: Index, *records: FileRecord) -> None:
@@ -209,7 +215,7 @@ async def test_a_member_with_only_the_first_blocks_is_not_asked_for_the_rest_aga
         f"no member has all of its blocks ({1000 - MAX_BLOCKS_PER_REQUEST} of 1000 missing)")
 
 
-async def test_status_lists_a_waiting_path_with_its_reason_and_the_folder_stays_syncing(
+async def test_status_lists_a_waiting_path_with_its_reason_and_the_folder_says_held_back(
         tmp_path: Path, index: Index, clock: FakeClock) -> None:
     mesh = Members()
     sync = folder_sync(tmp_path, index, mesh, clock)
@@ -222,8 +228,11 @@ async def test_status_lists_a_waiting_path_with_its_reason_and_the_folder_stays_
     clock.t += 1.0
 
     status = sync.status()
-    assert status["state"] == "syncing"
+    assert status["state"] == "held back", "nothing it needs can be written now"
     assert status["waiting_count"] == 121
+    assert status["held_back_count"] == 121
+    assert len(status["held_back"]) == 100
+    assert status["held_back"][0]["cause"] == "no member has it"
     assert len(status["waiting"]) == 100
     first = status["waiting"][0]
     assert first["path"] == "doc.pdf"

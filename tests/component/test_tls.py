@@ -20,7 +20,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 from cryptography.x509.oid import NameOID
 
 from meshsync.core.ids import NodeId
@@ -111,6 +116,9 @@ class Node:
     def note_untrusted(self, public_blob: bytes, address: str) -> None:
         raise AssertionError("everyone is trusted here")
 
+    def note_clock(self, public_blob: bytes, address: str, offset: float) -> None:
+        raise AssertionError("clocks agree here")
+
     def vouched_key(self, certificate: bytes) -> bytes:
         return tls.vouched_key(certificate)
 
@@ -168,6 +176,43 @@ async def test_a_request_pinned_to_the_servers_key_is_answered(server: Running) 
     assert (reply.status, reply.key) == (200, key)
     assert server.node.hellos == [HELLO]
     assert server.listener.count() == (0, 0)  # closed with the client, each of them
+
+
+@pytest.mark.parametrize("days", [10, -4000], ids=["not-yet-valid", "long-expired"])
+async def test_a_certificate_outside_its_validity_dates_still_carries_the_vouch(
+    tmp_path: Path, days: int
+) -> None:
+    # What a node whose clock is days off makes, or what its peers see when theirs is: the
+    # dates are nobody's check (no authority signs these), so clocks cannot break TLS.
+    node = Node(new_key())
+    key = Ed25519PrivateKey.generate()
+    spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshsync")])
+    start = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(start)
+            .not_valid_after(start + datetime.timedelta(days=1))
+            .add_extension(x509.UnrecognizedExtension(
+                tls.VOUCH_OID, sshsig.sign(node.signer, tls.vouch_message(spki))), critical=False)
+            .sign(key, None))
+    pem = tmp_path / "dated.pem"
+    pem.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+                    + cert.public_bytes(Encoding.PEM))
+    sock = listening()
+    listener = Listener(sock, server_context(str(pem)), Limits())
+    runner, protocol = await serve(make_app(node, NodeId.of_key(node.signer.public_blob),
+                                            time.time, node, listener))
+    task = asyncio.create_task(listener.run(protocol))
+    address = f"127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        async with PeerClient(Node(new_key()), time.time) as client:
+            assert await client.identify(address) == node.signer.public_blob
+            reply = await client.send_hello(address, node.signer.public_blob, HELLO)
+        assert reply.status == 200
+    finally:
+        task.cancel()
+        await runner.cleanup()
+        sock.close()
 
 
 async def test_a_request_pinned_to_another_key_is_never_sent(server: Running) -> None:

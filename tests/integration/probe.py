@@ -151,8 +151,9 @@ def main() -> None:
     raw[-1] ^= 1
     tampered[AUTHORIZATION] = SCHEME + base64.b64encode(bytes(raw)).decode()
     results["bad_signature"] = post(address, body, tampered)
-    results["stale"] = post(address, body, signed(signer, body, sent=time.time() - 120))
-    results["from_the_future"] = post(address, body, signed(signer, body, sent=time.time() + 120))
+    # Clocks may differ by up to 15 minutes (MAX_OFFSET); these are 17 minutes off.
+    results["stale"] = post(address, body, signed(signer, body, sent=time.time() - 1020))
+    results["from_the_future"] = post(address, body, signed(signer, body, sent=time.time() + 1020))
     # Signed for another member: what a member that received it could try to replay elsewhere.
     other = str(NodeId.of_key(b"another member"))
     results["meant_for_another"] = post(address, body, signed(signer, body, to=other))

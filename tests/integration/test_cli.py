@@ -43,6 +43,7 @@ def test_tables_show_what_the_json_shows(make_lan):
     assert status["folders"] == [{
         "id": "Sync", "path": str(h1.sync), "state": "in sync", "need_files": 0, "need_bytes": 0,
         "conflicts": 0, "transfers": [], "waiting": [], "waiting_count": 0,
+        "held_back": [], "held_back_count": 0, "scan": None, "rate": {"in": 0, "out": 0},
         "members": [str(h2.id)],
     }]
     assert (h1.sync / ".meshsync").is_dir()

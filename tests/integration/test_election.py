@@ -44,15 +44,16 @@ def test_three_hosts_agree_on_the_lowest_id(make_lan):
             assert row["address"] == f"{other.ip}:22300"
 
 
-def test_killed_coordinator_is_replaced_by_next_lowest_within_4_s(make_lan):
+def test_killed_coordinator_is_replaced_by_next_lowest_within_2_s(make_lan):
     lan = make_lan(3)
     start_all(lan)
     lowest, second, third = lan.by_id()
     term = wait_for("agreement", lambda: agreed(lan.hosts, lowest), 15)
     lowest.kill()
     killed_at = time.monotonic()
+    # Its port closes with it: the next heartbeat finds that, without the 3 s silence rule.
     new_term = wait_for("survivors to agree on the next-lowest ID",
-                        lambda: agreed([second, third], second, term), 4)
+                        lambda: agreed([second, third], second, term), 2)
     print(f"failover after kill -9: {time.monotonic() - killed_at:.2f} s")
     assert new_term == term + 1
     assert third.peer_states()[lowest.name] == "down"
@@ -65,8 +66,9 @@ def test_graceful_stop_of_the_coordinator_is_noticed_at_once(make_lan):
     term = wait_for("agreement", lambda: agreed(lan.hosts, lowest), 15)
     stopped_at = time.monotonic()
     lowest.stop()
-    wait_for("survivors to agree on a new coordinator well before the 3 s silence timeout",
-             lambda: agreed([second, third], second, term), 1.5)
+    # `stop` returns once the node has said goodbye: the survivors move on at once.
+    wait_for("survivors to agree on a new coordinator at once",
+             lambda: agreed([second, third], second, term), 1.0)
     print(f"failover after stop: {time.monotonic() - stopped_at:.2f} s")
 
 

@@ -72,7 +72,9 @@ def test_extreme_counters_sequences_and_block_lists_leave_every_node_running_and
             (w for w in h1.json("status")["folders"][0]["waiting"]
              if w["path"] == UNFETCHABLE), None), 20)
         assert "blocks" in row["reason"]
-        assert h1.json("status")["folders"][0]["state"] == "syncing"
+        folder = h1.json("status")["folders"][0]
+        assert folder["state"] == "held back", "nothing it waits for can be written now"
+        assert UNFETCHABLE in {h["path"] for h in folder["held_back"]}
         asked = block_requests(out)
         holds_for("the two to ask for its blocks no more than a few times", lambda:
                   block_requests(out) - asked <= 8, 15)

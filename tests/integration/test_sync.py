@@ -204,6 +204,12 @@ def test_received_files_are_not_echoed_and_a_rename_costs_no_transfer(make_lan):
     assert rx_bytes(h2) - before < 1024 * 1024, "the renamed file's bytes crossed the LAN again"
 
 
+def hashed(host) -> list[int]:
+    """Files hashed by each full scan that hashed any (or was the first since a start)."""
+    return [int(line.split("; hashed ")[1].split()[0])
+            for line in host.log.read_text().splitlines() if "; hashed " in line]
+
+
 def test_a_restart_rehashes_only_what_changed_while_stopped(make_lan):
     lan = mesh(make_lan, 2)
     h1, h2 = lan.hosts
@@ -212,11 +218,13 @@ def test_a_restart_rehashes_only_what_changed_while_stopped(make_lan):
     wait_for("all on h2", lambda: same_trees(lan.hosts) and len(tree(h2.sync)) == 20, 15)
     h1.stop()
     first = announced(h1)
+    scans = len(hashed(h1))
     (h1.sync / "f3.txt").write_bytes(b"changed while stopped")
     h1.start()
     wait_for("the change made while stopped to reach h2",
              lambda: (h2.sync / "f3.txt").read_bytes() == b"changed while stopped", 15)
     assert announced(h1) - first == 1
+    assert hashed(h1)[scans] == 1, "the first scan after the restart read one file"
 
 
 def test_a_change_made_while_the_coordinator_is_replaced_is_not_lost(make_lan):

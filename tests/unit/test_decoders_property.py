@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import math
 import struct
@@ -24,20 +25,24 @@ from meshsync.core.fields import check_digest, check_int
 from meshsync.core.ids import NodeId
 from meshsync.core.paths import MARKER, MAX_NAME_BYTES, MAX_PATH_BYTES, TEMP_PREFIX, check_path
 from meshsync.core.records import BLOCK_SIZE, MAX_SIZE, MAX_TARGET, FileRecord, Kind
-from meshsync.core.signing import SKEW, ReplayGuard, RequestHead
+from meshsync.core.signing import MAX_OFFSET, ReplayGuard, RequestHead
 from meshsync.core.vclock import MAX_COUNTER, MAX_ENTRIES, MAX_OWN_COUNTER, Vector
 from meshsync.core.wire import (
     MAX_BATCH_RECORDS,
     MAX_BLOCKS_PER_REQUEST,
     MAX_FOLDERS,
+    MAX_HELLO_BYTES,
+    MAX_MEMBER_ADDRESSES,
     MAX_NAME,
     MAX_SEQ,
     BlockRequest,
     FolderId,
     Hello,
     IndexRequest,
+    MemberAddress,
     Records,
     Signed,
+    check_address,
     check_folder_id,
     frames_digest,
     pack_blocks,
@@ -317,6 +322,33 @@ def many_folder_ids(draw: st.DrawFn) -> frozenset[FolderId]:
     return Set(FolderId(f"{stem}{n:03d}") for n in range(MAX_FOLDERS))
 
 
+PORTS = st.integers(1, 65535) | st.sampled_from([1, 65535])
+
+
+def unmapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Not IPv4 in IPv6 clothes (nodes write IPv4 as IPv4)."""
+    return not isinstance(ip, ipaddress.IPv6Address) or ip.ipv4_mapped is None
+
+
+# Addresses as nodes write them: IPv4, or IPv6 in brackets.
+ACCEPTED_ADDRESSES = st.builds("{}:{}".format, st.ip_addresses(v=4), PORTS) | st.builds(
+    "[{}]:{}".format, st.ip_addresses(v=6).filter(unmapped), PORTS)
+LONGEST_ADDRESS = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+ADDRESSES = ACCEPTED_ADDRESSES | TEXT | st.sampled_from([
+    LONGEST_ADDRESS, LONGEST_ADDRESS + "0", "10.0.0.1:0", "10.0.0.1:65536", "10.0.0.1:022",
+    "010.0.0.1:1", "[10.0.0.1]:1", "::1:1", "[fe80::1%eth0]:1", "[::ffff:1.2.3.4]:1",
+    "[::FFFF]:1", "host:1", "10.0.0.1", "10.0.0.1:", "10.0.0.1:\u00b2", " 10.0.0.1:1",
+    "10.0.0.1:+1", "10.0.0.1:1_0", "10.0.0.1:\u0661"])
+MEMBERS = st.builds(MemberAddress, NODE_IDS, ADDRESSES)
+
+
+@st.composite
+def most_members(draw: st.DrawFn) -> tuple[MemberAddress, ...]:
+    """As many member addresses as a hello holds, each as long as an address may be."""
+    ids = draw(st.lists(NODE_IDS, min_size=MAX_MEMBER_ADDRESSES, max_size=MAX_MEMBER_ADDRESSES))
+    return Tuple(MemberAddress(i, LONGEST_ADDRESS) for i in ids)
+
+
 HELLOS = st.builds(
     Hello,
     name=HELLO_NAMES,
@@ -325,6 +357,8 @@ HELLOS = st.builds(
     term=st.integers(-1, 2**53 + 1) | st.sampled_from([0, 2**53, 2**53 + 1]),
     coordinator=st.none() | NODE_IDS,
     leaving=st.booleans(),
+    hears_coordinator=st.booleans(),
+    members=st.lists(MEMBERS, max_size=MAX_MEMBER_ADDRESSES + 1).map(tuple) | most_members(),
 )
 
 
@@ -362,14 +396,30 @@ def test_an_extreme_hello_round_trips_or_is_refused(hello: Hello) -> None:
     port=st.integers(1, 65535),
     term=st.integers(0, 2**53),
     coordinator=st.none() | NODE_IDS,
+    hears=st.booleans(),
+    members=st.lists(st.builds(MemberAddress, NODE_IDS, ACCEPTED_ADDRESSES),
+                     max_size=MAX_MEMBER_ADDRESSES).map(tuple) | most_members(),
 )
 def test_a_hello_made_of_accepted_parts_is_accepted(
-    name: str, folders: frozenset[FolderId], port: int, term: int, coordinator: NodeId | None
+    name: str, folders: frozenset[FolderId], port: int, term: int, coordinator: NodeId | None,
+    hears: bool, members: tuple[MemberAddress, ...],
 ) -> None:
-    # The node's own hello: every folder ID passed check_folder_id when the config was read.
+    # The node's own hello: every folder ID passed check_folder_id when the config was read,
+    # and every member address check_address when the hello was made.
     assert all(check_folder_id(f) == f for f in folders)
-    hello = Hello(name, port, folders, term, coordinator)
+    assert all(check_address(m.address) == m.address for m in members)
+    hello = Hello(name, port, folders, term, coordinator, False, hears, members)
     assert Hello.from_json(hello.to_json()) == hello
+
+
+@given(ADDRESSES)
+def test_an_address_from_any_text_is_itself_or_a_wire_error(text: str) -> None:
+    address = decoded(check_address, text)
+    if address is not None:
+        assert address == text
+        assert encodable(address)
+        host = address.rpartition(":")[0]
+        assert host.strip("[]") == str(ipaddress.ip_address(host.strip("[]")))  # one spelling
 
 
 def test_a_hello_with_the_most_folders_of_the_longest_ids_is_accepted() -> None:
@@ -380,6 +430,12 @@ def test_a_hello_with_the_most_folders_of_the_longest_ids_is_accepted() -> None:
         assert all(len(f.encode()) == 255 for f in folders)
         hello = Hello("n" * MAX_NAME, 65535, folders, 2**53, NodeId(b"\xff" * 32))
         assert Hello.from_json(hello.to_json()) == hello
+        # With every member address a hello holds, as long as they get, it still fits.
+        members = tuple(MemberAddress(NodeId(bytes([n]) * 32), LONGEST_ADDRESS)
+                        for n in range(MAX_MEMBER_ADDRESSES))
+        fullest = dataclasses.replace(hello, hears_coordinator=True, members=members)
+        assert len(fullest.to_json()) <= MAX_HELLO_BYTES
+        assert Hello.from_json(fullest.to_json()) == fullest
 
 
 # -- Records, Signed ------------------------------------------------------------------------------
@@ -720,8 +776,8 @@ def test_a_signed_field_that_is_not_valid_unicode_is_refused_with_an_auth_error(
             head.canonical()
 
 
-@given(st.lists(st.tuples(heads(), st.none() | st.floats(-SKEW * 2, SKEW * 2),
-                          st.floats(0, SKEW)), max_size=12),
+@given(st.lists(st.tuples(heads(), st.none() | st.floats(-MAX_OFFSET * 2, MAX_OFFSET * 2),
+                          st.floats(0, MAX_OFFSET)), max_size=12),
        st.floats(1e9, 4e9))
 def test_the_replay_guard_accepts_a_head_once_or_refuses_with_an_auth_error(
     requests: list[tuple[RequestHead, float | None, float]], start: float
@@ -735,13 +791,13 @@ def test_the_replay_guard_accepts_a_head_once_or_refuses_with_an_auth_error(
         if not admitted(guard, head, wall):
             continue
         sent = head.sent_at()
-        assert abs(wall - sent) <= SKEW
+        assert abs(wall - sent) <= MAX_OFFSET
         # Replayed at any moment it would still count as fresh, it is refused.
         with pytest.raises(AuthError):
-            guard.check(head, min(wall + step, sent + SKEW))
+            guard.check(head, min(wall + step, sent + MAX_OFFSET))
 
 
-@given(st.lists(st.floats(-SKEW * 1.5, SKEW * 1.5), min_size=1, max_size=30),
+@given(st.lists(st.floats(-MAX_OFFSET * 1.5, MAX_OFFSET * 1.5), min_size=1, max_size=30),
        st.floats(1e9, 4e9))
 def test_a_fresh_request_with_a_new_nonce_is_accepted(offsets: list[float], wall: float) -> None:
     guard = ReplayGuard()
@@ -749,5 +805,5 @@ def test_a_fresh_request_with_a_new_nonce_is_accepted(offsets: list[float], wall
         nonce = hashlib.sha256(str(n).encode()).hexdigest()[:32]
         head = RequestHead(method="POST", path="/v1/hello", query="", target="t",
                            time=repr(wall + offset), nonce=nonce, digest="d")
-        fresh = abs(wall - float(head.time)) <= SKEW
+        fresh = abs(wall - float(head.time)) <= MAX_OFFSET
         assert admitted(guard, head, wall) == fresh

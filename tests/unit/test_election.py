@@ -1,5 +1,13 @@
 """The election rules, fed events with a fake clock."""
 
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
 from meshsync.core.election import (
     DOWN_AFTER,
     GRACE,
@@ -9,6 +17,7 @@ from meshsync.core.election import (
     Broadcast,
     Election,
     ElectionForced,
+    Event,
     FollowCoordinator,
     MarkDown,
     MarkUp,
@@ -202,3 +211,255 @@ def test_a_member_heard_without_a_claim_is_live_and_moves_nothing():
     assert e.handle(PeerHeard(A, 0, None, 1.0)) == [MarkUp(A)]
     assert (e.term, e.coordinator) == (5, C)
     assert e.is_up(A)
+
+
+# -- a link cut, vouches, and a mesh of machines that hello each other ----------------------------
+
+HEARTBEAT = 1.0
+STEP = 0.1
+
+
+class Mesh:
+    """Election machines that hello each other every HEARTBEAT over the links that are up (each
+    hello answered in kind, as nodes do), at once when one asks to broadcast, ticked every STEP."""
+
+    def __init__(self, nodes: Iterable[NodeId], links: Iterable[tuple[NodeId, NodeId]],
+                 phases: dict[NodeId, float] | None = None) -> None:
+        self.now = 0.0
+        self.machines = {n: Election(me=n, started=0.0) for n in nodes}
+        self.links = {frozenset(link) for link in links}
+        self.next_hello = {n: (phases or {}).get(n, 0.0) for n in self.machines}
+        self.woken: set[NodeId] = set()
+        self.history: list[tuple[float, NodeId, int]] = []  # (when, node, term) at every change
+
+    def view(self, node: NodeId) -> tuple[int, NodeId | None]:
+        machine = self.machines[node]
+        return machine.term, machine.coordinator
+
+    def cut(self, a: NodeId, b: NodeId) -> None:
+        self.links.discard(frozenset((a, b)))
+
+    def join(self, a: NodeId, b: NodeId) -> None:
+        self.links.add(frozenset((a, b)))
+
+    def kill(self, node: NodeId) -> None:
+        del self.machines[node]
+
+    def restart(self, node: NodeId) -> None:
+        for peer in self._neighbours(node):  # its port closes: each neighbour sees it leave
+            self._feed(peer, PeerLeft(node, self.now))
+        self.machines[node] = Election(me=node, started=self.now)
+
+    def force(self, node: NodeId) -> None:
+        self._feed(node, ElectionForced(self.now))
+
+    def run(self, until: float) -> None:
+        while self.now < until - 1e-9:
+            self.now = round(self.now + STEP, 6)
+            for node in list(self.machines):
+                self._feed(node, Ticked(self.now))
+            self.woken |= {n for n in self.machines if self.next_hello[n] <= self.now}
+            for _ in range(20):  # a storm of broadcasts would stop here and show as churn
+                if not self.woken:
+                    break
+                woken, self.woken = sorted(self.woken), set()
+                for node in woken:
+                    if node in self.machines:
+                        self.next_hello[node] = self.now + HEARTBEAT
+                        for peer in self._neighbours(node):
+                            self._hello(node, peer)
+
+    def _neighbours(self, node: NodeId) -> list[NodeId]:
+        return sorted(p for p in self.machines if p != node and frozenset((node, p)) in self.links)
+
+    def _hello(self, sender: NodeId, receiver: NodeId) -> None:
+        for a, b in ((sender, receiver), (receiver, sender)):  # the hello, then its answer
+            if a in self.machines and b in self.machines:
+                said = self.machines[a]
+                hears = said.hears_coordinator(a, self.now)
+                self._feed(b, PeerHeard(a, said.term, said.coordinator, self.now, hears))
+
+    def _feed(self, node: NodeId, event: Event) -> None:
+        machine = self.machines[node]
+        before = machine.term
+        if Broadcast() in machine.handle(event):
+            self.woken.add(node)
+        if machine.term != before:
+            self.history.append((self.now, node, machine.term))
+
+    def terms_since(self, when: float) -> int:
+        """How many term changes happened after `when`."""
+        return sum(1 for at, _, _ in self.history if at > when)
+
+
+def test_a_coordinator_heard_only_through_a_member_that_hears_it_stays_live():
+    e = Election(me=C, started=0.0)
+    assert e.handle(PeerHeard(B, 3, A, 0.5, hears_coordinator=True)) == [
+        MarkUp(B), FollowCoordinator(A, 3), Broadcast()]
+    for second in range(1, 60):
+        assert e.handle(PeerHeard(B, 3, A, second + 0.5, hears_coordinator=True)) == []
+        assert e.handle(Ticked(second + 0.9)) == []
+    assert (e.term, e.coordinator) == (3, A)
+    assert e.hears_coordinator(B, 60.0)
+    assert not e.hears_coordinator(C, 60.0)  # what C's own hello says: it cannot vouch
+
+
+def test_a_vouch_ends_when_the_member_no_longer_hears_the_coordinator():
+    e = Election(me=C, started=0.0)
+    e.handle(PeerHeard(B, 3, A, 0.5, hears_coordinator=True))
+    e.handle(PeerHeard(B, 3, A, 5.0, hears_coordinator=True))
+    assert e.handle(PeerHeard(B, 3, A, 6.0, hears_coordinator=False)) == [
+        OpenElection(4), Broadcast()]  # B is the lowest live: C waits for its claim
+
+
+def test_a_silent_member_vouches_no_longer_than_any_member_lives():
+    e = Election(me=C, started=0.0)
+    e.handle(PeerHeard(B, 3, A, 0.5, hears_coordinator=True))
+    assert e.handle(Ticked(0.5 + DOWN_AFTER)) == []
+    assert e.handle(Ticked(0.6 + DOWN_AFTER)) == [
+        MarkDown(B, "silent for 3 s"),
+        OpenElection(4),
+        Broadcast(),
+        FollowCoordinator(C, 4),
+        Broadcast(),
+    ]
+
+
+def test_a_member_hearing_another_coordinator_or_term_does_not_vouch_for_ours():
+    e = Election(me=C, started=0.0)
+    e.handle(PeerHeard(B, 3, A, 0.5, hears_coordinator=True))
+    # At the same term B now names D (C keeps the lower A): B's word is not about A.
+    assert e.handle(PeerHeard(B, 3, D, 1.0, hears_coordinator=True)) == []
+    assert e.handle(Ticked(0.5 + DOWN_AFTER)) == []  # the grace any followed coordinator gets
+    assert e.handle(Ticked(0.6 + DOWN_AFTER)) == [OpenElection(4), Broadcast()]
+
+
+def test_the_coordinator_hears_itself_and_a_follower_hears_it_only_while_it_speaks():
+    a, b = Election(me=A, started=0.0), Election(me=B, started=0.0)
+    a.handle(Ticked(GRACE))
+    assert a.hears_coordinator(A, GRACE)
+    b.handle(PeerHeard(A, 1, A, 2.5, hears_coordinator=True))
+    assert b.hears_coordinator(B, 2.5 + DOWN_AFTER)
+    assert not b.hears_coordinator(B, 2.6 + DOWN_AFTER)
+    assert not Election(me=C, started=0.0).hears_coordinator(C, 0.0)  # no coordinator yet
+
+
+def test_a_cut_link_in_a_triangle_keeps_one_term_for_a_minute():
+    mesh = Mesh([A, B, C], [(A, B), (B, C)], {A: 0.3, B: 0.6, C: 0.9})
+    mesh.run(5.0)
+    assert {mesh.view(n) for n in (A, B, C)} == {(1, A)}
+    mesh.run(65.0)
+    assert mesh.terms_since(5.0) == 0
+    assert {mesh.view(n) for n in (A, B, C)} == {(1, A)}
+
+
+def test_cutting_a_link_of_a_settled_triangle_moves_nothing():
+    mesh = Mesh([A, B, C], [(A, B), (B, C), (A, C)], {A: 0.3, B: 0.6, C: 0.9})
+    mesh.run(10.0)
+    settled = mesh.view(A)
+    mesh.cut(A, C)
+    mesh.run(70.0)
+    assert mesh.terms_since(10.0) == 0
+    assert {mesh.view(n) for n in (A, B, C)} == {settled}
+
+
+def test_a_dead_coordinator_behind_a_cut_link_is_replaced_within_down_after_and_a_beat():
+    mesh = Mesh([A, B, C], [(A, B), (B, C)], {A: 0.3, B: 0.6, C: 0.9})
+    mesh.run(10.0)
+    mesh.kill(A)
+    mesh.run(10.0 + DOWN_AFTER + HEARTBEAT)
+    assert {mesh.view(n) for n in (B, C)} == {(2, B)}
+
+
+def test_a_dead_coordinator_is_replaced_within_down_after_and_a_beat():
+    mesh = Mesh([A, B, C], [(A, B), (B, C), (A, C)], {A: 0.3, B: 0.6, C: 0.9})
+    mesh.run(10.0)
+    mesh.kill(A)
+    mesh.run(10.0 + DOWN_AFTER + HEARTBEAT)
+    assert {mesh.view(n) for n in (B, C)} == {(2, B)}
+
+
+def test_members_that_heard_a_dead_coordinator_do_not_keep_it_alive_for_each_other():
+    mesh = Mesh([B, C], [(B, C)], {B: 0.3, C: 0.8})
+    for node in (B, C):  # both heard A once; then A died
+        mesh.machines[node].handle(PeerHeard(A, 3, A, 0.0, hears_coordinator=True))
+    mesh.run(DOWN_AFTER + HEARTBEAT)
+    assert {mesh.view(n) for n in (B, C)} == {(4, B)}
+
+
+def test_members_that_never_heard_their_coordinator_do_not_keep_it_alive_for_each_other():
+    mesh = Mesh([B, C], [(B, C)], {B: 0.3, C: 0.8})
+    mesh.machines[B].handle(PeerHeard(C, 3, A, 0.0))  # a claim relayed, never heard first hand
+    mesh.machines[C].handle(PeerHeard(B, 3, A, 0.0))
+    mesh.run(DOWN_AFTER + STEP)
+    assert {mesh.view(n) for n in (B, C)} == {(4, B)}
+    mesh.run(60.0)
+    assert mesh.terms_since(DOWN_AFTER + STEP) == 0
+
+
+def _parts(nodes: list[NodeId], links: set[frozenset[NodeId]]) -> list[set[NodeId]]:
+    """The connected parts of a network."""
+    parts: list[set[NodeId]] = []
+    for node in nodes:
+        joined = [p for p in parts if any(frozenset((node, n)) in links for n in p)]
+        parts = [p for p in parts if p not in joined] + [{node}.union(*joined)]
+    return parts
+
+
+def _diameter_at_most_two(nodes: list[NodeId], links: set[frozenset[NodeId]]) -> bool:
+    """Every two nodes of a connected part are linked, or share a neighbour."""
+    def near(a: NodeId) -> set[NodeId]:
+        return {b for b in nodes if frozenset((a, b)) in links}
+
+    return all(b in near(a) or near(a) & near(b)
+               for part in _parts(nodes, links) for a, b in itertools.combinations(part, 2))
+
+
+PAIRS = list(itertools.combinations([A, B, C, D], 2))
+DISTURBANCE = st.tuples(
+    st.floats(0.0, 20.0),
+    st.sampled_from(["cut", "join", "restart", "force"]),
+    st.sampled_from(PAIRS),
+)
+
+
+@given(
+    count=st.sampled_from([3, 4]),
+    links=st.sets(st.sampled_from(PAIRS)),
+    phases=st.lists(st.floats(0.0, 0.99), min_size=4, max_size=4),
+    disturbances=st.lists(DISTURBANCE, max_size=8),
+)
+def test_with_links_stable_the_term_settles_and_stays_put(
+    count: int, links: set[tuple[NodeId, NodeId]], phases: list[float],
+    disturbances: list[tuple[float, str, tuple[NodeId, NodeId]]],
+) -> None:
+    nodes = [A, B, C, D][:count]
+    kept = [link for link in links if set(link) <= set(nodes)]
+    final = {frozenset(link) for link in kept}
+    assume(_diameter_at_most_two(nodes, final))  # farther than a voucher: a known limit
+    mesh = Mesh(nodes, kept, dict(zip(nodes, phases, strict=False)))
+    for when, what, (a, b) in sorted(disturbances):
+        mesh.run(when)
+        if a not in mesh.machines or b not in mesh.machines:
+            continue
+        if what == "cut":
+            mesh.cut(a, b)
+        elif what == "join":
+            mesh.join(a, b)
+        elif what == "restart":
+            mesh.restart(a)
+        else:
+            mesh.force(a)
+    mesh.links = final  # from here on the links are stable
+    stable = max(mesh.now, 20.0)
+    mesh.run(stable)
+    top = max(m.term for m in mesh.machines.values())
+    mesh.run(stable + 70.0)
+    # Stale views and healed partitions settle in one election at most; then nothing moves,
+    # and the nodes that can reach each other agree on a coordinator among them.
+    assert max(m.term for m in mesh.machines.values()) <= top + 1
+    assert mesh.terms_since(stable + 10.0) == 0
+    for part in _parts(nodes, final):
+        views = {mesh.view(n) for n in part}
+        assert len(views) == 1
+        assert views.pop()[1] in part

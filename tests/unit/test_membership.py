@@ -4,7 +4,8 @@ import pytest
 
 from meshsync.core import membership
 from meshsync.core.ids import NodeId
-from meshsync.core.membership import MAX_STRANGERS, Peer, Roster
+from meshsync.core.membership import MAX_STRANGERS, Peer, Roster, clock_fix
+from meshsync.core.signing import MAX_OFFSET
 from meshsync.core.wire import FolderId
 
 DOCS, PHOTOS, MUSIC = FolderId("docs"), FolderId("photos"), FolderId("music")
@@ -37,6 +38,56 @@ def test_peer_state_shown_to_the_user(
     trusted: bool, trusts_us: bool | None, up: bool, state: str
 ) -> None:
     assert peer(trusted, trusts_us).state(up) == state
+
+
+@pytest.mark.parametrize(
+    ("offset", "up", "state"),
+    [
+        (None, True, "online"),
+        (300.0, True, "online"),
+        (-MAX_OFFSET, False, "down"),
+        (MAX_OFFSET + 1, True, "refused"),
+        (-1234.0, False, "refused"),
+    ],
+)
+def test_a_trusted_peer_whose_clock_is_beyond_the_bound_is_shown_refused(
+    offset: float | None, up: bool, state: str
+) -> None:
+    alice = Peer(NodeId.of_key(ALICE), ALICE, trusted=True, trusts_us=True, clock_offset=offset)
+    assert alice.state(up) == state
+    assert alice.clock_refused is (state == "refused")
+
+
+def test_a_clock_refusal_does_not_hide_that_we_do_not_trust_a_peer() -> None:
+    stranger = Peer(NodeId.of_key(ALICE), ALICE, trusted=False, clock_offset=5000.0)
+    assert stranger.state(up=False) == "untrusted"
+
+
+def test_a_measured_offset_is_kept_for_a_known_peer_and_clears_a_refusal() -> None:
+    roster = Roster()
+    roster.update(ALICE, trusted=True, clock_offset=1234.0)
+    roster.measured(ALICE, -2.5)
+    alice = roster.get(NodeId.of_key(ALICE))
+    assert alice is not None
+    assert (alice.clock_offset, alice.state(up=True)) == (-2.5, "online")
+
+
+def test_a_measured_offset_of_an_unknown_peer_adds_nobody() -> None:
+    roster = Roster()
+    roster.measured(BOB, 1.0)
+    assert list(roster) == []
+
+
+@pytest.mark.parametrize(
+    ("offset", "amount"),
+    [(42.4, "42 s"), (-119.0, "119 s"), (1200.0, "20 min"), (-1234.0, "21 min"),
+     (3 * 3600.0, "3 h"), (-3 * 86400.0, "3 days")],
+)
+def test_the_fix_for_a_clock_says_by_how_much_they_differ_and_what_to_run(
+    offset: float, amount: str
+) -> None:
+    assert clock_fix(offset) == (f"the clocks differ by {amount}: set both to network time "
+                                 "(timedatectl set-ntp true)")
 
 
 @pytest.mark.parametrize(

@@ -19,16 +19,16 @@ def test_status_shows_how_many_paths_wait_and_the_first_few_with_their_reason() 
     text = render.status(status_of(need_files=5, need_bytes=1 << 30, waiting=waiting,
                                    waiting_count=250))
     lines = text.splitlines()
-    assert "needs 5 files (1.0 GiB), 250 waiting" in lines[1]
+    assert "needs 5 files (1.0 GiB), 250 held back" in lines[1]
     assert lines[2:] == [
-        f"  waiting: film{n}.mkv: no member has all of its blocks ({n} of 9 missing)"
+        f"  held back: film{n}.mkv: no member has all of its blocks ({n} of 9 missing)"
         f" (next try in 1m {15 + n}s)" for n in (1, 2, 3)
-    ] + ["  waiting: 247 more (see --json)"]
+    ] + ["  held back: 247 more (see --json)"]
 
 
 def test_a_folder_with_nothing_waiting_shows_no_waiting_lines() -> None:
     text = render.status(status_of(state="in sync"))
-    assert "waiting" not in text
+    assert "held back" not in text
     assert len(text.splitlines()) == 2
 
 
@@ -39,5 +39,35 @@ def test_a_waiting_path_with_a_newline_or_escape_sequence_stays_on_its_line_and_
     text = render.status(status_of(need_files=1, waiting=waiting, waiting_count=1))
     assert len(text.splitlines()) == 3
     assert "\x1b" not in text
-    assert text.splitlines()[2] == ("  waiting: a\\n2026-01-01 forged line \\x1b[2J.txt: cannot "
+    assert text.splitlines()[2] == ("  held back: a\\n2026-01-01 forged line \\x1b[2J.txt: cannot "
                                     "write: [Errno 28] No space left on device (next try now)")
+
+
+def test_a_version_held_back_for_its_origin_shows_the_command_that_trusts_it() -> None:
+    held = [{"path": "plans.odt", "cause": "untrusted origin",
+             "reason": "made by SHA256:abc (desk), not trusted here; to trust it, run: "
+                       "meshsync trust SHA256:abc"}]
+    text = render.status(status_of(state="held back", held_back=held, held_back_count=1))
+    assert text.splitlines()[1].startswith("Sync  /home/me/Sync  held back: 1 file;")
+    assert text.splitlines()[2] == ("  held back: plans.odt: made by SHA256:abc (desk), not "
+                                    "trusted here; to trust it, run: meshsync trust SHA256:abc")
+
+
+def test_a_scan_under_way_shows_how_far_it_has_come_and_transfers_their_rate() -> None:
+    scan = {"entries_found": 20000, "entries_done": 12345, "bytes_found": 3 << 30,
+            "bytes_done": 1 << 30, "walking": False}
+    text = render.status(status_of(state="scanning", scan=scan, rate={"in": 5 << 20, "out": 0}))
+    assert ("scanning (12,345 of 20,000 entries, 1.0 GiB of 3.0 GiB), receiving 5.0 MiB/s, "
+            "sending 0 B/s;") in text.splitlines()[1]
+
+
+def test_peers_shows_the_fix_under_the_table_for_a_peer_refused_for_its_clock() -> None:
+    rows = [{"id": "SHA256:abcdefghij", "name": "nas", "address": "10.0.0.7:22300",
+             "role": "peer", "state": "refused", "self": False, "last_seen": None,
+             "clock_offset": 1234.0, "fix": "the clocks differ by 21 min: set both to network "
+             "time (timedatectl set-ntp true)"}]
+    assert render.peers(rows).splitlines()[-2:] == [
+        "refused for their clocks:",
+        "  abcdefgh: the clocks differ by 21 min: set both to network time (timedatectl "
+        "set-ntp true)",
+    ]

@@ -11,14 +11,17 @@ from meshsync.core.ids import NodeId
 from meshsync.core.wire import (
     MAX_FOLDERS,
     MAX_HELLO_BYTES,
+    MAX_MEMBER_ADDRESSES,
     MAX_NAME,
     FolderId,
     Hello,
+    MemberAddress,
     frames_digest,
     pack_blocks,
 )
 
 COORDINATOR = NodeId.of_key(b"ssh-ed25519 coordinator")
+MEMBER = NodeId.of_key(b"ssh-ed25519 member")
 
 
 def valid() -> dict[str, Any]:
@@ -29,6 +32,8 @@ def valid() -> dict[str, Any]:
         "term": 7,
         "coordinator": str(COORDINATOR),
         "leaving": False,
+        "hears_coordinator": True,
+        "members": [{"id": str(MEMBER), "address": "192.168.1.20:22300"}],
     }
 
 
@@ -55,6 +60,9 @@ def refused(raw: bytes) -> str:
         Hello("x", 1, frozenset(), 0, None),
         Hello("büro ☃", 65535, frozenset({FolderId("ümlaut"), FolderId(".hidden")}), 2**53, None,
               leaving=True),
+        Hello("y", 2, frozenset({FolderId("docs")}), 3, COORDINATOR, hears_coordinator=True,
+              members=(MemberAddress(MEMBER, "10.0.0.2:1"), MemberAddress(COORDINATOR,
+                       "[fe80::1]:65535"))),
     ],
 )
 def test_hello_survives_a_trip_over_the_wire(hello: Hello) -> None:
@@ -69,6 +77,8 @@ def test_a_valid_hello_parses_to_what_was_sent() -> None:
         term=7,
         coordinator=COORDINATOR,
         leaving=False,
+        hears_coordinator=True,
+        members=(MemberAddress(MEMBER, "192.168.1.20:22300"),),
     )
 
 
@@ -79,6 +89,14 @@ def test_leaving_and_coordinator_may_be_left_out() -> None:
     hello = Hello.from_json(json.dumps(data).encode())
     assert hello.leaving is False
     assert hello.coordinator is None
+
+
+def test_a_hello_of_a_node_that_predates_vouches_and_member_addresses_is_taken() -> None:
+    data = valid()
+    del data["hears_coordinator"], data["members"]
+    hello = Hello.from_json(json.dumps(data).encode())
+    assert hello.hears_coordinator is False  # no vouch: liveness as before
+    assert hello.members == ()
 
 
 def test_limits_themselves_are_allowed() -> None:
@@ -221,13 +239,88 @@ def test_leaving_that_is_not_a_bool_is_refused(leaving: object) -> None:
     assert "leaving must be true or false" in refused(body(leaving=leaving))
 
 
+@pytest.mark.parametrize("hears", [1, 0, "true", None, [], {}], ids=repr)
+def test_hears_coordinator_that_is_not_a_bool_is_refused(hears: object) -> None:
+    assert "hears_coordinator must be true or false" in refused(body(hears_coordinator=hears))
+
+
+def entry(address: object = "10.0.0.2:22300", member: object = str(MEMBER)) -> dict[str, object]:
+    return {"id": member, "address": address}
+
+
+def test_the_most_member_addresses_are_taken_and_one_more_is_refused() -> None:
+    most = [entry(f"10.0.0.{n}:22300") for n in range(MAX_MEMBER_ADDRESSES)]
+    assert len(Hello.from_json(body(members=most)).members) == MAX_MEMBER_ADDRESSES
+    assert "members must be a list of at most 32" in refused(body(members=[*most, entry()]))
+
+
+@pytest.mark.parametrize("members", [None, "10.0.0.2:1", {"a": 1}, 3, True], ids=repr)
+def test_members_that_are_not_a_list_are_refused(members: object) -> None:
+    assert "members must be a list" in refused(body(members=members))
+
+
+@pytest.mark.parametrize("item", [None, "10.0.0.2:1", [str(MEMBER), "10.0.0.2:1"], 7], ids=repr)
+def test_a_member_address_that_is_not_an_object_is_refused(item: object) -> None:
+    assert "a member address must be an object" in refused(body(members=[entry(), item]))
+
+
+@pytest.mark.parametrize("member", [None, "", "SHA256:short", str(MEMBER)[:-1] + "!", 42])
+def test_a_member_address_with_a_bad_id_is_refused(member: object) -> None:
+    assert "node ID" in refused(body(members=[entry(member=member)]))
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        pytest.param("host.lan:22300", id="host-name"),
+        pytest.param("10.0.0.2", id="no-port"),
+        pytest.param("10.0.0.2:", id="empty-port"),
+        pytest.param("10.0.0.2:0", id="port-0"),
+        pytest.param("10.0.0.2:65536", id="port-65536"),
+        pytest.param("10.0.0.2:022300", id="port-leading-zero"),
+        pytest.param("10.0.0.2:+1", id="port-sign"),
+        pytest.param("10.0.0.2:2_2", id="port-underscore"),
+        pytest.param("10.0.0.2:\u0662", id="port-arabic-digit"),
+        pytest.param("010.0.0.2:1", id="ip-leading-zero"),
+        pytest.param("10.0.0.256:1", id="ip-out-of-range"),
+        pytest.param(" 10.0.0.2:1", id="space"),
+        pytest.param("[10.0.0.2]:1", id="ipv4-in-brackets"),
+        pytest.param("fe80::1:1", id="ipv6-without-brackets"),
+        pytest.param("[FE80::1]:1", id="ipv6-upper-case"),
+        pytest.param("[fe80:0::1]:1", id="ipv6-not-compressed"),
+        pytest.param("[fe80::1%eth0]:1", id="ipv6-zone"),
+        pytest.param("[::ffff:10.0.0.2]:1", id="ipv4-mapped"),
+        pytest.param("[" + "1:" * 7 + "1]:1" + "0" * 50, id="too-long"),
+        pytest.param("10.0.0.2:1\n", id="newline"),
+        pytest.param("\ud800:1", id="lone-surrogate"),
+        pytest.param(22300, id="number"),
+        pytest.param(None, id="null"),
+        pytest.param(["10.0.0.2", 1], id="list"),
+    ],
+)
+def test_a_member_address_that_is_not_ip_and_port_is_refused(address: object) -> None:
+    reason = refused(body(members=[entry(address)]))
+    assert "bad address (not IP:PORT)" in reason
+    assert "\n" not in reason  # one line in the log, whatever the peer sent
+
+
+@pytest.mark.parametrize("address", ["10.0.0.2:1", "255.255.255.255:65535", "[::1]:22300",
+                                     "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"])
+def test_member_addresses_as_nodes_write_them_are_taken(address: str) -> None:
+    assert Hello.from_json(body(members=[entry(address)])).members == (
+        MemberAddress(MEMBER, address),)
+
+
 NASTY: list[object] = [
     None, True, False, 0, -1, 1, 65536, 2**53 + 1, 2**64, -(2**63), 1.5, 1e308, float("nan"),
     "", ".", "..", "a/b", "a\0b", "\ud800", "\udcff", "x" * 300, "é" * 200, "\u202e", "\n",
     "SHA256:", str(COORDINATOR), str(COORDINATOR).lower(), [], {}, [[]], [None], ["docs"] * 300,
     {"name": "x"}, [["docs"]], ["\ud800"],
 ]
-KEYS = ["name", "port", "folders", "term", "coordinator", "leaving", "extra"]
+NASTY += [[{"id": str(MEMBER), "address": "10.0.0.2:1"}], [{"id": str(MEMBER)}], [[]] * 40,
+          [{"id": str(MEMBER), "address": "010.0.0.2:1"}], {"id": str(MEMBER)}]
+KEYS = ["name", "port", "folders", "term", "coordinator", "leaving", "hears_coordinator",
+        "members", "extra"]
 
 
 def mutate(rng: random.Random) -> bytes:

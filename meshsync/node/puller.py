@@ -1,0 +1,476 @@
+"""Remote versions out to disk: in order, from local blocks and members' blocks, atomically,
+keeping what they replace; a version that cannot be written waits, with its reason."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
+
+from meshsync.core import conflicts
+from meshsync.core.paths import RelPath, parent
+from meshsync.core.plan import Action, decide
+from meshsync.core.records import FileRecord, Kind
+from meshsync.core.throttle import shown
+from meshsync.core.vclock import Order
+from meshsync.fs import apply, scan
+from meshsync.node import transfer
+from meshsync.node.clock import Clock
+from meshsync.node.config import MinFree
+from meshsync.node.judge import REVIVED, Judge
+from meshsync.node.place import Place
+from meshsync.node.retry import RETRY_NEEDS, Lack, Retries
+from meshsync.node.transfer import Fetcher, Progress, Sources, Wanted
+from meshsync.store.index import Entry, Need
+
+log = logging.getLogger("meshsync.folder")
+
+NEEDS_PER_PASS = 10000  # versions attempted per pass, besides those waiting for their retry
+FILES_PER_GROUP = 256
+# Why a version waits (`cause` in `meshsync status`).
+NOT_HELD = "no member has it"
+WRITE_REFUSED = "write refused"
+NO_DIRECTORY = "waiting for its directory"
+DISK_FULL = "disk full"
+LOGGED_PER_PASS = 5  # failures logged per pass and cause; `meshsync status` lists them all
+
+_Done = tuple[FileRecord, bytes, int, int]  # an index item: record, signature, inode, dev
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What a batch of disk work produced: index items, paths to scan again (the user changed
+    them meanwhile, or sync made a conflict copy there), directories to keep, and versions
+    that could not be written (with a cause and a reason), and versions to try again once this
+    pass's deletions are done (a file or link replacing a directory that still holds files)."""
+
+    done: list[_Done] = field(default_factory=list)
+    changed: set[RelPath] = field(default_factory=set)
+    revive: set[RelPath] = field(default_factory=set)
+    failed: list[tuple[Need, str, str]] = field(default_factory=list)
+    after_deletions: list[Need] = field(default_factory=list)  # replace a directory emptied
+
+
+def _done(need: Need, seen: scan.Seen | None) -> _Done:
+    inode, dev = (seen.inode, seen.dev) if seen else (0, 0)
+    return (need.record, need.signature, inode, dev)
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """A file whose content must be written, and what the disk must hold until then."""
+
+    need: Need
+    expected: scan.Seen | None
+    loser: FileRecord | None  # our concurrent version it beats, to keep as a conflict copy
+
+
+_Opened = tuple[_Write, apply.Incoming]
+
+
+class Puller:
+    """Writes one folder's queued versions; `wake` asks for a pass."""
+
+    def __init__(self, place: Place, judge: Judge, mesh: Sources, clock: Clock,
+                 rescan: Callable[[set[RelPath], set[RelPath]], None], min_free: MinFree) -> None:
+        self.place = place
+        self.judge = judge
+        self.clock = clock
+        self.fetcher = Fetcher(place, mesh, clock)
+        self.retries = Retries()
+        self.wake = asyncio.Event()
+        self._rescan = rescan  # (paths changed meanwhile, directories to version anew)
+        self._failures: dict[RelPath, tuple[str, str, float]] = {}  # this pass's
+        # Directories that may hold temporary files of versions no longer wanted ("": the root).
+        self.temp_dirs: set[str] = set()
+        self.min_free = min_free
+        self._room = 0  # bytes the group being opened may still take
+        self._after_deletions: list[Need] = []
+
+    async def run(self, mounted: Callable[[], bool]) -> None:
+        """Write what is queued whenever woken, and when a waiting version is due again."""
+        wait: float | None = None  # the one timer: until the first path waiting is due again
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), wait)
+            self.wake.clear()
+            wait = await self.apply_due() if mounted() else None
+
+    async def apply_due(self) -> float | None:
+        """Write the queued versions not waiting for a retry; returns the seconds until one is
+        due again (None: none is)."""
+        loaded = NEEDS_PER_PASS + len(self.retries)
+        needs = await asyncio.to_thread(self.place.index.needs, self.place.id, loaded)
+        complete = len(needs) < loaded
+        due = self.retries.due(needs, self.clock.now(), complete)
+        creates, deletes = _ordered(due)
+        writes = await self._in_thread(self._apply_locally, creates)
+        # File contents go in groups, so a thousand small files cost a few round trips.
+        for at in range(0, len(writes), FILES_PER_GROUP):
+            await self._write_files(writes[at : at + FILES_PER_GROUP])
+        # Deletions last: a renamed file's new path takes its blocks from the old one.
+        await self._in_thread(self._apply_locally, deletes)
+        await self._replace_directories()
+        self._report()
+        if await asyncio.to_thread(self.judge.rejudge):
+            self.wake.set()
+        if self.temp_dirs:
+            async with self.place.disk:
+                await asyncio.to_thread(self._sweep_temps)
+        if not complete:  # the rest next time (a path waiting among them may be due already)
+            return RETRY_NEEDS
+        wait = self.retries.next_due(self.clock.now())
+        if due and not self.wake.is_set():
+            # Left without a retry of its own (the disk changed under it, say): soon again.
+            files, _ = await asyncio.to_thread(self.place.index.need_totals, self.place.id)
+            if files > len(self.retries):
+                wait = RETRY_NEEDS if wait is None else min(wait, RETRY_NEEDS)
+        return wait
+
+    async def _replace_directories(self) -> None:
+        """Write the files and links that replace a directory, now that this pass's deletions
+        have emptied it; one still not empty waits."""
+        later, self._after_deletions = self._after_deletions, []
+        if not later:
+            return
+        writes = await self._in_thread(self._apply_locally, later)
+        for at in range(0, len(writes), FILES_PER_GROUP):
+            await self._write_files(writes[at : at + FILES_PER_GROUP])
+        stuck, self._after_deletions = self._after_deletions, []
+        for need in stuck:
+            self._fail(need, WRITE_REFUSED, "the directory it replaces still holds files")
+
+    def retry_now(self) -> None:
+        """Try every version waiting for a retry soon, from the start of its backoff (a member
+        came online: it may hold what they lack)."""
+        self.retries.retry_now()
+        self.wake.set()
+
+    def _fail(self, need: Need, cause: str, reason: str, lack: Lack | None = None) -> None:
+        wait = self.retries.failed(need, cause, reason, self.clock.now(), lack,
+                                   backoff=cause != DISK_FULL)
+        self._failures[need.record.path] = (cause, reason, wait)
+
+    def _report(self) -> None:
+        """Log this pass's failures: a few per cause, each path at most once per window."""
+        failures, self._failures = self._failures, {}
+        now, logged, unlogged = self.clock.now(), dict[str, int](), 0
+        for path, (cause, reason, wait) in sorted(failures.items()):
+            if logged.get(cause, 0) >= LOGGED_PER_PASS:
+                unlogged += 1
+            elif self.place.throttle.allow((path, cause), now):
+                logged[cause] = logged.get(cause, 0) + 1
+                # %r: a peer chose the path, and it may hold a newline or an escape sequence.
+                log.warning("folder %s: %r waits: %s; trying again in %.0f s", self.place.id, path,
+                            reason, wait)
+        if unlogged and self.place.throttle.allow(("unlogged", "waits"), now):
+            log.warning("folder %s: %d more path%s wait%s (meshsync status lists them)",
+                        self.place.id, unlogged, "" if unlogged == 1 else "s",
+                        "s" if unlogged == 1 else "")
+
+    async def _in_thread(self, work: Callable[[_Batch, T], R], arg: T) -> R:
+        """Run a batch of disk work in a thread; paths it found changed are rescanned, and
+        versions it wrote or could not write update their retries."""
+        batch = _Batch()
+        try:
+            async with self.place.disk:
+                result = await asyncio.to_thread(work, batch, arg)
+        finally:
+            if batch.changed or batch.revive:
+                self._rescan(batch.changed, batch.revive)
+            for need, cause, reason in batch.failed:
+                self._fail(need, cause, reason)
+            self._after_deletions += batch.after_deletions
+        for record, *_ in batch.done:  # in the index now
+            self.retries.succeeded(record.path)
+        return result
+
+    def _attempt(self, batch: _Batch, need: Need, step: Callable[[], _Done | None]) -> None:
+        """Run one path's step; the disk having changed or a write failing spoils only it."""
+        try:
+            done = step()
+        except apply.NotEmpty as e:
+            # A file or link replacing a directory: once the deletions of what it holds are
+            # done, later in this pass. Held by files of ours that no deletion names, it waits.
+            if need.record.deleted:
+                batch.changed.add(need.record.path)
+            elif self.place.index.deletions_under(self.place.id, need.record.path):
+                batch.after_deletions.append(need)
+            else:
+                batch.failed.append((need, WRITE_REFUSED, f"cannot write: {shown(e)}"))
+            return
+        except apply.Changed:
+            batch.changed.add(need.record.path)
+            return
+        except apply.ParentNotDir as e:
+            if need.record.deleted:  # nothing can be there: it is deleted here already
+                batch.done.append(_done(need, None))
+            elif self.place.index.need(self.place.id, e.path) is not None:
+                # A file or link here, which a version on its way makes a directory.
+                batch.failed.append((need, NO_DIRECTORY, f"{shown(e.path)} is not a directory "
+                                     "yet"))
+            else:
+                batch.failed.append((need, WRITE_REFUSED, f"cannot write: {shown(e)}"))
+            return
+        except NoRoom as e:
+            batch.failed.append((need, DISK_FULL, str(e)))
+            return
+        except (apply.UnsafePath, apply.BadBlock, OSError, ValueError) as e:
+            batch.failed.append((need, _cause(e), f"cannot write: {shown(e)}"))
+            return
+        if done is not None:
+            batch.done.append(done)
+
+    def _apply_locally(self, batch: _Batch, needs: list[Need]) -> list[_Write]:
+        """Apply what needs no transfer, in one index transaction; return files to write."""
+        writes: list[_Write] = []
+        for need in needs:
+            self._attempt(batch, need, partial(self._apply_one, batch, need, writes))
+        self.place.index.put(self.place.id, batch.done)
+        return writes
+
+    def _apply_one(self, batch: _Batch, need: Need, writes: list[_Write]) -> _Done | None:
+        record = need.record
+        entry = self.place.index.get(self.place.id, record.path)
+        verdict = decide(entry.record if entry else None, record)
+        if verdict.action is Action.IGNORE or self.place.ignore.match(
+                record.path, record.kind is Kind.DIR):
+            self.place.index.drop_need(self.place.id, record.path)
+            return None
+        expected = _expected(entry)
+        if (entry is not None and not entry.record.deleted and not record.same_content(entry.record)
+                and record.version.compare(entry.record.version) is Order.CONCURRENT):
+            # Ours loses now, but may win again should what replaces it change (see _rejudge).
+            self.judge.set_aside([Need(entry.record, entry.signature, "")])
+        if record.deleted:
+            try:
+                apply.remove(self.place.root, record.path, expected, self._keeper(batch, None))
+            except apply.NotEmpty:
+                # What is left in it was kept (a concurrent change beat its deletion), unless
+                # a deletion of it is still to come: then the directory stays as a new version.
+                if not self.place.index.deletions_under(self.place.id, record.path):
+                    batch.revive.add(record.path)
+                raise
+            return _done(need, None)
+        loser = entry.record if verdict.conflict and entry is not None else None
+        if not self._parent_present(record.path):
+            # Its directory's own record has not come yet. Writing now would make the
+            # directory, and the next scan would take it for a local creation (an echo).
+            batch.failed.append((need, NO_DIRECTORY, "its directory has not come yet"))
+            return None
+        if record.kind is Kind.DIR:
+            keep = self._keeper(batch, None)  # a file or link it replaces goes to versions
+            return _done(need, apply.make_dir(self.place.root, record, expected, keep))
+        if record.kind is Kind.SYMLINK:
+            keep = self._keeper(batch, loser)
+            return _done(need, apply.make_symlink(self.place.root, record, expected, keep))
+        if entry is not None and not entry.record.deleted and entry.record.same_content(record):
+            return _done(need, apply.set_metadata(self.place.root, record, expected))
+        writes.append(_Write(need, expected, loser))
+        return None
+
+    def _parent_present(self, path: RelPath) -> bool:
+        """False only while the parent is absent: a link or file there is the writer's to refuse."""
+        above = parent(path)
+        root = self.place.root
+        return above is None or (root / above).is_symlink() or (root / above).exists()
+
+    async def _write_files(self, writes: list[_Write]) -> None:
+        """Write a group of files: local blocks first, then the rest in shared requests.
+
+        A file that lacked blocks at its last attempt is not opened again unless a source has
+        some of its first missing blocks now, or the index holds new blocks that may fill it.
+        """
+        seq = await asyncio.to_thread(self.place.index.max_seq, self.place.id)
+        known = {w.need.record.path: (w.need.record, lack) for w in writes
+                 if (lack := self.retries.lack(w.need)) is not None}
+        settled = await asyncio.to_thread(self.fetcher.nothing_new_here, known, seq)
+        source = writes[0].need.source if writes else ""
+        unsupplied = await self.fetcher.probe(
+            [(known[path][0], lack) for path, lack in settled.items()], source)
+        lacks = {path: settled[path] for path in unsupplied}
+        trying = [w for w in writes if w.need.record.path not in unsupplied]
+        opened: list[_Opened] = []
+        try:
+            wanted, spoiled = await self._in_thread(self._open_all, (trying, opened, set(settled)))
+            for write, _ in opened:
+                record = write.need.record
+                self.fetcher.transfers[record.path] = Progress(record.path, record.size)
+            failed = await self.fetcher.fetch_all(wanted, source, spoiled)
+            spoiled |= set(failed)
+            lacks |= {w.need.record.path: lack for w, incoming in opened
+                      if w.need.record.path not in spoiled
+                      and (lack := transfer.lack(incoming, seq)) is not None}
+            # A version set aside and queued again is only worth the wait while someone still
+            # holds it: if no member can supply it, it was replaced everywhere.
+            gone = [w.need for w in writes
+                    if w.need.record.path in lacks and w.need.source == REVIVED]
+            for need in gone:  # unless a newer version was queued meanwhile
+                await asyncio.to_thread(self.place.index.drop_need, self.place.id, need.record.path,
+                                        need.record)
+                self.retries.succeeded(need.record.path)
+            for write in writes:
+                need = write.need
+                if (lack := lacks.get(need.record.path)) is not None and need not in gone:
+                    self._fail(need, NOT_HELD, f"no member has all of its blocks ({lack.missing}"
+                               f" of {len(need.record.blocks)} missing)", lack)
+                elif need.record.path in failed:
+                    error = failed[need.record.path]
+                    self._fail(need, _cause(error), f"cannot write: {shown(error)}")
+            # A file lacking a block waits (its temp kept); the others go into place now.
+            await self._in_thread(self._commit_all, [
+                (w, i) for w, i in opened
+                if w.need.record.path not in lacks and w.need.record.path not in spoiled])
+        except OSError as e:  # syncing the folder failed (a full disk, say): all wait
+            for write in writes:
+                if write.need.record.path not in lacks | self._failures.keys():
+                    self._fail(write.need, _cause(e), f"cannot write: {shown(e)}")
+        finally:
+            # A temp that ran out of room goes: a full disk must not stay full because of it.
+            for write, incoming in opened:
+                if (self._failures.get(write.need.record.path, ("",))[0] == DISK_FULL
+                        and not incoming.closed):
+                    await asyncio.to_thread(incoming.abort)
+            # A temp file left behind is resumed later, unless its version is no longer wanted
+            # by then (see _sweep_temps); only its handles go now.
+            self.temp_dirs |= {w.need.record.path.rpartition("/")[0]
+                                for w, incoming in opened if not incoming.closed}
+            await asyncio.to_thread(_close_all, opened)
+            for write, _ in opened:
+                self.fetcher.transfers.pop(write.need.record.path, None)
+
+
+    def _open_all(
+        self, batch: _Batch, group: tuple[list[_Write], list[_Opened], set[RelPath]]
+    ) -> tuple[list[Wanted], set[RelPath]]:
+        """Open each file's temp and fill it from local blocks (but those in the set, which the
+        index holds nothing new for); return the blocks still wanted and the files that failed."""
+        writes, opened, settled = group
+        wanted: list[Wanted] = []
+        usage = shutil.disk_usage(self.place.root)
+        self._room = usage.free - self.min_free.of(usage.total)
+        for write in writes:
+            look = write.need.record.path not in settled
+            self._attempt(batch, write.need, partial(self._open_one, write, opened, wanted, look))
+        return wanted, {need.record.path for need, _, _ in batch.failed}
+
+    def _open_one(self, write: _Write, opened: list[_Opened], wanted: list[Wanted],
+                  look: bool) -> None:
+        record = write.need.record
+        incoming = apply.Incoming.open(self.place.root, record)
+        # What its temp lacks: a sparse temp takes its blocks' room as they come.
+        needed = record.size - sum(incoming.length(i) for i in incoming.have())
+        if needed > self._room:
+            incoming.abort()  # nothing of it stays behind to fill the disk
+            raise NoRoom(f"disk full: it needs {_mib(needed)} more, and "
+                         f"{_mib(max(self._room, 0))} are free above the {self.min_free} kept "
+                         "free (--min-free)")
+        self._room -= needed
+        opened.append((write, incoming))
+        if look:
+            missing = self.fetcher.fill_locally(incoming, record)
+        else:
+            have = incoming.have()
+            missing = [i for i in range(len(record.blocks)) if i not in have]
+        wanted.extend((incoming, i, record.blocks[i]) for i in missing)
+
+    def _sweep_temps(self) -> None:
+        """Delete the temporary files of versions we no longer wait for (replaced, dropped, or
+        beaten by a local edit); those of waiting versions stay, to be resumed."""
+        wanted: dict[str, set[str]] = {}
+        for need in self.place.index.needs(self.place.id):
+            head = need.record.path.rpartition("/")[0]
+            wanted.setdefault(head, set()).add(apply.temp_name(need.record))
+        for directory in list(self.temp_dirs):
+            if not apply.remove_temps(self.place.root, directory, wanted.get(directory, set())):
+                self.temp_dirs.discard(directory)
+
+    def _commit_all(self, batch: _Batch, opened: list[_Opened]) -> None:
+        """Move every finished file into place, then record them in one transaction.
+
+        Contents are made durable before any name points at them, and names before the index
+        records them, with one sync for the group each time (see apply.Incoming.seal).
+        """
+        for write, incoming in opened:
+            self._attempt(batch, write.need, incoming.seal)
+        sealed = [(write, incoming) for write, incoming in opened if incoming.sealed]
+        if not sealed:
+            return
+        apply.sync(self.place.root)
+        for write, incoming in sealed:
+            self._attempt(batch, write.need, partial(self._commit_one, batch, write, incoming))
+        apply.sync(self.place.root)
+        self.place.index.put(self.place.id, batch.done)
+
+    def _commit_one(self, batch: _Batch, write: _Write, incoming: apply.Incoming) -> _Done:
+        keep = self._keeper(batch, write.loser)
+        return _done(write.need, incoming.commit(write.expected, keep))
+
+
+    def _keeper(self, batch: _Batch, loser: FileRecord | None) -> apply.KeepOld:
+        """How to keep what sync replaces: a losing concurrent edit as a conflict copy beside
+        the winner (scanned and synced like any file), anything else under versions/."""
+        def keep(dir_fd: int, name: str, rel: RelPath) -> None:
+            if loser is not None and loser.kind is Kind.FILE and not conflicts.is_copy(rel):
+                copy = conflicts.copy_path(rel, loser.mtime_ns, loser.origin)
+                if apply.keep_beside(dir_fd, name, copy.rpartition("/")[2]):
+                    log.info("folder %s: conflict on %s: the other version is kept as %s",
+                             self.place.id, shown(rel), shown(copy))
+                    batch.changed.add(copy)
+                    return
+            # A copy of that version is there already (made by a peer), or it is not an edit.
+            self.keep_version(dir_fd, name, rel)
+        return keep
+
+    def keep_version(self, dir_fd: int, name: str, rel: RelPath) -> None:
+        apply.move_to_versions(self.place.root, dir_fd, name, rel, time.time_ns())
+
+
+class NoRoom(Exception):
+    """A file would take the disk's free space below what --min-free keeps."""
+
+
+def _cause(error: Exception) -> str:
+    """What kind of trouble a failed write is, for status."""
+    full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return DISK_FULL if full else WRITE_REFUSED
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def _expected(entry: Entry | None) -> scan.Seen | None:
+    """What the index says is on disk, for the stat-before-overwrite check."""
+    if entry is None or entry.record.deleted:
+        return None
+    r = entry.record
+    return scan.Seen(r.path, r.kind, r.size, r.mode, r.mtime_ns, entry.inode, entry.dev, r.target)
+
+
+def _ordered(needs: list[Need]) -> tuple[list[Need], list[Need]]:
+    """Creations (directories parent-first, then files and links), and deletions child-first."""
+    def depth(n: Need) -> int:
+        return n.record.path.count("/")
+
+    def is_dir(n: Need) -> bool:
+        return n.record.kind is Kind.DIR
+
+    creates = sorted((n for n in needs if not n.record.deleted),
+                     key=lambda n: (not is_dir(n), depth(n) if is_dir(n) else 0))
+    deletes = sorted((n for n in needs if n.record.deleted), key=depth, reverse=True)
+    return creates, deletes
+
+
+def _close_all(opened: list[_Opened]) -> None:
+    for _, incoming in opened:
+        incoming.close()

@@ -1,0 +1,175 @@
+"""Local changes: what in the folder differs from the index becomes signed, stored versions."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshsync.core.paths import RelPath
+from meshsync.core.records import FileRecord, Kind
+from meshsync.core.throttle import shown
+from meshsync.core.vclock import Vector
+from meshsync.core.wire import Signed
+from meshsync.fs import scan
+from meshsync.node.place import Place
+from meshsync.store.index import Entry
+
+log = logging.getLogger("meshsync.folder")
+
+# File systems stamp mtimes in coarse ticks (ext4: a few ms), so a file rewritten in place
+# with the same size right after we hashed it can look unchanged. One hashed while its mtime
+# was this fresh is hashed again once it is older (git calls these entries racy).
+RACY = 2.0
+
+_Done = tuple[FileRecord, bytes, int, int]  # an index item: record, signature, inode, dev
+
+
+@dataclass(slots=True)
+class Progress:
+    """How far the scan under way has come: entries and file bytes looked at, of those found.
+
+    Written by the scanning thread, read by status on the loop: each field is one int.
+    """
+
+    entries_found: int = 0
+    bytes_found: int = 0
+    entries_done: int = 0
+    bytes_done: int = 0
+    walking: bool = True  # still finding what is there
+
+    def to_json(self) -> dict[str, Any]:
+        """Status's `scan` field."""
+        return {"entries_found": self.entries_found, "entries_done": self.entries_done,
+                "bytes_found": self.bytes_found, "bytes_done": self.bytes_done,
+                "walking": self.walking}
+
+
+@dataclass(slots=True)
+class Found:
+    """What one scan produced: new versions (stored already), paths still being written, and
+    paths hashed while their mtime was fresh (to hash again)."""
+
+    changes: list[Signed] = field(default_factory=list)
+    unstable: set[RelPath] = field(default_factory=set)
+    racy: set[RelPath] = field(default_factory=set)
+    entries: int = 0  # looked at
+    hashed: int = 0  # files read and hashed
+    hashed_bytes: int = 0
+
+
+@dataclass(slots=True)
+class Scanner:
+    """Turns the disk into signed records: hashes what differs from the index and versions it."""
+
+    place: Place
+    me: str  # this node's vector key
+    sign: Callable[[FileRecord], bytes]
+    progress: Progress | None = None  # the full scan under way, if any
+
+    def find_changes(self, dirty: set[RelPath] | None, force: set[RelPath],
+                     revive: set[RelPath]) -> Found:
+        """Hash what differs from the index under `dirty` (None: everywhere), or is in `force`;
+        version it and store it. Runs in a thread.
+
+        Paths in `revive` get a new version even when unchanged: a directory whose deletion
+        lost to a change inside it.
+        """
+        place, me = self.place, self.me
+        now_ns = time.time_ns()
+        found = Found()
+        ignore = place.ignore
+        tops = None if dirty is None else _tops(dirty)  # each subtree once, not per path in it
+        progress = Progress() if tops is None else None
+        self.progress = progress
+        try:
+            seen = self._seen(tops, progress)
+            entries = place.index.entries(place.id) if tops is None else (
+                e for top in tops for e in place.index.entries_under(place.id, top))
+            known = {e.record.path: e for e in entries}
+            if progress is not None:
+                progress.walking = False
+            mine: list[_Done] = []  # new versions made here: stored and announced
+            held: list[_Done] = []  # versions we hold already, whose inode moved
+            present: set[str] = set()
+            found.entries = len(seen)
+            for s in seen:
+                present.add(s.path)
+                looked = self._look(s, known.get(s.path), s.path in force, s.path in revive,
+                                    now_ns, found)
+                if progress is not None:
+                    progress.entries_done += 1
+                    progress.bytes_done += s.size
+                if looked is not None:
+                    (held if looked[0] else mine).append(looked[1])
+            for path, entry in known.items():
+                # An ignored path stays as it was for the peers: ignoring a file deletes nothing.
+                if (path not in present and not entry.record.deleted
+                        and not ignore.match(path, entry.record.kind is Kind.DIR)):
+                    version = entry.record.version.bump(me, now_ns // 10**9)
+                    record = entry.record.tombstone(version, me)
+                    mine.append((record, self.sign(record), 0, 0))
+            place.index.put(place.id, [*mine, *held])
+        finally:
+            self.progress = None
+        if mine and log.isEnabledFor(logging.DEBUG):
+            log.debug("folder %s: new versions of %s", place.id,
+                      ", ".join(f"{shown(r.path)} ({r.kind}{', deleted' if r.deleted else ''})"
+                                for r, *_ in mine[:20]))
+        found.changes = [Signed(record, signature) for record, signature, _, _ in mine]
+        return found
+
+    def _look(self, s: scan.Seen, entry: Entry | None, force: bool, revive: bool,
+              now_ns: int, found: Found) -> tuple[bool, _Done] | None:
+        """A path's new version (False, item), or the one held with its new inode (True, item);
+        None if nothing changed, or it is still being written (then it is in found.unstable)."""
+        if (entry is not None and not force and not revive
+                and not scan.differs(s, entry.record, entry.inode)):
+            return None
+        size, blocks = 0, tuple[bytes, ...]()
+        if s.kind is Kind.FILE:
+            hashed = scan.stable_hash(self.place.root, s)
+            if hashed is None:
+                found.unstable.add(s.path)
+                return None
+            size, blocks = hashed
+            found.hashed += 1
+            found.hashed_bytes += size
+            if 0 <= now_ns - s.mtime_ns < RACY * 1e9:
+                found.racy.add(s.path)
+        old = entry.record if entry else None
+        version = (old.version if old else Vector()).bump(self.me, now_ns // 10**9)
+        record = FileRecord(s.path, s.kind, version, self.me,
+                            False, size, s.mode, s.mtime_ns, blocks, s.target)
+        if (entry is not None and not entry.record.deleted and not revive
+                and record.same_metadata(entry.record)):
+            # Only the inode moved (an editor's copy-and-rename, say): same version.
+            return True, (entry.record, entry.signature, s.inode, s.dev)
+        return False, (record, self.sign(record), s.inode, s.dev)
+
+    def _seen(self, tops: list[RelPath] | None, progress: Progress | None) -> list[scan.Seen]:
+        """What a walk sees everywhere (None), or under each of `tops`, none below another."""
+        place = self.place
+        if tops is None:
+            walked = scan.walk(place.root, place.ignore)
+        else:
+            walked = (s for top in tops for s in scan.walk_under(place.root, top, place.ignore))
+        seen = []
+        for s in walked:
+            seen.append(s)
+            if progress is not None:
+                progress.entries_found += 1
+                progress.bytes_found += s.size
+        return seen
+
+
+def _tops(paths: Iterable[RelPath]) -> list[RelPath]:
+    """The paths that are not below another of them."""
+    tops: set[RelPath] = set()
+    for path in sorted(paths, key=lambda p: p.count("/")):  # ancestors come first
+        parts = path.split("/")
+        if not any("/".join(parts[:n]) in tops for n in range(1, len(parts))):
+            tops.add(path)
+    return sorted(tops)

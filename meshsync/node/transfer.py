@@ -1,0 +1,223 @@
+"""Blocks from members: which to ask, in shared requests, each block checked against its hash."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Protocol, TypeVar
+
+from meshsync.core.paths import RelPath
+from meshsync.core.records import FileRecord
+from meshsync.core.throttle import shown
+from meshsync.core.wire import MAX_BLOCKS_PER_REQUEST, BlockRequest
+from meshsync.fs import apply
+from meshsync.node.clock import Clock
+from meshsync.node.place import Place
+from meshsync.node.retry import Asking, Lack
+
+log = logging.getLogger("meshsync.folder")
+
+LOCAL_NEWS = 1000  # index rows looked through for blocks that may fill a waiting file
+RATE_WINDOW = 5.0  # seconds a transfer rate is measured over
+T = TypeVar("T")
+Wanted = tuple[apply.Incoming, int, bytes]  # a file, one of its block indexes, that block's hash
+
+
+class Sources(Protocol):
+    """What fetching needs of the node: who is online, and their blocks."""
+
+    def sources(self, folder: str) -> list[tuple[str, str]]:
+        """(node key, address) of the online members sharing `folder`, coordinator first."""
+
+    async def fetch_blocks(self, address: str, request: BlockRequest) -> list[bytes | None]:
+        """Blocks from one peer; raises on failure."""
+
+
+@dataclass(slots=True)
+class Progress:
+    """A transfer in flight, for `meshsync status`."""
+
+    path: str
+    size: int
+    done: int = 0
+
+
+@dataclass(slots=True)
+class Rate:
+    """Bytes a second over the last RATE_WINDOW seconds."""
+
+    _seconds: dict[int, int] = field(default_factory=dict)  # whole second -> bytes in it
+
+    def add(self, size: int, now: float) -> None:
+        """Count `size` bytes moved at `now`."""
+        second = int(now)
+        self._seconds[second] = self._seconds.get(second, 0) + size
+        for old in [s for s in self._seconds if s <= now - RATE_WINDOW - 1]:
+            del self._seconds[old]
+
+    def per_second(self, now: float) -> int:
+        """The rate at `now`."""
+        moved = sum(size for second, size in self._seconds.items()
+                    if second > now - RATE_WINDOW - 1)
+        return int(moved / RATE_WINDOW)
+
+
+class Fetcher:
+    """Fills files being written: from blocks this folder holds, then from online members."""
+
+    def __init__(self, place: Place, mesh: Sources, clock: Clock) -> None:
+        self.place = place
+        self.mesh = mesh
+        self.clock = clock
+        self.transfers: dict[str, Progress] = {}
+        self.received = Rate()
+
+    def nothing_new_here(self, known: dict[RelPath, tuple[FileRecord, Lack]],
+                          seq: int) -> dict[RelPath, Lack]:
+        """Of the files whose temp lacked blocks, those that no block put in the index since
+        can fill, each with its lack brought up to `seq`; runs in a thread."""
+        if not known:
+            return {}
+        oldest = min(lack.seq for _, lack in known.values())
+        news = self.place.index.since(self.place.id, oldest, LOCAL_NEWS) if oldest < seq else []
+        if len(news) == LOCAL_NEWS:  # too much changed to look through: all look again
+            return {path: lack for path, (_, lack) in known.items() if lack.seq == seq}
+        put_at = {digest: e.seq for e in news for digest in e.record.blocks}  # the last put
+        return {path: replace(lack, seq=seq) for path, (record, lack) in known.items()
+                if all(put_at.get(digest, 0) <= lack.seq for digest in record.blocks)}
+
+    async def probe(self, lacking: list[tuple[FileRecord, Lack]], source: str) -> set[RelPath]:
+        """Of files known to lack blocks, those no source has any of the first missing ones of."""
+        asking = self.asking(source)
+        supplied: set[RelPath] = set()
+        wanted = [(r.path, r.blocks[i]) for r, lack in lacking for i in lack.first]
+        for part in _parts(wanted, lambda path: path in supplied or asking.gave_up(path)):
+            got = await self._fetch(part, asking)
+            supplied.update(path for path, digest in part if digest in got)
+        return {r.path for r, _ in lacking} - supplied
+
+    async def fetch_all(self, wanted: list[Wanted], source: str,
+                         skip: set[RelPath]) -> dict[RelPath, Exception]:
+        """Fetch the blocks wanted and write them; returns the files a write failed for."""
+        asking = self.asking(source)
+        failed: dict[RelPath, Exception] = {}
+        blocks = [(w[0].record.path, w) for w in wanted]
+        for part in _parts(blocks, lambda path: path in skip or path in failed
+                           or asking.gave_up(path)):
+            got = await self._fetch([(path, w[2]) for path, w in part], asking)
+            found = [(w, got[w[2]]) for _, w in part if w[2] in got]
+            failed.update(await asyncio.to_thread(_write_all, found))
+            for (incoming, _, _), data in found:
+                self.received.add(len(data), self.clock.now())
+                if progress := self.transfers.get(incoming.record.path):
+                    progress.done += len(data)
+        return failed
+
+    def fill_locally(self, incoming: apply.Incoming, record: FileRecord) -> list[int]:
+        """Write the blocks we already hold anywhere in the folder; return the rest."""
+        have = incoming.have()
+        missing = []
+        for i, digest in enumerate(record.blocks):
+            if i in have:
+                continue
+            data = local_block(self.place, digest)
+            if data is None:
+                missing.append(i)
+            else:
+                incoming.write_block(i, data)
+        return missing
+
+    def asking(self, source: str) -> Asking:
+        """The online members to ask for blocks in one attempt, `source` first."""
+        sources = sorted(self.mesh.sources(self.place.id), key=lambda s: s[0] != source)
+        return Asking([address for _, address in sources])
+
+    async def _fetch(self, part: list[tuple[RelPath, bytes]],
+                     asking: Asking) -> dict[bytes, bytes]:
+        """The blocks (of the files named) that some member has, asking each in turn.
+
+        A member that has none of a file's blocks asked for is not asked for that file again
+        in this attempt, nor one that fails for anything: what no member can supply costs a
+        request per member, not one per 64 blocks of it.
+        """
+        got: dict[bytes, bytes] = {}
+        for address in asking.addresses:
+            ask = [(p, d) for p, d in part if d not in got and asking.asks(address, p)]
+            wanted = tuple(dict.fromkeys(d for _, d in ask))
+            if not wanted:
+                continue
+            try:
+                answer = await self.mesh.fetch_blocks(address, BlockRequest(self.place.id, wanted))
+            except Exception as e:
+                log.debug("folder %s: blocks from %s failed: %s", self.place.id, address,
+                          shown(e, 300))
+                asking.failed.add(address)
+                continue
+            # Off the loop: 8 MiB of hashing is milliseconds the loop could serve peers in.
+            verified = await asyncio.to_thread(_verified, wanted, answer)
+            got.update(verified)
+            had = set(verified)
+            asking.barren |= {(address, p) for p, _ in ask} - {(address, p) for p, d in ask
+                                                               if d in had}
+        return got
+
+
+def local_block(place: Place, digest: bytes) -> bytes | None:
+    """A block this folder holds, read from the file the index places it in and checked."""
+    found = place.index.find_block(place.id, digest)
+    if found is None:
+        return None
+    data = apply.read_block(place.root, RelPath(found[0]), found[1])
+    return data if data is not None and _sha256(data) == digest else None
+
+
+def lack(incoming: apply.Incoming, seq: int) -> Lack | None:
+    """What a temp still lacks (None: nothing), with the index's seq before it was filled."""
+    have = incoming.have()
+    missing = len(incoming.record.blocks) - len(have)
+    if not missing:
+        return None
+    absent = (i for i in range(len(incoming.record.blocks)) if i not in have)
+    return Lack(seq, tuple(itertools.islice(absent, MAX_BLOCKS_PER_REQUEST)), missing)
+
+
+def _verified(hashes: tuple[bytes, ...], blocks: list[bytes | None]) -> dict[bytes, bytes]:
+    """The blocks of an answer that match the hash they were asked for by."""
+    return {digest: data for digest, data in zip(hashes, blocks, strict=True)
+            if data is not None and _sha256(data) == digest}
+
+
+def _write_all(found: list[tuple[Wanted, bytes]]) -> dict[RelPath, Exception]:
+    """Write the blocks found; returns the files a write failed for (the rest of each skipped)."""
+    failed: dict[RelPath, Exception] = {}
+    for (incoming, i, _), data in found:
+        if incoming.record.path not in failed:
+            try:
+                incoming.write_block(i, data)
+            except (OSError, apply.BadBlock) as e:
+                failed[incoming.record.path] = e
+    return failed
+
+
+def _parts(items: list[tuple[RelPath, T]], skip: Callable[[RelPath], bool],
+           ) -> Iterator[list[tuple[RelPath, T]]]:
+    """Items (each of a file) a request's worth at a time, leaving out the files `skip` names
+    by the time their items come: a generator, so what earlier requests found counts."""
+    part: list[tuple[RelPath, T]] = []
+    for item in items:
+        if skip(item[0]):
+            continue
+        part.append(item)
+        if len(part) == MAX_BLOCKS_PER_REQUEST:
+            yield part
+            part = []
+    if part:
+        yield part
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()

@@ -1,0 +1,245 @@
+"""How members reach one another when not every pair can: the addresses members pass on in
+their hellos, and news bridged across a cut link by the member in the middle.
+
+A real Node (not started), fed hellos and notices the way the server and client feed them,
+with a fake peer client; addresses are on this host's own networks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from meshsync.core.ids import NodeId
+from meshsync.core.wire import FolderId, Hello, MemberAddress, Records
+from meshsync.crypto.keys import KeySigner, public_key_line
+from meshsync.crypto.trust import TrustStore
+from meshsync.net.discovery import own_networks
+from meshsync.node.config import Config, Folder
+from meshsync.node.node import Node
+
+DOCS = FolderId("docs")
+
+
+class FakeClock:
+    """Monotonic time the test sets; wall time alike."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+    def wall(self) -> float:
+        return 1_800_000_000.0 + self.t
+
+
+@dataclass
+class Key:
+    blob: bytes
+
+    @property
+    def id(self) -> NodeId:
+        return NodeId.of_key(self.blob)
+
+
+def new_key() -> Key:
+    return Key(KeySigner(Ed25519PrivateKey.generate()).public_blob)
+
+
+@pytest.fixture
+def lan() -> ipaddress.IPv4Network:
+    """A network of this host's, not loopback (skipped where there is none)."""
+    found = [n for n in own_networks() if not n.is_loopback and n.num_addresses >= 256]
+    if not found:
+        pytest.skip("this host has no network of 256 addresses besides loopback")
+    return found[0]
+
+
+@dataclass
+class Mesh:
+    """Our node, and the keys of the others: those it trusts, and one it does not."""
+
+    node: Node
+    clock: FakeClock
+    keys: dict[str, Key] = field(default_factory=dict)
+
+    def hello(self, name: str, address: str, term: int = 0, coordinator: str | None = None,
+              hears: bool = False, members: tuple[MemberAddress, ...] = (),
+              folders: frozenset[FolderId] = frozenset({DOCS})) -> None:
+        """A hello from `name` answered at `address`: it trusts us."""
+        hello = Hello(name, int(address.rpartition(":")[2]), folders, term,
+                      self.keys[coordinator].id if coordinator else None,
+                      hears_coordinator=hears, members=members)
+        self.node._heard(self.keys[name].blob, hello, address, trusts_us=True)
+
+    def at(self, name: str, address: str) -> MemberAddress:
+        return MemberAddress(self.keys[name].id, address)
+
+    def hinted(self) -> dict[str, str]:
+        return {a: h.claimed_id for a, h in self.node._hints.items()}
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Mesh:
+    clock = FakeClock()
+    keys = {name: new_key() for name in ("b", "y", "w", "stranger", "a", "c")}
+    signer = KeySigner(Ed25519PrivateKey.generate())
+    lines = [public_key_line(keys[n].blob, n) for n in ("b", "y", "a", "c")]
+    lines.append(public_key_line(signer.public_blob, "x"))  # one user's machines: ours too
+    lines.append('from="10.9.9.9" ' + public_key_line(keys["w"].blob, "w"))  # not from our LAN
+    (tmp_path / "ssh").mkdir(mode=0o700)
+    (tmp_path / "ssh" / "authorized_keys").write_text("\n".join(lines) + "\n")
+    config = Config(folders=(Folder(DOCS, tmp_path / "docs"),), state=tmp_path / "s",
+                    ssh_dir=tmp_path / "ssh", name="x")
+    trust = TrustStore([tmp_path / "ssh" / "authorized_keys"], tmp_path / "s" / "trusted_keys")
+    node = Node(config, signer, trust, clock)  # type: ignore[arg-type]
+    return Mesh(node, clock, {**keys, "x": Key(signer.public_blob)})
+
+
+# -- addresses passed on ---------------------------------------------------------------------------
+
+def test_a_trusted_member_we_have_not_reached_is_dialled_where_a_member_says_it_listens(
+    mesh: Mesh, lan: ipaddress.IPv4Network
+) -> None:
+    y = f"{lan[20]}:22300"
+    mesh.hello("b", f"{lan[2]}:22300", members=(mesh.at("y", y),))
+    assert mesh.hinted() == {y: str(mesh.keys["y"].id)}  # proven by its certificate when dialled
+
+
+def test_a_member_cannot_make_us_dial_where_it_likes(
+    mesh: Mesh, lan: ipaddress.IPv4Network
+) -> None:
+    mesh.hello("b", f"{lan[2]}:22300", members=(
+        mesh.at("stranger", f"{lan[21]}:22300"),  # a key we do not trust
+        mesh.at("w", f"{lan[22]}:22300"),  # trusted, but only from elsewhere (from=)
+        mesh.at("x", f"{lan[23]}:22300"),  # ourselves
+        mesh.at("b", f"{lan[24]}:22300"),  # the teller: we reach it already
+        mesh.at("y", "8.8.8.8:22300"),  # off our networks
+        mesh.at("y", "127.0.0.1:22300"),  # loopback: this host's own services
+        mesh.at("y", "[::1]:22300"),
+    ))
+    assert mesh.hinted() == {}
+
+
+def test_a_member_already_up_here_is_not_dialled_elsewhere_on_a_members_word(
+    mesh: Mesh, lan: ipaddress.IPv4Network
+) -> None:
+    mesh.hello("y", f"{lan[20]}:22300")
+    mesh.hello("b", f"{lan[2]}:22300", members=(mesh.at("y", f"{lan[30]}:22300"),))
+    assert mesh.hinted() == {}
+
+
+def test_addresses_from_a_peer_that_is_not_yet_a_member_are_not_taken(
+    mesh: Mesh, lan: ipaddress.IPv4Network
+) -> None:
+    hello = Hello("b", 22300, frozenset({DOCS}), 0, None,
+                  members=(mesh.at("y", f"{lan[20]}:22300"),))
+    mesh.node._heard(mesh.keys["b"].blob, hello, f"{lan[2]}:22300", trusts_us=None)
+    assert mesh.hinted() == {}
+
+
+def test_our_hello_tells_a_member_where_the_others_listen_but_never_of_itself_or_strangers(
+    mesh: Mesh, lan: ipaddress.IPv4Network
+) -> None:
+    b, y, c = f"{lan[2]}:22300", f"{lan[20]}:22300", "c.lan:22300"
+    mesh.hello("b", b)
+    mesh.clock.t += 0.5
+    mesh.hello("y", y)
+    mesh.hello("c", c)  # reached through a --peer host name: not an address to pass on
+    mesh.node._remember_stranger(mesh.keys["stranger"].blob, f"{lan[40]}:22300",
+                                 address=f"{lan[40]}:22300")
+    mesh.hello("a", f"{lan[3]}:22300", folders=frozenset({FolderId("music")}))
+    node = mesh.node
+    assert node._hello(mesh.keys["b"].id).members == (mesh.at("y", y),)
+    assert node._hello(mesh.keys["y"].id).members == (mesh.at("b", b),)
+    assert node._hello(mesh.keys["a"].id).members == ()  # no folder of its is shared with them
+    assert node._hello().members == ()
+    node._stop.set()
+    assert node._hello(mesh.keys["b"].id).members == ()  # a goodbye tells of no one
+
+
+# -- news across a cut link ------------------------------------------------------------------------
+
+@dataclass
+class FakeSync:
+    """A folder that finds every notice news."""
+
+    def __post_init__(self) -> None:
+        self.catch_up_wake = asyncio.Event()
+
+    def retry_now(self) -> None:
+        pass
+
+    async def take(self, source: str, records: Any) -> list[Any]:
+        return list(records)
+
+
+@dataclass
+class FakeClient:
+    """Records the notices sent, by the name of the member they went to."""
+
+    names: dict[bytes, str]
+    sent: list[str] = field(default_factory=list)
+
+    async def send_notice(self, address: str, key: bytes, notice: Records) -> None:
+        self.sent.append(self.names[key])
+
+
+async def relayed(mesh: Mesh, sender: str) -> list[str]:
+    """Whom our node passes a notice from `sender` on to."""
+    client = FakeClient({k.blob: n for n, k in mesh.keys.items()})
+    node = mesh.node
+    node._client = client  # type: ignore[assignment]
+    node._folders = {DOCS: FakeSync()}  # type: ignore[dict-item]
+    async with asyncio.TaskGroup() as tg:
+        node._tasks = tg
+        await node.handle_notice(mesh.keys[sender].blob, Records(DOCS, ("news",)))  # type: ignore[arg-type]
+    node._tasks = None
+    return sorted(client.sent)
+
+
+async def test_a_member_bridges_news_between_the_coordinator_and_a_member_cut_off_from_it(
+    mesh: Mesh, lan: ipaddress.IPv4Network
+) -> None:
+    # A coordinates; we hear A and C; C does not hear A (that link is cut).
+    mesh.hello("a", f"{lan[3]}:22300", term=5, coordinator="a", hears=True)
+    mesh.hello("c", f"{lan[5]}:22300", term=5, coordinator="a", hears=False)
+    assert mesh.node._hello(mesh.keys["c"].id).hears_coordinator
+    assert await relayed(mesh, "c") == ["a"]  # A fans it out to the rest, as ever
+    assert await relayed(mesh, "a") == ["c"]
+
+
+async def test_a_member_relays_nothing_while_every_member_hears_the_coordinator(
+    mesh: Mesh, lan: ipaddress.IPv4Network
+) -> None:
+    mesh.hello("a", f"{lan[3]}:22300", term=5, coordinator="a", hears=True)
+    mesh.hello("c", f"{lan[5]}:22300", term=5, coordinator="a", hears=True)
+    assert await relayed(mesh, "c") == []
+    assert await relayed(mesh, "a") == []
+
+
+async def test_a_member_that_does_not_hear_the_coordinator_itself_relays_nothing(
+    mesh: Mesh, lan: ipaddress.IPv4Network
+) -> None:
+    # B names A for term 5; we have not heard A ourselves, so we cannot bridge to it.
+    mesh.hello("b", f"{lan[2]}:22300", term=5, coordinator="a", hears=True)
+    mesh.hello("c", f"{lan[5]}:22300", term=5, coordinator="a", hears=False)
+    assert not mesh.node._hello(mesh.keys["c"].id).hears_coordinator
+    assert await relayed(mesh, "c") == []
+
+
+async def test_the_coordinator_passes_news_on_to_every_other_member(
+    mesh: Mesh, lan: ipaddress.IPv4Network
+) -> None:
+    mesh.hello("a", f"{lan[3]}:22300", term=5, coordinator="x", hears=True)
+    mesh.hello("c", f"{lan[5]}:22300", term=5, coordinator="x", hears=False)
+    assert mesh.node._election.coordinator == mesh.keys["x"].id
+    assert await relayed(mesh, "c") == ["a"]
+    assert await relayed(mesh, "a") == ["c"]
