@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 from meshsync.core.errors import WireError
 from meshsync.core.fields import check_digest, check_int, is_unicode
@@ -40,6 +40,14 @@ class FileRecord:
     mtime_ns: int = 0
     blocks: tuple[bytes, ...] = ()  # SHA-256 of each BLOCK_SIZE block, in order
     target: str = ""  # a symlink's target, as the link holds it
+    # `NodeId.key` of the node that made the content, when another node published this version
+    # (a resolution carries its winner's content); "" when the origin made it.
+    author: str = ""
+
+    @property
+    def made_by(self) -> str:
+        """The node that made this content: its author, else its origin."""
+        return self.author or self.origin
 
     def same_content(self, other: FileRecord) -> bool:
         """Whether both are the same bytes, link or directory (metadata aside)."""
@@ -54,11 +62,11 @@ class FileRecord:
     def tombstone(self, version: Vector, origin: str) -> FileRecord:
         """This path deleted, as a new version."""
         return replace(self, version=version, origin=origin, deleted=True, size=0, blocks=(),
-                       target="")
+                       target="", author="")
 
     def to_json(self) -> dict[str, Any]:
-        """The wire form."""
-        return {
+        """The wire form; `author` only when there is one, so older records sign as they did."""
+        data: dict[str, Any] = {
             "path": self.path,
             "kind": self.kind.value,
             "version": self.version.to_json(),
@@ -70,6 +78,9 @@ class FileRecord:
             "blocks": [b.hex() for b in self.blocks],
             "target": self.target,
         }
+        if self.author:
+            data["author"] = self.author
+        return data
 
     def canonical(self, folder: str) -> bytes:
         """The bytes the origin signs: the record in one fixed form, bound to its folder."""
@@ -86,12 +97,16 @@ class FileRecord:
             raise WireError(f"bad kind {str(data.get('kind'))[:20]!r}") from None
         deleted = data.get("deleted")
         origin = data.get("origin")
+        author = data.get("author", "")
         target = data.get("target", "")
         blocks = data.get("blocks", [])
         if not isinstance(deleted, bool):
             raise WireError("deleted must be true or false")
-        if not isinstance(origin, str) or len(origin) != 16 or not _KEY_DIGITS.issuperset(origin):
+        if not _is_key(origin):
             raise WireError("bad origin")
+        # One spelling per record: an author is named only when it is not the origin.
+        if "author" in data and (not _is_key(author) or author == origin):
+            raise WireError("bad author")
         if (not isinstance(target, str) or len(target) > MAX_TARGET or "\0" in target
                 or not is_unicode(target) or len(target.encode()) > MAX_TARGET):
             raise WireError("bad symlink target")
@@ -109,12 +124,17 @@ class FileRecord:
             mtime_ns=check_int(data, "mtime_ns", -(2**62), 2**62),
             blocks=tuple(check_digest(b) for b in blocks),
             target=target,
+            author=author,
         )
         if kind is not Kind.SYMLINK and target:
             raise WireError("only a symlink has a target")
         if not record.version.counters:
             raise WireError("a record needs a version")
         return record
+
+
+def _is_key(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and len(value) == 16 and _KEY_DIGITS.issuperset(value)
 
 
 def block_count(size: int) -> int:

@@ -96,11 +96,13 @@ class FolderSync:
         self.epoch = epoch
         self.keep = keep or Keep()
         self.clock = clock or Clock()  # for retries and rates; tests pass their own
-        self.scanner = Scanner(self.place, mesh.me.key,
-                               lambda record: mesh.sign(record.canonical(folder.id)))
+        def sign(record: FileRecord) -> bytes:
+            return mesh.sign(record.canonical(folder.id))
+
+        self.scanner = Scanner(self.place, mesh.me.key, sign)
         self.judge = Judge(self.place, mesh)
         self.puller = Puller(self.place, self.judge, mesh, self.clock, self._rescan,
-                             min_free or MinFree())
+                             min_free or MinFree(), mesh.me.key, sign, self._announce)
         self.sent = Rate()
         self.mounted = True
         self.scanned = False  # a full scan has completed since start
@@ -464,7 +466,7 @@ class FolderSync:
                 "folder": self.id, "path": copy.path, "original": copy.original,
                 "copy": {"origin": copy.origin, "time": _iso(copy.when.timestamp())},
                 "current": None if current is None or current.record.deleted else {
-                    "origin": current.record.origin,
+                    "origin": current.record.made_by,
                     "time": _iso(current.record.mtime_ns / 1e9)},
             })
         return found

@@ -162,18 +162,20 @@ class Judge:
         """Judge the versions kept aside again, now that ours may have changed; runs in a thread.
 
         Returns how many are queued now. One that is queued, or is history (of what we hold,
-        wait for, or keep aside besides), goes; one that still loses stays as it is.
+        wait for, or keep aside besides), goes; one that still loses stays as it is. Each is
+        judged against what the ones before it queued, so that the rule picks among them.
         """
         place = self.place
-        queued: list[Need] = []
+        queued = 0
         losers = place.index.losers(place.id)
         for loser in losers:
             version = loser.record.version
             superseded = any(o.record.path == loser.record.path
                              and version.compare(o.record.version) is Order.OLDER for o in losers)
-            revived = Need(loser.record, loser.signature, REVIVED)
-            judged = self.weigh(revived, queued, keep=False)
+            revived: list[Need] = []
+            judged = self.weigh(Need(loser.record, loser.signature, REVIVED), revived, keep=False)
+            place.index.add_needs(place.id, revived)
+            queued += len(revived)
             if superseded or (isinstance(judged, plan.Judgement) and not judged.aside):
                 place.index.drop_loser(place.id, loser.record)
-        place.index.add_needs(place.id, queued)
-        return len(queued)
+        return queued

@@ -9,17 +9,17 @@ import errno
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
-from meshsync.core import conflicts
+from meshsync.core import conflicts, plan
 from meshsync.core.paths import RelPath, parent
 from meshsync.core.plan import Action, decide
 from meshsync.core.records import FileRecord, Kind
 from meshsync.core.throttle import shown
-from meshsync.core.vclock import Order
+from meshsync.core.wire import Signed
 from meshsync.fs import apply, scan
 from meshsync.node import transfer
 from meshsync.node.clock import Clock
@@ -58,6 +58,7 @@ class _Batch:
     revive: set[RelPath] = field(default_factory=set)
     failed: list[tuple[Need, str, str]] = field(default_factory=list)
     after_deletions: list[Need] = field(default_factory=list)  # replace a directory emptied
+    resolved: list[Signed] = field(default_factory=list)  # resolutions stored, to announce
 
 
 def _done(need: Need, seen: scan.Seen | None) -> _Done:
@@ -72,6 +73,7 @@ class _Write:
     need: Need
     expected: scan.Seen | None
     loser: FileRecord | None  # our concurrent version it beats, to keep as a conflict copy
+    ours: FileRecord | None  # our concurrent version it beats: then we publish a resolution
 
 
 _Opened = tuple[_Write, apply.Incoming]
@@ -81,7 +83,9 @@ class Puller:
     """Writes one folder's queued versions; `wake` asks for a pass."""
 
     def __init__(self, place: Place, judge: Judge, mesh: Sources, clock: Clock,
-                 rescan: Callable[[set[RelPath], set[RelPath]], None], min_free: MinFree) -> None:
+                 rescan: Callable[[set[RelPath], set[RelPath]], None], min_free: MinFree,
+                 me: str, sign: Callable[[FileRecord], bytes],
+                 announce: Callable[[list[Signed]], Awaitable[None]]) -> None:
         self.place = place
         self.judge = judge
         self.clock = clock
@@ -93,8 +97,11 @@ class Puller:
         # Directories that may hold temporary files of versions no longer wanted ("": the root).
         self.temp_dirs: set[str] = set()
         self.min_free = min_free
+        self.me, self.sign = me, sign
+        self._announce = announce  # resolutions this node published
         self._room = 0  # bytes the group being opened may still take
         self._after_deletions: list[Need] = []
+        self._resolved: list[Signed] = []  # resolutions stored this pass, announced at its end
 
     async def run(self, mounted: Callable[[], bool]) -> None:
         """Write what is queued whenever woken, and when a waiting version is due again."""
@@ -120,6 +127,9 @@ class Puller:
         # Deletions last: a renamed file's new path takes its blocks from the old one.
         await self._in_thread(self._apply_locally, deletes)
         await self._replace_directories()
+        resolved, self._resolved = self._resolved, []
+        if resolved:
+            await self._announce(resolved)
         self._report()
         if await asyncio.to_thread(self.judge.rejudge):
             self.wake.set()
@@ -190,6 +200,7 @@ class Puller:
             for need, cause, reason in batch.failed:
                 self._fail(need, cause, reason)
             self._after_deletions += batch.after_deletions
+            self._resolved += batch.resolved
         for record, *_ in batch.done:  # in the index now
             self.retries.succeeded(record.path)
         return result
@@ -247,10 +258,8 @@ class Puller:
             self.place.index.drop_need(self.place.id, record.path)
             return None
         expected = _expected(entry)
-        if (entry is not None and not entry.record.deleted and not record.same_content(entry.record)
-                and record.version.compare(entry.record.version) is Order.CONCURRENT):
-            # Ours loses now, but may win again should what replaces it change (see _rejudge).
-            self.judge.set_aside([Need(entry.record, entry.signature, "")])
+        # Beaten by a concurrent version: what we store and announce is its resolution.
+        ours = entry.record if verdict.resolve and entry is not None else None
         if record.deleted:
             try:
                 apply.remove(self.place.root, record.path, expected, self._keeper(batch, None))
@@ -260,7 +269,7 @@ class Puller:
                 if not self.place.index.deletions_under(self.place.id, record.path):
                     batch.revive.add(record.path)
                 raise
-            return _done(need, None)
+            return self._stored(batch, need, None, ours)
         loser = entry.record if verdict.conflict and entry is not None else None
         if not self._parent_present(record.path):
             # Its directory's own record has not come yet. Writing now would make the
@@ -269,13 +278,16 @@ class Puller:
             return None
         if record.kind is Kind.DIR:
             keep = self._keeper(batch, None)  # a file or link it replaces goes to versions
-            return _done(need, apply.make_dir(self.place.root, record, expected, keep))
+            seen = apply.make_dir(self.place.root, record, expected, keep)
+            return self._stored(batch, need, seen, ours)
         if record.kind is Kind.SYMLINK:
             keep = self._keeper(batch, loser)
-            return _done(need, apply.make_symlink(self.place.root, record, expected, keep))
+            seen = apply.make_symlink(self.place.root, record, expected, keep)
+            return self._stored(batch, need, seen, ours)
         if entry is not None and not entry.record.deleted and entry.record.same_content(record):
-            return _done(need, apply.set_metadata(self.place.root, record, expected))
-        writes.append(_Write(need, expected, loser))
+            seen = apply.set_metadata(self.place.root, record, expected)
+            return self._stored(batch, need, seen, ours)
+        writes.append(_Write(need, expected, loser, ours))
         return None
 
     def _parent_present(self, path: RelPath) -> bool:
@@ -413,7 +425,19 @@ class Puller:
 
     def _commit_one(self, batch: _Batch, write: _Write, incoming: apply.Incoming) -> _Done:
         keep = self._keeper(batch, write.loser)
-        return _done(write.need, incoming.commit(write.expected, keep))
+        seen = incoming.commit(write.expected, keep)
+        return self._stored(batch, write.need, seen, write.ours)
+
+    def _stored(self, batch: _Batch, need: Need, seen: scan.Seen | None,
+                ours: FileRecord | None) -> _Done:
+        """What the index records for a version written: the version itself or, when it beat
+        `ours` (concurrent), the resolution we publish: it descends from both."""
+        if ours is None:
+            return _done(need, seen)
+        record = plan.resolution(need.record, ours, self.me)
+        signature = self.sign(record)
+        batch.resolved.append(Signed(record, signature))
+        return _done(Need(record, signature, need.source), seen)
 
 
     def _keeper(self, batch: _Batch, loser: FileRecord | None) -> apply.KeepOld:
@@ -421,7 +445,7 @@ class Puller:
         the winner (scanned and synced like any file), anything else under versions/."""
         def keep(dir_fd: int, name: str, rel: RelPath) -> None:
             if loser is not None and loser.kind is Kind.FILE and not conflicts.is_copy(rel):
-                copy = conflicts.copy_path(rel, loser.mtime_ns, loser.origin)
+                copy = conflicts.copy_path(rel, loser.mtime_ns, loser.made_by)
                 if apply.keep_beside(dir_fd, name, copy.rpartition("/")[2]):
                     log.info("folder %s: conflict on %s: the other version is kept as %s",
                              self.place.id, shown(rel), shown(copy))

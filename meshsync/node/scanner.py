@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshsync.core import plan
 from meshsync.core.paths import RelPath
 from meshsync.core.records import FileRecord, Kind
 from meshsync.core.throttle import shown
@@ -68,6 +69,7 @@ class Scanner:
     me: str  # this node's vector key
     sign: Callable[[FileRecord], bytes]
     progress: Progress | None = None  # the full scan under way, if any
+    _kept: dict[RelPath, list[FileRecord]] = field(default_factory=dict)
 
     def find_changes(self, dirty: set[RelPath] | None, force: set[RelPath],
                      revive: set[RelPath]) -> Found:
@@ -91,6 +93,10 @@ class Scanner:
             known = {e.record.path: e for e in entries}
             if progress is not None:
                 progress.walking = False
+            # Losers kept aside, which a new version made here may descend from (plan.local_change).
+            self._kept: dict[RelPath, list[FileRecord]] = {}
+            for loser in place.index.losers(place.id):
+                self._kept.setdefault(loser.record.path, []).append(loser.record)
             mine: list[_Done] = []  # new versions made here: stored and announced
             held: list[_Done] = []  # versions we hold already, whose inode moved
             present: set[str] = set()
@@ -108,8 +114,9 @@ class Scanner:
                 # An ignored path stays as it was for the peers: ignoring a file deletes nothing.
                 if (path not in present and not entry.record.deleted
                         and not ignore.match(path, entry.record.kind is Kind.DIR)):
-                    version = entry.record.version.bump(me, now_ns // 10**9)
-                    record = entry.record.tombstone(version, me)
+                    record = plan.local_change(
+                        entry.record, entry.record.tombstone(Vector(), me),
+                        self._kept.get(entry.record.path, ()), me, now_ns // 10**9)
                     mine.append((record, self.sign(record), 0, 0))
             place.index.put(place.id, [*mine, *held])
         finally:
@@ -139,10 +146,10 @@ class Scanner:
             found.hashed_bytes += size
             if 0 <= now_ns - s.mtime_ns < RACY * 1e9:
                 found.racy.add(s.path)
-        old = entry.record if entry else None
-        version = (old.version if old else Vector()).bump(self.me, now_ns // 10**9)
-        record = FileRecord(s.path, s.kind, version, self.me,
-                            False, size, s.mode, s.mtime_ns, blocks, s.target)
+        seen = FileRecord(s.path, s.kind, Vector(), self.me, False, size, s.mode, s.mtime_ns,
+                          blocks, s.target)
+        record = plan.local_change(entry.record if entry else None, seen,
+                                   self._kept.get(s.path, ()), self.me, now_ns // 10**9)
         if (entry is not None and not entry.record.deleted and not revive
                 and record.same_metadata(entry.record)):
             # Only the inode moved (an editor's copy-and-rename, say): same version.

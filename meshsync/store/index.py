@@ -45,8 +45,8 @@ _FIXABLE = frozenset({_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_READONLY, _SQLITE_IOER
 _RECORD = (("folder", str), ("path", str), ("kind", str), ("version", str), ("origin", str),
            ("deleted", int), ("size", int), ("mode", int), ("mtime_ns", int), ("blocks", bytes),
            ("target", str), ("signature", bytes))
-_ENTRY = (*_RECORD, ("seq", int), ("inode", int), ("dev", int))
-_NEED = (*_RECORD, ("source", str))
+_ENTRY = (*_RECORD, ("seq", int), ("inode", int), ("dev", int), ("author", str))
+_NEED = (*_RECORD, ("source", str), ("author", str))
 _ENTRY_TYPES = tuple(kind for _, kind in _ENTRY)
 _NEED_TYPES = tuple(kind for _, kind in _NEED)
 _ENTRY_COLUMNS = ", ".join(name for name, _ in _ENTRY)
@@ -58,28 +58,29 @@ _SELECT_LOSER = f"SELECT {_NEED_COLUMNS} FROM losers WHERE folder = ? "  # noqa:
 _SELECT_HELD = f"SELECT {_NEED_COLUMNS} FROM held WHERE folder = ? "  # noqa: S608
 _UPSERT = """
 INSERT INTO files (folder, path, kind, version, origin, deleted, size, mode, mtime_ns, blocks,
-                   target, signature, inode, dev, seq)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   target, signature, inode, dev, seq, author)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (folder, path) DO UPDATE SET
     kind = excluded.kind, version = excluded.version, origin = excluded.origin,
     deleted = excluded.deleted, size = excluded.size, mode = excluded.mode,
     mtime_ns = excluded.mtime_ns, blocks = excluded.blocks, target = excluded.target,
-    signature = excluded.signature, inode = excluded.inode, dev = excluded.dev, seq = excluded.seq
+    signature = excluded.signature, inode = excluded.inode, dev = excluded.dev, seq = excluded.seq,
+    author = excluded.author
 """
 _ADD_LOSER = """
 INSERT OR REPLACE INTO losers (folder, path, kind, version, origin, deleted, size, mode, mtime_ns,
-                               blocks, target, signature, source)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                               blocks, target, signature, source, author)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _ADD_HELD = """
 INSERT OR REPLACE INTO held (folder, path, kind, version, origin, deleted, size, mode, mtime_ns,
-                             blocks, target, signature, source)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                             blocks, target, signature, source, author)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _ADD_NEED = """
 INSERT OR REPLACE INTO need (folder, path, kind, version, origin, deleted, size, mode, mtime_ns,
-                             blocks, target, signature, source)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                             blocks, target, signature, source, author)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
@@ -241,7 +242,8 @@ class Index:
         """Keep versions that lost to a concurrent one (one per path and origin, the latest)."""
         with self._write() as db:
             db.executemany(_ADD_LOSER, (
-                (folder, *_columns(n.record), n.signature, n.source) for n in losers))
+                (folder, *_columns(n.record), n.signature, n.source, n.record.author)
+                for n in losers))
 
     def losers(self, folder: str) -> list[Need]:
         """Every version kept aside as a loser, in path order."""
@@ -257,7 +259,8 @@ class Index:
         """Keep versions whose origin is not trusted (one per path and origin, the latest)."""
         with self._write() as db:
             db.executemany(_ADD_HELD, (
-                (folder, *_columns(n.record), n.signature, n.source) for n in held))
+                (folder, *_columns(n.record), n.signature, n.source, n.record.author)
+                for n in held))
 
     def held(self, folder: str, limit: int = -1) -> list[Need]:
         """Versions held back for their origin, in path order (the first `limit`)."""
@@ -295,7 +298,8 @@ class Index:
             top = db.execute("SELECT seq FROM folder_seq WHERE folder = ?", (folder,)).fetchone()
             seqs = list(range(top[0] - len(items) + 1, top[0] + 1))
             db.executemany(_UPSERT, (
-                (folder, *_columns(record), signature, _signed(inode), _signed(dev), seq)
+                (folder, *_columns(record), signature, _signed(inode), _signed(dev), seq,
+                 record.author)
                 for (record, signature, inode, dev), seq in zip(items, seqs, strict=True)))
             # The write lock is ours, so this put's rows are exactly those from its first seq.
             ids = dict(db.execute("SELECT path, id FROM files WHERE folder = ? AND seq >= ?",
@@ -353,7 +357,8 @@ class Index:
         """Queue remote versions to write, each replacing any need for the same path."""
         with self._write() as db:
             db.executemany(_ADD_NEED, (
-                (folder, *_columns(n.record), n.signature, n.source) for n in needs))
+                (folder, *_columns(n.record), n.signature, n.source, n.record.author)
+                for n in needs))
 
     def need(self, folder: str, path: str) -> Need | None:
         """The version queued for one path, None if none is."""
@@ -659,10 +664,12 @@ def _check(row: tuple[Any, ...], columns: tuple[tuple[str, type], ...]) -> None:
             raise _DamagedRow(f"{name} is {type(value).__name__}, not {kind.__name__}")
 
 
-def _record(row: tuple[Any, ...]) -> FileRecord:
+def _record(row: tuple[Any, ...], author: str) -> FileRecord:
     _, path, kind, version, origin, deleted, size, mode, mtime_ns, blocks, target = row[:11]
     if len(blocks) % DIGEST:
         raise _DamagedRow(f"blocks hold {len(blocks)} bytes, not whole {DIGEST}-byte digests")
+    if author and (len(author) != 16 or author.strip("0123456789abcdef") or author == origin):
+        raise _DamagedRow(f"author {author[:20]!r} is not another node's key")
     try:
         vector = _vector(version)
     except (ValueError, RecursionError, WireError) as e:
@@ -670,7 +677,8 @@ def _record(row: tuple[Any, ...]) -> FileRecord:
     try:
         return FileRecord(
             RelPath(path), Kind(kind), vector, origin, bool(deleted), size, mode, mtime_ns,
-            tuple(blocks[i : i + DIGEST] for i in range(0, len(blocks), DIGEST)), target)
+            tuple(blocks[i : i + DIGEST] for i in range(0, len(blocks), DIGEST)), target,
+            author)
     except ValueError:
         raise _DamagedRow(f"kind {kind[:20]!r} is none of file, dir, symlink") from None
 
@@ -678,13 +686,14 @@ def _record(row: tuple[Any, ...]) -> FileRecord:
 def _entry(row: tuple[Any, ...]) -> Entry:
     if tuple(map(type, row)) != _ENTRY_TYPES:
         _check(row, _ENTRY)
-    return Entry(_record(row), row[11], row[12], _unsigned(row[13]), _unsigned(row[14]))
+    return Entry(_record(row, row[15]), row[11], row[12], _unsigned(row[13]),
+                 _unsigned(row[14]))
 
 
 def _need(row: tuple[Any, ...]) -> Need:
     if tuple(map(type, row)) != _NEED_TYPES:
         _check(row, _NEED)
-    return Need(_record(row), row[11], row[12])
+    return Need(_record(row, row[13]), row[11], row[12])
 
 
 def _fault(table: _Table[Any], row: tuple[Any, ...]) -> str | None:

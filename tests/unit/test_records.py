@@ -71,9 +71,10 @@ def test_block_count_rounds_up_and_an_empty_file_has_none() -> None:
         TOMBSTONE,
         LINK.tombstone(V2.bump(A), A),
         DIR.tombstone(V2, B),
+        file(origin=B, author=A),
     ],
     ids=["multi-block", "empty", "one-byte", "one-block", "limits-low", "limits-high", "dir",
-         "symlink", "tombstone", "link-tombstone", "dir-tombstone"],
+         "symlink", "tombstone", "link-tombstone", "dir-tombstone", "resolution"],
 )
 def test_a_record_survives_a_trip_over_the_wire(record: FileRecord) -> None:
     assert FileRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
@@ -272,11 +273,37 @@ def test_the_canonical_form_is_compact_sorted_json() -> None:
         {"mode": 0o644},
         {"mtime_ns": 1},
         {"blocks": (digest(9), digest(1), digest(2))},
+        {"author": B},
     ],
     ids=lambda changes: next(iter(changes)),
 )
 def test_every_field_is_bound_by_the_canonical_form(changes: dict[str, Any]) -> None:
     assert replace(file(), **changes).canonical("docs") != file().canonical("docs")
+
+
+def test_a_record_without_an_author_keeps_the_wire_form_and_signature_it_had() -> None:
+    # What nodes signed before authors existed must verify the same: no author, no key.
+    assert set(file().to_json()) == {"path", "kind", "version", "origin", "deleted", "size",
+                                     "mode", "mtime_ns", "blocks", "target"}
+
+
+def test_the_author_names_who_made_the_content_of_a_resolution() -> None:
+    resolved = file(origin=B, author=A)
+    assert resolved.to_json()["author"] == A
+    assert (resolved.made_by, file().made_by) == (A, A)
+
+
+@pytest.mark.parametrize(
+    "author", [A, "", None, 1, "A" * 16, "a" * 15, "g" * 16],
+    ids=["the-origin", "empty", "null", "int", "upper", "short", "not-hex"],
+)
+def test_a_bad_author_is_refused(author: object) -> None:
+    # Named only when it is not the origin: one spelling per record, one signature.
+    refused(wire(file(), author=author))
+
+
+def test_a_tombstone_names_no_author() -> None:
+    assert file(origin=B, author=A).tombstone(V2, B).author == ""
 
 
 def test_same_content_ignores_metadata_and_version() -> None:
