@@ -65,3 +65,21 @@ def test_a_taken_port_falls_back_to_a_free_one_that_mdns_advertises(make_lan):
             assert "port 22300 is taken; using a free one" in h1.log.read_text()
         finally:
             squatter.kill()
+
+
+def test_a_mesh_formed_through_one_peer_keeps_syncing_when_that_peer_leaves(make_lan):
+    lan = make_lan(3)
+    hub, h2, h3 = lan.hosts
+    lan.trust_all()
+    lan.block_multicast()
+    hub.start()
+    h2.start("--peer", f"{hub.ip}:22300")
+    h3.start("--peer", f"{hub.ip}:22300")
+    # Neither was told of the other: the hub's hellos tell each where the other listens.
+    wait_for("h2 and h3 to reach each other", lambda: h2.peer_states().get("h3") == "online"
+             and h3.peer_states().get("h2") == "online", 20)
+    hub.stop()
+    (h2.sync / "after-the-hub.txt").write_text("still synced")
+    wait_for("the file on h3", lambda: (h3.sync / "after-the-hub.txt").exists(), 10)
+    (h3.sync / "and-back.txt").write_text("both ways")
+    wait_for("the other on h2", lambda: (h2.sync / "and-back.txt").exists(), 10)

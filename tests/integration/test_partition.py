@@ -67,3 +67,21 @@ def test_both_sides_of_a_split_sync_and_merge_under_the_higher_term_when_it_heal
         assert (host.sync / "left/notes.txt").read_bytes() == b"written on the left\n"
         assert (host.sync / "right/notes.txt").read_bytes() == b"written on the right\n"
     assert same_trees(lan.hosts) == found
+
+
+def test_with_one_link_of_a_triangle_cut_the_term_settles_and_sync_goes_through_the_middle(
+        make_lan):
+    lan = mesh(make_lan, 3)
+    first, middle, last = lan.by_id()
+    term = wait_for("agreement", lambda: agreed(lan.hosts, first), 15)
+    split(lan, [first], [last])  # first–middle and middle–last stay up
+    # Longer than several silence timeouts (3 s): a climbing term would show.
+    holds_for("one term and one coordinator on all three", lambda: agreed(
+        lan.hosts, first) == term, 12)
+    write(last.sync / "from-last.txt", b"across the cut")
+    write(first.sync / "from-first.txt", b"and back")
+    wait_for("both files on all three", lambda: (t := same_trees(lan.hosts))
+             and {"from-last.txt", "from-first.txt"} <= t.keys(), 10)
+    join(lan)
+    holds_for("still one term once the link is back", lambda: agreed(lan.hosts, first) == term,
+              3)
