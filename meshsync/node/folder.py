@@ -43,7 +43,7 @@ from meshsync.node.config import Folder, Keep, MinFree
 from meshsync.node.judge import Judge, Verifier
 from meshsync.node.place import Place
 from meshsync.node.puller import Puller
-from meshsync.node.scanner import RACY, Scanner
+from meshsync.node.scanner import RACY, Found, Scanner
 from meshsync.node.transfer import Rate, Sources
 from meshsync.store.index import Index, IndexUnusable, Need
 
@@ -102,7 +102,7 @@ class FolderSync:
         self.scanner = Scanner(self.place, mesh.me.key, sign)
         self.judge = Judge(self.place, mesh)
         self.puller = Puller(self.place, self.judge, mesh, self.clock, self._rescan,
-                             min_free or MinFree(), mesh.me.key, sign, self._announce)
+                             min_free or MinFree(), mesh.me.key, sign, self._publish)
         self.sent = Rate()
         self.mounted = True
         self.scanned = False  # a full scan has completed since start
@@ -214,9 +214,7 @@ class FolderSync:
             revive, self._revive = self._revive, set()
             began = time.monotonic()
             async with self.place.disk:
-                found = await asyncio.to_thread(
-                    self.scanner.find_changes, None if full else dirty | force | revive, force,
-                    revive)
+                found = await self._scan(None if full else dirty | force | revive, force, revive)
             if full and (found.hashed or not self.scanned):
                 log.info("folder %s: scanned %d entries in %.1f s; hashed %d file%s (%s)",
                          self.id, found.entries, time.monotonic() - began, found.hashed,
@@ -227,7 +225,9 @@ class FolderSync:
             if self._release:
                 await self._release_held()
             if found.changes:
-                await self._announce(found.changes)
+                sent = len(found.changes)
+                log.info("folder %s: announced %d change%s", self.id, sent,
+                         "" if sent == 1 else "s")
             if found.racy:
                 asyncio.get_running_loop().call_later(RACY, self._recheck, found.racy)
             if found.unstable:
@@ -271,13 +271,39 @@ class FolderSync:
         return [e.record.path for e in self.place.index.entries(self.id)
                 if e.record.kind is Kind.DIR and not e.record.deleted]
 
+    async def _scan(self, dirty: set[RelPath] | None, force: set[RelPath],
+                    revive: set[RelPath]) -> Found:
+        """Run the scanner in a thread, announcing what it stores as it goes."""
+        stored: asyncio.Queue[list[Signed] | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def announce(changes: list[Signed] | None) -> None:  # from the scanning thread
+            loop.call_soon_threadsafe(stored.put_nowait, changes)
+
+        def scan() -> Found:
+            try:
+                return self.scanner.find_changes(dirty, force, revive, announce)
+            finally:
+                announce(None)
+
+        async def announcing() -> None:
+            while (changes := await stored.get()) is not None:
+                await self._announce(changes)
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(announcing(), name=f"announce {self.id}")
+            return await asyncio.to_thread(scan)
+
     async def _announce(self, changes: list[Signed]) -> None:
-        sent = 0
         for batch in batches(changes):
             await self.mesh.publish(Records(self.id, batch))
-            sent += len(batch)
-        log.info("folder %s: announced %d change%s", self.id, sent, "" if sent == 1 else "s")
         self._too_large([s.record for s in changes if size_bound(s) > BATCH_BUDGET])
+
+    async def _publish(self, changes: list[Signed]) -> None:
+        """Announce resolutions the puller stored."""
+        await self._announce(changes)
+        sent = len(changes)
+        log.info("folder %s: announced %d resolution%s", self.id, sent, "" if sent == 1 else "s")
 
     def _too_large(self, records: list[FileRecord]) -> None:
         for record in records:

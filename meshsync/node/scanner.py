@@ -24,6 +24,10 @@ log = logging.getLogger("meshsync.folder")
 # with the same size right after we hashed it can look unchanged. One hashed while its mtime
 # was this fresh is hashed again once it is older (git calls these entries racy).
 RACY = 2.0
+# A long scan stores and announces what it found so far this often: peers start fetching a
+# big tree's first files while the rest is hashed, and a crash loses little work.
+STORE_EVERY = 1000  # new versions
+STORE_WITHIN = 2.0  # seconds
 
 _Done = tuple[FileRecord, bytes, int, int]  # an index item: record, signature, inode, dev
 
@@ -72,9 +76,10 @@ class Scanner:
     _kept: dict[RelPath, list[FileRecord]] = field(default_factory=dict)
 
     def find_changes(self, dirty: set[RelPath] | None, force: set[RelPath],
-                     revive: set[RelPath]) -> Found:
+                     revive: set[RelPath],
+                     announce: Callable[[list[Signed]], None] = lambda _: None) -> Found:
         """Hash what differs from the index under `dirty` (None: everywhere), or is in `force`;
-        version it and store it. Runs in a thread.
+        version it and store it, handing each stored batch to `announce`. Runs in a thread.
 
         Paths in `revive` get a new version even when unchanged: a directory whose deletion
         lost to a change inside it.
@@ -100,6 +105,7 @@ class Scanner:
             mine: list[_Done] = []  # new versions made here: stored and announced
             held: list[_Done] = []  # versions we hold already, whose inode moved
             present: set[str] = set()
+            stored, stored_at = 0, time.monotonic()  # of mine, those stored and announced
             found.entries = len(seen)
             for s in seen:
                 present.add(s.path)
@@ -110,6 +116,10 @@ class Scanner:
                     progress.bytes_done += s.size
                 if looked is not None:
                     (held if looked[0] else mine).append(looked[1])
+                if len(mine) - stored >= STORE_EVERY or (
+                        len(mine) > stored and time.monotonic() - stored_at > STORE_WITHIN):
+                    self._store(mine[stored:], held, announce)
+                    stored, stored_at, held = len(mine), time.monotonic(), []
             for path, entry in known.items():
                 # An ignored path stays as it was for the peers: ignoring a file deletes nothing.
                 if (path not in present and not entry.record.deleted
@@ -118,7 +128,7 @@ class Scanner:
                         entry.record, entry.record.tombstone(Vector(), me),
                         self._kept.get(entry.record.path, ()), me, now_ns // 10**9)
                     mine.append((record, self.sign(record), 0, 0))
-            place.index.put(place.id, [*mine, *held])
+            self._store(mine[stored:], held, announce)
         finally:
             self.progress = None
         if mine and log.isEnabledFor(logging.DEBUG):
@@ -127,6 +137,12 @@ class Scanner:
                                 for r, *_ in mine[:20]))
         found.changes = [Signed(record, signature) for record, signature, _, _ in mine]
         return found
+
+    def _store(self, mine: list[_Done], held: list[_Done],
+               announce: Callable[[list[Signed]], None]) -> None:
+        self.place.index.put(self.place.id, [*mine, *held])
+        if mine:
+            announce([Signed(record, signature) for record, signature, _, _ in mine])
 
     def _look(self, s: scan.Seen, entry: Entry | None, force: bool, revive: bool,
               now_ns: int, found: Found) -> tuple[bool, _Done] | None:
