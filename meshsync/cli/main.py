@@ -55,7 +55,7 @@ def _client_command(args: argparse.Namespace) -> int:
             result = call(sock, "elect", force=args.force)
             text = render.election(result)
         case "trust":
-            result = call(sock, "trust", keys=_key_texts(args.key))
+            result = call(sock, "trust", keys=_key_texts(args.key), introducer=args.introducer)
             text = render.trusted(result)
         case "stop":
             result = call(sock, "stop")
@@ -136,6 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     trust = client("trust", "trust a peer", json_flag=True)
     trust.add_argument("key", metavar="KEY|FILE|ID",
                        help="a public key line, a file of them, or a discovered peer's ID")
+    trust.add_argument("--introducer", action="store_true",
+                       help="also trust the members this peer trusts, while it says it does")
     client("stop", "stop the running node cleanly", json_flag=False)
     return parser
 

@@ -33,10 +33,12 @@ def ago(when: float | None, now: float | None = None) -> str:
 
 
 def peers(rows: list[dict[str, Any]]) -> str:
-    """The `meshsync peers` table, with the trust command under it for untrusted peers."""
+    """The `meshsync peers` table, with the trust command under it for untrusted peers and
+    the introducer of those trusted on an introducer's word."""
     body = [
         [
-            row["id"].removeprefix("SHA256:")[:8] + ("*" if row["self"] else ""),
+            row["id"].removeprefix("SHA256:")[:8]
+            + ("*" if row["self"] else "+" if row.get("via_introducer") else ""),
             row["name"],
             row["address"] or "-",
             row["role"],
@@ -46,6 +48,12 @@ def peers(rows: list[dict[str, Any]]) -> str:
         for row in rows
     ]
     text = table(["ID", "NAME", "ADDRESS", "ROLE", "STATE", "LAST SEEN"], body) + "\n* this node"
+    names = {row["id"]: row["name"] for row in rows}
+    introduced = [f"  {row['id'].removeprefix('SHA256:')[:8]}: via introducer "
+                  f"{row['via_introducer']} ({shown(names.get(row['via_introducer'], '?'))})"
+                  for row in rows if row.get("via_introducer")]
+    if introduced:
+        text += "\n+ trusted on an introducer's word:\n" + "\n".join(introduced)
     hints = [f"  {row['trust_command']}" for row in rows if row.get("trust_command")]
     if hints:
         text += "\nto trust an untrusted peer, run:\n" + "\n".join(hints)
@@ -153,8 +161,10 @@ def size(count: int) -> str:
     return f"{value:.1f} {unit}"
 
 
-def trusted(result: dict[str, list[str]]) -> str:
+def trusted(result: dict[str, Any]) -> str:
     """What `meshsync trust` changed."""
-    lines = [f"trusted {i}" for i in result["added"]]
-    lines += [f"already trusted {i}" for i in result["already"]]
+    mark = (" as introducer: the members it trusts are trusted here too"
+            if result.get("introducer") else "")
+    lines = [f"trusted {i}{mark}" for i in result["added"]]
+    lines += [f"already trusted {i}{mark}" for i in result["already"]]
     return "\n".join(lines)

@@ -14,18 +14,21 @@ from typing import Any, NewType
 from meshsync.core.errors import WireError
 from meshsync.core.fields import check_digest, check_int, is_unicode
 from meshsync.core.ids import NodeId
+from meshsync.core.keyblob import check_key
 from meshsync.core.records import BLOCK_SIZE, FileRecord
 
 FolderId = NewType("FolderId", str)
 
 # Room for the largest hello the limits below allow: 256 folder IDs of 255 bytes, which JSON's
-# escapes (`\u0001`) make up to six times as long, and 32 member addresses (some 4 KiB).
+# escapes (`\u0001`) make up to six times as long, 32 member addresses (some 4 KiB) and 64
+# member keys (90 KiB as 8192-bit RSA keys).
 MAX_HELLO_BYTES = 512 * 1024
 MAX_INDEX_REQUEST_BYTES = 4096
 MAX_BLOCK_REQUEST_BYTES = 256 * 1024
 MAX_FOLDERS = 256
 MAX_NAME = 64
 MAX_MEMBER_ADDRESSES = 32  # members a hello tells of (where they listen)
+MAX_MEMBER_KEYS = 64  # members' keys a hello tells of (for a node that made it its introducer)
 MAX_ADDRESS = 47  # `[IPv6]:port` at its longest
 MAX_BATCH_RECORDS = 2000
 MAX_BATCH_BYTES = 8 * 1024 * 1024
@@ -100,22 +103,25 @@ class Hello:
     leaving: bool = False
     hears_coordinator: bool = False  # it heard its coordinator itself within DOWN_AFTER
     members: tuple[MemberAddress, ...] = ()  # where online members it trusts listen
+    # Keys it trusts of members sharing a folder with us; None: it says nothing of them (a
+    # goodbye, a node just started or one that predates introducers).
+    member_keys: tuple[bytes, ...] | None = None
 
     def to_json(self) -> bytes:
         """The message body."""
-        return json.dumps(
-            {
-                "name": self.name,
-                "port": self.port,
-                "folders": sorted(self.folders),
-                "term": self.term,
-                "coordinator": str(self.coordinator) if self.coordinator else None,
-                "leaving": self.leaving,
-                "hears_coordinator": self.hears_coordinator,
-                "members": [m.to_json() for m in self.members],
-            },
-            separators=(",", ":"),
-        ).encode()
+        data = {
+            "name": self.name,
+            "port": self.port,
+            "folders": sorted(self.folders),
+            "term": self.term,
+            "coordinator": str(self.coordinator) if self.coordinator else None,
+            "leaving": self.leaving,
+            "hears_coordinator": self.hears_coordinator,
+            "members": [m.to_json() for m in self.members],
+        }
+        if self.member_keys is not None:
+            data["member_keys"] = [base64.b64encode(k).decode() for k in self.member_keys]
+        return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, body: bytes) -> Hello:
@@ -137,6 +143,9 @@ class Hello:
         members = data.get("members", [])
         if not isinstance(members, list) or len(members) > MAX_MEMBER_ADDRESSES:
             raise WireError(f"members must be a list of at most {MAX_MEMBER_ADDRESSES}")
+        keys = data.get("member_keys")
+        if keys is not None and (not isinstance(keys, list) or len(keys) > MAX_MEMBER_KEYS):
+            raise WireError(f"member_keys must be a list of at most {MAX_MEMBER_KEYS}")
         return cls(
             name=name,
             port=check_int(data, "port", 1, 65535),
@@ -146,6 +155,7 @@ class Hello:
             leaving=leaving,
             hears_coordinator=hears,
             members=tuple(MemberAddress.from_json(m) for m in members),
+            member_keys=None if keys is None else tuple(check_key(k) for k in keys),
         )
 
 

@@ -3,6 +3,7 @@
 A line trusts its key for sync unless its options give the key for something else; `from=` and
 `expiry-time=` narrow that trust as sshd does, and an option we cannot read refuses the line.
 A file (or its directory) that someone else could write is ignored, as sshd's StrictModes.
+In meshsync's own file, `meshsync-introducer` also trusts the keys that peer announces.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 
-from meshsync.crypto.keys import KEY_TYPES, parse_public_line, public_key_line
+from meshsync.core.ids import NodeId
+from meshsync.core.wire import MAX_MEMBER_KEYS
+from meshsync.crypto.keys import KEY_TYPES, load_public_blob, parse_public_line, public_key_line
 
 log = logging.getLogger("meshsync.trust")
 
@@ -38,6 +41,10 @@ _KNOWN = {
 # The key was given to sshd for one command, a tunnel or a restricted login, or it is a CA key:
 # none of these is "this machine may sync". Every other option limits SSH features we never use.
 _OTHER_USE = frozenset({"command", "restrict", "cert-authority", "principals", "tunnel"})
+# Ours alone, so only in trusted_keys: sshd refuses a line with an option it does not know, and
+# the same line in authorized_keys would silently stop that key logging in. There it refuses
+# the line for sync too, as any option we cannot read does.
+INTRODUCER = "meshsync-introducer"
 # One option: a name, maybe ="value" in which only \" escapes (as sshd's opt_dequote), then a
 # comma or the end of the field. The possessive repeat keeps the match linear on hostile input.
 _OPTION = re.compile(r'([A-Za-z0-9-]+)(?:="((?:\\"|[^"])*+)")?(,?)')
@@ -76,6 +83,7 @@ class Grant:
     key: PublicKey
     sources: tuple[Pattern, ...] | None = None
     expires: float | None = None  # wall seconds; the line is void once the clock passes them
+    introducer: bool = False  # the peer's word on other keys counts too
 
     def current(self, when: float) -> bool:
         """Whether the line has not expired at wall time `when`."""
@@ -179,16 +187,20 @@ def _split_options(line: str) -> tuple[list[tuple[str, str | None]], str]:
     return options, line[pos:].lstrip(" \t")
 
 
-def _grant(key: PublicKey, options: list[tuple[str, str | None]]) -> Grant | None:
-    """What `options` leave of sync trust in `key`; ValueError for one sshd would refuse."""
+def _grant(key: PublicKey, options: list[tuple[str, str | None]], ours: bool) -> Grant | None:
+    """What `options` leave of sync trust in `key`; ValueError for one sshd would refuse, or
+    for `meshsync-introducer` outside our own file."""
     usable = True
     sources: tuple[Pattern, ...] | None = None
     expires: float | None = None
+    introducer = False
     for name, value in options:
-        takes_value = _KNOWN.get(name)
+        takes_value = False if ours and name == INTRODUCER else _KNOWN.get(name)
         if takes_value is None or takes_value != (value is not None):
             raise ValueError(f"unknown option {name}")
-        if name in _OTHER_USE:
+        if name == INTRODUCER:
+            introducer = True
+        elif name in _OTHER_USE:
             usable = False
         elif name == "from" and value is not None:
             if sources is not None:
@@ -197,11 +209,12 @@ def _grant(key: PublicKey, options: list[tuple[str, str | None]]) -> Grant | Non
         elif name == "expiry-time" and value is not None:
             at = parse_expiry(value)
             expires = at if expires is None else min(expires, at)
-    return Grant(key, sources, expires) if usable else None
+    return Grant(key, sources, expires, introducer) if usable else None
 
 
-def parse_grant(line: str) -> Grant | None:
-    """The sync trust an authorized_keys line gives; None for comments, junk and refused lines."""
+def parse_grant(line: str, ours: bool = False) -> Grant | None:
+    """The sync trust an authorized_keys line gives (`ours`: a trusted_keys line, which may
+    mark an introducer); None for comments, junk and refused lines."""
     line = line.strip()
     if not line or line.startswith("#"):
         return None
@@ -210,7 +223,7 @@ def parse_grant(line: str) -> Grant | None:
         if line.split(None, 1)[0] not in KEY_TYPES:
             options, line = _split_options(line)
         blob, comment = parse_public_line(line)
-        return _grant(PublicKey(blob, comment), options)
+        return _grant(PublicKey(blob, comment), options, ours)
     except ValueError:
         return None
 
@@ -240,8 +253,19 @@ Grants = Mapping[bytes, tuple[Grant, ...]]
 Stamp = tuple[int, ...]
 
 
+def _usable(blob: bytes) -> bool:
+    """Whether a key a peer announced is a key at all: the wire checked its shape, this also
+    that an ECDSA point is on its curve."""
+    try:
+        load_public_blob(blob)
+    except ValueError:
+        return False
+    return True
+
+
 class TrustStore:
-    """Trusted keys from several files; `writable` receives keys added at runtime."""
+    """Trusted keys from several files; `writable` receives keys added at runtime and marks
+    introducers, whose announced keys are trusted (in memory) while they announce them."""
 
     def __init__(
         self, paths: list[Path], writable: Path, wall: Callable[[], float] = time.time
@@ -252,6 +276,9 @@ class TrustStore:
         self._cache: dict[Path, tuple[Stamp, Grants]] = {}
         self._warned: dict[Path, Stamp] = {}
         self._lock = threading.Lock()
+        # Introducer key -> the keys it announced last. Replaced, never changed in place: the
+        # folders' threads read it without the lock.
+        self._introduced: dict[bytes, frozenset[bytes]] = {}
 
     def _load(self, path: Path) -> Grants:
         try:
@@ -281,7 +308,8 @@ class TrustStore:
         except OSError:
             return {}
         grants: dict[bytes, tuple[Grant, ...]] = {}
-        for grant in filter(None, map(parse_grant, text.splitlines())):
+        ours = path == self._writable
+        for grant in filter(None, (parse_grant(line, ours) for line in text.splitlines())):
             grants[grant.key.blob] = (*grants.get(grant.key.blob, ()), grant)
         self._cache[path] = (stamp, grants)
         return grants
@@ -303,34 +331,87 @@ class TrustStore:
         return tuple(stamps)
 
     def is_trusted(self, blob: bytes, address: str) -> bool:
-        """Whether some line lets a peer at IP `address` sync with this key, as files are now."""
+        """Whether a peer at IP `address` may sync with this key: as the lines that list it
+        say, else if an introducer announces it."""
         when = self._wall()
-        return any(g.allows(address, when) for g in self._grants(blob))
+        grants = self._grants(blob)
+        if grants:
+            return any(g.allows(address, when) for g in grants)
+        # An introduced node is trusted wherever it is (its introducer's from= says where the
+        # introducer may connect from, not the others); Syncthing adds them as dynamic too.
+        return bool(self.introducers_of(blob))
 
     def knows(self, blob: bytes) -> bool:
-        """Whether an unexpired line trusts this key, whatever its `from=`: for records relayed."""
-        when = self._wall()
-        return any(g.current(when) for g in self._grants(blob))
+        """Whether this key is trusted, whatever a line's `from=`: for records relayed."""
+        grants = self._grants(blob)
+        if grants:
+            when = self._wall()
+            return any(g.current(when) for g in grants)
+        return bool(self.introducers_of(blob))
 
-    def known_keys(self) -> list[bytes]:
-        """Every key an unexpired line trusts, whatever its `from=`: to find a key by its ID."""
+    def known_keys(self, *, introduced: bool = True) -> list[bytes]:
+        """Every key an unexpired line trusts, whatever its `from=`, and those introduced (if
+        `introduced`: without them, the keys this node may introduce to others)."""
         when = self._wall()
         with self._lock:
-            return list(dict.fromkeys(
-                blob for path in self._paths for blob, grants in self._load(path).items()
-                if any(g.current(when) for g in grants)))
+            lines: dict[bytes, list[Grant]] = {}
+            for path in self._paths:
+                for blob, grants in self._load(path).items():
+                    lines.setdefault(blob, []).extend(grants)
+        found = [b for b, grants in lines.items() if any(g.current(when) for g in grants)]
+        if introduced:
+            found += [b for introducer, keys in self._introduced.items()
+                      if self.is_introducer(introducer) for b in keys if b not in lines]
+        return list(dict.fromkeys(found))
 
-    def add(self, key: PublicKey) -> bool:
-        """Append key to the writable file; False if a line trusts it already, without limits."""
+    def is_introducer(self, blob: bytes) -> bool:
+        """Whether an unexpired line of trusted_keys marks this key `meshsync-introducer`.
+
+        Only lines count, never an introduction: an introduced node introduces no one.
+        """
+        when = self._wall()
+        return any(g.introducer and g.current(when) for g in self._grants(blob))
+
+    def introducers_of(self, blob: bytes) -> list[bytes]:
+        """The introducers whose word alone trusts this key, lowest ID first; none for a key a
+        line lists (the user's own lines, narrowed or expired, decide it)."""
+        introducers = self._introduced  # one read: see __init__
+        announcing = [i for i, keys in introducers.items() if blob in keys]
+        if not announcing or self._grants(blob):
+            return []
+        return sorted((i for i in announcing if self.is_introducer(i)), key=NodeId.of_key)
+
+    def introduce(self, introducer: bytes, keys: Iterable[bytes]) -> frozenset[bytes]:
+        """Take the keys a peer announces now: trusted while it announces them, if it is an
+        introducer (else nothing it said counts). The keys it announces newly or no longer."""
+        before = self._introduced.get(introducer, frozenset())
+        now: frozenset[bytes] = frozenset()
+        if self.is_introducer(introducer):
+            wanted = list(dict.fromkeys(keys))[:MAX_MEMBER_KEYS]
+            now = frozenset(k for k in wanted if k in before or _usable(k))
+        if now == before:
+            return frozenset()
+        introduced = {i: k for i, k in self._introduced.items() if i != introducer}
+        if now:
+            introduced[introducer] = now
+        self._introduced = introduced
+        return before ^ now
+
+    def add(self, key: PublicKey, *, introducer: bool = False) -> bool:
+        """Append key to the writable file, marked introducer if asked; False if a line trusts
+        it already, without limits (and marks it, if asked)."""
         with self._lock:
             for path in self._paths:
                 grants = self._load(path).get(key.blob, ())
-                if any(g.sources is None and g.expires is None for g in grants):
+                if any(g.sources is None and g.expires is None
+                       and (g.introducer or not introducer)
+                       for g in grants):
                     return False
             self._writable.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(self._writable, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             with os.fdopen(fd, "r+b") as f:
                 # A hand-edited file may lack a final newline; don't glue our key onto its last.
                 glue = b"\n" if f.read()[-1:] not in (b"", b"\n") else b""
-                f.write(glue + key.line.encode() + b"\n")
+                mark = f"{INTRODUCER} " if introducer else ""
+                f.write(glue + (mark + key.line).encode() + b"\n")
         return True

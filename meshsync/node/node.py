@@ -18,12 +18,14 @@ from meshsync.control.protocol import ControlError
 from meshsync.core import election as el
 from meshsync.core.errors import Refused, WireError
 from meshsync.core.ids import NodeId
+from meshsync.core.keyblob import MAX_KEY_BYTES
 from meshsync.core.membership import Peer, Roster, clock_fix
 from meshsync.core.paths import RelPath, check_path
 from meshsync.core.signing import MAX_OFFSET
 from meshsync.core.throttle import Throttle, shown
 from meshsync.core.wire import (
     MAX_MEMBER_ADDRESSES,
+    MAX_MEMBER_KEYS,
     BlockRequest,
     Hello,
     IndexRequest,
@@ -70,6 +72,9 @@ MAX_ORIGINS = 64  # untrusted origins of records remembered, so they can be trus
 MAX_RELAYS = 8  # notices the coordinator is passing on at once; more wait for catch-up
 GOODBYE_EVERY = 1.0  # mDNS goodbyes are unauthenticated: at most one round of checks a second
 SETTLE_TIMEOUT = 10.0
+# Seconds after start before our hellos name members' keys: a list made before we have heard
+# them all would withdraw the others from each node that made us its introducer.
+KEYS_AFTER = 10.0
 
 
 class AlreadyRunning(Exception):
@@ -124,7 +129,8 @@ class Node:
         return sshsig.verify(signature, message)
 
     def is_trusted(self, public_blob: bytes, address: str) -> bool:
-        """Whether the user trusts this key from this IP (authorized_keys or trusted_keys)."""
+        """Whether the user trusts this key from this IP (authorized_keys or trusted_keys), or
+        an introducer of theirs does."""
         return self._trust.is_trusted(public_blob, address)
 
     def vouched_key(self, certificate: bytes) -> bytes:
@@ -418,6 +424,8 @@ class Node:
         )
         if new:
             log.info("peer found: %s (%s) at %s, trusted", peer.id, shown(peer.name), address)
+        if hello.member_keys is not None:
+            self._take_introductions(key, hello.member_keys)
         now = self._clock.now()
         if self._stop.is_set():
             pass  # on our way out we take no part in elections, or we could win one and vanish
@@ -441,6 +449,24 @@ class Node:
         ):
             log.info("peer %s (%s) shares no folder with this node", peer.id, shown(peer.name))
         return peer
+
+    def _take_introductions(self, key: bytes, announced: tuple[bytes, ...]) -> None:
+        """Trust what a peer we marked introducer announces, and only while it announces it."""
+        changed = self._trust.introduce(key, announced)
+        if not changed:
+            return  # the steady state, and anything a peer not marked introducer announces
+        for peer in self._roster:
+            if peer.key in changed:
+                trusted = (self._trust.is_trusted(peer.key, _host(peer.address))
+                           if peer.address else self._trust.knows(peer.key))
+                self._roster.update(peer.key, trusted=trusted)
+        peer = self._roster.get(NodeId.of_key(key))
+        if peer is not None and self._throttle.allow((peer.id, "introduces"), self._clock.wall()):
+            added = len(changed & set(announced))
+            log.info("introducer %s (%s) announces %d keys more, %d fewer", peer.id,
+                     shown(peer.name), added, len(changed) - added)
+        self._trust_changed()
+        self._wake.set()
 
     # -- sync: what folders ask of the mesh, and what peers ask of folders -----------------------
     def _online_members(self, folder: str) -> list[Peer]:
@@ -551,6 +577,7 @@ class Node:
             leaving=leaving,
             hears_coordinator=self._election.hears_coordinator(self.id, self._clock.now()),
             members=() if leaving or to is None else self._member_addresses(to),
+            member_keys=None if leaving or to is None else self._member_keys(to),
         )
 
     def _member_addresses(self, to: NodeId) -> tuple[MemberAddress, ...]:
@@ -572,6 +599,25 @@ class Node:
             if len(found) == MAX_MEMBER_ADDRESSES:
                 break
         return tuple(found)
+
+    def _member_keys(self, to: NodeId) -> tuple[bytes, ...] | None:
+        """The keys of members sharing a folder with `to` that we trust on our own word (never
+        on an introducer's: introductions go one hop), by ID: trusted by `to` too if it made
+        us its introducer. Public keys only, and only to a peer we trust; None (no word on
+        keys) for KEYS_AFTER after start."""
+        recipient = self._roster.get(to)
+        if self._clock.now() - self._election.started < KEYS_AFTER:
+            return None
+        if recipient is None:
+            return ()
+        shared = recipient.folders & self.config.folder_ids
+        found = [p for p in sorted(self._roster, key=lambda p: p.id)
+                 if p.id != to and p.folders & shared and p.is_member(self.config.folder_ids)
+                 and len(p.key) <= MAX_KEY_BYTES]
+        if not found:
+            return ()
+        listed = set(self._trust.known_keys(introduced=False))
+        return tuple(p.key for p in found if p.key in listed)[:MAX_MEMBER_KEYS]
 
     async def _say_goodbye(self, client: PeerClient) -> None:
         hello = self._hello()
@@ -704,7 +750,7 @@ class Node:
                             f"within {SETTLE_TIMEOUT:.0f} s") from None
                 return self._election_json()
             case "trust":
-                return self._trust_keys(args.get("keys"))
+                return self._trust_keys(args.get("keys"), args.get("introducer") is True)
             case "status":
                 return await self._status_json()
             case "conflicts":
@@ -720,7 +766,7 @@ class Node:
                 return {"stopping": True}
         raise ControlError(f"unknown command {command!r}")
 
-    def _trust_keys(self, texts: object) -> dict[str, list[str]]:
+    def _trust_keys(self, texts: object, introducer: bool = False) -> dict[str, Any]:
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise ControlError("trust wants one or more key lines or peer IDs")
         keys: list[PublicKey] = []
@@ -736,15 +782,19 @@ class Node:
         added: list[str] = []
         already: list[str] = []
         for key in keys:
-            (added if self._trust.add(key) else already).append(str(NodeId.of_key(key.blob)))
+            (added if self._trust.add(key, introducer=introducer) else already).append(
+                str(NodeId.of_key(key.blob)))
             if key.blob in {p.key for p in self._roster}:
                 self._roster.update(key.blob, trusted=True)
         for peer_id in added:
-            log.info("trusted %s", peer_id)
+            log.info("trusted %s%s", peer_id, " as introducer" if introducer else "")
         if added:
             self._trust_changed()
         self._wake.set()
-        return {"added": added, "already": already}
+        result: dict[str, Any] = {"added": added, "already": already}
+        if introducer:
+            result["introducer"] = True  # absent otherwise, as before the option
+        return result
 
     def _trust_changed(self) -> None:
         """Versions held back for their origin may be taken now."""
@@ -771,6 +821,7 @@ class Node:
             "role": "coordinator" if coordinator == self.id else "member",
             "state": "online", "self": True, "last_seen": self._clock.wall(),
             "folders": sorted(self.config.folder_ids), "clock_offset": 0.0,
+            "via_introducer": None,
         }]
         for peer in sorted(self._roster, key=lambda p: p.id):
             member = peer.is_member(self.config.folder_ids)
@@ -781,6 +832,8 @@ class Node:
                 "state": peer.state(self._election.is_up(peer.id)),
                 "self": False, "last_seen": peer.last_seen, "folders": sorted(peer.folders),
                 "clock_offset": None if peer.clock_offset is None else round(peer.clock_offset, 1),
+                "via_introducer": next(
+                    (str(NodeId.of_key(k)) for k in self._trust.introducers_of(peer.key)), None),
             }
             if row["state"] == "untrusted":
                 row["trust_command"] = f"meshsync trust {peer.id}"

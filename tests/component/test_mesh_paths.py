@@ -1,5 +1,6 @@
 """How members reach one another when not every pair can: the addresses members pass on in
-their hellos, and news bridged across a cut link by the member in the middle.
+their hellos, news bridged across a cut link by the member in the middle, and the keys an
+introducer passes on.
 
 A real Node (not started), fed hellos and notices the way the server and client feed them,
 with a fake peer client; addresses are on this host's own networks.
@@ -18,11 +19,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from meshsync.core.ids import NodeId
 from meshsync.core.wire import FolderId, Hello, MemberAddress, Records
+from meshsync.crypto import sshsig
 from meshsync.crypto.keys import KeySigner, public_key_line
-from meshsync.crypto.trust import TrustStore
+from meshsync.crypto.trust import INTRODUCER, TrustStore
 from meshsync.net.discovery import own_networks
 from meshsync.node.config import Config, Folder
-from meshsync.node.node import Node
+from meshsync.node.judge import Origin
+from meshsync.node.node import KEYS_AFTER, Node
 
 DOCS = FolderId("docs")
 
@@ -72,11 +75,13 @@ class Mesh:
 
     def hello(self, name: str, address: str, term: int = 0, coordinator: str | None = None,
               hears: bool = False, members: tuple[MemberAddress, ...] = (),
-              folders: frozenset[FolderId] = frozenset({DOCS})) -> None:
+              folders: frozenset[FolderId] = frozenset({DOCS}),
+              keys: tuple[str, ...] | None = None, leaving: bool = False) -> None:
         """A hello from `name` answered at `address`: it trusts us."""
         hello = Hello(name, int(address.rpartition(":")[2]), folders, term,
-                      self.keys[coordinator].id if coordinator else None,
-                      hears_coordinator=hears, members=members)
+                      self.keys[coordinator].id if coordinator else None, leaving=leaving,
+                      hears_coordinator=hears, members=members,
+                      member_keys=None if keys is None else tuple(self.keys[k].blob for k in keys))
         self.node._heard(self.keys[name].blob, hello, address, trusts_us=True)
 
     def at(self, name: str, address: str) -> MemberAddress:
@@ -169,13 +174,18 @@ def test_our_hello_tells_a_member_where_the_others_listen_but_never_of_itself_or
 
 @dataclass
 class FakeSync:
-    """A folder that finds every notice news."""
+    """A folder that finds every notice news, and counts the times trust changed."""
+
+    trust_changes: int = 0
 
     def __post_init__(self) -> None:
         self.catch_up_wake = asyncio.Event()
 
     def retry_now(self) -> None:
         pass
+
+    def trust_changed(self) -> None:
+        self.trust_changes += 1
 
     async def take(self, source: str, records: Any) -> list[Any]:
         return list(records)
@@ -243,3 +253,134 @@ async def test_the_coordinator_passes_news_on_to_every_other_member(
     assert mesh.node._election.coordinator == mesh.keys["x"].id
     assert await relayed(mesh, "c") == ["a"]
     assert await relayed(mesh, "a") == ["c"]
+
+
+# -- keys an introducer passes on ------------------------------------------------------------------
+
+B, D = "192.0.2.2:22300", "192.0.2.4:22300"
+
+
+@dataclass
+class Introduced:
+    """Our node with `b` marked introducer, and `d`: a node none of our lines trusts."""
+
+    mesh: Mesh
+    d: KeySigner
+    folder: FakeSync
+
+    def mark(self, introducer: bool = True) -> None:
+        line = public_key_line(self.mesh.keys["b"].blob, "b")
+        trusted_keys = self.mesh.node.config.state / "trusted_keys"
+        trusted_keys.write_text(f"{INTRODUCER} {line}\n" if introducer else f"{line}\n")
+
+    def origin(self) -> Origin:
+        """What our node makes of a record `d` signed: trusted, or held back."""
+        message = b"a record d made"
+        signature = sshsig.sign(self.d, message)
+        return self.mesh.node.check_origin(NodeId.of_key(self.d.public_blob).key, signature,
+                                           message)
+
+    def row(self) -> dict[str, Any]:
+        d = str(NodeId.of_key(self.d.public_blob))
+        return next(r for r in self.mesh.node._peers_json() if r["id"] == d)
+
+
+@pytest.fixture
+def introduced(mesh: Mesh) -> Introduced:
+    d = KeySigner(Ed25519PrivateKey.generate())
+    mesh.keys["d"] = Key(d.public_blob)
+    mesh.node.config.state.mkdir(mode=0o700)
+    folder = FakeSync()
+    mesh.node._folders = {DOCS: folder}  # type: ignore[dict-item]
+    # d was found before anyone vouched for it: a stranger, as mDNS would have listed it.
+    mesh.node._remember_stranger(d.public_blob, D, address=D)
+    found = Introduced(mesh, d, folder)
+    found.mark()
+    return found
+
+
+def test_keys_a_marked_introducer_announces_are_trusted_and_release_what_was_held_back(
+    introduced: Introduced,
+) -> None:
+    mesh, node = introduced.mesh, introduced.mesh.node
+    assert introduced.origin() is Origin.UNTRUSTED
+    mesh.hello("b", B, keys=("d", "y"))
+    assert introduced.folder.trust_changes == 1  # held-back versions are looked at again
+    assert introduced.origin() is Origin.TRUSTED
+    assert node.is_trusted(introduced.d.public_blob, "198.51.100.9")  # wherever it is
+    row = introduced.row()
+    assert row["state"] != "untrusted"
+    assert row["via_introducer"] == str(mesh.keys["b"].id)
+    assert "trust_command" not in row
+    by_id = {r["id"]: r["via_introducer"] for r in node._peers_json()}
+    assert by_id[str(mesh.keys["b"].id)] is None  # trusted on our own word
+    mesh.hello("b", B, keys=("y", "d"))
+    assert introduced.folder.trust_changes == 1  # the same word again changes nothing
+
+
+def test_keys_announced_by_a_peer_not_marked_introducer_are_ignored(
+    introduced: Introduced,
+) -> None:
+    introduced.mesh.hello("a", "192.0.2.3:22300", keys=("d",))  # trusted, not an introducer
+    assert introduced.folder.trust_changes == 0
+    assert introduced.origin() is Origin.UNTRUSTED
+    assert introduced.row()["state"] == "untrusted"
+
+
+def test_an_introducers_next_hello_without_a_key_withdraws_it(introduced: Introduced) -> None:
+    mesh = introduced.mesh
+    mesh.hello("b", B, keys=("d",))
+    mesh.hello("b", B, leaving=True)  # a goodbye says nothing of keys: what it said holds
+    assert introduced.origin() is Origin.TRUSTED
+    mesh.hello("b", B, keys=("y",))
+    assert introduced.folder.trust_changes == 2
+    assert introduced.origin() is Origin.UNTRUSTED
+    assert not mesh.node.is_trusted(introduced.d.public_blob, "192.0.2.4")
+    row = introduced.row()
+    assert (row["state"], row["via_introducer"]) == ("untrusted", None)
+
+
+def test_introduced_keys_are_withdrawn_when_the_introducer_mark_goes(
+    introduced: Introduced,
+) -> None:
+    mesh, node = introduced.mesh, introduced.mesh.node
+    mesh.hello("b", B, keys=("d",))
+    introduced.mark(introducer=False)  # `b` stays trusted, as a plain member
+    assert node._trust.stamp() != node._trust_stamp  # the next heartbeat calls _trust_changed
+    assert introduced.origin() is Origin.UNTRUSTED
+    assert not node.is_trusted(introduced.d.public_blob, "192.0.2.4")
+    assert introduced.row()["via_introducer"] is None
+    mesh.hello("b", B, keys=("d",))
+    assert introduced.origin() is Origin.UNTRUSTED
+
+
+def test_an_introduced_member_is_dialled_where_the_introducer_says_it_listens(
+    introduced: Introduced, lan: ipaddress.IPv4Network
+) -> None:
+    mesh = introduced.mesh
+    d = f"{lan[40]}:22300"  # not where we once found it: only b's word says it is there
+    mesh.hello("b", f"{lan[2]}:22300", keys=("d",), members=(mesh.at("d", d),))
+    assert mesh.hinted() == {d: str(mesh.keys["d"].id)}
+
+
+def test_our_hello_tells_a_member_the_keys_we_trust_of_those_sharing_its_folders(
+    introduced: Introduced,
+) -> None:
+    mesh, node = introduced.mesh, introduced.mesh.node
+    mesh.hello("b", B, keys=("d",))
+    mesh.hello("d", D)  # a member now, but on b's word only
+    mesh.hello("y", "192.0.2.20:22300")
+    mesh.hello("c", "192.0.2.5:22300")
+    mesh.hello("a", "192.0.2.3:22300", folders=frozenset({FolderId("music")}))
+    keys = mesh.keys
+    assert node._hello(keys["d"].id).member_keys is None  # just started: we may not know all
+    mesh.clock.t += KEYS_AFTER
+    expected = tuple(sorted((keys[n] for n in ("b", "c", "y")), key=lambda k: k.id))
+    assert node._hello(keys["d"].id).member_keys == tuple(k.blob for k in expected)
+    # Never the recipient itself, nor a key we trust only on an introducer's word: one hop.
+    to_y = [k for k in expected if k != keys["y"]]
+    assert node._hello(keys["y"].id).member_keys == tuple(k.blob for k in to_y)
+    assert node._hello(keys["a"].id).member_keys == ()  # no folder of ours is shared with it
+    assert node._hello().member_keys is None
+    node._stop.set()
+    assert node._hello(keys["y"].id).member_keys is None  # a goodbye

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import re
@@ -19,7 +20,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from meshsync.core.ids import NodeId
+from meshsync.core.keyblob import check_key
 from meshsync.crypto.trust import (
+    INTRODUCER,
     PublicKey,
     TrustStore,
     matches,
@@ -499,3 +503,182 @@ def test_a_fifo_is_ignored_without_blocking(
     assert answer == [False]
     [warning] = warnings_of(caplog)
     assert "not a regular file" in warning
+
+
+# -- introducers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_files(tmp_path: Path) -> tuple[Path, Path]:
+    """authorized_keys and the state directory's trusted_keys, empty."""
+    for name in ("ssh", "state"):
+        (tmp_path / name).mkdir(mode=0o700)
+    files = tmp_path / "ssh" / "authorized_keys", tmp_path / "state" / "trusted_keys"
+    for path in files:
+        path.write_text("")
+    return files
+
+
+def marked(line: str, options: str = "") -> str:
+    return f"{options}{',' if options else ''}{INTRODUCER} {line}\n"
+
+
+def test_the_introducer_mark_is_read_in_trusted_keys_only(
+    two_files: tuple[Path, Path], lines: list[str]
+) -> None:
+    grant = parse_grant(f'no-pty,from="10.0.0.1",{INTRODUCER} {lines[0]}', ours=True)
+    assert grant is not None
+    assert grant.introducer
+    assert grant.allows("10.0.0.1", 0.0)
+    assert not grant.allows("10.0.0.2", 0.0)
+    plain = parse_grant(lines[0], ours=True)
+    assert plain is not None
+    assert not plain.introducer
+    # sshd refuses a line with an option it does not know: in authorized_keys, so do we.
+    assert parse_grant(marked(lines[0])) is None
+    assert parse_key_line(marked(lines[0])) is None  # `meshsync trust` takes bare lines
+    assert parse_grant(f'{INTRODUCER}="yes" {lines[0]}', ours=True) is None
+    assert parse_grant(marked(lines[0], 'command="x"'), ours=True) is None
+    authorized, trusted = two_files
+    authorized.write_text(marked(lines[0]))
+    trusted.write_text(marked(lines[1]))
+    store = TrustStore([authorized], trusted)
+    a, b = blob_of(lines[0]), blob_of(lines[1])
+    assert not store.knows(a)
+    assert not store.is_introducer(a)
+    assert store.is_trusted(b, "10.0.0.1")
+    assert store.is_introducer(b)
+
+
+def test_keys_an_introducer_announces_are_trusted_from_anywhere_while_it_announces_them(
+    two_files: tuple[Path, Path], lines: list[str]
+) -> None:
+    authorized, trusted = two_files
+    a, b, c, d = map(blob_of, lines)
+    trusted.write_text(marked(lines[0], 'from="10.0.0.1"'))
+    store = TrustStore([authorized], trusted)
+    assert not store.knows(b)
+    assert store.introduce(a, [b, c, b]) == {b, c}
+    # Its from= says where the introducer may connect from, not where the others are.
+    for key in (b, c):
+        assert store.is_trusted(key, "192.0.2.9")
+        assert store.knows(key)
+        assert store.introducers_of(key) == [a]
+    assert set(store.known_keys()) == {a, b, c}
+    assert store.known_keys(introduced=False) == [a]
+    assert store.introduce(a, [c, b]) == set()  # the same again: nothing changed
+    assert store.introduce(a, [b, d]) == {c, d}  # its next word withdraws c
+    assert not store.knows(c)
+    assert store.is_trusted(d, "10.0.0.9")
+    assert store.introduce(a, []) == {b, d}
+    assert not store.knows(b)
+    assert set(store.known_keys()) == {a}
+
+
+def test_what_a_peer_not_marked_introducer_announces_is_ignored_and_goes_one_hop_only(
+    two_files: tuple[Path, Path], lines: list[str]
+) -> None:
+    authorized, trusted = two_files
+    a, b, c, d = map(blob_of, lines)
+    authorized.write_text(lines[0] + "\n")
+    trusted.write_text(marked(lines[1]))
+    store = TrustStore([authorized], trusted)
+    assert store.introduce(a, [c]) == set()  # trusted, but not marked introducer
+    assert not store.knows(c)
+    assert store.introduce(b, [c]) == {c}
+    assert store.introduce(c, [d]) == set()  # introduced, so it introduces no one
+    assert not store.is_introducer(c)
+    assert not store.knows(d)
+
+
+def test_introductions_end_when_the_mark_goes_or_the_introducers_line_expires(
+    two_files: tuple[Path, Path], lines: list[str]
+) -> None:
+    authorized, trusted = two_files
+    a, b = blob_of(lines[0]), blob_of(lines[1])
+    trusted.write_text(marked(lines[0]))
+    store = TrustStore([authorized], trusted)
+    store.introduce(a, [b])
+    trusted.write_text(lines[0] + "\n")  # still trusted, no longer an introducer
+    assert not store.is_introducer(a)
+    assert not store.is_trusted(b, "10.0.0.1")
+    assert store.introduce(a, [b]) == {b}  # what it said before is forgotten
+    trusted.write_text(marked(lines[0]))
+    assert not store.knows(b)  # marked again: its next word counts, not its last
+    end = datetime(2030, 6, 1).timestamp()
+    trusted.write_text(marked(lines[0], 'expiry-time="20300601"'))
+    now = [end - 1]
+    store = TrustStore([authorized], trusted, lambda: now[0])
+    store.introduce(a, [b])
+    assert store.knows(b)
+    now[0] = end + 1
+    assert not store.knows(b)
+    assert not store.is_introducer(a)
+
+
+def test_an_introducer_neither_widens_nor_revives_what_the_users_own_lines_say(
+    two_files: tuple[Path, Path], lines: list[str]
+) -> None:
+    authorized, trusted = two_files
+    a, b, c, d = map(blob_of, lines)
+    authorized.write_text(f'from="10.0.0.5" {lines[1]}\nexpiry-time="20000101" {lines[2]}\n')
+    trusted.write_text(marked(lines[0]))
+    store = TrustStore([authorized], trusted)
+    store.introduce(a, [b, c, d])
+    assert store.is_trusted(b, "10.0.0.5")
+    assert not store.is_trusted(b, "10.0.0.6")
+    assert not store.knows(c)
+    assert store.is_trusted(d, "10.0.0.6")
+    assert store.introducers_of(b) == store.introducers_of(c) == []
+    assert store.introducers_of(d) == [a]
+
+
+def test_a_key_is_trusted_while_any_of_its_introducers_announces_it(
+    two_files: tuple[Path, Path], lines: list[str]
+) -> None:
+    authorized, trusted = two_files
+    a, b, c = map(blob_of, lines[:3])
+    trusted.write_text(marked(lines[0]) + marked(lines[1]))
+    store = TrustStore([authorized], trusted)
+    store.introduce(a, [c])
+    store.introduce(b, [c])
+    assert store.introducers_of(c) == sorted([a, b], key=NodeId.of_key)
+    store.introduce(a, [])
+    assert store.introducers_of(c) == [b]
+    assert store.knows(c)
+
+
+def test_an_announced_key_the_crypto_layer_refuses_is_not_trusted(
+    two_files: tuple[Path, Path], lines: list[str]
+) -> None:
+    authorized, trusted = two_files
+    a, b = blob_of(lines[0]), blob_of(lines[1])
+    trusted.write_text(marked(lines[0]))
+    store = TrustStore([authorized], trusted)
+    off_curve = (b"\0\0\0\x13ecdsa-sha2-nistp256\0\0\0\x08nistp256\0\0\0\x41\x04"
+                 + b"\x22" * 64)
+    assert check_key(base64.b64encode(off_curve).decode()) == off_curve  # its shape is right
+    assert store.introduce(a, [off_curve, b]) == {b}
+    assert not store.knows(off_curve)
+
+
+def test_the_wire_takes_every_key_the_crypto_layer_does(lines: list[str]) -> None:
+    for line in lines:
+        blob = blob_of(line)
+        assert check_key(base64.b64encode(blob).decode()) == blob
+
+
+def test_add_marks_an_introducer(two_files: tuple[Path, Path], lines: list[str]) -> None:
+    authorized, trusted = two_files
+    a, b = (parse_key_line(line) for line in lines[:2])
+    assert a is not None
+    assert b is not None
+    authorized.write_text(lines[0] + "\n")
+    store = TrustStore([authorized], trusted)
+    assert store.add(a, introducer=True)  # trusted already, but not as introducer
+    assert store.add(b, introducer=True)
+    assert trusted.read_text() == marked(lines[0]) + marked(lines[1])
+    assert store.is_introducer(a.blob)
+    assert store.is_introducer(b.blob)
+    assert not store.add(a, introducer=True)
+    assert not store.add(b)

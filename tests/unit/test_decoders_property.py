@@ -7,6 +7,7 @@ is accepted stays valid for the node's own next step (storing, signing, bumping)
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import ipaddress
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from meshsync.core.errors import AuthError, WireError
 from meshsync.core.fields import check_digest, check_int
 from meshsync.core.ids import NodeId
+from meshsync.core.keyblob import MAX_KEY_BYTES, check_key
 from meshsync.core.paths import MARKER, MAX_NAME_BYTES, MAX_PATH_BYTES, TEMP_PREFIX, check_path
 from meshsync.core.records import BLOCK_SIZE, MAX_SIZE, MAX_TARGET, FileRecord, Kind
 from meshsync.core.signing import MAX_OFFSET, ReplayGuard, RequestHead
@@ -33,6 +35,7 @@ from meshsync.core.wire import (
     MAX_FOLDERS,
     MAX_HELLO_BYTES,
     MAX_MEMBER_ADDRESSES,
+    MAX_MEMBER_KEYS,
     MAX_NAME,
     MAX_SEQ,
     BlockRequest,
@@ -349,6 +352,42 @@ def most_members(draw: st.DrawFn) -> tuple[MemberAddress, ...]:
     return Tuple(MemberAddress(i, LONGEST_ADDRESS) for i in ids)
 
 
+def ssh_string(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def mpint(n: int) -> bytes:
+    return ssh_string(n.to_bytes((n.bit_length() + 8) // 8, "big"))
+
+
+CURVES = {b"nistp256": 32, b"nistp384": 48, b"nistp521": 66}
+ED25519_KEYS = st.builds(lambda k: ssh_string(b"ssh-ed25519") + ssh_string(k),
+                         st.binary(min_size=32, max_size=32))
+ECDSA_KEYS = st.sampled_from(sorted(CURVES)).flatmap(lambda c: st.builds(
+    lambda xy: ssh_string(b"ecdsa-sha2-" + c) + ssh_string(c) + ssh_string(b"\x04" + xy),
+    st.binary(min_size=2 * CURVES[c], max_size=2 * CURVES[c])))
+RSA_EXPONENTS = st.integers(1, 2**31 - 1).map(lambda n: 2 * n + 1) | st.sampled_from(
+    [3, 65537, 2**32 - 1])
+RSA_KEYS = st.builds(lambda e, n: ssh_string(b"ssh-rsa") + mpint(e) + mpint(n),
+                     RSA_EXPONENTS, st.integers(2**1023, 2**8192 - 1))
+# Keys as the node announces them: every one passed the crypto layer, and fits MAX_KEY_BYTES.
+ACCEPTED_KEY_BLOBS = (ED25519_KEYS | ECDSA_KEYS | RSA_KEYS).filter(
+    lambda b: len(b) <= MAX_KEY_BYTES)
+KEY_BLOBS = ACCEPTED_KEY_BLOBS | st.binary(max_size=80) | st.builds(
+    lambda e, n: ssh_string(b"ssh-rsa") + mpint(e) + mpint(n),
+    st.integers(0, 2**33), st.integers(0, 2**8200)) | st.sampled_from(
+    [b"", b"\0" * 4, ssh_string(b"ssh-ed25519"), ssh_string(b"ssh-ed25519") + b"\xff" * 4])
+LARGEST_KEY = ssh_string(b"ssh-rsa") + mpint(2**32 - 1) + mpint(2**8192 - 1)
+
+
+@st.composite
+def most_keys(draw: st.DrawFn) -> tuple[bytes, ...]:
+    """As many member keys as a hello holds, each as large as a key in a hello may be."""
+    first = draw(st.integers(2**8191, 2**8192 - 1 - 2 * MAX_MEMBER_KEYS))
+    return Tuple(ssh_string(b"ssh-rsa") + mpint(2**32 - 1) + mpint(first + 2 * n)
+                 for n in range(MAX_MEMBER_KEYS))
+
+
 HELLOS = st.builds(
     Hello,
     name=HELLO_NAMES,
@@ -359,6 +398,8 @@ HELLOS = st.builds(
     leaving=st.booleans(),
     hears_coordinator=st.booleans(),
     members=st.lists(MEMBERS, max_size=MAX_MEMBER_ADDRESSES + 1).map(tuple) | most_members(),
+    member_keys=st.none() | st.lists(KEY_BLOBS, max_size=4).map(tuple) | most_keys()
+    | st.just(Tuple((LARGEST_KEY,) * (MAX_MEMBER_KEYS + 1))),
 )
 
 
@@ -399,16 +440,19 @@ def test_an_extreme_hello_round_trips_or_is_refused(hello: Hello) -> None:
     hears=st.booleans(),
     members=st.lists(st.builds(MemberAddress, NODE_IDS, ACCEPTED_ADDRESSES),
                      max_size=MAX_MEMBER_ADDRESSES).map(tuple) | most_members(),
+    keys=st.none() | st.lists(ACCEPTED_KEY_BLOBS, max_size=4).map(tuple) | most_keys(),
 )
 def test_a_hello_made_of_accepted_parts_is_accepted(
     name: str, folders: frozenset[FolderId], port: int, term: int, coordinator: NodeId | None,
-    hears: bool, members: tuple[MemberAddress, ...],
+    hears: bool, members: tuple[MemberAddress, ...], keys: tuple[bytes, ...] | None,
 ) -> None:
     # The node's own hello: every folder ID passed check_folder_id when the config was read,
-    # and every member address check_address when the hello was made.
+    # every member address check_address when the hello was made, and every key the crypto
+    # layer (the node announces no key over MAX_KEY_BYTES). The largest of each fits together.
     assert all(check_folder_id(f) == f for f in folders)
     assert all(check_address(m.address) == m.address for m in members)
-    hello = Hello(name, port, folders, term, coordinator, False, hears, members)
+    hello = Hello(name, port, folders, term, coordinator, False, hears, members, keys)
+    assert len(hello.to_json()) <= MAX_HELLO_BYTES
     assert Hello.from_json(hello.to_json()) == hello
 
 
@@ -737,6 +781,15 @@ def test_a_node_id_parses_to_its_only_spelling_or_a_value_error(text: Any) -> No
     if node is not None:
         assert str(node) == text
         assert NodeId.parse(str(node)) == node
+
+
+@given(JSON_VALUES | KEY_BLOBS.map(lambda b: base64.b64encode(b).decode())
+       | damaged_text(ACCEPTED_KEY_BLOBS.map(lambda b: base64.b64encode(b).decode())))
+def test_a_key_from_any_text_is_a_blob_of_its_one_spelling_or_a_wire_error(text: Any) -> None:
+    blob = decoded(check_key, text)
+    if blob is not None:
+        assert base64.b64encode(blob).decode() == text
+        assert len(blob) <= MAX_KEY_BYTES
 
 
 # -- signed request heads and the replay guard ----------------------------------------------------

@@ -71,3 +71,17 @@ def test_peers_shows_the_fix_under_the_table_for_a_peer_refused_for_its_clock() 
         "  abcdefgh: the clocks differ by 21 min: set both to network time (timedatectl "
         "set-ntp true)",
     ]
+
+
+def test_peers_marks_a_peer_trusted_on_an_introducers_word_and_names_the_introducer() -> None:
+    row = {"address": "10.0.0.7:22300", "role": "member", "state": "online", "self": False,
+           "last_seen": None, "clock_offset": None, "via_introducer": None}
+    rows = [row | {"id": "SHA256:serverabcd", "name": "server"},
+            row | {"id": "SHA256:laptopabcd", "name": "laptop",
+                   "via_introducer": "SHA256:serverabcd"}]
+    lines = render.peers(rows).splitlines()
+    assert lines[2].startswith("laptopab+  laptop")
+    assert lines[-2:] == ["+ trusted on an introducer's word:",
+                          "  laptopab: via introducer SHA256:serverabcd (server)"]
+    assert render.trusted({"added": ["SHA256:x"], "already": [], "introducer": True}) == (
+        "trusted SHA256:x as introducer: the members it trusts are trusted here too")

@@ -1,17 +1,21 @@
 """Hello messages: what a peer may send, and a clear WireError for anything else."""
 
+import base64
 import json
 import random
+import struct
 from typing import Any
 
 import pytest
 
 from meshsync.core.errors import WireError
 from meshsync.core.ids import NodeId
+from meshsync.core.keyblob import MAX_KEY_BYTES
 from meshsync.core.wire import (
     MAX_FOLDERS,
     MAX_HELLO_BYTES,
     MAX_MEMBER_ADDRESSES,
+    MAX_MEMBER_KEYS,
     MAX_NAME,
     FolderId,
     Hello,
@@ -311,6 +315,127 @@ def test_member_addresses_as_nodes_write_them_are_taken(address: str) -> None:
         MemberAddress(MEMBER, address),)
 
 
+# -- member keys -----------------------------------------------------------------------------------
+
+def ssh_string(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def mpint(n: int) -> bytes:
+    return ssh_string(n.to_bytes((n.bit_length() + 8) // 8, "big"))
+
+
+def rsa(bits: int = 2048, e: int = 65537) -> bytes:
+    return ssh_string(b"ssh-rsa") + mpint(e) + mpint((1 << (bits - 1)) | 0xABCDEF)
+
+
+def ecdsa(curve: bytes = b"nistp256", point: bytes = b"\x04" + b"\x22" * 64) -> bytes:
+    return ssh_string(b"ecdsa-sha2-" + curve) + ssh_string(curve) + ssh_string(point)
+
+
+ED25519 = ssh_string(b"ssh-ed25519") + ssh_string(b"\x11" * 32)
+SHAPES = [ED25519, ecdsa(), ecdsa(b"nistp384", b"\x04" + b"\x33" * 96),
+          ecdsa(b"nistp521", b"\x04" + b"\x44" * 132), rsa(1024), rsa(4096, 3),
+          rsa(8192, 2**32 - 1)]
+
+
+def b64(blob: bytes) -> str:
+    return base64.b64encode(blob).decode()
+
+
+@pytest.mark.parametrize("blob", SHAPES, ids=lambda b: f"{len(b)}-bytes")
+def test_member_keys_of_every_kind_are_taken_as_blobs(blob: bytes) -> None:
+    hello = Hello.from_json(body(member_keys=[b64(blob), b64(ED25519)]))
+    assert hello.member_keys == (blob, ED25519)
+    assert Hello.from_json(hello.to_json()) == hello
+
+
+def test_the_largest_key_fits_and_the_most_member_keys_are_taken_and_one_more_is_refused() -> None:
+    assert len(rsa(8192, 2**32 - 1)) == MAX_KEY_BYTES
+    most = [b64(rsa(8192, 2**32 - 1))] * MAX_MEMBER_KEYS
+    assert len(Hello.from_json(body(member_keys=most)).member_keys) == MAX_MEMBER_KEYS
+    assert "member_keys must be a list of at most 64" in refused(body(member_keys=[*most, most[0]]))
+
+
+def test_a_hello_without_member_keys_says_nothing_of_keys_and_an_empty_list_names_none() -> None:
+    assert "member_keys" not in json.loads(body())  # as a node before introducers sends it
+    assert Hello.from_json(body()).member_keys is None
+    assert Hello.from_json(body(member_keys=None)).member_keys is None
+    assert Hello.from_json(body(member_keys=[])).member_keys == ()
+    for hello in (Hello("x", 1, frozenset(), 0, None), Hello("x", 1, frozenset(), 0, None,
+                                                              member_keys=())):
+        assert Hello.from_json(hello.to_json()) == hello
+
+
+def test_the_largest_hello_fits_its_limit() -> None:
+    name = "\U0001f389" * MAX_NAME  # twelve characters each, as JSON escapes it
+    folders = frozenset(FolderId("\x01" * 252 + f"{n:03d}") for n in range(MAX_FOLDERS))
+    longest = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+    members = tuple(MemberAddress(NodeId.of_key(bytes([n])), longest)
+                    for n in range(MAX_MEMBER_ADDRESSES))
+    keys = (rsa(8192, 2**32 - 1),) * MAX_MEMBER_KEYS
+    hello = Hello(name, 65535, folders, 2**53, COORDINATOR, False, True, members, keys)
+    assert len(hello.to_json()) <= MAX_HELLO_BYTES
+    assert Hello.from_json(hello.to_json()) == hello
+
+
+@pytest.mark.parametrize("keys", [b64(ED25519), {"a": 1}, 3, True], ids=repr)
+def test_member_keys_that_are_not_a_list_are_refused(keys: object) -> None:
+    assert "member_keys must be a list" in refused(body(member_keys=keys))
+
+
+def non_canonical(blob: bytes) -> str:
+    """The base64 of `blob` with its padding bits set: it decodes to the same blob."""
+    text = b64(blob).rstrip("=")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    spelled = text[:-1] + alphabet[alphabet.index(text[-1]) + 1]
+    assert base64.b64decode(spelled + "=" * (-len(spelled) % 4)) == blob
+    return spelled + "=" * (-len(spelled) % 4)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(42, id="number"),
+        pytest.param(None, id="null"),
+        pytest.param([b64(ED25519)], id="list"),
+        pytest.param("", id="empty"),
+        pytest.param("!!!!", id="not-base64"),
+        pytest.param(b64(ED25519)[:10] + "\n" + b64(ED25519)[10:], id="newline"),
+        pytest.param("ssh-ed25519 " + b64(ED25519), id="key-line"),
+        pytest.param(non_canonical(ecdsa()), id="non-canonical-base64"),
+        pytest.param("é" * 8, id="non-ascii"),
+        pytest.param(b64(rsa(8200, 2**32 - 1)), id="too-large"),
+        pytest.param("A" * 100_000, id="huge"),
+        pytest.param(b64(ssh_string(b"ssh-dss") + ssh_string(b"\1" * 20)), id="dsa"),
+        pytest.param(b64(ssh_string(b"ssh-ed25519\n") + ssh_string(b"\1" * 32)), id="bad-type"),
+        pytest.param(b64(ssh_string(b"ssh-ed25519") + ssh_string(b"\1" * 31)), id="ed25519-31"),
+        pytest.param(b64(ED25519 + b"\0"), id="trailing-byte"),
+        pytest.param(b64(ED25519 + ssh_string(b"")), id="extra-field"),
+        pytest.param(b64(ED25519[:-1]), id="truncated"),
+        pytest.param(b64(b"\xff\xff\xff\xff" + ED25519[4:]), id="length-overrun"),
+        pytest.param(b64(ecdsa(b"nistp256", b"\x04" + b"\x22" * 96)), id="ecdsa-point-size"),
+        pytest.param(b64(ecdsa(b"nistp256", b"\x02" + b"\x22" * 32)), id="ecdsa-compressed"),
+        pytest.param(b64(ssh_string(b"ecdsa-sha2-nistp256") + ssh_string(b"nistp384")
+                         + ssh_string(b"\x04" + b"\x22" * 64)), id="ecdsa-other-curve"),
+        pytest.param(b64(rsa(1023)), id="rsa-1023-bits"),
+        pytest.param(b64(rsa(2048, 65536)), id="rsa-even-exponent"),
+        pytest.param(b64(rsa(2048, 1)), id="rsa-exponent-1"),
+        pytest.param(b64(rsa(2048, 2**32 + 1)), id="rsa-exponent-over-2-32"),
+        pytest.param(b64(ssh_string(b"ssh-rsa") + ssh_string(b"\0\1\0\1")
+                         + rsa()[-261:]), id="rsa-padded-exponent"),
+        pytest.param(b64(ssh_string(b"ssh-rsa") + mpint(65537)
+                         + ssh_string(b"\x80" + b"\1" * 255)), id="rsa-negative-modulus"),
+        pytest.param(b64(ssh_string(b"ssh-rsa") + mpint(65537) + ssh_string(b"")), id="rsa-zero"),
+        pytest.param(b64(ssh_string(b"ssh-rsa") + mpint(65537)), id="rsa-no-modulus"),
+    ],
+)
+def test_a_member_key_that_is_not_an_ssh_key_blob_is_refused(key: object) -> None:
+    reason = refused(body(member_keys=[b64(ED25519), key]))
+    assert "key" in reason
+    assert "\n" not in reason  # one line in the log, whatever the peer sent
+
+
 NASTY: list[object] = [
     None, True, False, 0, -1, 1, 65536, 2**53 + 1, 2**64, -(2**63), 1.5, 1e308, float("nan"),
     "", ".", "..", "a/b", "a\0b", "\ud800", "\udcff", "x" * 300, "é" * 200, "\u202e", "\n",
@@ -320,7 +445,7 @@ NASTY: list[object] = [
 NASTY += [[{"id": str(MEMBER), "address": "10.0.0.2:1"}], [{"id": str(MEMBER)}], [[]] * 40,
           [{"id": str(MEMBER), "address": "010.0.0.2:1"}], {"id": str(MEMBER)}]
 KEYS = ["name", "port", "folders", "term", "coordinator", "leaving", "hears_coordinator",
-        "members", "extra"]
+        "members", "member_keys", "extra"]
 
 
 def mutate(rng: random.Random) -> bytes:
