@@ -266,16 +266,21 @@ MTIMES = st.integers(-(2**62), 2**62) | st.sampled_from([-(2**62), 0, 2**62, 2**
 def records(draw: st.DrawFn, *, paths: st.SearchStrategy[str] = PATHS,
             targets: st.SearchStrategy[str] = TARGETS,
             vectors: st.SearchStrategy[Vector] = VECTORS, mtimes: st.SearchStrategy[int] = MTIMES,
-            most_blocks: int = MAX_BLOCKS_PER_REQUEST) -> FileRecord:
-    """A record built field by field, with the extreme values each field may take."""
+            most_blocks: int = MAX_BLOCKS_PER_REQUEST, valid_author: bool = False) -> FileRecord:
+    """A record built field by field, with the extreme values each field may take (an author
+    naming its origin only unless `valid_author`)."""
     kind = draw(st.sampled_from(Kind))
     deleted = draw(st.booleans())
     count = draw(st.integers(0, most_blocks)) if kind is Kind.FILE and not deleted else 0
+    origin = draw(KEYS)
+    author = draw(st.sampled_from(["", "other"] if valid_author else ["", "other", "origin"]))
+    author = {"": "", "origin": origin}.get(author) or draw(KEYS.filter(lambda k: k != origin))
     return FileRecord(
         path=draw(paths),  # type: ignore[arg-type]
         kind=kind,
         version=draw(vectors),
-        origin=draw(KEYS),
+        origin=origin,
+        author=author,
         deleted=deleted,
         size=draw(SIZES_OF[count]),
         mode=draw(st.integers(0, 0o777)),
@@ -572,13 +577,15 @@ def test_a_record_from_any_json_is_a_record_or_a_wire_error(data: Any) -> None:
 def test_an_extreme_record_round_trips_or_is_refused(record: FileRecord) -> None:
     again = decoded(FileRecord.from_json, plain(record.to_json()))
     assert again is None or again == record
+    if record.author == record.origin:
+        assert again is None, "one spelling per record: an author only when not the origin"
 
 
 @BIG
 @given(records(paths=PATHS.filter(lambda p: decoded(check_path, p) is not None),
                targets=st.text(NAME_CHARS | st.just("/"), max_size=24)
                | st.just("x" * MAX_TARGET),
-               mtimes=st.integers(-(2**62), 2**62)))
+               mtimes=st.integers(-(2**62), 2**62), valid_author=True))
 def test_a_record_with_every_field_in_range_is_accepted(record: FileRecord) -> None:
     assert FileRecord.from_json(plain(record.to_json())) == record
 
