@@ -97,8 +97,10 @@ def status(result: dict[str, Any]) -> str:
         rate = folder.get("rate") or {}
         if rate.get("in") or rate.get("out"):
             state += f", receiving {size(rate['in'])}/s, sending {size(rate['out'])}/s"
+        done = ", ".join(f"{shown(c['name'], 40)} {c['percent']}%"
+                         for c in folder.get("completion", []) if c["percent"] is not None)
         lines.append(f"{folder['id']}  {folder['path']}  {state}; shared with {members} online "
-                     f"member{'' if members == 1 else 's'}")
+                     f"member{'' if members == 1 else 's'}" + (f" ({done})" if done else ""))
         lines += [f"  {shown(t['path'], WIDE)}  {size(t['done'])} of {size(t['size'])}"
                   for t in folder["transfers"]]
         listed = folder.get("held_back", folder.get("waiting", []))[:WAITING_SHOWN]

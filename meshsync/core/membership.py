@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from meshsync.core.ids import NodeId
 from meshsync.core.signing import MAX_OFFSET
-from meshsync.core.wire import FolderId
+from meshsync.core.wire import FolderId, Progress
 
 MAX_STRANGERS = 64  # untrusted peers remembered for `meshsync peers`; oldest forgotten first
 
@@ -25,6 +25,7 @@ class Peer:
     folders: frozenset[FolderId] = frozenset()
     last_seen: float | None = None  # wall-clock seconds
     clock_offset: float | None = None  # its clock minus ours, in seconds, as last measured
+    progress: tuple[Progress, ...] = ()  # how far it is with the folders it shares with us
 
     @property
     def clock_refused(self) -> bool:

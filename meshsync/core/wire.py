@@ -91,6 +91,52 @@ class MemberAddress:
         return cls(_node_id(data.get("id")), check_address(data.get("address")))
 
 
+STATES = frozenset({"scanning", "syncing", "held back", "in sync", "unmounted"})
+MAX_FOLDER_BYTES = 2**62
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a node is with one folder it shares, by its own word: for others' status."""
+
+    folder: FolderId
+    state: str  # one of STATES
+    need_files: int
+    need_bytes: int
+    have_bytes: int  # of what it holds on disk
+
+    @property
+    def percent(self) -> int:
+        """Syncthing's completion: the share of the folder's bytes it holds, 100 when it needs
+        nothing."""
+        if not self.need_files:
+            return 100
+        return min(99, self.have_bytes * 100 // max(1, self.have_bytes + self.need_bytes))
+
+    def to_json(self, folders: list[FolderId]) -> dict[str, object]:
+        """The wire form: the folder by its place in the hello's sorted `folders` (an ID can
+        take 1.5 KB of JSON, and a hello names up to 256)."""
+        return {"folder": folders.index(self.folder), "state": self.state,
+                "need_files": self.need_files, "need_bytes": self.need_bytes,
+                "have_bytes": self.have_bytes}
+
+    @classmethod
+    def from_json(cls, data: object, folders: list[FolderId]) -> Progress:
+        """Parse one entry of a hello naming `folders` (sorted); WireError if bad."""
+        if not isinstance(data, dict):
+            raise WireError("a folder's progress must be an object")
+        state = data.get("state")
+        if state not in STATES:
+            raise WireError(f"bad folder state {str(state)[:20]!r}")
+        at = check_int(data, "folder", 0, len(folders) - 1) if folders else -1
+        if at < 0:
+            raise WireError("progress of a folder the hello does not name")
+        return cls(folders[at], str(state),
+                   check_int(data, "need_files", 0, MAX_FOLDER_BYTES),
+                   check_int(data, "need_bytes", 0, MAX_FOLDER_BYTES),
+                   check_int(data, "have_bytes", 0, MAX_FOLDER_BYTES))
+
+
 @dataclass(frozen=True, slots=True)
 class Hello:
     """What a node says of itself: sent on discovery and as every heartbeat, answered in kind."""
@@ -106,6 +152,7 @@ class Hello:
     # Keys it trusts of members sharing a folder with us; None: it says nothing of them (a
     # goodbye, a node just started or one that predates introducers).
     member_keys: tuple[bytes, ...] | None = None
+    progress: tuple[Progress, ...] = ()  # of the folders it shares with us
 
     def to_json(self) -> bytes:
         """The message body."""
@@ -119,6 +166,9 @@ class Hello:
             "hears_coordinator": self.hears_coordinator,
             "members": [m.to_json() for m in self.members],
         }
+        if self.progress:
+            folders = sorted(self.folders)
+            data["progress"] = [p.to_json(folders) for p in self.progress]
         if self.member_keys is not None:
             data["member_keys"] = [base64.b64encode(k).decode() for k in self.member_keys]
         return json.dumps(data, separators=(",", ":")).encode()
@@ -143,20 +193,32 @@ class Hello:
         members = data.get("members", [])
         if not isinstance(members, list) or len(members) > MAX_MEMBER_ADDRESSES:
             raise WireError(f"members must be a list of at most {MAX_MEMBER_ADDRESSES}")
+        progress = data.get("progress", [])
+        if not isinstance(progress, list) or len(progress) > MAX_FOLDERS:
+            raise WireError(f"progress must be a list of at most {MAX_FOLDERS}")
         keys = data.get("member_keys")
         if keys is not None and (not isinstance(keys, list) or len(keys) > MAX_MEMBER_KEYS):
             raise WireError(f"member_keys must be a list of at most {MAX_MEMBER_KEYS}")
+        ids = frozenset(check_folder_id(f) for f in folders)
         return cls(
             name=name,
             port=check_int(data, "port", 1, 65535),
-            folders=frozenset(check_folder_id(f) for f in folders),
+            folders=ids,
             term=check_int(data, "term", 0, 2**53),
             coordinator=None if coordinator is None else _node_id(coordinator),
             leaving=leaving,
             hears_coordinator=hears,
             members=tuple(MemberAddress.from_json(m) for m in members),
             member_keys=None if keys is None else tuple(check_key(k) for k in keys),
+            progress=_progress(progress, sorted(ids)),
         )
+
+
+def _progress(entries: list[Any], folders: list[FolderId]) -> tuple[Progress, ...]:
+    progress = tuple(Progress.from_json(p, folders) for p in entries)
+    if len({p.folder for p in progress}) != len(progress):
+        raise WireError("progress names a folder twice")
+    return progress
 
 
 def _object(body: bytes, limit: int) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from meshsync.core.wire import (
     BATCH_BUDGET,
     FolderId,
     IndexRequest,
+    Progress,
     Records,
     Signed,
     batches,
@@ -456,7 +457,7 @@ class FolderSync:
         return {
             "id": self.id,
             "path": str(self.root),
-            "state": self._state(counts, waiting),
+            "state": self._state(counts.files, counts.held_count, waiting),
             "need_files": counts.files,
             "need_bytes": counts.size,
             "conflicts": counts.copies,
@@ -471,14 +472,22 @@ class FolderSync:
                      "out": self.sent.per_second(now)},
         }
 
-    def _state(self, counts: Counts, waiting: int) -> str:
+    def _state(self, files: int, held: int, waiting: int) -> str:
         if not self.mounted:
             return "unmounted"
         if self.scanner.progress is not None or not self.scanned:
             return "scanning"
-        if counts.files > waiting:
+        if files > waiting:
             return "syncing"
-        return "held back" if counts.held_count or waiting else "in sync"
+        return "held back" if held or waiting else "in sync"
+
+    def progress(self) -> Progress:
+        """How far this folder is, for our hellos; runs in a thread."""
+        index = self.place.index
+        files, size = index.need_totals(self.id)
+        waiting = len(self.puller.retries) if files else 0
+        state = self._state(files, index.held_count(self.id), waiting)
+        return Progress(self.id, state, files, size, index.counts(self.id)[1])
 
     def conflicts(self) -> list[dict[str, Any]]:
         """The conflict copies in the folder: what each name says, and the version it lost to."""

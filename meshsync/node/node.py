@@ -27,9 +27,11 @@ from meshsync.core.wire import (
     MAX_MEMBER_ADDRESSES,
     MAX_MEMBER_KEYS,
     BlockRequest,
+    FolderId,
     Hello,
     IndexRequest,
     MemberAddress,
+    Progress,
     Records,
     check_address,
 )
@@ -68,6 +70,7 @@ NEW_HINTS_PER_SECOND = 16  # new addresses are first dialled at most this often,
 HINTS_DIALLED_AT_ONCE = 16
 ADDRESSES_PER_ADVERT = 4
 STRANGER_EVERY = 10.0  # how often an untrusted node is checked again (trust may have changed)
+PROGRESS_EVERY = 2.0  # how often our folders' progress is read for hellos
 MAX_ORIGINS = 64  # untrusted origins of records remembered, so they can be trusted by ID
 MAX_RELAYS = 8  # notices the coordinator is passing on at once; more wait for catch-up
 GOODBYE_EVERY = 1.0  # mDNS goodbyes are unauthenticated: at most one round of checks a second
@@ -113,6 +116,8 @@ class Node:
         self._relays = 0
         self._goodbye_wake = 0.0
         self._folders: dict[str, FolderSync] = {}
+        self._progress: dict[FolderId, Progress] = {}  # ours, told in hellos
+        self._progress_at = float("-inf")
         self._origins: dict[str, bytes] = {}  # vector key -> key, of untrusted record origins
         self._trust_stamp = trust.stamp()
         self._client: PeerClient | None = None
@@ -266,6 +271,10 @@ class Node:
         while True:
             self._wake.clear()
             now = self._clock.now()
+            if now - self._progress_at >= PROGRESS_EVERY:
+                self._progress_at = now
+                for sync in self._folders.values():
+                    self._progress[sync.id] = await asyncio.to_thread(sync.progress)
             stamp = await asyncio.to_thread(self._trust.stamp)
             if stamp != self._trust_stamp:  # authorized_keys or trusted_keys edited
                 self._trust_stamp = stamp
@@ -420,7 +429,7 @@ class Node:
         changes: dict[str, Any] = {"trusts_us": trusts_us} if trusts_us is not None else {}
         peer, new = self._roster.update(
             key, name=hello.name, address=address, trusted=True, folders=hello.folders,
-            last_seen=self._clock.wall(), **changes,
+            last_seen=self._clock.wall(), progress=hello.progress, **changes,
         )
         if new:
             log.info("peer found: %s (%s) at %s, trusted", peer.id, shown(peer.name), address)
@@ -578,7 +587,14 @@ class Node:
             hears_coordinator=self._election.hears_coordinator(self.id, self._clock.now()),
             members=() if leaving or to is None else self._member_addresses(to),
             member_keys=None if leaving or to is None else self._member_keys(to),
+            progress=() if leaving or to is None else self._progress_for(to),
         )
+
+    def _progress_for(self, to: NodeId) -> tuple[Progress, ...]:
+        """How far we are with the folders we share with `to`."""
+        peer = self._roster.get(to)
+        shared = peer.folders if peer is not None else frozenset()
+        return tuple(p for folder, p in sorted(self._progress.items()) if folder in shared)
 
     def _member_addresses(self, to: NodeId) -> tuple[MemberAddress, ...]:
         """Where our online members listen that share a folder with `to` (never `to` itself,
@@ -847,8 +863,9 @@ class Node:
         folders = []
         for sync in self._folders.values():
             status = sync.status(await asyncio.to_thread(sync.counts))
-            status["members"] = [str(p.id) for p in members
-                                 if sync.id in p.folders and self._election.is_up(p.id)]
+            online = [p for p in members if sync.id in p.folders and self._election.is_up(p.id)]
+            status["members"] = [str(p.id) for p in online]
+            status["completion"] = [_completion(p, sync.id) for p in online]
             folders.append(status)
         return {"id": str(self.id), "name": self.config.name, **self._election_json(),
                 "folders": folders}
@@ -919,6 +936,16 @@ class Node:
     def _log_peer_input(self, address: str, cause: str, what: str) -> None:
         if self._throttle.allow((address, cause), self._clock.wall()):
             log.warning("peer at %s %s", shown(address), shown(what, 300))
+
+
+def _completion(peer: Peer, folder: FolderId) -> dict[str, Any]:
+    """How far a member says it is with a folder, for status (None: it has not said)."""
+    said = next((p for p in peer.progress if p.folder == folder), None)
+    row: dict[str, Any] = {"id": str(peer.id), "name": peer.name}
+    if said is None:
+        return {**row, "state": None, "need_files": None, "need_bytes": None, "percent": None}
+    return {**row, "state": said.state, "need_files": said.need_files,
+            "need_bytes": said.need_bytes, "percent": said.percent}
 
 
 def _host(address: str) -> str:

@@ -39,13 +39,18 @@ def test_tables_show_what_the_json_shows(make_lan):
     assert row[:5] == [h2.id.short, "h2", f"{h2.ip}:22300",
                        "coordinator" if lowest is h2 else "member", "online"]
     assert h1.cli("elect").stdout.strip().startswith(f"coordinator {lowest.id} (term ")
-    status = h1.json("status")
-    assert status["folders"] == [{
+    expected = [{
         "id": "Sync", "path": str(h1.sync), "state": "in sync", "need_files": 0, "need_bytes": 0,
         "conflicts": 0, "transfers": [], "waiting": [], "waiting_count": 0,
         "held_back": [], "held_back_count": 0, "scan": None, "rate": {"in": 0, "out": 0},
         "members": [str(h2.id)],
+        "completion": [{"id": str(h2.id), "name": "h2", "state": "in sync", "need_files": 0,
+                        "need_bytes": 0, "percent": 100}],
     }]
+    # (h2 tells how far it is in its hellos, every 2 s.)
+    wait_for("h1's status to show h2 in sync", lambda: h1.json("status")["folders"] == expected,
+             5)
+    assert "shared with 1 online member (h2 100%)" in h1.cli("status").stdout
     assert (h1.sync / ".meshsync").is_dir()
 
 

@@ -99,6 +99,10 @@ def test_a_file_that_does_not_fit_is_held_back_without_filling_the_disk_then_tak
         usage = os.statvfs(h2.sync)
         assert usage.f_bavail * usage.f_frsize >= 2 << 20, "the reserve is left free"
         assert not list(h2.sync.glob(".meshsync-tmp*")), "no temporary file takes the room"
+        # h1's status shows how far h2 is, by h2's word.
+        wait_for("h1 to show h2 held back, short of 100 %", lambda: [
+            (c["state"], c["percent"] < 100) for c in h1.json("status")["folders"][0][
+                "completion"]] == [("held back", True)], 10)
 
         run("mount", "-o", "remount,size=64M", str(h2.sync))
         freed = time.monotonic()

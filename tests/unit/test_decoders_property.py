@@ -38,11 +38,13 @@ from meshsync.core.wire import (
     MAX_MEMBER_KEYS,
     MAX_NAME,
     MAX_SEQ,
+    STATES,
     BlockRequest,
     FolderId,
     Hello,
     IndexRequest,
     MemberAddress,
+    Progress,
     Records,
     Signed,
     check_address,
@@ -393,11 +395,30 @@ def most_keys(draw: st.DrawFn) -> tuple[bytes, ...]:
                  for n in range(MAX_MEMBER_KEYS))
 
 
-HELLOS = st.builds(
+PROGRESS_COUNTS = st.integers(-1, 2**62 + 1) | st.sampled_from([0, 2**62, 2**62 + 1])
+STATE_NAMES = st.sampled_from(sorted(STATES)) | st.sampled_from(["", "In sync", "done"])
+
+
+@st.composite
+def hello_parts(draw: st.DrawFn, folders: st.SearchStrategy[frozenset[FolderId]],
+                states: st.SearchStrategy[str] = STATE_NAMES,
+                counts: st.SearchStrategy[int] = PROGRESS_COUNTS,
+                ) -> tuple[frozenset[FolderId], tuple[Progress, ...]]:
+    """Folders, and the progress of some of them (of every one, as often as not)."""
+    named = draw(folders)
+    some = sorted(named) if draw(st.booleans()) else draw(
+        st.lists(st.sampled_from(sorted(named)), unique=True)) if named else []
+    return named, Tuple(Progress(f, draw(states), draw(counts), draw(counts), draw(counts))
+                        for f in some)
+
+
+HELLO_FOLDERS = st.frozensets(st.builds(FolderId, FOLDER_IDS), max_size=6) | many_folder_ids()
+HELLOS = hello_parts(HELLO_FOLDERS).flatmap(lambda parts: st.builds(
     Hello,
+    folders=st.just(parts[0]),
+    progress=st.just(parts[1]),
     name=HELLO_NAMES,
     port=st.integers(0, 65536) | st.sampled_from([0, 1, 65535, 65536]),
-    folders=st.frozensets(st.builds(FolderId, FOLDER_IDS), max_size=6) | many_folder_ids(),
     term=st.integers(-1, 2**53 + 1) | st.sampled_from([0, 2**53, 2**53 + 1]),
     coordinator=st.none() | NODE_IDS,
     leaving=st.booleans(),
@@ -405,7 +426,7 @@ HELLOS = st.builds(
     members=st.lists(MEMBERS, max_size=MAX_MEMBER_ADDRESSES + 1).map(tuple) | most_members(),
     member_keys=st.none() | st.lists(KEY_BLOBS, max_size=4).map(tuple) | most_keys()
     | st.just(Tuple((LARGEST_KEY,) * (MAX_MEMBER_KEYS + 1))),
-)
+))
 
 
 # -- Hello ----------------------------------------------------------------------------------------
@@ -437,8 +458,9 @@ def test_an_extreme_hello_round_trips_or_is_refused(hello: Hello) -> None:
 @BIG
 @given(
     name=st.text(PRINTABLE, min_size=1, max_size=MAX_NAME) | st.just("\U0001f389" * MAX_NAME),
-    folders=st.frozensets(st.builds(FolderId, ACCEPTED_FOLDER_IDS), max_size=6)
-    | many_folder_ids(),
+    parts=hello_parts(st.frozensets(st.builds(FolderId, ACCEPTED_FOLDER_IDS), max_size=6)
+                      | many_folder_ids(), st.sampled_from(sorted(STATES)),
+                      st.integers(0, 2**62) | st.just(2**62)),
     port=st.integers(1, 65535),
     term=st.integers(0, 2**53),
     coordinator=st.none() | NODE_IDS,
@@ -448,15 +470,17 @@ def test_an_extreme_hello_round_trips_or_is_refused(hello: Hello) -> None:
     keys=st.none() | st.lists(ACCEPTED_KEY_BLOBS, max_size=4).map(tuple) | most_keys(),
 )
 def test_a_hello_made_of_accepted_parts_is_accepted(
-    name: str, folders: frozenset[FolderId], port: int, term: int, coordinator: NodeId | None,
-    hears: bool, members: tuple[MemberAddress, ...], keys: tuple[bytes, ...] | None,
+    name: str, parts: tuple[frozenset[FolderId], tuple[Progress, ...]], port: int, term: int,
+    coordinator: NodeId | None, hears: bool, members: tuple[MemberAddress, ...],
+    keys: tuple[bytes, ...] | None,
 ) -> None:
+    folders, progress = parts
     # The node's own hello: every folder ID passed check_folder_id when the config was read,
     # every member address check_address when the hello was made, and every key the crypto
     # layer (the node announces no key over MAX_KEY_BYTES). The largest of each fits together.
     assert all(check_folder_id(f) == f for f in folders)
     assert all(check_address(m.address) == m.address for m in members)
-    hello = Hello(name, port, folders, term, coordinator, False, hears, members, keys)
+    hello = Hello(name, port, folders, term, coordinator, False, hears, members, keys, progress)
     assert len(hello.to_json()) <= MAX_HELLO_BYTES
     assert Hello.from_json(hello.to_json()) == hello
 
@@ -482,7 +506,9 @@ def test_a_hello_with_the_most_folders_of_the_longest_ids_is_accepted() -> None:
         # With every member address a hello holds, as long as they get, it still fits.
         members = tuple(MemberAddress(NodeId(bytes([n]) * 32), LONGEST_ADDRESS)
                         for n in range(MAX_MEMBER_ADDRESSES))
-        fullest = dataclasses.replace(hello, hears_coordinator=True, members=members)
+        progress = tuple(Progress(f, "held back", 2**62, 2**62, 2**62) for f in sorted(folders))
+        fullest = dataclasses.replace(hello, hears_coordinator=True, members=members,
+                                      progress=progress)
         assert len(fullest.to_json()) <= MAX_HELLO_BYTES
         assert Hello.from_json(fullest.to_json()) == fullest
 

@@ -85,3 +85,15 @@ def test_peers_marks_a_peer_trusted_on_an_introducers_word_and_names_the_introdu
                           "  laptopab: via introducer SHA256:serverabcd (server)"]
     assert render.trusted({"added": ["SHA256:x"], "already": [], "introducer": True}) == (
         "trusted SHA256:x as introducer: the members it trusts are trusted here too")
+
+
+def test_status_shows_how_far_each_member_says_it_is() -> None:
+    completion = [{"id": "SHA256:a", "name": "desk", "state": "in sync", "need_files": 0,
+                   "need_bytes": 0, "percent": 100},
+                  {"id": "SHA256:b", "name": "nas\x1b[2J", "state": "syncing", "need_files": 9,
+                   "need_bytes": 10, "percent": 42},
+                  {"id": "SHA256:c", "name": "?", "state": None, "need_files": None,
+                   "need_bytes": None, "percent": None}]
+    text = render.status(status_of(state="in sync", completion=completion))
+    assert text.splitlines()[1].endswith(
+        "shared with 1 online member (desk 100%, nas\\x1b[2J 42%)")

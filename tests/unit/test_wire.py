@@ -20,6 +20,7 @@ from meshsync.core.wire import (
     FolderId,
     Hello,
     MemberAddress,
+    Progress,
     frames_digest,
     pack_blocks,
 )
@@ -508,3 +509,41 @@ def test_an_answer_of_blocks_is_signed_over_its_framing_which_any_change_of_shap
     for other in (pack_blocks([b"a" * 10, None]), pack_blocks([b"a" * 10, b"x", b"b" * 3]),
                   answer + b"\0", answer[:-1], b""):
         assert frames_digest(other) != frames_digest(answer)
+
+
+# -- a folder's progress, in hellos ----------------------------------------------------------------
+
+def test_progress_names_its_folder_by_place_and_round_trips() -> None:
+    folders = frozenset({FolderId("Photos"), FolderId("Sync")})
+    progress = (Progress(FolderId("Sync"), "syncing", 3, 300, 700),)
+    hello = Hello("laptop", 22300, folders, 1, None, progress=progress)
+    body = json.loads(hello.to_json())
+    assert body["progress"] == [{"folder": 1, "state": "syncing", "need_files": 3,
+                                 "need_bytes": 300, "have_bytes": 700}]
+    assert Hello.from_json(hello.to_json()) == hello
+
+
+@pytest.mark.parametrize(("entries", "error"), [
+    ([{"folder": 2, "state": "in sync", "need_files": 0, "need_bytes": 0, "have_bytes": 0}],
+     "folder"),
+    ([{"folder": 0, "state": "done", "need_files": 0, "need_bytes": 0, "have_bytes": 0}],
+     "state"),
+    ([{"folder": 0, "state": "in sync", "need_files": -1, "need_bytes": 0, "have_bytes": 0}],
+     "need_files"),
+    ([{"folder": 0, "state": "in sync", "need_files": 0, "need_bytes": 0, "have_bytes": 0}] * 2,
+     "twice"),
+    ("all", "list"),
+])
+def test_bad_progress_is_refused_in_one_line(entries: object, error: str) -> None:
+    hello = json.loads(Hello("n", 1, frozenset({FolderId("A"), FolderId("B")}), 0, None)
+                       .to_json())
+    with pytest.raises(WireError, match=error) as raised:
+        Hello.from_json(json.dumps({**hello, "progress": entries}).encode())
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(("need_files", "need", "have", "percent"), [
+    (0, 0, 0, 100), (0, 5, 0, 100), (1, 0, 0, 0), (2, 50, 50, 50), (1, 1, 10**9, 99)])
+def test_completion_is_the_share_of_bytes_held_and_100_only_when_nothing_is_needed(
+        need_files: int, need: int, have: int, percent: int) -> None:
+    assert Progress(FolderId("A"), "syncing", need_files, need, have).percent == percent
