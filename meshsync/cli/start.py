@@ -14,6 +14,7 @@ from meshsync.core.throttle import shown
 from meshsync.crypto.agent import AgentError
 from meshsync.crypto.keys import KeyLoadError, find_key, load_signer
 from meshsync.crypto.trust import TrustStore
+from meshsync.node.catchup import interval_from
 from meshsync.node.clock import Clock
 from meshsync.node.config import (
     Config,
@@ -59,6 +60,7 @@ def start(args: argparse.Namespace) -> int:
             peers=tuple(check_peer_address(p) for p in args.peer),
             keep=Keep(args.keep_days * 86400, parse_size(args.keep_size)),
             min_free=parse_min_free(args.min_free),
+            catch_up_every=interval_from(os.environ),
             **({"name": args.name} if args.name else {}),
         )
         signer = load_signer(find_key(args.key, ssh_dir, state), os.environ.get("SSH_AUTH_SOCK"))

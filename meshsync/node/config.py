@@ -84,6 +84,7 @@ class Config:
     name: str = socket.gethostname()
     keep: Keep = Keep()
     min_free: MinFree = MinFree()
+    catch_up_every: float = 5.0  # seconds between rounds of the safety net under notices
 
     @property
     def folder_ids(self) -> frozenset[FolderId]:

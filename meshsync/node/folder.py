@@ -27,18 +27,17 @@ from meshsync.core.throttle import shown
 from meshsync.core.wire import (
     BATCH_BUDGET,
     FolderId,
-    IndexRequest,
     Progress,
     Records,
     Signed,
     batches,
-    first_batch,
     size_bound,
 )
 from meshsync.fs import versions
 from meshsync.fs.ignore import IGNORE_FILE, Ignore
 from meshsync.fs.watch import watch
 from meshsync.node import transfer
+from meshsync.node.catchup import CatchUp, Indexes
 from meshsync.node.clock import Clock
 from meshsync.node.config import Folder, Keep, MinFree
 from meshsync.node.judge import Judge, Verifier
@@ -46,19 +45,17 @@ from meshsync.node.place import Place
 from meshsync.node.puller import Puller
 from meshsync.node.scanner import RACY, Found, Scanner
 from meshsync.node.transfer import Rate, Sources
-from meshsync.store.index import Index, IndexUnusable, Need
+from meshsync.store.index import Index, Need
 
 log = logging.getLogger("meshsync.folder")
 
 RESCAN_EVERY = 60.0
-CATCH_UP_EVERY = 5.0  # the safety net under notices: an index page per member, if anything changed
-RETRY_CATCH_UP = 0.25  # doubled after each failed round, up to CATCH_UP_EVERY
 UNMOUNTED_CHECK_EVERY = 2.0
 RETRY_UNSTABLE = 0.5
 SHOWN = 100  # paths listed by `meshsync status` (held back, waiting)
 
 
-class Mesh(Verifier, Sources, Protocol):
+class Mesh(Verifier, Sources, Indexes, Protocol):
     """What a folder needs of the node: signing, keys, peers and the network."""
 
     def sign(self, message: bytes) -> bytes:
@@ -70,8 +67,6 @@ class Mesh(Verifier, Sources, Protocol):
     async def publish(self, notice: Records) -> None:
         """Send a notice to the coordinator and gossip it to the members sharing its folder."""
 
-    async def fetch_index(self, address: str, request: IndexRequest) -> Records:
-        """An index page from one peer; raises on failure."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +86,7 @@ class FolderSync:
 
     def __init__(self, folder: Folder, index: Index, mesh: Mesh, epoch: str,
                  keep: Keep | None = None, clock: Clock | None = None,
-                 min_free: MinFree | None = None) -> None:
+                 min_free: MinFree | None = None, catch_up_every: float = 5.0) -> None:
         self.place = Place(folder, index)
         self.mesh = mesh
         self.epoch = epoch
@@ -105,9 +100,10 @@ class FolderSync:
         self.puller = Puller(self.place, self.judge, mesh, self.clock, self._rescan,
                              min_free or MinFree(), mesh.me.key, sign, self._publish)
         self.sent = Rate()
+        self.catch_up = CatchUp(self.place, mesh, epoch, self.take, self._too_large,
+                                catch_up_every)
         self.mounted = True
         self.scanned = False  # a full scan has completed since start
-        self.catch_up_wake = asyncio.Event()
         self._dirty: set[RelPath] = set()
         self._force: set[RelPath] = set()
         self._revive: set[RelPath] = set()  # directories to version anew
@@ -145,7 +141,7 @@ class FolderSync:
             tg.create_task(self._watch(), name=f"watch {self.id}")
             tg.create_task(self._scans(), name=f"scan {self.id}")
             tg.create_task(self.puller.run(lambda: self.mounted), name=f"apply {self.id}")
-            tg.create_task(self._catch_ups(), name=f"catch up {self.id}")
+            tg.create_task(self.catch_up.run(), name=f"catch up {self.id}")
 
     def _check_marker(self, first: bool) -> bool:
         """Whether the folder is there; makes it (and its marker) only the first time ever."""
@@ -193,7 +189,7 @@ class FolderSync:
                             "asking peers again", self.id, len(damaged))
                 self._dirty |= damaged
                 await asyncio.to_thread(self.place.index.forget_peer_seqs, self.id)
-                self.catch_up_wake.set()
+                self.catch_up.wake.set()
             was_mounted = self.mounted
             self.mounted = await asyncio.to_thread(self._check_marker, False)
             if self.mounted != was_mounted:
@@ -252,7 +248,7 @@ class FolderSync:
                          "it no longer ignores", self.id, IGNORE_FILE)
             await asyncio.to_thread(self.place.index.forget_peer_seqs, self.id)
             await asyncio.to_thread(self.place.index.set_meta, remembered, ignore.fingerprint)
-            self.catch_up_wake.set()
+            self.catch_up.wake.set()
         return changed
 
     async def _prune(self) -> None:
@@ -349,61 +345,11 @@ class FolderSync:
         if self.judge.overflowed:  # what did not fit in the table comes from the members
             self.judge.overflowed = False
             await asyncio.to_thread(self.place.index.forget_peer_seqs, self.id)
-            self.catch_up_wake.set()
-
-    async def _catch_ups(self) -> None:
-        retry = RETRY_CATCH_UP
-        while True:
-            failed = False
-            for key, address in self.mesh.sources(self.id):
-                try:
-                    await self.catch_up(key, address)
-                except IndexUnusable:
-                    raise  # the node stops, saying why
-                except Exception as e:
-                    failed = True
-                    if self.place.throttle.allow((key, "catch-up"), time.time()):
-                        log.info("folder %s: catch-up from %s failed: %s", self.id, address,
-                                 shown(e, 300))
-            # A peer that just came up may refuse us until it has heard back from us: soon again.
-            retry = min(retry * 2, CATCH_UP_EVERY) if failed else RETRY_CATCH_UP
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.catch_up_wake.wait(),
-                                       retry if failed else CATCH_UP_EVERY)
-            self.catch_up_wake.clear()
-
-    async def catch_up(self, key: str, address: str) -> None:
-        """Take in what a peer's index holds that we have not taken from it yet."""
-        remembered = f"epoch {self.id} {key}"
-        epoch = await asyncio.to_thread(self.place.index.get_meta, remembered) or ""
-        since = await asyncio.to_thread(self.place.index.peer_seq, self.id, key, epoch)
-        while True:
-            page = await self.mesh.fetch_index(address, IndexRequest(self.id, since))
-            if page.epoch != epoch:
-                if since:  # not the index we counted in (the peer reset it): from its start
-                    since = 0
-                    continue
-                epoch = page.epoch
-                await asyncio.to_thread(self.place.index.set_meta, remembered, epoch)
-            await self.take(key, page.records)
-            await asyncio.to_thread(self.place.index.set_peer_seq, self.id, key, epoch, page.seq)
-            if not page.records or page.seq <= since:
-                return
-            since = page.seq
+            self.catch_up.wake.set()
 
     def answer_index(self, since: int) -> Records:
-        """A page of our index after `since`, for a peer catching up; runs in a thread.
-
-        A page holds what fits in one message; a record that fits in none is passed over (and
-        said so), so that catch-up goes on past it.
-        """
-        entries = self.place.index.since(self.id, since)
-        if not entries:
-            return Records(self.id, (), self.epoch, self.place.index.max_seq(self.id))
-        signed = [Signed(e.record, e.signature) for e in entries]
-        page, covered = first_batch(signed)
-        self._too_large([s.record for s in signed[:covered] if size_bound(s) > BATCH_BUDGET])
-        return Records(self.id, page, self.epoch, entries[covered - 1].seq)
+        """A page of our index after `since`, for a peer catching up; runs in a thread."""
+        return self.catch_up.answer(since)
 
     def answer_blocks(self, hashes: tuple[bytes, ...]) -> list[bytes | None]:
         """The blocks we hold, verified against their hash; runs in a thread."""

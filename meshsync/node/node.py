@@ -224,7 +224,8 @@ class Node:
             epoch = index.get_meta("epoch") or new_epoch()
             index.set_meta("epoch", epoch)
             self._folders = {f.id: FolderSync(f, index, self, epoch, self.config.keep,
-                                              min_free=self.config.min_free)
+                                              min_free=self.config.min_free,
+                                              catch_up_every=self.config.catch_up_every)
                              for f in self.config.folders}
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):  # before mDNS: a signal mid-way says bye
@@ -653,7 +654,7 @@ class Node:
             case el.MarkUp(peer):
                 log.info("peer online: %s", self._describe(peer))
                 for sync in self._folders.values():
-                    sync.catch_up_wake.set()
+                    sync.catch_up.wake.set()
                     sync.retry_now()  # it may hold what others could not supply
             case el.MarkDown(peer, reason):
                 log.info("peer down: %s (%s)", self._describe(peer), reason)

@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -179,7 +180,7 @@ class FakeSync:
     trust_changes: int = 0
 
     def __post_init__(self) -> None:
-        self.catch_up_wake = asyncio.Event()
+        self.catch_up = SimpleNamespace(wake=asyncio.Event())
 
     def retry_now(self) -> None:
         pass

@@ -2,6 +2,7 @@
 
 import pytest
 
+from meshsync.node import catchup
 from meshsync.node.clock import OFFSET_VARIABLE, Clock, offset_from
 
 
@@ -32,3 +33,14 @@ def test_a_bad_offset_stops_the_clock_being_made(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv(OFFSET_VARIABLE, "soon")
     with pytest.raises(ValueError, match=OFFSET_VARIABLE):
         Clock()
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "soon", "1e9", "nan"])
+def test_a_catch_up_interval_that_is_not_seconds_from_1_to_a_day_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="MESHSYNC_CATCH_UP_EVERY"):
+        catchup.interval_from({"MESHSYNC_CATCH_UP_EVERY": text})
+
+
+def test_the_catch_up_interval_is_5_s_unless_the_environment_says_otherwise() -> None:
+    assert catchup.interval_from({}) == 5.0
+    assert catchup.interval_from({"MESHSYNC_CATCH_UP_EVERY": " 86400 "}) == 86400.0

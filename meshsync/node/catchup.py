@@ -1,0 +1,132 @@
+"""Members' indexes: reading what each holds that we have not taken yet, and serving ours.
+
+Notices push every change at once; catch-up is the safety net under them: at start, when a
+member comes online, and every CATCH_UP_EVERY seconds, a page of each member's index after
+the last sequence number taken from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Protocol
+
+from meshsync.core.records import FileRecord
+from meshsync.core.throttle import shown
+from meshsync.core.wire import (
+    BATCH_BUDGET,
+    IndexRequest,
+    Records,
+    Signed,
+    first_batch,
+    size_bound,
+)
+from meshsync.node.place import Place
+from meshsync.store.index import IndexUnusable
+
+log = logging.getLogger("meshsync.folder")
+
+CATCH_UP_EVERY = 5.0
+RETRY_CATCH_UP = 0.25  # doubled after each failed round, up to the interval
+INTERVAL_VARIABLE = "MESHSYNC_CATCH_UP_EVERY"  # seconds; a LAN test of pushes sets it high
+
+
+class Indexes(Protocol):
+    """What catching up needs of the node: the online members, and their index pages."""
+
+    def sources(self, folder: str) -> list[tuple[str, str]]:
+        """(node key, address) of the online members sharing `folder`, coordinator first."""
+
+    async def fetch_index(self, address: str, request: IndexRequest) -> Records:
+        """An index page from one peer; raises on failure."""
+
+
+class CatchUp:
+    """Catch-up of one folder from its members, and the pages it serves them."""
+
+    def __init__(self, place: Place, mesh: Indexes, epoch: str,
+                 take: Callable[[str, Iterable[Signed]], Awaitable[object]],
+                 too_large: Callable[[list[FileRecord]], None],
+                 every: float = CATCH_UP_EVERY) -> None:
+        self.place = place
+        self.mesh = mesh
+        self.epoch = epoch
+        self.wake = asyncio.Event()  # catch up from every member now
+        self.every = every
+        self._take = take
+        self._too_large = too_large
+
+    async def run(self) -> None:
+        """Catch up from every online member, again each interval or when woken."""
+        place = self.place
+        retry = RETRY_CATCH_UP
+        while True:
+            failed = False
+            for key, address in self.mesh.sources(place.id):
+                try:
+                    await self.catch_up(key, address)
+                except IndexUnusable:
+                    raise  # the node stops, saying why
+                except Exception as e:
+                    failed = True
+                    if place.throttle.allow((key, "catch-up"), time.time()):
+                        log.info("folder %s: catch-up from %s failed: %s", place.id, address,
+                                 shown(e, 300))
+            # A peer that just came up may refuse us until it has heard back from us: soon again.
+            retry = min(retry * 2, self.every) if failed else RETRY_CATCH_UP
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), retry if failed else self.every)
+            self.wake.clear()
+
+    async def catch_up(self, key: str, address: str) -> None:
+        """Take in what a peer's index holds that we have not taken from it yet."""
+        index, folder = self.place.index, self.place.id
+        remembered = f"epoch {folder} {key}"
+        epoch = await asyncio.to_thread(index.get_meta, remembered) or ""
+        since = await asyncio.to_thread(index.peer_seq, folder, key, epoch)
+        while True:
+            page = await self.mesh.fetch_index(address, IndexRequest(folder, since))
+            if page.epoch != epoch:
+                if since:  # not the index we counted in (the peer reset it): from its start
+                    since = 0
+                    continue
+                epoch = page.epoch
+                await asyncio.to_thread(index.set_meta, remembered, epoch)
+            await self._take(key, page.records)
+            await asyncio.to_thread(index.set_peer_seq, folder, key, epoch, page.seq)
+            if not page.records or page.seq <= since:
+                return
+            since = page.seq
+
+    def answer(self, since: int) -> Records:
+        """A page of our index after `since`, for a peer catching up; runs in a thread.
+
+        A page holds what fits in one message; a record that fits in none is passed over (and
+        said so), so that catch-up goes on past it.
+        """
+        index, folder = self.place.index, self.place.id
+        entries = index.since(folder, since)
+        if not entries:
+            return Records(folder, (), self.epoch, index.max_seq(folder))
+        signed = [Signed(e.record, e.signature) for e in entries]
+        page, covered = first_batch(signed)
+        self._too_large([s.record for s in signed[:covered] if size_bound(s) > BATCH_BUDGET])
+        return Records(folder, page, self.epoch, entries[covered - 1].seq)
+
+
+def interval_from(environ: Mapping[str, str]) -> float:
+    """The safety net's interval: MESHSYNC_CATCH_UP_EVERY seconds (a LAN test of pushes sets
+    it high), else CATCH_UP_EVERY; ValueError if it is not a number from 1 to 86400."""
+    text = environ.get(INTERVAL_VARIABLE, "").strip()
+    if not text:
+        return CATCH_UP_EVERY
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 1 <= value <= 86400:
+        raise ValueError(f"{INTERVAL_VARIABLE} wants seconds from 1 to 86400, not {text[:40]!r}")
+    return value
