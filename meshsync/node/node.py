@@ -485,6 +485,11 @@ class Node:
                  and p.is_member(self.config.folder_ids) and self._election.is_up(p.id)]
         return sorted(found, key=lambda p: p.id != self._election.coordinator)
 
+    def members(self, folder: str) -> int:
+        """How many members share `folder`, online or not."""
+        return sum(folder in p.folders and p.is_member(self.config.folder_ids)
+                   for p in self._roster)
+
     def sources(self, folder: str) -> list[tuple[str, str]]:
         """(node key, address) of the online members sharing `folder`, coordinator first."""
         return [(p.id.key, p.address) for p in self._online_members(folder) if p.address]

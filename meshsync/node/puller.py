@@ -165,6 +165,12 @@ class Puller:
         self.retries.retry_now()
         self.wake.set()
 
+    def _forsaken(self, needs: list[Need]) -> None:
+        for need in needs:
+            if self.place.throttle.allow((need.record.path, "forsaken"), self.clock.now()):
+                log.info("folder %s: no longer waiting for %r from %s: no member holds it any "
+                         "more", self.place.id, need.record.path, need.record.origin)
+
     def _fail(self, need: Need, cause: str, reason: str, lack: Lack | None = None) -> None:
         wait = self.retries.failed(need, cause, reason, self.clock.now(), lack,
                                    backoff=cause != DISK_FULL)
@@ -305,6 +311,9 @@ class Puller:
         seq = await asyncio.to_thread(self.place.index.max_seq, self.place.id)
         known = {w.need.record.path: (w.need.record, lack) for w in writes
                  if (lack := self.retries.lack(w.need)) is not None}
+        # Every member that could hold a version is online, and so is asked for it.
+        members = self.fetcher.mesh.members(self.place.id)
+        everyone = 0 < members == len(self.fetcher.mesh.sources(self.place.id))
         settled = await asyncio.to_thread(self.fetcher.nothing_new_here, known, seq)
         source = writes[0].need.source if writes else ""
         unsupplied = await self.fetcher.probe(
@@ -322,10 +331,14 @@ class Puller:
             lacks |= {w.need.record.path: lack for w, incoming in opened
                       if w.need.record.path not in spoiled
                       and (lack := transfer.lack(incoming, seq)) is not None}
-            # A version set aside and queued again is only worth the wait while someone still
-            # holds it: if no member can supply it, it was replaced everywhere.
-            gone = [w.need for w in writes
-                    if w.need.record.path in lacks and w.need.source == REVIVED]
+            # A version is only worth the wait while someone still holds it. One set aside and
+            # queued again that no online member can supply was replaced everywhere; any other
+            # that no member at all had any block of, twice running, was replaced where it was
+            # held (what replaced it comes on its own, by notice or catch-up).
+            gone = [w.need for w in writes if (lack := lacks.get(w.need.record.path)) and (
+                w.need.source == REVIVED or (everyone and _nothing_of(w.need, lack)
+                                             and w.need.record.path in known))]
+            self._forsaken([n for n in gone if n.source != REVIVED])
             for need in gone:  # unless a newer version was queued meanwhile
                 await asyncio.to_thread(self.place.index.drop_need, self.place.id, need.record.path,
                                         need.record)
@@ -471,6 +484,11 @@ def _cause(error: Exception) -> str:
 
 def _mib(size: int) -> str:
     return f"{size / (1 << 20):.1f} MiB"
+
+
+def _nothing_of(need: Need, lack: Lack) -> bool:
+    """Whether an attempt found none of a version's blocks, anywhere."""
+    return lack.missing == len(need.record.blocks) > 0
 
 
 def _expected(entry: Entry | None) -> scan.Seen | None:

@@ -36,6 +36,9 @@ class Sources(Protocol):
     async def fetch_blocks(self, address: str, request: BlockRequest) -> list[bytes | None]:
         """Blocks from one peer; raises on failure."""
 
+    def members(self, folder: str) -> int:
+        """How many members share `folder`, online or not: those that could hold a version."""
+
 
 @dataclass(slots=True)
 class Progress:

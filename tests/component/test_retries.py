@@ -50,8 +50,9 @@ class FakeClock(Clock):
 class Members:
     """The Mesh a folder sees: online members that hold `blocks` (none, unless a test adds)."""
 
-    def __init__(self, count: int = 1) -> None:
+    def __init__(self, count: int = 1, offline: int = 1) -> None:
         self.addresses = [f"10.0.0.{n + 1}:7777" for n in range(count)]
+        self.offline = offline  # members that could hold a version, not online to ask
         self.blocks: dict[bytes, bytes] = {}
         self.requests: list[tuple[str, int]] = []  # (address, hashes asked)
 
@@ -67,6 +68,9 @@ class Members:
 
     def untrusted_origin(self, origin: str) -> str:
         return f"made by {origin}"
+
+    def members(self, folder: str) -> int:
+        return len(self.addresses) + self.offline
 
     def sources(self, folder: str) -> list[tuple[str, str]]:
         return [(f"key{n}", address) for n, address in enumerate(self.addresses)]
@@ -327,3 +331,31 @@ async def test_a_waiting_path_is_logged_once_per_window_with_anything_unprintabl
     assert repr(evil) in lines[0]
     assert "\n" not in lines[0]
     assert "\x1b" not in lines[0]
+
+
+async def test_a_version_no_member_holds_any_more_is_given_up_once_every_member_was_asked(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    mesh = Members(count=2, offline=0)
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    queue(index, unheld("gone.bin", 3), record("kept.txt", content("kept", 1)))
+    mesh.blocks = {hashlib.sha256(b).digest(): b for b in content("kept", 1)}
+    wait = await sync.apply_due()
+    assert wait is not None, "the first attempt waits: a member may have been writing it"
+    clock.wait_out(wait)
+    assert await sync.apply_due() is None
+    assert index.need(FOLDER, RelPath("gone.bin")) is None
+    assert sync.status()["state"] == "in sync"
+    assert (tmp_path / "photos" / "kept.txt").exists()
+
+
+async def test_a_version_an_offline_member_may_hold_is_waited_for(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    mesh = Members(count=2, offline=1)
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    queue(index, unheld("maybe.bin", 3))
+    for _ in range(3):
+        wait = await sync.apply_due()
+        assert wait is not None
+        clock.wait_out(wait)
+    assert index.need(FOLDER, RelPath("maybe.bin")) is not None
+    assert sync.status()["state"] == "held back"
