@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,6 +42,7 @@ from meshsync.node.catchup import CatchUp, Indexes
 from meshsync.node.clock import Clock
 from meshsync.node.config import Folder, Keep, MinFree
 from meshsync.node.judge import Judge, Verifier
+from meshsync.node.keeper import keep_version
 from meshsync.node.place import Place
 from meshsync.node.puller import Puller
 from meshsync.node.scanner import RACY, Found, Scanner
@@ -359,12 +361,6 @@ class FolderSync:
 
 
     # -- versions ------------------------------------------------------------------------------
-    def versions_of(self, rel: RelPath | None) -> list[versions.Version]:
-        """The kept versions of a path and of all below it (None: the whole folder), oldest
-        first; runs in a thread."""
-        return [v for v in versions.all_versions(self.root)
-                if rel is None or v.path == rel or v.path.startswith(rel + "/")]
-
     async def restore(self, rel: RelPath, at: datetime | None) -> versions.Version:
         """Put back the newest version of `rel` kept at or before `at`; it syncs as an edit.
 
@@ -375,7 +371,8 @@ class FolderSync:
             raise versions.RestoreError(f"no version of {rel} is kept" + (
                 f" from {at:%Y-%m-%d %H:%M:%S} UTC or before" if at else ""))
         async with self.place.disk:
-            await asyncio.to_thread(versions.restore, self.root, chosen, self.puller.keep_version)
+            await asyncio.to_thread(versions.restore, self.root, chosen,
+                                    partial(keep_version, self.place))
         self._dirty.add(rel)
         self._scan_wake.set()
         log.info("folder %s: restored %s as kept at %s", self.id, shown(rel), chosen.when)
@@ -434,28 +431,6 @@ class FolderSync:
         waiting = len(self.puller.retries) if files else 0
         state = self._state(files, index.held_count(self.id), waiting)
         return Progress(self.id, state, files, size, index.counts(self.id)[1])
-
-    def conflicts(self) -> list[dict[str, Any]]:
-        """The conflict copies in the folder: what each name says, and the version it lost to."""
-        found = []
-        for entry in self.place.index.conflict_copies(self.id):
-            copy = conflicts.parse(entry.record.path)
-            if copy is None:
-                continue
-            current = self.place.index.get(self.id, copy.original)
-            found.append({
-                "folder": self.id, "path": copy.path, "original": copy.original,
-                "copy": {"origin": copy.origin, "time": _iso(copy.when.timestamp())},
-                "current": None if current is None or current.record.deleted else {
-                    "origin": current.record.made_by,
-                    "time": _iso(current.record.mtime_ns / 1e9)},
-            })
-        return found
-
-
-def _iso(seconds: float) -> str:
-    """A time as `2026-11-25T10:15:00Z`."""
-    return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _mib(size: int) -> str:

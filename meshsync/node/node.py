@@ -51,6 +51,7 @@ from meshsync.net.client import (
 from meshsync.net.discovery import Advert, Discovery, own_addresses, own_networks
 from meshsync.net.listener import Limits, Listener, raise_open_file_limit, server_context
 from meshsync.net.server import bind, make_app, serve
+from meshsync.node import keeper
 from meshsync.node.clock import Clock
 from meshsync.node.config import Config, control_socket
 from meshsync.node.folder import FolderSync, new_epoch
@@ -779,7 +780,7 @@ class Node:
                 return await self._conflicts_json()
             case "versions":
                 sync, rel = self._locate(args.get("path"))
-                found = await asyncio.to_thread(sync.versions_of, rel)
+                found = await asyncio.to_thread(keeper.versions_of, sync.place, rel)
                 return [{"folder": sync.id, **v.to_json()} for v in found]
             case "restore":
                 return await self._restore(args.get("path"), args.get("at"))
@@ -904,7 +905,7 @@ class Node:
     async def _conflicts_json(self) -> list[dict[str, Any]]:
         found = []
         for sync in self._folders.values():
-            found += await asyncio.to_thread(sync.conflicts)
+            found += await asyncio.to_thread(keeper.conflict_copies, sync.place)
         for conflict in found:
             for side in (conflict["copy"], conflict["current"] or {}):
                 if side:

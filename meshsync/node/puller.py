@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import shutil
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
-from meshsync.core import conflicts, plan
+from meshsync.core import plan
 from meshsync.core.paths import RelPath, parent
 from meshsync.core.plan import Action, decide
 from meshsync.core.records import FileRecord, Kind
@@ -25,8 +23,18 @@ from meshsync.node import transfer
 from meshsync.node.clock import Clock
 from meshsync.node.config import MinFree
 from meshsync.node.judge import REVIVED, Judge
+from meshsync.node.keeper import keeper
 from meshsync.node.place import Place
-from meshsync.node.retry import RETRY_NEEDS, Lack, Retries
+from meshsync.node.retry import (
+    DISK_FULL,
+    NO_DIRECTORY,
+    NOT_HELD,
+    RETRY_NEEDS,
+    WRITE_REFUSED,
+    Lack,
+    Retries,
+    cause_of,
+)
 from meshsync.node.transfer import Fetcher, Progress, Sources, Wanted
 from meshsync.store.index import Entry, Need
 
@@ -34,12 +42,6 @@ log = logging.getLogger("meshsync.folder")
 
 NEEDS_PER_PASS = 10000  # versions attempted per pass, besides those waiting for their retry
 FILES_PER_GROUP = 256
-# Why a version waits (`cause` in `meshsync status`).
-NOT_HELD = "no member has it"
-WRITE_REFUSED = "write refused"
-NO_DIRECTORY = "waiting for its directory"
-DISK_FULL = "disk full"
-LOGGED_PER_PASS = 5  # failures logged per pass and cause; `meshsync status` lists them all
 
 _Done = tuple[FileRecord, bytes, int, int]  # an index item: record, signature, inode, dev
 T = TypeVar("T")
@@ -93,7 +95,6 @@ class Puller:
         self.retries = Retries()
         self.wake = asyncio.Event()
         self._rescan = rescan  # (paths changed meanwhile, directories to version anew)
-        self._failures: dict[RelPath, tuple[str, str, float]] = {}  # this pass's
         # Directories that may hold temporary files of versions no longer wanted ("": the root).
         self.temp_dirs: set[str] = set()
         self.min_free = min_free
@@ -130,7 +131,7 @@ class Puller:
         resolved, self._resolved = self._resolved, []
         if resolved:
             await self._announce(resolved)
-        self._report()
+        self.retries.report(self.place, self.clock.now())
         if await asyncio.to_thread(self.judge.rejudge):
             self.wake.set()
         if self.temp_dirs:
@@ -172,26 +173,7 @@ class Puller:
                          "more", self.place.id, need.record.path, need.record.origin)
 
     def _fail(self, need: Need, cause: str, reason: str, lack: Lack | None = None) -> None:
-        wait = self.retries.failed(need, cause, reason, self.clock.now(), lack,
-                                   backoff=cause != DISK_FULL)
-        self._failures[need.record.path] = (cause, reason, wait)
-
-    def _report(self) -> None:
-        """Log this pass's failures: a few per cause, each path at most once per window."""
-        failures, self._failures = self._failures, {}
-        now, logged, unlogged = self.clock.now(), dict[str, int](), 0
-        for path, (cause, reason, wait) in sorted(failures.items()):
-            if logged.get(cause, 0) >= LOGGED_PER_PASS:
-                unlogged += 1
-            elif self.place.throttle.allow((path, cause), now):
-                logged[cause] = logged.get(cause, 0) + 1
-                # %r: a peer chose the path, and it may hold a newline or an escape sequence.
-                log.warning("folder %s: %r waits: %s; trying again in %.0f s", self.place.id, path,
-                            reason, wait)
-        if unlogged and self.place.throttle.allow(("unlogged", "waits"), now):
-            log.warning("folder %s: %d more path%s wait%s (meshsync status lists them)",
-                        self.place.id, unlogged, "" if unlogged == 1 else "s",
-                        "s" if unlogged == 1 else "")
+        self.retries.failed(need, cause, reason, self.clock.now(), lack)
 
     async def _in_thread(self, work: Callable[[_Batch, T], R], arg: T) -> R:
         """Run a batch of disk work in a thread; paths it found changed are rescanned, and
@@ -242,7 +224,7 @@ class Puller:
             batch.failed.append((need, DISK_FULL, str(e)))
             return
         except (apply.UnsafePath, apply.BadBlock, OSError, ValueError) as e:
-            batch.failed.append((need, _cause(e), f"cannot write: {shown(e)}"))
+            batch.failed.append((need, cause_of(e), f"cannot write: {shown(e)}"))
             return
         if done is not None:
             batch.done.append(done)
@@ -268,7 +250,8 @@ class Puller:
         ours = entry.record if verdict.resolve and entry is not None else None
         if record.deleted:
             try:
-                apply.remove(self.place.root, record.path, expected, self._keeper(batch, None))
+                keep = keeper(self.place, batch.changed, None)
+                apply.remove(self.place.root, record.path, expected, keep)
             except apply.NotEmpty:
                 # What is left in it was kept (a concurrent change beat its deletion), unless
                 # a deletion of it is still to come: then the directory stays as a new version.
@@ -283,11 +266,12 @@ class Puller:
             batch.failed.append((need, NO_DIRECTORY, "its directory has not come yet"))
             return None
         if record.kind is Kind.DIR:
-            keep = self._keeper(batch, None)  # a file or link it replaces goes to versions
+            # A file or link it replaces goes to versions.
+            keep = keeper(self.place, batch.changed, None)
             seen = apply.make_dir(self.place.root, record, expected, keep)
             return self._stored(batch, need, seen, ours)
         if record.kind is Kind.SYMLINK:
-            keep = self._keeper(batch, loser)
+            keep = keeper(self.place, batch.changed, loser)
             seen = apply.make_symlink(self.place.root, record, expected, keep)
             return self._stored(batch, need, seen, ours)
         if entry is not None and not entry.record.deleted and entry.record.same_content(record):
@@ -350,19 +334,19 @@ class Puller:
                                f" of {len(need.record.blocks)} missing)", lack)
                 elif need.record.path in failed:
                     error = failed[need.record.path]
-                    self._fail(need, _cause(error), f"cannot write: {shown(error)}")
+                    self._fail(need, cause_of(error), f"cannot write: {shown(error)}")
             # A file lacking a block waits (its temp kept); the others go into place now.
             await self._in_thread(self._commit_all, [
                 (w, i) for w, i in opened
                 if w.need.record.path not in lacks and w.need.record.path not in spoiled])
         except OSError as e:  # syncing the folder failed (a full disk, say): all wait
             for write in writes:
-                if write.need.record.path not in lacks | self._failures.keys():
-                    self._fail(write.need, _cause(e), f"cannot write: {shown(e)}")
+                if write.need.record.path not in lacks | self.retries.failed_now.keys():
+                    self._fail(write.need, cause_of(e), f"cannot write: {shown(e)}")
         finally:
             # A temp that ran out of room goes: a full disk must not stay full because of it.
             for write, incoming in opened:
-                if (self._failures.get(write.need.record.path, ("",))[0] == DISK_FULL
+                if (self.retries.failed_now.get(write.need.record.path) == DISK_FULL
                         and not incoming.closed):
                     await asyncio.to_thread(incoming.abort)
             # A temp file left behind is resumed later, unless its version is no longer wanted
@@ -437,7 +421,7 @@ class Puller:
         self.place.index.put(self.place.id, batch.done)
 
     def _commit_one(self, batch: _Batch, write: _Write, incoming: apply.Incoming) -> _Done:
-        keep = self._keeper(batch, write.loser)
+        keep = keeper(self.place, batch.changed, write.loser)
         seen = incoming.commit(write.expected, keep)
         return self._stored(batch, write.need, seen, write.ours)
 
@@ -453,33 +437,8 @@ class Puller:
         return _done(Need(record, signature, need.source), seen)
 
 
-    def _keeper(self, batch: _Batch, loser: FileRecord | None) -> apply.KeepOld:
-        """How to keep what sync replaces: a losing concurrent edit as a conflict copy beside
-        the winner (scanned and synced like any file), anything else under versions/."""
-        def keep(dir_fd: int, name: str, rel: RelPath) -> None:
-            if loser is not None and loser.kind is Kind.FILE and not conflicts.is_copy(rel):
-                copy = conflicts.copy_path(rel, loser.mtime_ns, loser.made_by)
-                if apply.keep_beside(dir_fd, name, copy.rpartition("/")[2]):
-                    log.info("folder %s: conflict on %s: the other version is kept as %s",
-                             self.place.id, shown(rel), shown(copy))
-                    batch.changed.add(copy)
-                    return
-            # A copy of that version is there already (made by a peer), or it is not an edit.
-            self.keep_version(dir_fd, name, rel)
-        return keep
-
-    def keep_version(self, dir_fd: int, name: str, rel: RelPath) -> None:
-        apply.move_to_versions(self.place.root, dir_fd, name, rel, time.time_ns())
-
-
 class NoRoom(Exception):
     """A file would take the disk's free space below what --min-free keeps."""
-
-
-def _cause(error: Exception) -> str:
-    """What kind of trouble a failed write is, for status."""
-    full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
-    return DISK_FULL if full else WRITE_REFUSED
 
 
 def _mib(size: int) -> str:

@@ -6,14 +6,25 @@ attempt doubles the wait before the next, from RETRY_NEEDS to MAX_BACKOFF.
 
 from __future__ import annotations
 
+import errno
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from meshsync.core.paths import RelPath
 from meshsync.core.vclock import Vector
+from meshsync.node.place import Place
 from meshsync.store.index import Need
 
+log = logging.getLogger("meshsync.folder")
+
+# Why a version waits (`cause` in `meshsync status`).
+NOT_HELD = "no member has it"
+WRITE_REFUSED = "write refused"
+NO_DIRECTORY = "waiting for its directory"
+DISK_FULL = "disk full"  # cheap to check again: tried every RETRY_NEEDS, without backoff
+LOGGED_PER_PASS = 5  # failures logged per pass and cause; `meshsync status` lists them all
 RETRY_NEEDS = 2.0  # the wait after a failed attempt at a path, doubled after each one in a row
 MAX_BACKOFF = 300.0
 JITTER = 0.1  # each wait is cut by up to this share, so retries of many paths spread out
@@ -52,6 +63,7 @@ class Retries:
 
     def __init__(self) -> None:
         self._waits: dict[RelPath, _Wait] = {}
+        self.failed_now: dict[RelPath, str] = {}  # path -> cause, of this pass's failures
 
     def __len__(self) -> int:
         return len(self._waits)
@@ -72,17 +84,39 @@ class Retries:
             del self._waits[path]
         return [n for n in needs if (w := self._waits.get(n.record.path)) is None or w.due <= now]
 
-    def failed(self, need: Need, cause: str, reason: str, now: float, lack: Lack | None = None,
-               backoff: bool = True) -> float:
-        """Wait longer before trying `need` again (without `backoff`: as long as the first
-        time, for a cause that is cheap to check); returns the seconds until then."""
+    def failed(self, need: Need, cause: str, reason: str, now: float,
+               lack: Lack | None = None) -> float:
+        """Wait longer before trying `need` again (a full disk: as long as the first time);
+        returns the seconds until then."""
         path, old = need.record.path, self._waits.get(need.record.path)
+        self.failed_now[path] = cause
         delay = RETRY_NEEDS
-        if backoff and old is not None and old.need == _identity(need):
+        if cause != DISK_FULL and old is not None and old.need == _identity(need):
             delay = min(max(old.delay * 2, RETRY_NEEDS), MAX_BACKOFF)
         wait = delay * (1 - JITTER * random.random())  # noqa: S311 (spreading, not secrecy)
         self._waits[path] = _Wait(_identity(need), cause, reason, delay, now + wait, lack)
         return wait
+
+    def report(self, place: Place, now: float) -> None:
+        """Log this pass's failures: a few per cause, each path at most once per window."""
+        failed, self.failed_now = self.failed_now, {}
+        logged: dict[str, int] = {}
+        unlogged = 0
+        for path, cause in sorted(failed.items()):
+            wait = self._waits.get(path)
+            if wait is None:
+                continue
+            if logged.get(cause, 0) >= LOGGED_PER_PASS:
+                unlogged += 1
+            elif place.throttle.allow((path, cause), now):
+                logged[cause] = logged.get(cause, 0) + 1
+                # %r: a peer chose the path, and it may hold a newline or an escape sequence.
+                log.warning("folder %s: %r waits: %s; trying again in %.0f s", place.id, path,
+                            wait.reason, max(0.0, wait.due - now))
+        if unlogged and place.throttle.allow(("unlogged", "waits"), now):
+            log.warning("folder %s: %d more path%s wait%s (meshsync status lists them)",
+                        place.id, unlogged, "" if unlogged == 1 else "s",
+                        "s" if unlogged == 1 else "")
 
     def succeeded(self, path: RelPath) -> None:
         """Forget a path written, or whose version is no longer wanted."""
@@ -124,3 +158,9 @@ class Asking:
     def gave_up(self, path: RelPath) -> bool:
         """Whether no source is asked for `path` any more in this attempt."""
         return not any(self.asks(address, path) for address in self.addresses)
+
+
+def cause_of(error: Exception) -> str:
+    """What kind of trouble a failed write is, for status."""
+    full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return DISK_FULL if full else WRITE_REFUSED

@@ -1,0 +1,69 @@
+"""What sync replaces is kept: a losing concurrent edit as a conflict copy beside the winner
+(scanned and synced like any file), anything else under .meshsync/versions on this machine;
+and the listings of both."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from meshsync.core import conflicts
+from meshsync.core.paths import RelPath
+from meshsync.core.records import FileRecord, Kind
+from meshsync.core.throttle import shown
+from meshsync.fs import apply, versions
+from meshsync.node.place import Place
+
+log = logging.getLogger("meshsync.folder")
+
+
+def keeper(place: Place, changed: set[RelPath], loser: FileRecord | None) -> apply.KeepOld:
+    """How to keep what a write replaces; a conflict copy made is added to `changed` (to scan)."""
+    def keep(dir_fd: int, name: str, rel: RelPath) -> None:
+        if loser is not None and loser.kind is Kind.FILE and not conflicts.is_copy(rel):
+            copy = conflicts.copy_path(rel, loser.mtime_ns, loser.made_by)
+            if apply.keep_beside(dir_fd, name, copy.rpartition("/")[2]):
+                log.info("folder %s: conflict on %s: the other version is kept as %s",
+                         place.id, shown(rel), shown(copy))
+                changed.add(copy)
+                return
+        # A copy of that version is there already (made by a peer), or it is not an edit.
+        keep_version(place, dir_fd, name, rel)
+    return keep
+
+
+def keep_version(place: Place, dir_fd: int, name: str, rel: RelPath) -> None:
+    """Move what is at `name` (in `dir_fd`, at `rel`) to the folder's versions."""
+    apply.move_to_versions(place.root, dir_fd, name, rel, time.time_ns())
+
+
+def versions_of(place: Place, rel: RelPath | None) -> list[versions.Version]:
+    """The kept versions of a path and of all below it (None: the whole folder), oldest first;
+    runs in a thread."""
+    return [v for v in versions.all_versions(place.root)
+            if rel is None or v.path == rel or v.path.startswith(rel + "/")]
+
+
+def conflict_copies(place: Place) -> list[dict[str, Any]]:
+    """The conflict copies in the folder: what each name says, and the version it lost to;
+    runs in a thread."""
+    found = []
+    for entry in place.index.conflict_copies(place.id):
+        copy = conflicts.parse(entry.record.path)
+        if copy is None:
+            continue
+        current = place.index.get(place.id, copy.original)
+        found.append({
+            "folder": place.id, "path": copy.path, "original": copy.original,
+            "copy": {"origin": copy.origin, "time": _iso(copy.when.timestamp())},
+            "current": None if current is None or current.record.deleted else {
+                "origin": current.record.made_by, "time": _iso(current.record.mtime_ns / 1e9)},
+        })
+    return found
+
+
+def _iso(seconds: float) -> str:
+    """A time as `2026-11-25T10:15:00Z`."""
+    return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
