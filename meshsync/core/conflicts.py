@@ -16,7 +16,8 @@ MARK = ".sync-conflict-"
 SHORT = 7  # hex digits of the origin's vector key in the name
 _STAMP = "%Y%m%d-%H%M%S"
 _COPY = re.compile(
-    r"(?P<stem>.+)\.sync-conflict-(?P<stamp>\d{8}-\d{6})-(?P<origin>[0-9a-f]{7})(?P<ext>\.[^.]*)?")
+    r"(?P<stem>.+)\.sync-conflict-(?P<stamp>\d{8}-\d{6})-(?P<origin>[0-9a-f]{7})"
+    r"(?:-(?P<tag>[0-9a-f]{8}))?(?P<ext>\.[^.]*)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +30,13 @@ class Copy:
     origin: str  # the first hex digits of the losing version's origin key
 
 
-def copy_path(path: RelPath, mtime_ns: int, origin: str) -> RelPath:
+def copy_path(path: RelPath, mtime_ns: int, origin: str, tag: str = "") -> RelPath:
     """`dir/NAME.sync-conflict-YYYYMMDD-HHMMSS-<origin>.EXT` for the loser at `path`.
 
     The time is the loser's mtime in UTC (not the moment of the conflict), so that every
     node names it alike. A name too long for the file system loses the end of its stem.
+    `tag` (8 hex digits of the loser's content) tells apart two losers of one node and
+    second, which would otherwise share a name: `…-<origin>-<tag>.EXT`.
     """
     head, _, name = path.rpartition("/")
     stem, ext = _split(name)
@@ -41,7 +44,7 @@ def copy_path(path: RelPath, mtime_ns: int, origin: str) -> RelPath:
         stamp = datetime.fromtimestamp(mtime_ns / 1e9, UTC).strftime(_STAMP)
     except (OverflowError, ValueError, OSError):  # an mtime no calendar holds
         stamp = "00000000-000000"
-    suffix = f"{MARK}{stamp}-{origin[:SHORT]}{ext}"
+    suffix = f"{MARK}{stamp}-{origin[:SHORT]}{f'-{tag}' if tag else ''}{ext}"
     room = MAX_NAME_BYTES - len(suffix.encode())
     stem = stem.encode()[:room].decode(errors="ignore")
     return RelPath(f"{head}/{stem}{suffix}" if head else f"{stem}{suffix}")

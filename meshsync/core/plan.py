@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from meshsync.core.records import FileRecord
+from meshsync.core.records import FileRecord, Kind
 from meshsync.core.vclock import Order, Vector
 
 
@@ -56,8 +56,10 @@ def compare(a: FileRecord, b: FileRecord) -> Order:
 
 
 def wins(a: FileRecord, b: FileRecord) -> bool:
-    """Whether `a` beats the concurrent `b`: a change beats a delete, then the newer mtime, the
-    lower author, then (one content, one author) the mode, the lower origin.
+    """Whether `a` beats the concurrent `b`: a change beats a delete, then a directory beats a
+    file or link (what it holds stays where it is; the loser becomes a conflict copy), then
+    the newer mtime, the lower author, then (one content, one author) the mode, the lower
+    origin.
 
     What a version holds decides, not who published it: a resolution wins and loses as the
     version whose content it carries, so no node's verdict depends on which it heard first.
@@ -69,8 +71,8 @@ def _rank(r: FileRecord) -> tuple[object, ...]:
     # One author's two contents of one mtime are told apart by the content itself; one node's
     # two concurrent versions of one content by their counters (concurrent vectors differ).
     content = () if r.deleted else (r.kind.value, r.size, r.blocks, r.target)
-    return (not r.deleted, r.mtime_ns, -int(r.made_by, 16), content, r.mode, -int(r.origin, 16),
-            r.version.counters)
+    return (not r.deleted, r.kind is Kind.DIR and not r.deleted, r.mtime_ns, -int(r.made_by, 16),
+            content, r.mode, -int(r.origin, 16), r.version.counters)
 
 
 def decide(local: FileRecord | None, remote: FileRecord) -> Verdict:

@@ -280,6 +280,7 @@ def move_to_versions(root: Path, dir_fd: int, name: str, rel: RelPath, when_ns: 
             except OSError as e:
                 if e.errno not in _NO_HARD_LINKS:
                     raise
+                _not_a_directory(dir_fd, name, rel)
                 os.rename(name, kept_name, src_dir_fd=dir_fd, dst_dir_fd=kept_fd)
             return
 
@@ -312,8 +313,37 @@ def keep_beside(dir_fd: int, name: str, other: str) -> bool:
             raise
         if seen_at(RelPath(other), other, dir_fd) is not None:
             return False
+        _not_a_directory(dir_fd, name, RelPath(other))
         os.rename(name, other, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     return True
+
+
+def same_bytes(dir_fd: int, name: str, other: str) -> bool:
+    """Whether entries `name` and `other` of dir_fd are files of the same content."""
+    try:
+        fds = [open_file(n, dir_fd) for n in (name, other)]
+    except OSError:
+        return False
+    try:
+        if os.fstat(fds[0]).st_size != os.fstat(fds[1]).st_size:
+            return False
+        while True:
+            a, b = (os.read(fd, BLOCK_SIZE) for fd in fds)
+            if a != b:
+                return False
+            if not a:
+                return True
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _not_a_directory(dir_fd: int, name: str, path: RelPath) -> None:
+    """Changed if entry `name` is a directory now: one the user made in place of what was
+    checked, which keeping by rename would take out of the folder."""
+    seen = seen_at(path, name, dir_fd)
+    if seen is not None and seen.kind is Kind.DIR:
+        raise Changed(f"{path} became a directory while being replaced")
 
 
 def _check(dir_fd: int, name: str, path: RelPath, expected: Seen | None) -> None:
@@ -337,6 +367,8 @@ def _replace(dir_fd: int, temp: str, name: str, path: RelPath, expected: Seen | 
         _remove_dir(dir_fd, name, path)
     elif keep_old is not None and expected is not None:
         keep_old(dir_fd, name, path)
+        # The user may have replaced it while it was kept: then theirs stays where it is.
+        _check(dir_fd, name, path, expected)
     os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 

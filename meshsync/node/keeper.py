@@ -4,6 +4,7 @@ and the listings of both."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -23,13 +24,20 @@ def keeper(place: Place, changed: set[RelPath], loser: FileRecord | None) -> app
     """How to keep what a write replaces; a conflict copy made is added to `changed` (to scan)."""
     def keep(dir_fd: int, name: str, rel: RelPath) -> None:
         if loser is not None and loser.kind is Kind.FILE and not conflicts.is_copy(rel):
-            copy = conflicts.copy_path(rel, loser.mtime_ns, loser.made_by)
-            if apply.keep_beside(dir_fd, name, copy.rpartition("/")[2]):
-                log.info("folder %s: conflict on %s: the other version is kept as %s",
-                         place.id, shown(rel), shown(copy))
-                changed.add(copy)
-                return
-        # A copy of that version is there already (made by a peer), or it is not an edit.
+            # The plain name, else (taken by another loser of that node and second) a name
+            # tagged with the content: every node holding this loser picks the same.
+            tag = hashlib.sha256(b"".join(loser.blocks)).hexdigest()[:8]
+            for copy in (conflicts.copy_path(rel, loser.mtime_ns, loser.made_by),
+                         conflicts.copy_path(rel, loser.mtime_ns, loser.made_by, tag)):
+                leaf = copy.rpartition("/")[2]
+                if apply.keep_beside(dir_fd, name, leaf):
+                    log.info("folder %s: conflict on %s: the other version is kept as %s",
+                             place.id, shown(rel), shown(copy))
+                    changed.add(copy)
+                    return
+                if apply.same_bytes(dir_fd, name, leaf):
+                    break  # that copy is there already (made by a peer)
+        # A copy of that version is there already, or it is not an edit.
         keep_version(place, dir_fd, name, rel)
     return keep
 

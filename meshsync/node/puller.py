@@ -204,6 +204,13 @@ class Puller:
                 batch.changed.add(need.record.path)
             elif self.place.index.deletions_under(self.place.id, need.record.path):
                 batch.after_deletions.append(need)
+            elif self.retries.tried(need):
+                # Still, a while later: it holds files no deletion names (made here meanwhile).
+                # The directory gets a version of its own, concurrent with this one, which it
+                # beats (plan.wins: a directory beats a file or link): nothing is lost.
+                batch.revive.add(need.record.path)
+                batch.failed.append((need, NO_DIRECTORY, "the directory it replaces holds "
+                                     "files made meanwhile"))
             else:
                 batch.failed.append((need, WRITE_REFUSED, f"cannot write: {shown(e)}"))
             return
@@ -213,8 +220,9 @@ class Puller:
         except apply.ParentNotDir as e:
             if need.record.deleted:  # nothing can be there: it is deleted here already
                 batch.done.append(_done(need, None))
-            elif self.place.index.need(self.place.id, e.path) is not None:
-                # A file or link here, which a version on its way makes a directory.
+            elif self.place.index.get(self.place.id, e.path) is not None:
+                # A synced file or link, which a version on its way (queued, or still to come:
+                # a directory beats a file) makes a directory.
                 batch.failed.append((need, NO_DIRECTORY, f"{shown(e.path)} is not a directory "
                                      "yet"))
             else:
@@ -266,8 +274,8 @@ class Puller:
             batch.failed.append((need, NO_DIRECTORY, "its directory has not come yet"))
             return None
         if record.kind is Kind.DIR:
-            # A file or link it replaces goes to versions.
-            keep = keeper(self.place, batch.changed, None)
+            # A file or link it replaces goes to versions, or beside it if it lost to it.
+            keep = keeper(self.place, batch.changed, loser)
             seen = apply.make_dir(self.place.root, record, expected, keep)
             return self._stored(batch, need, seen, ours)
         if record.kind is Kind.SYMLINK:

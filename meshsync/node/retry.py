@@ -24,6 +24,7 @@ NOT_HELD = "no member has it"
 WRITE_REFUSED = "write refused"
 NO_DIRECTORY = "waiting for its directory"
 DISK_FULL = "disk full"  # cheap to check again: tried every RETRY_NEEDS, without backoff
+CHEAP = frozenset({DISK_FULL, NO_DIRECTORY})  # causes checked again every RETRY_NEEDS
 LOGGED_PER_PASS = 5  # failures logged per pass and cause; `meshsync status` lists them all
 RETRY_NEEDS = 2.0  # the wait after a failed attempt at a path, doubled after each one in a row
 MAX_BACKOFF = 300.0
@@ -91,7 +92,7 @@ class Retries:
         path, old = need.record.path, self._waits.get(need.record.path)
         self.failed_now[path] = cause
         delay = RETRY_NEEDS
-        if cause != DISK_FULL and old is not None and old.need == _identity(need):
+        if cause not in CHEAP and old is not None and old.need == _identity(need):
             delay = min(max(old.delay * 2, RETRY_NEEDS), MAX_BACKOFF)
         wait = delay * (1 - JITTER * random.random())  # noqa: S311 (spreading, not secrecy)
         self._waits[path] = _Wait(_identity(need), cause, reason, delay, now + wait, lack)
@@ -121,6 +122,11 @@ class Retries:
     def succeeded(self, path: RelPath) -> None:
         """Forget a path written, or whose version is no longer wanted."""
         self._waits.pop(path, None)
+
+    def tried(self, need: Need) -> bool:
+        """Whether this version of its path failed before (and waits)."""
+        wait = self._waits.get(need.record.path)
+        return wait is not None and wait.need == _identity(need)
 
     def lack(self, need: Need) -> Lack | None:
         """What the temp of this version lacked after its last attempt, if that is known."""

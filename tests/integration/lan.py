@@ -227,6 +227,15 @@ class Host:
             for other in others:
                 f.write(other.pub + "\n")
 
+    def untrust(self, other: Host) -> None:
+        """Take `other`'s key out of this host's authorized_keys, in one rename (the node
+        never reads the file half written)."""
+        keys = self.home / ".ssh" / "authorized_keys"
+        lines = [line for line in keys.read_text().splitlines() if line.strip() != other.pub]
+        edited = keys.with_name("authorized_keys.new")
+        edited.write_text("".join(f"{line}\n" for line in lines))
+        edited.replace(keys)
+
 
 class Lan:
     """N hosts on one bridge, the bridge in a namespace of its own; nothing leaves the lab."""

@@ -148,9 +148,12 @@ def test_identical_content_with_other_metadata_is_not_a_conflict() -> None:
     assert decide(local, rec(THEIRS, LOW, mtime=T + 1)) == TAKE_AND_RESOLVE
 
 
-def test_a_directory_replaced_by_a_file_keeps_the_directory() -> None:
-    local = FileRecord(RelPath("notes.txt"), Kind.DIR, OURS, HIGH, mtime_ns=T)
-    assert decide(local, rec(THEIRS, LOW, mtime=T)) == TAKE_KEEP_OURS_AND_RESOLVE
+def test_a_directory_beats_a_concurrent_file_whatever_their_mtimes() -> None:
+    # What a directory holds stays where it is; the file is the loser (a conflict copy).
+    directory = FileRecord(RelPath("notes.txt"), Kind.DIR, OURS, HIGH, mtime_ns=T)
+    assert decide(directory, rec(THEIRS, LOW, mtime=T + 1)).action is Action.IGNORE
+    assert decide(rec(OURS, LOW, mtime=T + 1), replace(directory, version=THEIRS)) == (
+        TAKE_KEEP_OURS_AND_RESOLVE)
 
 
 def test_wins_orders_delete_then_mtime_then_origin() -> None:
