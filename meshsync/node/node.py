@@ -118,7 +118,6 @@ class Node:
         self._goodbye_wake = 0.0
         self._folders: dict[str, FolderSync] = {}
         self._progress: dict[FolderId, Progress] = {}  # ours, told in hellos
-        self._progress_at = float("-inf")
         self._origins: dict[str, bytes] = {}  # vector key -> key, of untrusted record origins
         self._trust_stamp = trust.stamp()
         self._client: PeerClient | None = None
@@ -258,6 +257,7 @@ class Node:
                                    name="discovery"),
                     tg.create_task(self._heartbeats(client, tg), name="heartbeats"),
                     tg.create_task(self._ticks(), name="election timer"),
+                    tg.create_task(self._progresses(), name="progress"),
                     *(tg.create_task(f.run(), name=f"folder {f.id}")
                       for f in self._folders.values()),
                 ]
@@ -273,10 +273,6 @@ class Node:
         while True:
             self._wake.clear()
             now = self._clock.now()
-            if now - self._progress_at >= PROGRESS_EVERY:
-                self._progress_at = now
-                for sync in self._folders.values():
-                    self._progress[sync.id] = await asyncio.to_thread(sync.progress)
             stamp = await asyncio.to_thread(self._trust.stamp)
             if stamp != self._trust_stamp:  # authorized_keys or trusted_keys edited
                 self._trust_stamp = stamp
@@ -286,6 +282,14 @@ class Node:
                 tg.create_task(self._contact(client, address), name=f"hello {address}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), HEARTBEAT)
+
+    async def _progresses(self) -> None:
+        # Apart from the heartbeats: reading the index may wait on a long write, and hellos
+        # must not.
+        while True:
+            for sync in self._folders.values():
+                self._progress[sync.id] = await asyncio.to_thread(sync.progress)
+            await asyncio.sleep(PROGRESS_EVERY)
 
     async def _ticks(self) -> None:
         while True:

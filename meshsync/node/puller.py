@@ -26,6 +26,7 @@ from meshsync.node.judge import REVIVED, Judge
 from meshsync.node.keeper import keeper
 from meshsync.node.place import Place
 from meshsync.node.retry import (
+    CHANGED,
     DISK_FULL,
     NO_DIRECTORY,
     NOT_HELD,
@@ -202,6 +203,7 @@ class Puller:
             # done, later in this pass. Held by files of ours that no deletion names, it waits.
             if need.record.deleted:
                 batch.changed.add(need.record.path)
+                batch.failed.append((need, CHANGED, f"cannot delete: {shown(e)}"))
             elif self.place.index.deletions_under(self.place.id, need.record.path):
                 batch.after_deletions.append(need)
             elif self.retries.tried(need):
@@ -214,8 +216,11 @@ class Puller:
             else:
                 batch.failed.append((need, WRITE_REFUSED, f"cannot write: {shown(e)}"))
             return
-        except apply.Changed:
+        except apply.Changed as e:
+            # Rescanned, then tried again; listed meanwhile, so that a path that keeps
+            # changing (or never matches what the index says) shows, and costs a try per 2 s.
             batch.changed.add(need.record.path)
+            batch.failed.append((need, CHANGED, f"{shown(e)}; rescanning it"))
             return
         except apply.ParentNotDir as e:
             if need.record.deleted:  # nothing can be there: it is deleted here already
