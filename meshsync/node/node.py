@@ -830,8 +830,9 @@ class Node:
 
     def _origin_by_id(self, text: str) -> bytes | None:
         """The key of an untrusted origin of versions held back, by its full or short ID."""
-        found = [k for k in self._origins.values() if text in (str(NodeId.of_key(k)),
-                                                               NodeId.of_key(k).short)]
+        # A copy: judging threads add origins while the loop looks.
+        keys = list(self._origins.values())
+        found = [k for k in keys if text in (str(NodeId.of_key(k)), NodeId.of_key(k).short)]
         return found[0] if len(found) == 1 else None
 
     def _election_json(self) -> dict[str, Any]:
