@@ -7,7 +7,7 @@ import hashlib
 import ipaddress
 import json
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NewType
 
@@ -113,10 +113,10 @@ class Progress:
             return 100
         return min(99, self.have_bytes * 100 // max(1, self.have_bytes + self.need_bytes))
 
-    def to_json(self, folders: list[FolderId]) -> dict[str, object]:
-        """The wire form: the folder by its place in the hello's sorted `folders` (an ID can
+    def to_json(self, at: Mapping[FolderId, int]) -> dict[str, object]:
+        """The wire form: the folder by its place `at` in the hello's sorted folders (an ID can
         take 1.5 KB of JSON, and a hello names up to 256)."""
-        return {"folder": folders.index(self.folder), "state": self.state,
+        return {"folder": at[self.folder], "state": self.state,
                 "need_files": self.need_files, "need_bytes": self.need_bytes,
                 "have_bytes": self.have_bytes}
 
@@ -167,8 +167,8 @@ class Hello:
             "members": [m.to_json() for m in self.members],
         }
         if self.progress:
-            folders = sorted(self.folders)
-            data["progress"] = [p.to_json(folders) for p in self.progress]
+            at = {f: i for i, f in enumerate(sorted(self.folders))}
+            data["progress"] = [p.to_json(at) for p in self.progress]
         if self.member_keys is not None:
             data["member_keys"] = [base64.b64encode(k).decode() for k in self.member_keys]
         return json.dumps(data, separators=(",", ":")).encode()

@@ -126,6 +126,11 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
+def mib(size: int) -> str:
+    """A size for a log line or a reason: `12.5 MiB`."""
+    return f"{size / (1 << 20):.1f} MiB"
+
+
 def check_port(port: int | None) -> int | None:
     """`--port`: None (the default port) or 0 to 65535 (0: any free one); ValueError if not."""
     if port is not None and not 0 <= port <= 65535:

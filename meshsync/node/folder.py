@@ -40,7 +40,7 @@ from meshsync.fs.watch import watch
 from meshsync.node import transfer
 from meshsync.node.catchup import CatchUp, Indexes
 from meshsync.node.clock import Clock
-from meshsync.node.config import Folder, Keep, MinFree
+from meshsync.node.config import Folder, Keep, MinFree, mib
 from meshsync.node.judge import Judge, Verifier
 from meshsync.node.keeper import keep_version
 from meshsync.node.place import Place
@@ -217,7 +217,7 @@ class FolderSync:
             if full and (found.hashed or not self.scanned):
                 log.info("folder %s: scanned %d entries in %.1f s; hashed %d file%s (%s)",
                          self.id, found.entries, time.monotonic() - began, found.hashed,
-                         "" if found.hashed == 1 else "s", _mib(found.hashed_bytes))
+                         "" if found.hashed == 1 else "s", mib(found.hashed_bytes))
             if full:
                 self.scanned = True
                 self._release = True  # what is held back may be history by now
@@ -392,7 +392,7 @@ class FolderSync:
         counts = counts or self.counts()
         now = self.clock.now()
         retries = self.puller.retries
-        waiting = len(retries) if counts.files else 0  # the waits of dropped needs go next pass
+        waiting = self._waiting(counts.files)
         held = [{"path": n.record.path, "cause": "untrusted origin",
                  "reason": self.mesh.untrusted_origin(n.record.origin)} for n in counts.held]
         held_back = [*held, *retries.listing(now, SHOWN - len(held))] if waiting else held
@@ -415,6 +415,11 @@ class FolderSync:
                      "out": self.sent.per_second(now)},
         }
 
+    def _waiting(self, files: int) -> int:
+        """Versions waiting for a retry (none when nothing is queued: the waits of versions
+        no longer wanted are forgotten at the next pass)."""
+        return len(self.puller.retries) if files else 0
+
     def _state(self, files: int, held: int, waiting: int) -> str:
         if not self.mounted:
             return "unmounted"
@@ -428,13 +433,9 @@ class FolderSync:
         """How far this folder is, for our hellos; runs in a thread."""
         index = self.place.index
         files, size = index.need_totals(self.id)
-        waiting = len(self.puller.retries) if files else 0
+        waiting = self._waiting(files)
         state = self._state(files, index.held_count(self.id), waiting)
         return Progress(self.id, state, files, size, index.counts(self.id)[1])
-
-
-def _mib(size: int) -> str:
-    return f"{size / (1 << 20):.1f} MiB"
 
 
 def new_epoch() -> str:

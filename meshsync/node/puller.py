@@ -21,7 +21,7 @@ from meshsync.core.wire import Signed
 from meshsync.fs import apply, scan
 from meshsync.node import transfer
 from meshsync.node.clock import Clock
-from meshsync.node.config import MinFree
+from meshsync.node.config import MinFree, mib
 from meshsync.node.judge import REVIVED, Judge
 from meshsync.node.keeper import keeper
 from meshsync.node.place import Place
@@ -393,8 +393,8 @@ class Puller:
         needed = record.size - sum(incoming.length(i) for i in incoming.have())
         if needed > self._room:
             incoming.abort()  # nothing of it stays behind to fill the disk
-            raise NoRoom(f"disk full: it needs {_mib(needed)} more, and "
-                         f"{_mib(max(self._room, 0))} are free above the {self.min_free} kept "
+            raise NoRoom(f"disk full: it needs {mib(needed)} more, and "
+                         f"{mib(max(self._room, 0))} are free above the {self.min_free} kept "
                          "free (--min-free)")
         self._room -= needed
         opened.append((write, incoming))
@@ -452,10 +452,6 @@ class Puller:
 
 class NoRoom(Exception):
     """A file would take the disk's free space below what --min-free keeps."""
-
-
-def _mib(size: int) -> str:
-    return f"{size / (1 << 20):.1f} MiB"
 
 
 def _nothing_of(need: Need, lack: Lack) -> bool:

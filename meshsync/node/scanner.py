@@ -73,7 +73,6 @@ class Scanner:
     me: str  # this node's vector key
     sign: Callable[[FileRecord], bytes]
     progress: Progress | None = None  # the full scan under way, if any
-    _kept: dict[RelPath, list[FileRecord]] = field(default_factory=dict)
 
     def find_changes(self, dirty: set[RelPath] | None, force: set[RelPath],
                      revive: set[RelPath],
@@ -99,9 +98,9 @@ class Scanner:
             if progress is not None:
                 progress.walking = False
             # Losers kept aside, which a new version made here may descend from (plan.local_change).
-            self._kept: dict[RelPath, list[FileRecord]] = {}
+            kept: dict[RelPath, list[FileRecord]] = {}
             for loser in place.index.losers(place.id):
-                self._kept.setdefault(loser.record.path, []).append(loser.record)
+                kept.setdefault(loser.record.path, []).append(loser.record)
             mine: list[_Done] = []  # new versions made here: stored and announced
             held: list[_Done] = []  # versions we hold already, whose inode moved
             present: set[str] = set()
@@ -110,7 +109,7 @@ class Scanner:
             for s in seen:
                 present.add(s.path)
                 looked = self._look(s, known.get(s.path), s.path in force, s.path in revive,
-                                    now_ns, found)
+                                    kept.get(s.path, []), now_ns, found)
                 if progress is not None:
                     progress.entries_done += 1
                     progress.bytes_done += s.size
@@ -126,7 +125,7 @@ class Scanner:
                         and not ignore.match(path, entry.record.kind is Kind.DIR)):
                     record = plan.local_change(
                         entry.record, entry.record.tombstone(Vector(), me),
-                        self._kept.get(entry.record.path, ()), me, now_ns // 10**9)
+                        kept.get(entry.record.path, []), me, now_ns // 10**9)
                     mine.append((record, self.sign(record), 0, 0))
             self._store(mine[stored:], held, announce)
         finally:
@@ -145,9 +144,10 @@ class Scanner:
             announce([Signed(record, signature) for record, signature, _, _ in mine])
 
     def _look(self, s: scan.Seen, entry: Entry | None, force: bool, revive: bool,
-              now_ns: int, found: Found) -> tuple[bool, _Done] | None:
+              kept: list[FileRecord], now_ns: int, found: Found) -> tuple[bool, _Done] | None:
         """A path's new version (False, item), or the one held with its new inode (True, item);
-        None if nothing changed, or it is still being written (then it is in found.unstable)."""
+        None if nothing changed, or it is still being written (then it is in found.unstable).
+        `kept`: the losers of its path kept aside, which a new version descends from if alike."""
         if (entry is not None and not force and not revive
                 and not scan.differs(s, entry.record, entry.inode)):
             return None
@@ -165,7 +165,7 @@ class Scanner:
         seen = FileRecord(s.path, s.kind, Vector(), self.me, False, size, s.mode, s.mtime_ns,
                           blocks, s.target)
         record = plan.local_change(entry.record if entry else None, seen,
-                                   self._kept.get(s.path, ()), self.me, now_ns // 10**9)
+                                   kept, self.me, now_ns // 10**9)
         if (entry is not None and not entry.record.deleted and not revive
                 and record.same_metadata(entry.record)):
             # Only the inode moved (an editor's copy-and-rename, say): same version.

@@ -19,21 +19,9 @@ from meshsync.net.discovery import Advert, own_networks
 from meshsync.node import node as node_module
 from meshsync.node.config import Config, Folder
 from meshsync.node.node import ADDRESSES_PER_ADVERT, MAX_HINTS, NEW_HINTS_PER_SECOND, Node
+from tests.clock import FakeClock
 
 CLAIMED = str(NodeId.of_key(b"someone"))
-
-
-class FakeClock:
-    """Monotonic time the test sets; wall time alike."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return self.t
-
-    def wall(self) -> float:
-        return 1_800_000_000.0 + self.t
 
 
 @pytest.fixture
@@ -52,7 +40,7 @@ def node(tmp_path: Path) -> tuple[Node, FakeClock]:
                     ssh_dir=tmp_path / "ssh", name="a")
     signer = KeySigner(Ed25519PrivateKey.generate())
     trust = TrustStore([tmp_path / "ssh" / "authorized_keys"], tmp_path / "s" / "trusted_keys")
-    return Node(config, signer, trust, clock), clock  # type: ignore[arg-type]
+    return Node(config, signer, trust, clock), clock
 
 
 def hinted(node: Node) -> dict[str, float]:

@@ -45,6 +45,7 @@ from meshsync.net.listener import Limits, Listener, server_context
 from meshsync.net.server import ANSWER_DIGESTS, ROUTES, make_app, serve
 from meshsync.node.config import Config, Folder
 from meshsync.node.node import Node
+from tests.clock import FakeClock
 
 T0 = 1_700_000_000.0
 THEIRS = Hello("client", 22300, frozenset({FolderId("docs")}), 3, None)
@@ -760,19 +761,6 @@ async def test_a_client_twenty_minutes_off_is_refused_and_both_sides_know_by_how
 
 
 # -- the node's side: a peer refused for its clock is listed so, with the fix --------------------
-class NodeClock:
-    """Monotonic and wall time the test sets."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return self.t
-
-    def wall(self) -> float:
-        return T0 + self.t
-
-
 @pytest.fixture
 def node(tmp_path: Path, member: KeySigner) -> Node:
     """A node (not started) that trusts `member`."""
@@ -782,7 +770,7 @@ def node(tmp_path: Path, member: KeySigner) -> Node:
     config = Config(folders=(Folder(FolderId("docs"), tmp_path / "docs"),), state=tmp_path / "s",
                     ssh_dir=tmp_path / "ssh", name="a")
     trust = TrustStore([tmp_path / "ssh" / "authorized_keys"], tmp_path / "s" / "trusted_keys")
-    return Node(config, new_key(), trust, NodeClock())  # type: ignore[arg-type]
+    return Node(config, new_key(), trust, FakeClock(T0))
 
 
 def row_of(node: Node, key: bytes) -> dict[str, Any]:

@@ -27,21 +27,9 @@ from meshsync.net.discovery import own_networks
 from meshsync.node.config import Config, Folder
 from meshsync.node.judge import Origin
 from meshsync.node.node import KEYS_AFTER, Node
+from tests.clock import FakeClock
 
 DOCS = FolderId("docs")
-
-
-class FakeClock:
-    """Monotonic time the test sets; wall time alike."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return self.t
-
-    def wall(self) -> float:
-        return 1_800_000_000.0 + self.t
 
 
 @dataclass
@@ -105,7 +93,7 @@ def mesh(tmp_path: Path) -> Mesh:
     config = Config(folders=(Folder(DOCS, tmp_path / "docs"),), state=tmp_path / "s",
                     ssh_dir=tmp_path / "ssh", name="x")
     trust = TrustStore([tmp_path / "ssh" / "authorized_keys"], tmp_path / "s" / "trusted_keys")
-    node = Node(config, signer, trust, clock)  # type: ignore[arg-type]
+    node = Node(config, signer, trust, clock)
     return Mesh(node, clock, {**keys, "x": Key(signer.public_blob)})
 
 

@@ -21,30 +21,15 @@ from meshsync.core.vclock import Vector
 from meshsync.core.wire import MAX_BLOCKS_PER_REQUEST, BlockRequest, FolderId, IndexRequest, Records
 from meshsync.fs import apply
 from meshsync.node import folder
-from meshsync.node.clock import Clock
 from meshsync.node.config import Folder
 from meshsync.node.folder import FolderSync
 from meshsync.node.judge import Origin
 from meshsync.node.retry import JITTER, MAX_BACKOFF, RETRY_NEEDS
 from meshsync.store.index import Index, Need
+from tests.clock import FakeClock
 
 ORIGIN = "0123456789abcdef"
 FOLDER = FolderId("photos")
-
-
-class FakeClock(Clock):
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:  # type: ignore[override]
-        return self.t
-
-    def wall(self) -> float:  # type: ignore[override]
-        return 1_700_000_000.0 + self.t
-
-    def wait_out(self, seconds: float) -> None:
-        """Let `seconds` pass, and a hair more: sums of floats round either way."""
-        self.t += seconds + 1e-6
 
 
 class Members:
@@ -114,7 +99,7 @@ def unheld(path: str, blocks: int, counter: int = 1) -> FileRecord:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1_700_000_000.0)
 
 
 @pytest.fixture

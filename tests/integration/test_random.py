@@ -10,7 +10,6 @@ replays the same workload, not the same race:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import random
 import time
@@ -20,7 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshsync.core.paths import MARKER, is_temporary
-from tests.integration.lan import Host, tree, wait_for
+from tests.integration.lan import Host, wait_for
+from tests.integration.soak_random import (
+    Journal,
+    Tree,
+    differences,
+    digest,
+    log_tails,
+    temporaries,
+    visible,
+)
 from tests.integration.test_sync import mesh
 
 SEED = int(os.environ.get("MESHSYNC_SEED") or 20240611)
@@ -36,12 +44,6 @@ RACING = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryEr
 NOTICE_EVERY = 0.5  # how often to ask the peers whether they noticed a fault yet
 CONVERGE = 90.0
 STABLE_FOR = 3.0
-LOG_TAIL = 40
-
-
-def digest(data: bytes) -> str:
-    """The content digest `tree` uses."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def user_files(root: Path) -> list[str]:
@@ -71,18 +73,6 @@ def kept(root: Path) -> set[str]:
                 with contextlib.suppress(FileNotFoundError):
                     found.add(digest(path.read_bytes()))
     return found
-
-
-class Journal(list[str]):
-    """What the users and the faults did, each line stamped with seconds since the start."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.began = time.monotonic()
-
-    def append(self, line: str) -> None:
-        """Add a line, stamped."""
-        super().append(f"{time.monotonic() - self.began:6.2f} {line}")
 
 
 class User:
@@ -265,19 +255,6 @@ def in_sync(host: Host) -> bool:
                for f in host.json("status")["folders"])
 
 
-Tree = dict[str, tuple[str, str, int]]
-
-
-def visible(host: Host) -> Tree:
-    """The host's tree as `tree` sees it, less meshsync's temporary files (checked on their own)."""
-    return {p: e for p, e in tree(host.sync).items() if not is_temporary(p.rpartition("/")[2])}
-
-
-def temporaries(host: Host) -> list[str]:
-    """meshsync's temporary files in the host's folder."""
-    return sorted(p for p in tree(host.sync) if is_temporary(p.rpartition("/")[2]))
-
-
 def settle(hosts: list[Host], timeout: float) -> Tree | None:
     """The common tree once every host holds it, in sync, for STABLE_FOR s; None on timeout."""
     last: Tree | None = None
@@ -303,34 +280,6 @@ def settle(hosts: list[Host], timeout: float) -> Tree | None:
         return None
 
 
-def differences(hosts: list[Host], written: dict[str, str]) -> str:
-    """The paths whose entry differs between hosts, each host's view of them."""
-    trees = wait_for("a look at every tree", lambda: _look(hosts), 10)
-    lines = []
-    for path in sorted(set().union(*trees.values())):
-        views = {name: t.get(path) for name, t in trees.items()}
-        if len(set(views.values())) > 1:
-            shown = ", ".join(f"{name}={_entry(v, written)}" for name, v in views.items())
-            lines.append(f"  {path}: {shown}")
-    return "\n".join(lines) or "  (none now: the trees agreed, but not stably or not in sync)"
-
-
-def _look(hosts: list[Host]) -> dict[str, Tree] | None:
-    try:
-        return {h.name: visible(h) for h in hosts}
-    except FileNotFoundError:
-        return None  # a file went while we looked
-
-
-def _entry(entry: tuple[str, str, int] | None, written: dict[str, str]) -> str:
-    if entry is None:
-        return "absent"
-    kind, content, mode = entry
-    if kind != "file":
-        return f"{kind} {mode:o}"
-    return f"[{written.get(content, '?').split(' ', 1)[0]} {content[:8]} {mode:o}]"
-
-
 def statuses(hosts: list[Host]) -> str:
     """Each node's folder status lines, or why there is none."""
     lines = []
@@ -343,14 +292,6 @@ def statuses(hosts: list[Host]) -> str:
         lines += [f"  {h.name}: {f['id']} {f['state']}, need {f['need_files']} files"
                   for f in folders]
     return "\n".join(lines)
-
-
-def log_tails(hosts: list[Host]) -> str:
-    """The last lines of every node's log (all of them: `lan.logs()`, printed on failure)."""
-    return "\n".join(
-        f"----- {h.name} ({h.id.short}), last {LOG_TAIL} lines -----\n"
-        + "\n".join(h.log.read_text(errors="replace").splitlines()[-LOG_TAIL:])
-        for h in hosts)
 
 
 def test_random_workload_with_a_cut_link_and_a_killed_node_converges_losing_no_last_write(
