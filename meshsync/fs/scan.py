@@ -103,12 +103,18 @@ def seen_at(path: RelPath, name: str, dir_fd: int) -> Seen | None:
     return None if kind is None else Seen.of(path, kind, st, target)
 
 
-def walk(root: Path, ignore: Ignore | None = None) -> Iterator[Seen]:
-    """All files, dirs and symlinks under root, links not followed, minus ours and the ignored."""
-    return _walk_below(root, "", ignore)
+def walk(root: Path, ignore: Ignore | None = None,
+         temps: set[str] | None = None) -> Iterator[Seen]:
+    """All files, dirs and symlinks under root, links not followed, minus ours and the ignored.
+
+    The directories holding our temporary files are added to `temps`: a user's rename of a
+    directory takes a write's temporary file along, where only a walk finds it again.
+    """
+    return _walk_below(root, "", ignore, temps)
 
 
-def walk_under(root: Path, path: RelPath, ignore: Ignore | None = None) -> Iterator[Seen]:
+def walk_under(root: Path, path: RelPath, ignore: Ignore | None = None,
+               temps: set[str] | None = None) -> Iterator[Seen]:
     """`path` if it is in the folder and not ignored and, if a directory, all walk sees under it."""
     try:
         with parent(root, path) as (fd, name):
@@ -119,7 +125,7 @@ def walk_under(root: Path, path: RelPath, ignore: Ignore | None = None) -> Itera
         return
     yield seen
     if seen.kind is Kind.DIR:
-        yield from _walk_below(root, path, ignore)
+        yield from _walk_below(root, path, ignore, temps)
 
 
 def open_file(name: str | Path, dir_fd: int | None = None) -> int:
@@ -201,12 +207,13 @@ def _not_a_directory(dir_fd: int, name: str, shown: str) -> UnsafePath:
     return ParentNotDir(RelPath(shown), seen.kind)
 
 
-def _walk_below(root: Path, top: str, ignore: Ignore | None) -> Iterator[Seen]:
+def _walk_below(root: Path, top: str, ignore: Ignore | None,
+                temps: set[str] | None) -> Iterator[Seen]:
     pending = [top]
     while pending:
         prefix = pending.pop()
         try:
-            found = _listing(root, prefix, ignore)
+            found = _listing(root, prefix, ignore, temps)
         except (OSError, UnsafePath) as e:
             if not prefix:
                 raise
@@ -216,11 +223,16 @@ def _walk_below(root: Path, top: str, ignore: Ignore | None) -> Iterator[Seen]:
         yield from found
 
 
-def _listing(root: Path, prefix: str, ignore: Ignore | None) -> list[Seen]:
+def _listing(root: Path, prefix: str, ignore: Ignore | None,
+             temps: set[str] | None) -> list[Seen]:
     found = []
     with directory(root, prefix) as fd, os.scandir(fd) as entries:
         for entry in entries:
-            if (not prefix and entry.name == MARKER) or is_temporary(entry.name):
+            if not prefix and entry.name == MARKER:
+                continue
+            if is_temporary(entry.name):
+                if temps is not None:
+                    temps.add(prefix)
                 continue
             rel = f"{prefix}/{entry.name}" if prefix else entry.name
             try:

@@ -229,6 +229,7 @@ class FolderSync:
                          "" if sent == 1 else "s")
             if found.racy:
                 asyncio.get_running_loop().call_later(RACY, self._recheck, found.racy)
+            self.puller.temp_dirs |= found.temp_dirs  # swept by the puller's next round
             if found.unstable:
                 self._dirty |= found.unstable
                 asyncio.get_running_loop().call_later(RETRY_UNSTABLE, self._scan_wake.set)

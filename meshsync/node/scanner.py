@@ -63,6 +63,7 @@ class Found:
     entries: int = 0  # looked at
     hashed: int = 0  # files read and hashed
     hashed_bytes: int = 0
+    temp_dirs: set[str] = field(default_factory=set)  # directories holding our temporary files
 
 
 @dataclass(slots=True)
@@ -91,7 +92,7 @@ class Scanner:
         progress = Progress() if tops is None else None
         self.progress = progress
         try:
-            seen = self._seen(tops, progress)
+            seen = self._seen(tops, progress, found.temp_dirs)
             entries = place.index.entries(place.id) if tops is None else (
                 e for top in tops for e in place.index.entries_under(place.id, top))
             known = {e.record.path: e for e in entries}
@@ -172,13 +173,16 @@ class Scanner:
             return True, (entry.record, entry.signature, s.inode, s.dev)
         return False, (record, self.sign(record), s.inode, s.dev)
 
-    def _seen(self, tops: list[RelPath] | None, progress: Progress | None) -> list[scan.Seen]:
-        """What a walk sees everywhere (None), or under each of `tops`, none below another."""
+    def _seen(self, tops: list[RelPath] | None, progress: Progress | None,
+              temps: set[str]) -> list[scan.Seen]:
+        """What a walk sees everywhere (None), or under each of `tops`, none below another;
+        the directories holding temporary files go in `temps`."""
         place = self.place
         if tops is None:
-            walked = scan.walk(place.root, place.ignore)
+            walked = scan.walk(place.root, place.ignore, temps)
         else:
-            walked = (s for top in tops for s in scan.walk_under(place.root, top, place.ignore))
+            walked = (s for top in tops
+                      for s in scan.walk_under(place.root, top, place.ignore, temps))
         seen = []
         for s in walked:
             seen.append(s)

@@ -55,9 +55,11 @@ def test_walk_reports_files_dirs_and_links_without_following_them(tmp_path: Path
     (root / "a" / f"{TEMP_PREFIX}0123456789abcdef").write_bytes(b"partial")
     os.mkfifo(root / "pipe")
 
-    found: dict[str, Seen] = {s.path: s for s in walk(root)}
+    temps: set[str] = set()
+    found: dict[str, Seen] = {s.path: s for s in walk(root, temps=temps)}
 
     assert set(found) == {"a", "a/b", "a/b/f.txt", "empty", "to-dir", "to-outside", "dangling"}
+    assert temps == {"a"}  # where our temporary files are, for the node to sweep
     st = (root / "a" / "b" / "f.txt").lstat()
     assert found["a/b/f.txt"] == Seen(RelPath("a/b/f.txt"), Kind.FILE, 5, 0o640, st.st_mtime_ns,
                                       st.st_ino, st.st_dev, "")

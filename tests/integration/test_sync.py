@@ -191,6 +191,30 @@ def test_a_receiver_killed_mid_transfer_leaves_no_partial_file_and_resumes(make_
     wait_for("no temporary file left", lambda: same_trees(lan.hosts), 10)
 
 
+def test_a_directory_renamed_during_a_transfer_into_it_keeps_no_temporary_file(make_lan):
+    lan = mesh(make_lan, 2)
+    h1, h2 = lan.hosts
+    (h1.sync / "d").mkdir()
+    wait_for("d on h2", lambda: (h2.sync / "d").is_dir(), 15)
+    staged = h1.home / "big.bin"
+    big = os.urandom(96 * 1024 * 1024)
+    staged.write_bytes(big)
+    digest = hashlib.sha256(big).hexdigest()
+    del big
+    staged.rename(h1.sync / "d" / "big.bin")
+    wait_for("h2 to be part-way through", lambda: any(
+        t["done"] > 0 for f in h2.json("status")["folders"] for t in f["transfers"]), 30,
+        every=0.02)
+    # The half-written file's temporary goes along, and cannot go into place: a file is there.
+    (h2.sync / "d").rename(h2.sync / "e")
+    (h2.sync / "e" / "big.bin").write_text("written on h2")
+    wait_for("one tree, in sync, with no temporary file in it", lambda: same_trees(lan.hosts)
+             and all(h.json("status")["folders"][0]["state"] == "in sync" for h in lan.hosts)
+             and not list(h2.sync.rglob(".meshsync-tmp*")), 30)
+    assert hashlib.sha256((h2.sync / "d" / "big.bin").read_bytes()).hexdigest() == digest
+    assert (h1.sync / "e" / "big.bin").read_text() == "written on h2"
+
+
 def announced(host) -> int:
     """How many changes the host has announced, by its log."""
     return sum(int(line.split("announced ")[1].split()[0])
