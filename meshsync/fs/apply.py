@@ -347,8 +347,17 @@ def _not_a_directory(dir_fd: int, name: str, path: RelPath) -> None:
 
 
 def _check(dir_fd: int, name: str, path: RelPath, expected: Seen | None) -> None:
-    if _identity(seen_at(path, name, dir_fd)) != _identity(expected):
+    if not same_entry(seen_at(path, name, dir_fd), expected):
         raise Changed(f"{path} changed on disk since it was scanned")
+
+
+def same_entry(seen: Seen | None, expected: Seen | None) -> bool:
+    """Whether the entry on disk is still the one scanned, as sync checks before each write.
+
+    It looks at no more than scan.differs: a change a scan passes over as nothing would
+    otherwise fail this check for ever.
+    """
+    return _identity(seen) == _identity(expected)
 
 
 def _identity(seen: Seen | None) -> tuple[object, ...] | None:
@@ -356,6 +365,8 @@ def _identity(seen: Seen | None) -> tuple[object, ...] | None:
         return None
     if seen.kind is Kind.DIR:  # its mtime moves with every entry added or removed
         return seen.kind, seen.inode
+    if seen.kind is Kind.SYMLINK:  # what it points to is all it holds
+        return seen.kind, seen.target, seen.inode
     return seen.kind, seen.size, seen.mtime_ns, seen.inode
 
 

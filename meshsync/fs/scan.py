@@ -180,9 +180,12 @@ def differs(seen: Seen, record: FileRecord, inode: int) -> bool:
     """Whether `seen` may be another version than `record` (indexed with `inode`): look again."""
     if record.deleted or seen.kind is not record.kind:
         return True
+    if seen.inode != inode:
+        # Another entry of the same kind (a directory made again, say): the index must learn
+        # its inode, or sync's check before each write finds a stranger there for ever.
+        return True
     if seen.kind is Kind.FILE:
-        return (seen.size, seen.mtime_ns, seen.inode, seen.mode) != (
-            record.size, record.mtime_ns, inode, record.mode)
+        return (seen.size, seen.mtime_ns, seen.mode) != (record.size, record.mtime_ns, record.mode)
     # A directory's mtime moves with every entry, and a link's mode means nothing on Linux.
     return seen.mode != record.mode if seen.kind is Kind.DIR else seen.target != record.target
 

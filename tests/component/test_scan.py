@@ -14,10 +14,13 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshsync.core.paths import TEMP_PREFIX, RelPath
 from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
 from meshsync.core.vclock import Vector
+from meshsync.fs.apply import same_entry
 from meshsync.fs.scan import (
     ParentNotDir,
     Seen,
@@ -221,12 +224,13 @@ def record_of(seen: Seen) -> FileRecord:
         (FILE, {"dev": 2}, False),
         (DIR, {}, False),
         (DIR, {"mtime_ns": 2_000}, False),
-        (DIR, {"inode": 80}, False),
+        (DIR, {"inode": 80}, True),  # made again: the index must learn the new inode
         (DIR, {"mode": 0o700}, True),
         (DIR, {"kind": Kind.SYMLINK}, True),
         (LINK, {}, False),
         (LINK, {"target": "elsewhere"}, True),
         (LINK, {"mtime_ns": 2_000}, False),
+        (LINK, {"inode": 90}, True),
         (LINK, {"kind": Kind.FILE}, True),
     ],
 )
@@ -234,6 +238,18 @@ def test_differs(seen: Seen, change: dict[str, object], expected: bool) -> None:
     on_disk = dataclasses.replace(seen, **change)  # type: ignore[arg-type]
 
     assert differs(on_disk, record_of(seen), seen.inode) is expected
+
+
+@given(st.sampled_from([FILE, DIR, LINK]), st.fixed_dictionaries({}, optional={
+    "kind": st.sampled_from(Kind), "size": st.integers(0, 20), "mode": st.sampled_from([0o644, 0o755]),
+    "mtime_ns": st.integers(999, 1_001), "inode": st.integers(7, 9), "dev": st.integers(1, 2),
+    "target": st.sampled_from(["there", "elsewhere"])}))
+def test_what_a_scan_passes_over_as_unchanged_passes_the_check_before_a_write(
+        scanned: Seen, change: dict[str, object]) -> None:
+    on_disk = dataclasses.replace(scanned, **change)  # type: ignore[arg-type]
+
+    if not differs(on_disk, record_of(scanned), scanned.inode):
+        assert same_entry(on_disk, scanned)
 
 
 def test_a_tombstone_differs_from_anything_present() -> None:
