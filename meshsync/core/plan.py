@@ -156,6 +156,8 @@ def forsaken(version: FileRecord, answers: Mapping[str, FileRecord | None],
 
     A version waited for that is forsaken is given up: whatever replaced it where it was held
     comes on its own. A loser kept aside that is forsaken is pruned, for the same reason.
+    The node's puller learns the answers by blocks: a version that every member, all online,
+    had no block of at two attempts running is forsaken (Puller._write_files).
     """
     return all(m in answers and not _holds(answers[m], version) for m in members)
 
@@ -169,5 +171,11 @@ def pruned(loser: FileRecord, kept: Iterable[FileRecord],
     """Whether a loser that judging again keeps aside can go: another kept version of its path
     descends from it, or no member holds it any more (were it queued instead, it would wait
     for nothing; history of ours, judging drops it)."""
-    superseded = any(k.path == loser.path and compare(loser, k) is Order.OLDER for k in kept)
-    return superseded or forsaken(loser, answers, members)
+    return superseded(loser, kept) or forsaken(loser, answers, members)
+
+
+def superseded(loser: FileRecord, kept: Iterable[FileRecord]) -> bool:
+    """Whether another kept version of a loser's path descends from it: judging that one
+    covers it. (The node prunes by this alone: it keeps no answers per member; a loser no
+    member holds any more, if ever queued, is given up like any forsaken version.)"""
+    return any(k.path == loser.path and compare(loser, k) is Order.OLDER for k in kept)

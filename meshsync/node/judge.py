@@ -169,9 +169,7 @@ class Judge:
         queued = 0
         losers = place.index.losers(place.id)
         for loser in losers:
-            version = loser.record.version
-            superseded = any(o.record.path == loser.record.path
-                             and version.compare(o.record.version) is Order.OLDER for o in losers)
+            superseded = plan.superseded(loser.record, (o.record for o in losers))
             revived: list[Need] = []
             judged = self.weigh(Need(loser.record, loser.signature, REVIVED), revived, keep=False)
             place.index.add_needs(place.id, revived)

@@ -241,8 +241,9 @@ def test_differs(seen: Seen, change: dict[str, object], expected: bool) -> None:
 
 
 @given(st.sampled_from([FILE, DIR, LINK]), st.fixed_dictionaries({}, optional={
-    "kind": st.sampled_from(Kind), "size": st.integers(0, 20), "mode": st.sampled_from([0o644, 0o755]),
-    "mtime_ns": st.integers(999, 1_001), "inode": st.integers(7, 9), "dev": st.integers(1, 2),
+    "kind": st.sampled_from(Kind), "size": st.integers(0, 20),
+    "mode": st.sampled_from([0o644, 0o755]), "mtime_ns": st.integers(999, 1_001),
+    "inode": st.integers(7, 9), "dev": st.integers(1, 2),
     "target": st.sampled_from(["there", "elsewhere"])}))
 def test_what_a_scan_passes_over_as_unchanged_passes_the_check_before_a_write(
         scanned: Seen, change: dict[str, object]) -> None:

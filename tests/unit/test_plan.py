@@ -20,6 +20,7 @@ from meshsync.core.plan import (
     pruned,
     resolution,
     same_version,
+    superseded,
     wins,
 )
 from meshsync.core.records import FileRecord, Kind
@@ -384,3 +385,10 @@ def test_a_loser_is_pruned_once_superseded_by_another_kept_or_held_by_no_member(
     assert not pruned(loser, [loser, rec(R_VEC, MID)], held, MEMBERS)
     assert pruned(loser, [loser], {MID: rec(OURS, MID), HIGH: newer}, MEMBERS)
     assert not pruned(loser, [loser], {MID: rec(OURS, MID)}, MEMBERS)
+
+
+def test_a_loser_is_superseded_only_by_a_descendant_of_its_own_path() -> None:
+    loser = rec(A_VEC, HIGH, text="A")
+    assert superseded(loser, [loser, rec(A_VEC.bump(HIGH), HIGH, text="A2")])
+    assert not superseded(loser, [loser, rec(R_VEC, MID)])  # concurrent: both stay
+    assert not superseded(loser, [replace(rec(A_VEC.bump(HIGH), HIGH), path=RelPath("elsewhere"))])
