@@ -26,7 +26,8 @@ from meshsync.node.config import (
     parse_size,
     state_dir,
 )
-from meshsync.node.node import AlreadyRunning, Node
+from meshsync.node.node import Node
+from meshsync.node.state import AlreadyRunning
 
 # Errors the user can act on, each with a message made for them; anything else is a bug and
 # shows its traceback. A ValueError is the user's only while the arguments are checked.

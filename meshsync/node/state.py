@@ -1,10 +1,13 @@
-"""The state directory is private: its key, index, trust list and socket are this user's alone."""
+"""The state directory is private: its key, index, trust list and socket are this user's alone,
+and one node at a time holds it."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from meshsync.core.errors import MeshsyncError
 from meshsync.core.throttle import shown
@@ -13,6 +16,10 @@ from meshsync.core.throttle import shown
 # StrictModes wants of ~/.ssh). Bits are only taken away: a 0444 file becomes 0400, not 0600.
 _LOOSE_DIR = 0o7077
 _LOOSE_FILE = 0o7177
+
+
+class AlreadyRunning(Exception):
+    """Another node holds this state directory."""
 
 
 def secure_state_dir(path: Path) -> list[str]:
@@ -68,3 +75,17 @@ def _not_ours(path: Path) -> MeshsyncError:
 def _change(name: str, mode: int, loose: int) -> str:
     before = stat.S_IMODE(mode)
     return f"{shown(name, None)} {before:04o}→{before & ~loose:04o}"
+
+
+def hold_state_dir(state: Path) -> Any:
+    """Hold the state directory for this process; AlreadyRunning if another node holds it."""
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+    handle = os.fdopen(os.open(state / "node.lock", flags, 0o600), "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise AlreadyRunning(f"a meshsync node is already running with state in {state}") from None
+    os.set_inheritable(handle.fileno(), False)
+    return handle

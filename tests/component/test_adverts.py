@@ -16,9 +16,10 @@ from meshsync.core.wire import FolderId
 from meshsync.crypto.keys import KeySigner
 from meshsync.crypto.trust import TrustStore
 from meshsync.net.discovery import Advert, own_networks
-from meshsync.node import node as node_module
+from meshsync.node.addressbook import ADDRESSES_PER_ADVERT, MAX_HINTS, NEW_HINTS_PER_SECOND
 from meshsync.node.config import Config, Folder
-from meshsync.node.node import ADDRESSES_PER_ADVERT, MAX_HINTS, NEW_HINTS_PER_SECOND, Node
+from meshsync.node.dialer import HINTS_DIALLED_AT_ONCE
+from meshsync.node.node import Node
 from tests.clock import FakeClock
 
 CLAIMED = str(NodeId.of_key(b"someone"))
@@ -44,7 +45,7 @@ def node(tmp_path: Path) -> tuple[Node, FakeClock]:
 
 
 def hinted(node: Node) -> dict[str, float]:
-    return {a: h.next_try for a, h in node._hints.items()}
+    return {a: h.next_try for a, h in node._book.hints.items()}
 
 
 def test_only_a_few_addresses_of_our_own_networks_are_taken_from_an_advert(
@@ -54,9 +55,9 @@ def test_only_a_few_addresses_of_our_own_networks_are_taken_from_an_advert(
     ours = [str(lan[10 + i]) for i in range(ADDRESSES_PER_ADVERT + 2)]
     # Loopback would make us a reflector to this host's own services, an address off our
     # networks a reflector to anyone's.
-    n._on_advert(Advert("x", CLAIMED, (ours[0], "127.0.0.1", ours[1], "8.8.8.8"), 22300))
+    n._book.on_advert(Advert("x", CLAIMED, (ours[0], "127.0.0.1", ours[1], "8.8.8.8"), 22300))
     assert set(hinted(n)) == {f"{ours[0]}:22300", f"{ours[1]}:22300"}
-    n._on_advert(Advert("y", CLAIMED, tuple(ours), 22301))  # only the first few of many
+    n._book.on_advert(Advert("y", CLAIMED, tuple(ours), 22301))  # only the first few of many
     assert {a for a in hinted(n) if a.endswith(":22301")} == {
         f"{a}:22301" for a in ours[:ADDRESSES_PER_ADVERT]}
 
@@ -66,7 +67,7 @@ def test_a_flood_of_adverts_is_remembered_in_part_and_dialled_at_a_pace(
 ) -> None:
     n, clock = node
     for i in range(1000):
-        n._on_advert(Advert(f"x{i}", CLAIMED, (str(lan[1 + i % 250]),), 20000 + i))
+        n._book.on_advert(Advert(f"x{i}", CLAIMED, (str(lan[1 + i % 250]),), 20000 + i))
     hints = hinted(n)
     assert len(hints) == MAX_HINTS
     # New addresses are queued a sixteenth of a second apart, never more than the queue's
@@ -74,4 +75,4 @@ def test_a_flood_of_adverts_is_remembered_in_part_and_dialled_at_a_pace(
     assert max(hints.values()) <= clock.t + MAX_HINTS / NEW_HINTS_PER_SECOND
     due_now = [a for a, t in hints.items() if t <= clock.t]
     assert len(due_now) <= 1
-    assert len(n._addresses_to_contact(clock.t + 100)) <= node_module.HINTS_DIALLED_AT_ONCE
+    assert len(n._dialer.addresses_to_contact(clock.t + 100)) <= HINTS_DIALLED_AT_ONCE

@@ -774,7 +774,7 @@ def node(tmp_path: Path, member: KeySigner) -> Node:
 
 
 def row_of(node: Node, key: bytes) -> dict[str, Any]:
-    [row] = [r for r in node._peers_json() if r["id"] == str(NodeId.of_key(key))]
+    [row] = [r for r in node._commands.peers_json() if r["id"] == str(NodeId.of_key(key))]
     return row
 
 
@@ -787,7 +787,7 @@ def test_a_peer_noted_by_the_server_for_its_clock_is_listed_refused_with_the_fix
 ) -> None:
     caplog.set_level(logging.INFO)
     for _ in range(5):  # a request a second, each refused
-        node.note_clock(member.public_blob, "10.0.0.7", 1234.0)
+        node._credentials.note_clock(member.public_blob, "10.0.0.7", 1234.0)
     row = row_of(node, member.public_blob)
     assert (row["state"], row["clock_offset"]) == ("refused", 1234.0)
     assert row["fix"] == ("the clocks differ by 21 min: set both to network time "
@@ -816,7 +816,7 @@ async def test_a_peer_refusing_our_hello_for_the_clock_is_listed_refused_with_th
 ) -> None:
     caplog.set_level(logging.INFO)
     client = RefusingClient(member.public_blob, -1200.0)
-    await node._contact(client, "10.0.0.7:22300")  # type: ignore[arg-type]
+    await node._dialer.contact(client, "10.0.0.7:22300")  # type: ignore[arg-type]
     row = row_of(node, member.public_blob)
     assert (row["state"], row["address"], row["clock_offset"]) == (
         "refused", "10.0.0.7:22300", -1200.0)
@@ -826,7 +826,7 @@ async def test_a_peer_refusing_our_hello_for_the_clock_is_listed_refused_with_th
     assert str(NodeId.of_key(member.public_blob)) in line
     # Its clock set right, its next answer shows it, and the refusal is gone.
     answering = AnsweringClient(member.public_blob, 0.4)
-    await node._contact(answering, "10.0.0.7:22300")  # type: ignore[arg-type]
+    await node._dialer.contact(answering, "10.0.0.7:22300")  # type: ignore[arg-type]
     row = row_of(node, member.public_blob)
     assert (row["state"], row["clock_offset"]) == ("online", 0.4)
     assert "fix" not in row

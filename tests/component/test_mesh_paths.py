@@ -25,8 +25,9 @@ from meshsync.crypto.keys import KeySigner, public_key_line
 from meshsync.crypto.trust import INTRODUCER, TrustStore
 from meshsync.net.discovery import own_networks
 from meshsync.node.config import Config, Folder
+from meshsync.node.hello import KEYS_AFTER
 from meshsync.node.judge import Origin
-from meshsync.node.node import KEYS_AFTER, Node
+from meshsync.node.node import Node
 from tests.clock import FakeClock
 
 DOCS = FolderId("docs")
@@ -71,13 +72,13 @@ class Mesh:
                       self.keys[coordinator].id if coordinator else None, leaving=leaving,
                       hears_coordinator=hears, members=members,
                       member_keys=None if keys is None else tuple(self.keys[k].blob for k in keys))
-        self.node._heard(self.keys[name].blob, hello, address, trusts_us=True)
+        self.node._greeter.heard(self.keys[name].blob, hello, address, trusts_us=True)
 
     def at(self, name: str, address: str) -> MemberAddress:
         return MemberAddress(self.keys[name].id, address)
 
     def hinted(self) -> dict[str, str]:
-        return {a: h.claimed_id for a, h in self.node._hints.items()}
+        return {a: h.claimed_id for a, h in self.node._book.hints.items()}
 
 
 @pytest.fixture
@@ -135,7 +136,7 @@ def test_addresses_from_a_peer_that_is_not_yet_a_member_are_not_taken(
 ) -> None:
     hello = Hello("b", 22300, frozenset({DOCS}), 0, None,
                   members=(mesh.at("y", f"{lan[20]}:22300"),))
-    mesh.node._heard(mesh.keys["b"].blob, hello, f"{lan[2]}:22300", trusts_us=None)
+    mesh.node._greeter.heard(mesh.keys["b"].blob, hello, f"{lan[2]}:22300", trusts_us=None)
     assert mesh.hinted() == {}
 
 
@@ -147,16 +148,17 @@ def test_our_hello_tells_a_member_where_the_others_listen_but_never_of_itself_or
     mesh.clock.t += 0.5
     mesh.hello("y", y)
     mesh.hello("c", c)  # reached through a --peer host name: not an address to pass on
-    mesh.node._remember_stranger(mesh.keys["stranger"].blob, f"{lan[40]}:22300",
-                                 address=f"{lan[40]}:22300")
+    mesh.node._peers.remember_stranger(mesh.keys["stranger"].blob, f"{lan[40]}:22300",
+                                       address=f"{lan[40]}:22300")
     mesh.hello("a", f"{lan[3]}:22300", folders=frozenset({FolderId("music")}))
     node = mesh.node
-    assert node._hello(mesh.keys["b"].id).members == (mesh.at("y", y),)
-    assert node._hello(mesh.keys["y"].id).members == (mesh.at("b", b),)
-    assert node._hello(mesh.keys["a"].id).members == ()  # no folder of its is shared with them
-    assert node._hello().members == ()
+    hello = node._greeter.hello
+    assert hello(mesh.keys["b"].id).members == (mesh.at("y", y),)
+    assert hello(mesh.keys["y"].id).members == (mesh.at("b", b),)
+    assert hello(mesh.keys["a"].id).members == ()  # no folder of its is shared with them
+    assert hello().members == ()
     node._stop.set()
-    assert node._hello(mesh.keys["b"].id).members == ()  # a goodbye tells of no one
+    assert hello(mesh.keys["b"].id).members == ()  # a goodbye tells of no one
 
 
 # -- news across a cut link ------------------------------------------------------------------------
@@ -195,12 +197,12 @@ async def relayed(mesh: Mesh, sender: str) -> list[str]:
     """Whom our node passes a notice from `sender` on to."""
     client = FakeClient({k.blob: n for n, k in mesh.keys.items()})
     node = mesh.node
-    node._client = client  # type: ignore[assignment]
-    node._folders = {DOCS: FakeSync()}  # type: ignore[dict-item]
+    node._exchange.client = client  # type: ignore[assignment]
+    node._folders[DOCS] = FakeSync()  # type: ignore[assignment]
     async with asyncio.TaskGroup() as tg:
-        node._tasks = tg
+        node._exchange.tasks = tg
         await node.handle_notice(mesh.keys[sender].blob, Records(DOCS, ("news",)))  # type: ignore[arg-type]
-    node._tasks = None
+    node._exchange.tasks = None
     return sorted(client.sent)
 
 
@@ -210,7 +212,7 @@ async def test_a_member_bridges_news_between_the_coordinator_and_a_member_cut_of
     # A coordinates; we hear A and C; C does not hear A (that link is cut).
     mesh.hello("a", f"{lan[3]}:22300", term=5, coordinator="a", hears=True)
     mesh.hello("c", f"{lan[5]}:22300", term=5, coordinator="a", hears=False)
-    assert mesh.node._hello(mesh.keys["c"].id).hears_coordinator
+    assert mesh.node._greeter.hello(mesh.keys["c"].id).hears_coordinator
     assert await relayed(mesh, "c") == ["a"]  # A fans it out to the rest, as ever
     assert await relayed(mesh, "a") == ["c"]
 
@@ -230,7 +232,7 @@ async def test_a_member_that_does_not_hear_the_coordinator_itself_relays_nothing
     # B names A for term 5; we have not heard A ourselves, so we cannot bridge to it.
     mesh.hello("b", f"{lan[2]}:22300", term=5, coordinator="a", hears=True)
     mesh.hello("c", f"{lan[5]}:22300", term=5, coordinator="a", hears=False)
-    assert not mesh.node._hello(mesh.keys["c"].id).hears_coordinator
+    assert not mesh.node._greeter.hello(mesh.keys["c"].id).hears_coordinator
     assert await relayed(mesh, "c") == []
 
 
@@ -271,7 +273,7 @@ class Introduced:
 
     def row(self) -> dict[str, Any]:
         d = str(NodeId.of_key(self.d.public_blob))
-        return next(r for r in self.mesh.node._peers_json() if r["id"] == d)
+        return next(r for r in self.mesh.node._commands.peers_json() if r["id"] == d)
 
 
 @pytest.fixture
@@ -280,9 +282,9 @@ def introduced(mesh: Mesh) -> Introduced:
     mesh.keys["d"] = Key(d.public_blob)
     mesh.node.config.state.mkdir(mode=0o700)
     folder = FakeSync()
-    mesh.node._folders = {DOCS: folder}  # type: ignore[dict-item]
+    mesh.node._folders[DOCS] = folder  # type: ignore[assignment]
     # d was found before anyone vouched for it: a stranger, as mDNS would have listed it.
-    mesh.node._remember_stranger(d.public_blob, D, address=D)
+    mesh.node._peers.remember_stranger(d.public_blob, D, address=D)
     found = Introduced(mesh, d, folder)
     found.mark()
     return found
@@ -296,12 +298,12 @@ def test_keys_a_marked_introducer_announces_are_trusted_and_release_what_was_hel
     mesh.hello("b", B, keys=("d", "y"))
     assert introduced.folder.trust_changes == 1  # held-back versions are looked at again
     assert introduced.origin() is Origin.TRUSTED
-    assert node.is_trusted(introduced.d.public_blob, "198.51.100.9")  # wherever it is
+    assert node._credentials.is_trusted(introduced.d.public_blob, "198.51.100.9")  # anywhere
     row = introduced.row()
     assert row["state"] != "untrusted"
     assert row["via_introducer"] == str(mesh.keys["b"].id)
     assert "trust_command" not in row
-    by_id = {r["id"]: r["via_introducer"] for r in node._peers_json()}
+    by_id = {r["id"]: r["via_introducer"] for r in node._commands.peers_json()}
     assert by_id[str(mesh.keys["b"].id)] is None  # trusted on our own word
     mesh.hello("b", B, keys=("y", "d"))
     assert introduced.folder.trust_changes == 1  # the same word again changes nothing
@@ -324,7 +326,7 @@ def test_an_introducers_next_hello_without_a_key_withdraws_it(introduced: Introd
     mesh.hello("b", B, keys=("y",))
     assert introduced.folder.trust_changes == 2
     assert introduced.origin() is Origin.UNTRUSTED
-    assert not mesh.node.is_trusted(introduced.d.public_blob, "192.0.2.4")
+    assert not mesh.node._credentials.is_trusted(introduced.d.public_blob, "192.0.2.4")
     row = introduced.row()
     assert (row["state"], row["via_introducer"]) == ("untrusted", None)
 
@@ -337,7 +339,7 @@ def test_introduced_keys_are_withdrawn_when_the_introducer_mark_goes(
     introduced.mark(introducer=False)  # `b` stays trusted, as a plain member
     assert node._trust.stamp() != node._trust_stamp  # the next heartbeat calls _trust_changed
     assert introduced.origin() is Origin.UNTRUSTED
-    assert not node.is_trusted(introduced.d.public_blob, "192.0.2.4")
+    assert not node._credentials.is_trusted(introduced.d.public_blob, "192.0.2.4")
     assert introduced.row()["via_introducer"] is None
     mesh.hello("b", B, keys=("d",))
     assert introduced.origin() is Origin.UNTRUSTED
@@ -356,20 +358,21 @@ def test_our_hello_tells_a_member_the_keys_we_trust_of_those_sharing_its_folders
     introduced: Introduced,
 ) -> None:
     mesh, node = introduced.mesh, introduced.mesh.node
+    hello = node._greeter.hello
     mesh.hello("b", B, keys=("d",))
     mesh.hello("d", D)  # a member now, but on b's word only
     mesh.hello("y", "192.0.2.20:22300")
     mesh.hello("c", "192.0.2.5:22300")
     mesh.hello("a", "192.0.2.3:22300", folders=frozenset({FolderId("music")}))
     keys = mesh.keys
-    assert node._hello(keys["d"].id).member_keys is None  # just started: we may not know all
+    assert hello(keys["d"].id).member_keys is None  # just started: we may not know all
     mesh.clock.t += KEYS_AFTER
     expected = tuple(sorted((keys[n] for n in ("b", "c", "y")), key=lambda k: k.id))
-    assert node._hello(keys["d"].id).member_keys == tuple(k.blob for k in expected)
+    assert hello(keys["d"].id).member_keys == tuple(k.blob for k in expected)
     # Never the recipient itself, nor a key we trust only on an introducer's word: one hop.
     to_y = [k for k in expected if k != keys["y"]]
-    assert node._hello(keys["y"].id).member_keys == tuple(k.blob for k in to_y)
-    assert node._hello(keys["a"].id).member_keys == ()  # no folder of ours is shared with it
-    assert node._hello().member_keys is None
+    assert hello(keys["y"].id).member_keys == tuple(k.blob for k in to_y)
+    assert hello(keys["a"].id).member_keys == ()  # no folder of ours is shared with it
+    assert hello().member_keys is None
     node._stop.set()
-    assert node._hello(keys["y"].id).member_keys is None  # a goodbye
+    assert hello(keys["y"].id).member_keys is None  # a goodbye

@@ -1,0 +1,220 @@
+"""The CLI's commands to a running node, over the control socket, and the reports they read:
+peers, status, election, conflicts, versions; trust, restore, elect and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from meshsync.control.protocol import ControlError
+from meshsync.core import election as el
+from meshsync.core.errors import WireError
+from meshsync.core.ids import NodeId
+from meshsync.core.membership import Peer, clock_fix
+from meshsync.core.paths import RelPath, check_path
+from meshsync.core.wire import FolderId
+from meshsync.crypto.keys import public_key_line
+from meshsync.crypto.trust import PublicKey, parse_key_line
+from meshsync.fs import versions
+from meshsync.net.discovery import own_addresses
+from meshsync.node import keeper
+from meshsync.node.credentials import Credentials
+from meshsync.node.folder import FolderSync
+from meshsync.node.peers import Peers
+
+log = logging.getLogger("meshsync")
+
+SETTLE_TIMEOUT = 10.0
+
+
+class Commands:
+    """Answers the CLI, one command at a time."""
+
+    def __init__(self, peers: Peers, credentials: Credentials, public_blob: bytes,
+                 folders: dict[str, FolderSync], feed: Callable[[el.Event], None],
+                 settled: asyncio.Event, stop: asyncio.Event, wake: asyncio.Event,
+                 trust_changed: Callable[[], None]) -> None:
+        self._peers = peers
+        self._credentials = credentials
+        self._public_blob = public_blob
+        self._folders = folders
+        self._feed = feed
+        self._settled = settled
+        self._stop = stop
+        self._wake = wake
+        self._trust_changed = trust_changed
+
+    async def dispatch(self, command: str, args: dict[str, Any]) -> Any:
+        """Answer one CLI command."""
+        peers = self._peers
+        match command:
+            case "id":
+                return {"id": str(peers.me), "name": peers.name,
+                        "key": public_key_line(self._public_blob, peers.name)}
+            case "peers":
+                return self.peers_json()
+            case "elect":
+                if args.get("force"):
+                    self._feed(el.ElectionForced(peers.clock.now()))
+                    try:
+                        await asyncio.wait_for(self._settled.wait(), SETTLE_TIMEOUT)
+                    except TimeoutError:
+                        raise ControlError(
+                            f"the election for term {peers.election.term} has not settled "
+                            f"within {SETTLE_TIMEOUT:.0f} s") from None
+                return self._election_json()
+            case "trust":
+                return self._trust_keys(args.get("keys"), args.get("introducer") is True)
+            case "status":
+                return await self._status_json()
+            case "conflicts":
+                return await self._conflicts_json()
+            case "versions":
+                sync, rel = self._locate(args.get("path"))
+                found = await asyncio.to_thread(keeper.versions_of, sync.place, rel)
+                return [{"folder": sync.id, **v.to_json()} for v in found]
+            case "restore":
+                return await self._restore(args.get("path"), args.get("at"))
+            case "stop":
+                self._stop.set()
+                return {"stopping": True}
+        raise ControlError(f"unknown command {command!r}")
+
+    def _trust_keys(self, texts: object, introducer: bool = False) -> dict[str, Any]:
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise ControlError("trust wants one or more key lines or peer IDs")
+        roster, trust = self._peers.roster, self._peers.trust
+        keys: list[PublicKey] = []
+        for text in texts:
+            peer = roster.find(text.strip())
+            origin = self._credentials.origin_by_id(text.strip())
+            key = (PublicKey(peer.key, peer.name) if peer else PublicKey(origin, "")
+                   if origin else parse_key_line(text))
+            if key is None:
+                raise ControlError(
+                    f"not a public key line nor the ID of a discovered peer: {text[:80]!r}")
+            keys.append(key)
+        added: list[str] = []
+        already: list[str] = []
+        for key in keys:
+            (added if trust.add(key, introducer=introducer) else already).append(
+                str(NodeId.of_key(key.blob)))
+            if key.blob in {p.key for p in roster}:
+                roster.update(key.blob, trusted=True)
+        for peer_id in added:
+            log.info("trusted %s%s", peer_id, " as introducer" if introducer else "")
+        if added:
+            self._trust_changed()
+        self._wake.set()
+        result: dict[str, Any] = {"added": added, "already": already}
+        if introducer:
+            result["introducer"] = True  # absent otherwise, as before the option
+        return result
+
+    def _election_json(self) -> dict[str, Any]:
+        coordinator = self._peers.election.coordinator
+        return {"term": self._peers.election.term,
+                "coordinator": str(coordinator) if coordinator else None}
+
+    def peers_json(self) -> list[dict[str, Any]]:
+        """`meshsync peers`: this node, then every peer it knows, by ID."""
+        peers = self._peers
+        election = peers.election
+        coordinator = election.coordinator
+        addresses = own_addresses()
+        rows: list[dict[str, Any]] = [{
+            "id": str(peers.me), "name": peers.name,
+            "address": f"{addresses[0] if addresses else '?'}:{peers.port}",
+            "role": "coordinator" if coordinator == peers.me else "member",
+            "state": "online", "self": True, "last_seen": peers.clock.wall(),
+            "folders": sorted(peers.folder_ids), "clock_offset": 0.0,
+            "via_introducer": None,
+        }]
+        for peer in sorted(peers.roster, key=lambda p: p.id):
+            member = peer.is_member(peers.folder_ids)
+            row = {
+                "id": str(peer.id), "name": peer.name, "address": peer.address,
+                "role": "coordinator" if peer.id == coordinator else
+                        "member" if member else "peer",
+                "state": peer.state(election.is_up(peer.id)),
+                "self": False, "last_seen": peer.last_seen, "folders": sorted(peer.folders),
+                "clock_offset": None if peer.clock_offset is None else round(peer.clock_offset, 1),
+                "via_introducer": next(
+                    (str(NodeId.of_key(k)) for k in peers.trust.introducers_of(peer.key)), None),
+            }
+            if row["state"] == "untrusted":
+                row["trust_command"] = f"meshsync trust {peer.id}"
+            if peer.clock_refused and peer.clock_offset is not None:
+                row["fix"] = clock_fix(peer.clock_offset)
+            rows.append(row)
+        return rows
+
+    async def _status_json(self) -> dict[str, Any]:
+        peers = self._peers
+        members = [p for p in peers.roster if p.is_member(peers.folder_ids)]
+        folders = []
+        for sync in self._folders.values():
+            status = sync.status(await asyncio.to_thread(sync.counts))
+            online = [p for p in members if sync.id in p.folders and peers.election.is_up(p.id)]
+            status["members"] = [str(p.id) for p in online]
+            status["completion"] = [_completion(p, sync.id) for p in online]
+            folders.append(status)
+        return {"id": str(peers.me), "name": peers.name, **self._election_json(),
+                "folders": folders}
+
+    def _locate(self, text: object) -> tuple[FolderSync, RelPath | None]:
+        """The folder holding an absolute path, and the path in it (None: the folder itself)."""
+        if not isinstance(text, str) or not text.startswith("/"):
+            raise ControlError("give a path in a synced folder")
+        for sync in self._folders.values():
+            if Path(text).is_relative_to(sync.root):
+                rel = Path(text).relative_to(sync.root).as_posix()
+                try:
+                    return sync, None if rel == "." else check_path(rel)
+                except WireError as e:
+                    raise ControlError(f"{text}: not a path meshsync syncs ({e})") from None
+        raise ControlError(f"{text} is not in a synced folder (" + ", ".join(
+            str(s.root) for s in self._folders.values()) + ")")
+
+    async def _restore(self, text: object, at: object) -> dict[str, Any]:
+        sync, rel = self._locate(text)
+        if rel is None:
+            raise ControlError("restore wants a file in the folder, not the folder itself")
+        try:
+            when = versions.parse_time(at) if isinstance(at, str) and at else None
+            chosen = await sync.restore(rel, when)
+        except (ValueError, versions.RestoreError, OSError) as e:
+            raise ControlError(str(e)) from None
+        return {"folder": sync.id, "restored": chosen.to_json()}
+
+    async def _conflicts_json(self) -> list[dict[str, Any]]:
+        found = []
+        for sync in self._folders.values():
+            found += await asyncio.to_thread(keeper.conflict_copies, sync.place)
+        for conflict in found:
+            for side in (conflict["copy"], conflict["current"] or {}):
+                if side:
+                    side["node"] = self._node_of(side["origin"])
+        return found
+
+    def _node_of(self, key: str) -> dict[str, str] | None:
+        """The node whose vector key starts with `key` (a conflict copy names 7 digits)."""
+        peers = self._peers
+        nodes = [(peers.me, peers.name), *((p.id, p.name) for p in peers.roster)]
+        for node_id, name in nodes:
+            if node_id.key.startswith(key):
+                return {"id": str(node_id), "name": name}
+        return None
+
+
+def _completion(peer: Peer, folder: FolderId) -> dict[str, Any]:
+    """How far a member says it is with a folder, for status (None: it has not said)."""
+    said = next((p for p in peer.progress if p.folder == folder), None)
+    row: dict[str, Any] = {"id": str(peer.id), "name": peer.name}
+    if said is None:
+        return {**row, "state": None, "need_files": None, "need_bytes": None, "percent": None}
+    return {**row, "state": said.state, "need_files": said.need_files,
+            "need_bytes": said.need_bytes, "percent": said.percent}

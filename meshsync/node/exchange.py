@@ -1,0 +1,133 @@
+"""Records and blocks between folders and members: what folders ask of the mesh, what members ask
+of folders, and whom news is passed on to (the coordinator's fan-out, a member's bridge)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from meshsync.core.errors import Refused
+from meshsync.core.ids import NodeId
+from meshsync.core.membership import Peer
+from meshsync.core.wire import BlockRequest, IndexRequest, Records
+from meshsync.net.client import PeerClient, PeerUnreachable
+from meshsync.node.folder import FolderSync
+from meshsync.node.peers import Peers
+
+log = logging.getLogger("meshsync")
+
+MAX_RELAYS = 8  # notices the coordinator is passing on at once; more wait for catch-up
+
+
+class Exchange:
+    """Notices, index pages and blocks, to and from the members sharing each folder."""
+
+    def __init__(self, peers: Peers, folders: dict[str, FolderSync]) -> None:
+        self._peers = peers
+        self._folders = folders
+        self.client: PeerClient | None = None  # while the node runs
+        self.tasks: asyncio.TaskGroup | None = None  # where relays run; None on the way out
+        self._relays = 0
+
+    def _online_members(self, folder: str) -> list[Peer]:
+        """The online members sharing `folder` at a known address, coordinator first."""
+        peers = self._peers
+        found = [p for p in peers.roster if folder in p.folders and p.address
+                 and p.is_member(peers.folder_ids) and peers.election.is_up(p.id)]
+        return sorted(found, key=lambda p: p.id != peers.election.coordinator)
+
+    def members(self, folder: str) -> int:
+        """How many members share `folder`, online or not."""
+        return sum(folder in p.folders and p.is_member(self._peers.folder_ids)
+                   for p in self._peers.roster)
+
+    def sources(self, folder: str) -> list[tuple[str, str]]:
+        """(node key, address) of the online members sharing `folder`, coordinator first."""
+        return [(p.id.key, p.address) for p in self._online_members(folder) if p.address]
+
+    async def publish(self, notice: Records, skip: frozenset[str] = frozenset()) -> None:
+        """Send a notice to the coordinator and every other member sharing its folder."""
+        client = self.client
+        if client is None:
+            return
+        targets = [(p.address, p.key) for p in self._online_members(notice.folder)
+                   if p.address and p.id.key not in skip]
+        results = await asyncio.gather(*(client.send_notice(a, k, notice) for a, k in targets),
+                                       return_exceptions=True)
+        for (address, _), result in zip(targets, results, strict=True):
+            if isinstance(result, Exception):
+                log.debug("notice to %s failed: %s", address, result)
+
+    def _member_at(self, address: str) -> tuple[PeerClient, bytes]:
+        """The client, and the key of the member last proven at `address`."""
+        peer = self._peers.roster.at(address)
+        if self.client is None or peer is None or not peer.trusted:
+            raise PeerUnreachable(f"{address}: no member there")
+        return self.client, peer.key
+
+    async def fetch_blocks(self, address: str, request: BlockRequest) -> list[bytes | None]:
+        """Blocks from one member."""
+        client, key = self._member_at(address)
+        return await client.fetch_blocks(address, key, request)
+
+    async def fetch_index(self, address: str, request: IndexRequest) -> Records:
+        """An index page from one member."""
+        client, key = self._member_at(address)
+        return await client.fetch_index(address, key, request)
+
+    def _folder(self, folder: str, key: bytes) -> FolderSync:
+        """The folder a peer asks about, if we both share it (said in our hellos)."""
+        sync = self._folders.get(folder)
+        peer = self._peers.roster.get(NodeId.of_key(key))
+        if sync is None or peer is None or folder not in peer.folders:
+            raise Refused(f"folder {folder!r} is not shared between us")
+        return sync
+
+    async def handle_notice(self, key: bytes, notice: Records) -> None:
+        """Changes made in the mesh; passed on as `_relay_to` says."""
+        sync = self._folder(notice.folder, key)
+        sender = NodeId.of_key(key)
+        news = await sync.take(sender.key, notice.records)
+        to = self._relay_to(sender) if news else frozenset()
+        if to and self.tasks is not None and self._relays < MAX_RELAYS:
+            # Only what was news to us (what was not, we passed on before), a few at a time:
+            # a member that sends one notice again and again cannot make us fan it out.
+            # Not awaited: the sender should not wait on our fan-out to every member.
+            self._relays += 1
+            relay = Records(notice.folder, tuple(news))
+            self.tasks.create_task(self._relay(relay, to), name=f"relay from {sender.key}")
+
+    def _relay_to(self, sender: NodeId) -> frozenset[str]:
+        """Whom news from `sender` goes on to (vector keys): from the coordinator, every other
+        member; from a member that hears the coordinator itself, the members that do not, and
+        the coordinator if the sender does not (a link cut between them: we are the bridge)."""
+        peers = self._peers
+        election, now = peers.election, peers.clock.now()
+        coordinator = election.coordinator
+        members = {p.id for p in peers.roster
+                   if p.is_member(peers.folder_ids) and election.is_up(p.id)}
+        if coordinator == peers.me:
+            to = members
+        elif coordinator is not None and election.hears_coordinator(peers.me, now):
+            to = {p for p in members if not election.hears_coordinator(p, now)}
+            if not election.hears_coordinator(sender, now):
+                to.add(coordinator)
+        else:
+            return frozenset()
+        return frozenset(p.key for p in to - {sender})
+
+    async def _relay(self, notice: Records, to: frozenset[str]) -> None:
+        try:
+            await self.publish(notice, skip=frozenset(p.id.key for p in self._peers.roster) - to)
+        finally:
+            self._relays -= 1
+
+    async def handle_index(self, key: bytes, request: IndexRequest) -> Records:
+        """A page of our index for a peer catching up."""
+        sync = self._folder(request.folder, key)
+        return await asyncio.to_thread(sync.answer_index, request.since)
+
+    async def handle_blocks(self, key: bytes, request: BlockRequest) -> list[bytes | None]:
+        """Blocks we hold, for a peer writing a file."""
+        sync = self._folder(request.folder, key)
+        return await asyncio.to_thread(sync.answer_blocks, request.hashes)

@@ -1,0 +1,175 @@
+"""The hello: what ours tells a trusted peer (folders, term, coordinator, progress, where the
+members listen, the keys we vouch for), and how a peer's is taken in, whichever way it came."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from meshsync.core import election as el
+from meshsync.core.errors import WireError
+from meshsync.core.ids import NodeId
+from meshsync.core.keyblob import MAX_KEY_BYTES
+from meshsync.core.membership import Peer
+from meshsync.core.signing import MAX_OFFSET
+from meshsync.core.throttle import shown
+from meshsync.core.wire import (
+    MAX_MEMBER_ADDRESSES,
+    MAX_MEMBER_KEYS,
+    FolderId,
+    Hello,
+    MemberAddress,
+    Progress,
+    check_address,
+)
+from meshsync.node.addressbook import AddressBook, host_of
+from meshsync.node.peers import Peers
+
+log = logging.getLogger("meshsync")
+
+# Seconds after start before our hellos name members' keys: a list made before we have heard
+# them all would withdraw the others from each node that made us its introducer.
+KEYS_AFTER = 10.0
+
+
+class Greeter:
+    """Makes our hellos and takes in those of trusted peers."""
+
+    def __init__(self, peers: Peers, book: AddressBook, stop: asyncio.Event,
+                 wake: asyncio.Event, feed: Callable[[el.Event], None],
+                 trust_changed: Callable[[], None]) -> None:
+        self._peers = peers
+        self._book = book
+        self._stop = stop
+        self._wake = wake
+        self._feed = feed
+        self._trust_changed = trust_changed
+        self.progress: dict[FolderId, Progress] = {}  # ours, told in hellos
+
+    async def handle_hello(self, key: bytes, hello: Hello, remote: str) -> Hello:
+        """A trusted peer's hello (a heartbeat); the answer is ours."""
+        peer = self.heard(key, hello, f"{remote}:{hello.port}", trusts_us=None)
+        if peer.trusts_us is None:
+            self._wake.set()  # say hello back at once: its answer tells whether it trusts us
+        return self.hello(peer.id)
+
+    def heard(self, key: bytes, hello: Hello, address: str, trusts_us: bool | None) -> Peer:
+        """Take in a trusted peer's hello, whichever way it came."""
+        peers = self._peers
+        changes: dict[str, Any] = {"trusts_us": trusts_us} if trusts_us is not None else {}
+        peer, new = peers.roster.update(
+            key, name=hello.name, address=address, trusted=True, folders=hello.folders,
+            last_seen=peers.clock.wall(), progress=hello.progress, **changes,
+        )
+        if new:
+            log.info("peer found: %s (%s) at %s, trusted", peer.id, shown(peer.name), address)
+        if hello.member_keys is not None:
+            self._take_introductions(key, hello.member_keys)
+        now = peers.clock.now()
+        if self._stop.is_set():
+            pass  # on our way out we take no part in elections, or we could win one and vanish
+        elif hello.term > el.term_ceiling(peers.clock.wall()):
+            # Not heard at all: a member that insists goes down, and the others stay together.
+            peers.log_peer_input(address, "term", f"claims term {hello.term}, more elections "
+                                                  "than any mesh can have held by now: ignored")
+        elif hello.leaving:
+            self._feed(el.PeerLeft(peer.id, now))
+        elif peer.is_member(peers.folder_ids):
+            term, coordinator, hears = hello.term, hello.coordinator, hello.hears_coordinator
+            if term > el.term_ceiling(peers.clock.wall() - MAX_OFFSET):
+                # Heard, but its claim is not taken until a node whose clock is as far behind
+                # ours as we accept would take it too: one pushed to our ceiling must not split
+                # us from them.
+                term, coordinator, hears = 0, None, False
+            self._feed(el.PeerHeard(peer.id, term, coordinator, now, hears))
+            self._book.learn(hello.members)
+        elif not peer.folders & peers.folder_ids and peers.throttle.allow(
+            (peer.id, "no folder"), peers.clock.wall()
+        ):
+            log.info("peer %s (%s) shares no folder with this node", peer.id, shown(peer.name))
+        return peer
+
+    def _take_introductions(self, key: bytes, announced: tuple[bytes, ...]) -> None:
+        """Trust what a peer we marked introducer announces, and only while it announces it."""
+        peers = self._peers
+        changed = peers.trust.introduce(key, announced)
+        if not changed:
+            return  # the steady state, and anything a peer not marked introducer announces
+        for peer in peers.roster:
+            if peer.key in changed:
+                trusted = (peers.trust.is_trusted(peer.key, host_of(peer.address))
+                           if peer.address else peers.trust.knows(peer.key))
+                peers.roster.update(peer.key, trusted=trusted)
+        peer = peers.roster.get(NodeId.of_key(key))
+        if peer is not None and peers.throttle.allow((peer.id, "introduces"), peers.clock.wall()):
+            added = len(changed & set(announced))
+            log.info("introducer %s (%s) announces %d keys more, %d fewer", peer.id,
+                     shown(peer.name), added, len(changed) - added)
+        self._trust_changed()
+        self._wake.set()
+
+    def hello(self, to: NodeId | None = None) -> Hello:
+        """Our hello; to a peer, with where the members it may sync with listen."""
+        peers = self._peers
+        leaving = self._stop.is_set()
+        return Hello(
+            name=peers.name,
+            port=peers.port,
+            folders=peers.folder_ids,
+            term=peers.election.term,
+            coordinator=peers.election.coordinator,
+            leaving=leaving,
+            hears_coordinator=peers.election.hears_coordinator(peers.me, peers.clock.now()),
+            members=() if leaving or to is None else self._member_addresses(to),
+            member_keys=None if leaving or to is None else self._member_keys(to),
+            progress=() if leaving or to is None else self._progress_for(to),
+        )
+
+    def _progress_for(self, to: NodeId) -> tuple[Progress, ...]:
+        """How far we are with the folders we share with `to`."""
+        peer = self._peers.roster.get(to)
+        shared = peer.folders if peer is not None else frozenset()
+        return tuple(p for folder, p in sorted(self.progress.items()) if folder in shared)
+
+    def _member_addresses(self, to: NodeId) -> tuple[MemberAddress, ...]:
+        """Where our online members listen that share a folder with `to` (never `to` itself,
+        nor a peer we do not trust), the most recently heard first."""
+        peers = self._peers
+        recipient = peers.roster.get(to)
+        if recipient is None:
+            return ()
+        found: list[MemberAddress] = []
+        for peer in sorted(peers.roster, key=lambda p: p.last_seen or 0.0, reverse=True):
+            if (peer.id == to or not peer.address or not peer.folders & recipient.folders
+                    or not peer.is_member(peers.folder_ids)
+                    or not peers.election.is_up(peer.id)):
+                continue
+            try:  # the address we reached it at: a --peer host name is not passed on
+                found.append(MemberAddress(peer.id, check_address(peer.address)))
+            except WireError:
+                continue
+            if len(found) == MAX_MEMBER_ADDRESSES:
+                break
+        return tuple(found)
+
+    def _member_keys(self, to: NodeId) -> tuple[bytes, ...] | None:
+        """The keys of members sharing a folder with `to` that we trust on our own word (never
+        on an introducer's: introductions go one hop), by ID: trusted by `to` too if it made
+        us its introducer. Public keys only, and only to a peer we trust; None (no word on
+        keys) for KEYS_AFTER after start."""
+        peers = self._peers
+        recipient = peers.roster.get(to)
+        if peers.clock.now() - peers.election.started < KEYS_AFTER:
+            return None
+        if recipient is None:
+            return ()
+        shared = recipient.folders & peers.folder_ids
+        found = [p for p in sorted(peers.roster, key=lambda p: p.id)
+                 if p.id != to and p.folders & shared and p.is_member(peers.folder_ids)
+                 and len(p.key) <= MAX_KEY_BYTES]
+        if not found:
+            return ()
+        listed = set(peers.trust.known_keys(introduced=False))
+        return tuple(p.key for p in found if p.key in listed)[:MAX_MEMBER_KEYS]
