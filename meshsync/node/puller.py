@@ -8,7 +8,7 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
@@ -20,13 +20,13 @@ from meshsync.core.throttle import shown
 from meshsync.core.wire import Signed
 from meshsync.fs import apply, scan
 from meshsync.node import transfer
+from meshsync.node.attempt import Batch, Done, NoRoom, attempt, done
 from meshsync.node.clock import Clock
 from meshsync.node.config import MinFree, mib
 from meshsync.node.judge import REVIVED, Judge
 from meshsync.node.keeper import keeper
 from meshsync.node.place import Place
 from meshsync.node.retry import (
-    CHANGED,
     DISK_FULL,
     NO_DIRECTORY,
     NOT_HELD,
@@ -44,29 +44,8 @@ log = logging.getLogger("meshsync.folder")
 NEEDS_PER_PASS = 10000  # versions attempted per pass, besides those waiting for their retry
 FILES_PER_GROUP = 256
 
-_Done = tuple[FileRecord, bytes, int, int]  # an index item: record, signature, inode, dev
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-@dataclass(slots=True)
-class _Batch:
-    """What a batch of disk work produced: index items, paths to scan again (the user changed
-    them meanwhile, or sync made a conflict copy there), directories to keep, and versions
-    that could not be written (with a cause and a reason), and versions to try again once this
-    pass's deletions are done (a file or link replacing a directory that still holds files)."""
-
-    done: list[_Done] = field(default_factory=list)
-    changed: set[RelPath] = field(default_factory=set)
-    revive: set[RelPath] = field(default_factory=set)
-    failed: list[tuple[Need, str, str]] = field(default_factory=list)
-    after_deletions: list[Need] = field(default_factory=list)  # replace a directory emptied
-    resolved: list[Signed] = field(default_factory=list)  # resolutions stored, to announce
-
-
-def _done(need: Need, seen: scan.Seen | None) -> _Done:
-    inode, dev = (seen.inode, seen.dev) if seen else (0, 0)
-    return (need.record, need.signature, inode, dev)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +155,10 @@ class Puller:
     def _fail(self, need: Need, cause: str, reason: str, lack: Lack | None = None) -> None:
         self.retries.failed(need, cause, reason, self.clock.now(), lack)
 
-    async def _in_thread(self, work: Callable[[_Batch, T], R], arg: T) -> R:
+    async def _in_thread(self, work: Callable[[Batch, T], R], arg: T) -> R:
         """Run a batch of disk work in a thread; paths it found changed are rescanned, and
         versions it wrote or could not write update their retries."""
-        batch = _Batch()
+        batch = Batch()
         try:
             async with self.place.disk:
                 result = await asyncio.to_thread(work, batch, arg)
@@ -194,63 +173,16 @@ class Puller:
             self.retries.succeeded(record.path)
         return result
 
-    def _attempt(self, batch: _Batch, need: Need, step: Callable[[], _Done | None]) -> None:
-        """Run one path's step; the disk having changed or a write failing spoils only it."""
-        try:
-            done = step()
-        except apply.NotEmpty as e:
-            # A file or link replacing a directory: once the deletions of what it holds are
-            # done, later in this pass. Held by files of ours that no deletion names, it waits.
-            if need.record.deleted:
-                batch.changed.add(need.record.path)
-                batch.failed.append((need, CHANGED, f"cannot delete: {shown(e)}"))
-            elif self.place.index.deletions_under(self.place.id, need.record.path):
-                batch.after_deletions.append(need)
-            elif self.retries.tried(need):
-                # Still, a while later: it holds files no deletion names (made here meanwhile).
-                # The directory gets a version of its own, concurrent with this one, which it
-                # beats (plan.wins: a directory beats a file or link): nothing is lost.
-                batch.revive.add(need.record.path)
-                batch.failed.append((need, NO_DIRECTORY, "the directory it replaces holds "
-                                     "files made meanwhile"))
-            else:
-                batch.failed.append((need, WRITE_REFUSED, f"cannot write: {shown(e)}"))
-            return
-        except apply.Changed as e:
-            # Rescanned, then tried again; listed meanwhile, so that a path that keeps
-            # changing (or never matches what the index says) shows, and costs a try per 2 s.
-            batch.changed.add(need.record.path)
-            batch.failed.append((need, CHANGED, f"{shown(e)}; rescanning it"))
-            return
-        except apply.ParentNotDir as e:
-            if need.record.deleted:  # nothing can be there: it is deleted here already
-                batch.done.append(_done(need, None))
-            elif self.place.index.get(self.place.id, e.path) is not None:
-                # A synced file or link, which a version on its way (queued, or still to come:
-                # a directory beats a file) makes a directory.
-                batch.failed.append((need, NO_DIRECTORY, f"{shown(e.path)} is not a directory "
-                                     "yet"))
-            else:
-                batch.failed.append((need, WRITE_REFUSED, f"cannot write: {shown(e)}"))
-            return
-        except NoRoom as e:
-            batch.failed.append((need, DISK_FULL, str(e)))
-            return
-        except (apply.UnsafePath, apply.BadBlock, OSError, ValueError) as e:
-            batch.failed.append((need, cause_of(e), f"cannot write: {shown(e)}"))
-            return
-        if done is not None:
-            batch.done.append(done)
-
-    def _apply_locally(self, batch: _Batch, needs: list[Need]) -> list[_Write]:
+    def _apply_locally(self, batch: Batch, needs: list[Need]) -> list[_Write]:
         """Apply what needs no transfer, in one index transaction; return files to write."""
         writes: list[_Write] = []
         for need in needs:
-            self._attempt(batch, need, partial(self._apply_one, batch, need, writes))
+            attempt(batch, need, partial(self._apply_one, batch, need, writes), self.place,
+                    self.retries)
         self.place.index.put(self.place.id, batch.done)
         return writes
 
-    def _apply_one(self, batch: _Batch, need: Need, writes: list[_Write]) -> _Done | None:
+    def _apply_one(self, batch: Batch, need: Need, writes: list[_Write]) -> Done | None:
         record = need.record
         entry = self.place.index.get(self.place.id, record.path)
         verdict = decide(entry.record if entry else None, record)
@@ -372,7 +304,7 @@ class Puller:
 
 
     def _open_all(
-        self, batch: _Batch, group: tuple[list[_Write], list[_Opened], set[RelPath]]
+        self, batch: Batch, group: tuple[list[_Write], list[_Opened], set[RelPath]]
     ) -> tuple[list[Wanted], set[RelPath]]:
         """Open each file's temp and fill it from local blocks (but those in the set, which the
         index holds nothing new for); return the blocks still wanted and the files that failed."""
@@ -382,7 +314,8 @@ class Puller:
         self._room = usage.free - self.min_free.of(usage.total)
         for write in writes:
             look = write.need.record.path not in settled
-            self._attempt(batch, write.need, partial(self._open_one, write, opened, wanted, look))
+            step = partial(self._open_one, write, opened, wanted, look)
+            attempt(batch, write.need, step, self.place, self.retries)
         return wanted, {need.record.path for need, _, _ in batch.failed}
 
     def _open_one(self, write: _Write, opened: list[_Opened], wanted: list[Wanted],
@@ -416,42 +349,39 @@ class Puller:
             if not apply.remove_temps(self.place.root, directory, wanted.get(directory, set())):
                 self.temp_dirs.discard(directory)
 
-    def _commit_all(self, batch: _Batch, opened: list[_Opened]) -> None:
+    def _commit_all(self, batch: Batch, opened: list[_Opened]) -> None:
         """Move every finished file into place, then record them in one transaction.
 
         Contents are made durable before any name points at them, and names before the index
         records them, with one sync for the group each time (see apply.Incoming.seal).
         """
         for write, incoming in opened:
-            self._attempt(batch, write.need, incoming.seal)
+            attempt(batch, write.need, incoming.seal, self.place, self.retries)
         sealed = [(write, incoming) for write, incoming in opened if incoming.sealed]
         if not sealed:
             return
         apply.sync(self.place.root)
         for write, incoming in sealed:
-            self._attempt(batch, write.need, partial(self._commit_one, batch, write, incoming))
+            step = partial(self._commit_one, batch, write, incoming)
+            attempt(batch, write.need, step, self.place, self.retries)
         apply.sync(self.place.root)
         self.place.index.put(self.place.id, batch.done)
 
-    def _commit_one(self, batch: _Batch, write: _Write, incoming: apply.Incoming) -> _Done:
+    def _commit_one(self, batch: Batch, write: _Write, incoming: apply.Incoming) -> Done:
         keep = keeper(self.place, batch.changed, write.loser)
         seen = incoming.commit(write.expected, keep)
         return self._stored(batch, write.need, seen, write.ours)
 
-    def _stored(self, batch: _Batch, need: Need, seen: scan.Seen | None,
-                ours: FileRecord | None) -> _Done:
+    def _stored(self, batch: Batch, need: Need, seen: scan.Seen | None,
+                ours: FileRecord | None) -> Done:
         """What the index records for a version written: the version itself or, when it beat
         `ours` (concurrent), the resolution we publish: it descends from both."""
         if ours is None:
-            return _done(need, seen)
+            return done(need, seen)
         record = plan.resolution(need.record, ours, self.me)
         signature = self.sign(record)
         batch.resolved.append(Signed(record, signature))
-        return _done(Need(record, signature, need.source), seen)
-
-
-class NoRoom(Exception):
-    """A file would take the disk's free space below what --min-free keeps."""
+        return done(Need(record, signature, need.source), seen)
 
 
 def _nothing_of(need: Need, lack: Lack) -> bool:
