@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -40,8 +41,12 @@ def make_lan(request: pytest.FixtureRequest) -> Iterator[Callable[[int], Lan]]:
         return lan
 
     yield build
+    failed = request.node.stash.get(_failed, False)
     for lan in labs:
-        if request.node.stash.get(_failed, False):
+        if failed:
             print(lan.logs())
         lan.close()
-    shutil.rmtree(root, ignore_errors=True)
+    if failed and os.environ.get("MESHSYNC_KEEP_LAN"):
+        print(f"kept for a look (MESHSYNC_KEEP_LAN): {root}")  # folders, indexes, logs
+    else:
+        shutil.rmtree(root, ignore_errors=True)

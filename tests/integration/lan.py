@@ -109,6 +109,9 @@ class Host:
         self.log = self.home / "node.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.env_extra: dict[str, str] = {}
+        # Periodic catch-up (the safety net under notices) is off unless a test turns it on:
+        # a test then sees a broken notice or relay fail, not wait for the next poll.
+        self.catch_up = False
         self.state = self.home / ".local" / "state" / "meshsync"
         self.open_files: int | None = None  # RLIMIT_NOFILE (soft and hard) of the node, if set
         (self.home / ".ssh").mkdir(parents=True, mode=0o700)
@@ -129,7 +132,8 @@ class Host:
         """The environment of this host's processes: its own HOME, so its own key and state."""
         base = {k: v for k, v in os.environ.items() if not k.startswith(("MESHSYNC_", "XDG_"))}
         base.pop("SSH_AUTH_SOCK", None)
-        return {**base, "HOME": str(self.home), **self.env_extra}
+        net = {} if self.catch_up else {"MESHSYNC_CATCH_UP_EVERY": "86400"}
+        return {**base, "HOME": str(self.home), **net, **self.env_extra}
 
     def exec(self, *cmd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         """Run a command inside this host's namespace."""

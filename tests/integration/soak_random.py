@@ -602,7 +602,7 @@ def log_tails(hosts: list[Host]) -> str:
 def test_random_workload_with_a_cut_link_a_killed_node_and_lost_trust_converges_losing_no_write(
         make_lan):
     print(RERUN)
-    lan = mesh(make_lan, HOSTS)
+    lan = mesh(make_lan, HOSTS, push_only=False)  # the whole node, safety net included
     user = User(lan.hosts)
     planned = faults(random.Random(SEED), lan.hosts)
     try:

@@ -40,7 +40,7 @@ def temps(host: Host) -> list[str]:
 
 
 def test_every_change_of_kind_made_on_any_host_reaches_the_others(make_lan):
-    lan = mesh(make_lan, 3, push_only=True)
+    lan = mesh(make_lan, 3)
     h1, h2, h3 = lan.hosts
     # Each path goes through two kinds after its first: all six changes of kind happen.
     steps = {"a": ("file", "dir", "symlink"), "b": ("dir", "file", "symlink"),

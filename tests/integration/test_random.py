@@ -298,7 +298,7 @@ def test_random_workload_with_a_cut_link_and_a_killed_node_converges_losing_no_l
         make_lan):
     print(RERUN)
     rng = random.Random(SEED)
-    lan = mesh(make_lan, 3)
+    lan = mesh(make_lan, 3, push_only=False)  # the whole node, safety net included
     user = User(rng, lan.hosts)
     planned = faults(rng, lan.hosts)
     try:

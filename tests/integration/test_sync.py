@@ -14,13 +14,12 @@ from tests.integration.test_election import agreed, start_all
 REPO = Path(__file__).resolve().parents[2]
 
 
-def mesh(make_lan, count: int, push_only: bool = False) -> Lan:
-    """`count` hosts in one mesh; with `push_only`, no periodic catch-up (only at start and
-    when a member comes online): what reaches a host then came by notice."""
+def mesh(make_lan, count: int, push_only: bool = True) -> Lan:
+    """`count` hosts in one mesh; unless `push_only`, with periodic catch-up on (see
+    Host.catch_up: off by default, so that what reaches a host came by notice)."""
     lan = make_lan(count)
-    if push_only:
-        for host in lan.hosts:
-            host.env_extra["MESHSYNC_CATCH_UP_EVERY"] = "86400"
+    for host in lan.hosts:
+        host.catch_up = not push_only
     start_all(lan)
     lowest = lan.by_id()[0]
     wait_for("the mesh to form", lambda: agreed(lan.hosts, lowest), 15)
@@ -33,7 +32,7 @@ def write(path: Path, data: bytes) -> None:
 
 
 def test_nested_creates_modifies_deletes_and_renames_converge_on_three_hosts(make_lan):
-    lan = mesh(make_lan, 3, push_only=True)
+    lan = mesh(make_lan, 3)
     h1, h2, h3 = lan.hosts
     write(h1.sync / "a/b/c/deep.txt", b"deep")
     write(h2.sync / "top.txt", b"top")
@@ -56,7 +55,7 @@ def test_nested_creates_modifies_deletes_and_renames_converge_on_three_hosts(mak
 
 
 def test_mode_bits_mtime_empty_dirs_and_symlinks_follow(make_lan):
-    lan = mesh(make_lan, 2, push_only=True)
+    lan = mesh(make_lan, 2)
     h1, h2 = lan.hosts
     script = h1.sync / "run.sh"
     write(script, b"#!/bin/sh\necho hi\n")
