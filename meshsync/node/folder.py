@@ -15,13 +15,11 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from meshsync.core import conflicts
 from meshsync.core.paths import RelPath
 from meshsync.core.records import FileRecord, Kind
 from meshsync.core.throttle import shown
@@ -37,7 +35,7 @@ from meshsync.core.wire import (
 from meshsync.fs import versions
 from meshsync.fs.ignore import IGNORE_FILE, Ignore
 from meshsync.fs.watch import watch
-from meshsync.node import transfer
+from meshsync.node import report, transfer
 from meshsync.node.catchup import CatchUp, Indexes
 from meshsync.node.clock import Clock
 from meshsync.node.config import Folder, Keep, MinFree, mib
@@ -47,14 +45,13 @@ from meshsync.node.place import Place
 from meshsync.node.puller import Puller
 from meshsync.node.scanner import RACY, Found, Scanner
 from meshsync.node.transfer import Rate, Sources
-from meshsync.store.index import Index, Need
+from meshsync.store.index import Index
 
 log = logging.getLogger("meshsync.folder")
 
 RESCAN_EVERY = 60.0
 UNMOUNTED_CHECK_EVERY = 2.0
 RETRY_UNSTABLE = 0.5
-SHOWN = 100  # paths listed by `meshsync status` (held back, waiting)
 
 
 class Mesh(Verifier, Sources, Indexes, Protocol):
@@ -69,18 +66,6 @@ class Mesh(Verifier, Sources, Indexes, Protocol):
     async def publish(self, notice: Records) -> None:
         """Send a notice to the coordinator and gossip it to the members sharing its folder."""
 
-
-
-@dataclass(frozen=True, slots=True)
-class Counts:
-    """Status's part read from the index: versions to write and their bytes, conflict copies,
-    versions held back for their origin (and the first of them)."""
-
-    files: int
-    size: int
-    copies: int
-    held_count: int
-    held: list[Need]
 
 
 class FolderSync:
@@ -380,63 +365,18 @@ class FolderSync:
         return chosen
 
     # -- status --------------------------------------------------------------------------------
-    def counts(self) -> Counts:
+    def counts(self) -> report.Counts:
         """Status's part read from the index, in a thread."""
-        index = self.place.index
-        files, size = index.need_totals(self.id)
-        copies = sum(conflicts.is_copy(e.record.path) for e in index.conflict_copies(self.id))
-        return Counts(files, size, copies, index.held_count(self.id), index.held(self.id, SHOWN))
+        return report.counts(self.place)
 
-    def status(self, counts: Counts | None = None) -> dict[str, Any]:
+    def status(self, counts: report.Counts | None = None) -> dict[str, Any]:
         """This folder's line in `meshsync status --json`; on the loop, which owns the
         transfers and retries it lists (`counts` read beforehand, or now)."""
-        counts = counts or self.counts()
-        now = self.clock.now()
-        retries = self.puller.retries
-        waiting = self._waiting(counts.files)
-        held = [{"path": n.record.path, "cause": "untrusted origin",
-                 "reason": self.mesh.untrusted_origin(n.record.origin)} for n in counts.held]
-        held_back = [*held, *retries.listing(now, SHOWN - len(held))] if waiting else held
-        progress = self.scanner.progress
-        return {
-            "id": self.id,
-            "path": str(self.root),
-            "state": self._state(counts.files, counts.held_count, waiting),
-            "need_files": counts.files,
-            "need_bytes": counts.size,
-            "conflicts": counts.copies,
-            "transfers": [{"path": p.path, "size": p.size, "done": p.done}
-                          for p in self.puller.fetcher.transfers.values()],
-            "waiting": retries.listing(now, SHOWN) if waiting else [],
-            "waiting_count": waiting,
-            "held_back": held_back[:SHOWN],
-            "held_back_count": counts.held_count + waiting,
-            "scan": progress.to_json() if progress is not None else None,
-            "rate": {"in": self.puller.fetcher.received.per_second(now),
-                     "out": self.sent.per_second(now)},
-        }
-
-    def _waiting(self, files: int) -> int:
-        """Versions waiting for a retry (none when nothing is queued: the waits of versions
-        no longer wanted are forgotten at the next pass)."""
-        return len(self.puller.retries) if files else 0
-
-    def _state(self, files: int, held: int, waiting: int) -> str:
-        if not self.mounted:
-            return "unmounted"
-        if self.scanner.progress is not None or not self.scanned:
-            return "scanning"
-        if files > waiting:
-            return "syncing"
-        return "held back" if held or waiting else "in sync"
+        return report.status(self, counts or self.counts())
 
     def progress(self) -> Progress:
         """How far this folder is, for our hellos; runs in a thread."""
-        index = self.place.index
-        files, size = index.need_totals(self.id)
-        waiting = self._waiting(files)
-        state = self._state(files, index.held_count(self.id), waiting)
-        return Progress(self.id, state, files, size, index.counts(self.id)[1])
+        return report.progress(self)
 
 
 def new_epoch() -> str:

@@ -1,0 +1,95 @@
+"""What `meshsync status` says of a folder: its state, what it needs, what waits and why,
+the scan under way, and the transfer rates; and the shorter progress our hellos carry.
+
+The states, in order of precedence: `unmounted` (the folder marker is missing), `scanning`
+(a full scan is under way, or none has finished since start), `syncing` (versions to write
+that are not waiting for a retry), `held back` (what is left waits for a cause listed in
+`held_back`), `in sync`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from meshsync.core import conflicts
+from meshsync.core.wire import Progress
+from meshsync.node.place import Place
+from meshsync.store.index import Need
+
+if TYPE_CHECKING:
+    from meshsync.node.folder import FolderSync
+
+SHOWN = 100  # paths listed by `meshsync status` (held back, waiting)
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Status's part read from the index: versions to write and their bytes, conflict copies,
+    versions held back for their origin (and the first of them)."""
+
+    files: int
+    size: int
+    copies: int
+    held_count: int
+    held: list[Need]
+
+
+def counts(place: Place) -> Counts:
+    """Status's part read from the index; runs in a thread."""
+    index = place.index
+    files, size = index.need_totals(place.id)
+    copies = sum(conflicts.is_copy(e.record.path) for e in index.conflict_copies(place.id))
+    return Counts(files, size, copies, index.held_count(place.id), index.held(place.id, SHOWN))
+
+
+def status(sync: FolderSync, counts: Counts) -> dict[str, Any]:
+    """The folder's line in `meshsync status --json` (documented in the README)."""
+    now = sync.clock.now()
+    puller = sync.puller
+    retries = puller.retries
+    waiting = _waiting(sync, counts.files)
+    held = [{"path": n.record.path, "cause": "untrusted origin",
+             "reason": sync.mesh.untrusted_origin(n.record.origin)} for n in counts.held]
+    held_back = [*held, *retries.listing(now, SHOWN - len(held))] if waiting else held
+    progress = sync.scanner.progress
+    return {
+        "id": sync.id,
+        "path": str(sync.root),
+        "state": _state(sync, counts.files, counts.held_count, waiting),
+        "need_files": counts.files,
+        "need_bytes": counts.size,
+        "conflicts": counts.copies,
+        "transfers": [{"path": p.path, "size": p.size, "done": p.done}
+                      for p in puller.fetcher.transfers.values()],
+        "waiting": retries.listing(now, SHOWN) if waiting else [],
+        "waiting_count": waiting,
+        "held_back": held_back[:SHOWN],
+        "held_back_count": counts.held_count + waiting,
+        "scan": progress.to_json() if progress is not None else None,
+        "rate": {"in": puller.fetcher.received.per_second(now), "out": sync.sent.per_second(now)},
+    }
+
+
+def progress(sync: FolderSync) -> Progress:
+    """How far the folder is, for our hellos; runs in a thread."""
+    index, folder = sync.place.index, sync.id
+    files, size = index.need_totals(folder)
+    state = _state(sync, files, index.held_count(folder), _waiting(sync, files))
+    return Progress(folder, state, files, size, index.counts(folder)[1])
+
+
+def _waiting(sync: FolderSync, files: int) -> int:
+    """Versions waiting for a retry (none when nothing is queued: the waits of versions no
+    longer wanted are forgotten at the next pass)."""
+    return len(sync.puller.retries) if files else 0
+
+
+def _state(sync: FolderSync, files: int, held: int, waiting: int) -> str:
+    if not sync.mounted:
+        return "unmounted"
+    if sync.scanner.progress is not None or not sync.scanned:
+        return "scanning"
+    if files > waiting:
+        return "syncing"
+    return "held back" if held or waiting else "in sync"
