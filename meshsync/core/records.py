@@ -64,6 +64,13 @@ class FileRecord:
         return replace(self, version=version, origin=origin, deleted=True, size=0, blocks=(),
                        target="", author="")
 
+    def brief(self) -> str:
+        """One line for a debug log: kind (or deletion), version, origin and author."""
+        what = "deleted" if self.deleted else self.kind.value
+        counters = ",".join(f"{k[:6]}:{v % 10000}" for k, v in sorted(self.version.counters))
+        by = f" by {self.author[:6]}" if self.author else ""
+        return f"{what} [{counters}] from {self.origin[:6]}{by}"
+
     def to_json(self) -> dict[str, Any]:
         """The wire form; `author` only when there is one, so older records sign as they did."""
         data: dict[str, Any] = {

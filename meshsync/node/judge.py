@@ -99,6 +99,10 @@ class Judge:
             origin = self._origin(need)
             if origin is not Origin.TRUSTED:
                 return origin
+        if verdict != plan.Judgement() and log.isEnabledFor(logging.DEBUG):
+            log.debug("folder %s: %s %s (ours %s, waiting for %s): %s", place.id, shown(path),
+                      need.record.brief(), entry.record.brief() if entry else "none",
+                      pending.record.brief() if pending else "none", verdict)
         if verdict.queue:
             queued.append(need)
         if verdict.drop_pending:

@@ -171,6 +171,8 @@ class Puller:
             self._resolved += batch.resolved
         for record, *_ in batch.done:  # in the index now
             self.retries.succeeded(record.path)
+            log.debug("folder %s: %s is %s now", self.place.id, shown(record.path),
+                      record.brief())
         return result
 
     def _apply_locally(self, batch: Batch, needs: list[Need]) -> list[_Write]:
@@ -188,6 +190,8 @@ class Puller:
         verdict = decide(entry.record if entry else None, record)
         if verdict.action is Action.IGNORE or self.place.ignore.match(
                 record.path, record.kind is Kind.DIR):
+            log.debug("folder %s: %s no longer wanted: %s", self.place.id, shown(record.path),
+                      record.brief())
             self.place.index.drop_need(self.place.id, record.path)
             return None
         expected = _expected(entry)
@@ -269,6 +273,8 @@ class Puller:
                                              and w.need.record.path in known))]
             self._forsaken([n for n in gone if n.source != REVIVED])
             for need in gone:  # unless a newer version was queued meanwhile
+                log.debug("folder %s: %s given up: %s", self.place.id, shown(need.record.path),
+                          need.record.brief())
                 await asyncio.to_thread(self.place.index.drop_need, self.place.id, need.record.path,
                                         need.record)
                 self.retries.succeeded(need.record.path)

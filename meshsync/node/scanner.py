@@ -133,8 +133,7 @@ class Scanner:
             self.progress = None
         if mine and log.isEnabledFor(logging.DEBUG):
             log.debug("folder %s: new versions of %s", place.id,
-                      ", ".join(f"{shown(r.path)} ({r.kind}{', deleted' if r.deleted else ''})"
-                                for r, *_ in mine[:20]))
+                      ", ".join(f"{shown(r.path)} {r.brief()}" for r, *_ in mine[:20]))
         found.changes = [Signed(record, signature) for record, signature, _, _ in mine]
         return found
 

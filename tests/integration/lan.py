@@ -153,6 +153,8 @@ class Host:
             if limit is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
+        if os.environ.get("MESHSYNC_LAN_VERBOSE"):  # debug detail in every node's log
+            args = (*args, "--verbose")
         with self.log.open("ab") as log:
             log.write(f"---- start {' '.join(args)}\n".encode())
             self.proc = subprocess.Popen(
