@@ -250,8 +250,8 @@ def remove(root: Path, path: RelPath, expected: Seen | None,
                 _remove_dir(dir_fd, name, path)
             else:
                 _discard(dir_fd, name, path, keep_old)
-    except FileNotFoundError:
-        return  # a parent is gone, and the path with it
+    except (FileNotFoundError, ParentNotDir):
+        return  # a parent is gone, or a file or link now, and the path with it
 
 
 def set_metadata(root: Path, record: FileRecord, expected: Seen | None) -> Seen:

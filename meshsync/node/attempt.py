@@ -81,9 +81,9 @@ def attempt(batch: Batch, need: Need, step: Callable[[], Done | None], place: Pl
         batch.failed.append((need, CHANGED, f"{shown(e)}; rescanning it"))
         return
     except apply.ParentNotDir as e:
-        if need.record.deleted:  # nothing can be there: it is deleted here already
-            batch.done.append(done(need, None))
-        elif place.index.get(place.id, e.path) is not None:
+        # (Never for a deletion: apply.remove finds nothing to delete there, and the version
+        # is stored like any other, as a resolution if it beat ours.)
+        if place.index.get(place.id, e.path) is not None:
             # A synced file or link, which a version on its way (queued, or still to come:
             # a directory beats a file) makes a directory.
             batch.failed.append((need, NO_DIRECTORY, f"{shown(e.path)} is not a directory "

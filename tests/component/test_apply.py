@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -183,7 +184,6 @@ def test_nothing_is_written_through_a_symlinked_or_file_parent(tmp_path: Path, p
         lambda: make_dir(root, other_record(path, Kind.DIR), None),
         lambda: make_symlink(root, other_record(path, Kind.SYMLINK, target="/etc"), None),
         lambda: set_metadata(root, other_record(path, Kind.DIR), None),
-        lambda: remove(root, RelPath(path), None),
         lambda: read_block(root, RelPath(path), 0),
     ]
 
@@ -191,6 +191,13 @@ def test_nothing_is_written_through_a_symlinked_or_file_parent(tmp_path: Path, p
         with pytest.raises(ParentNotDir, match="symlink or a file") as refused:
             attempt()
         assert (refused.value.path, refused.value.kind) == (path.partition("/")[0], kind)
+    behind = outside / path.partition("/")[2]  # what the path leads to through a link
+    behind.parent.mkdir(parents=True, exist_ok=True)
+    behind.write_text("not the folder's")
+    remove(root, RelPath(path), None)  # nothing of the folder is there: deleted already
+    assert behind.read_text() == "not the folder's"
+    shutil.rmtree(outside)
+    outside.mkdir()
 
     assert list(outside.iterdir()) == []
     assert sorted(p.name for p in root.iterdir()) == ["file", "out"]

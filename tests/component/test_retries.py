@@ -18,7 +18,14 @@ from meshsync.core.ids import NodeId
 from meshsync.core.paths import RelPath
 from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
 from meshsync.core.vclock import Vector
-from meshsync.core.wire import MAX_BLOCKS_PER_REQUEST, BlockRequest, FolderId, IndexRequest, Records
+from meshsync.core.wire import (
+    MAX_BLOCKS_PER_REQUEST,
+    BlockRequest,
+    FolderId,
+    IndexRequest,
+    Records,
+    Signed,
+)
 from meshsync.fs import apply
 from meshsync.node import folder
 from meshsync.node.config import Folder
@@ -344,3 +351,40 @@ async def test_a_version_an_offline_member_may_hold_is_waited_for(
         clock.wait_out(wait)
     assert index.need(FOLDER, RelPath("maybe.bin")) is not None
     assert sync.status()["state"] == "held back"
+
+
+class Publishing(Members):
+    """Members that keep what the folder publishes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: list[FileRecord] = []
+
+    async def publish(self, notice: Records) -> None:
+        self.published += [s.record for s in notice.records]
+
+
+async def test_a_deletion_that_beats_ours_under_a_path_now_a_file_is_stored_as_a_resolution(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    # Two concurrent deletions of a/f, and a file where the directory a was. Taking the
+    # winner without merging the loser's vector would let a version the loser descends from
+    # (an edit it deleted) beat ours on a node that never heard of the loser.
+    mesh = Publishing()
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    me = mesh.me.key
+    (sync.root / "a").write_text("a file where the directory was")
+    ours = FileRecord(RelPath("a/f"), Kind.FILE, Vector.of({me: 2, ORIGIN: 1}), me,
+                      deleted=True, mtime_ns=1)
+    index.put(FOLDER, [(ours, b"sig", 0, 0)])
+    theirs = FileRecord(RelPath("a/f"), Kind.FILE, Vector.of({ORIGIN: 3}), ORIGIN,
+                        deleted=True, mtime_ns=2)  # the newer deletion: it wins
+
+    await sync.take("key0", [Signed(theirs, b"sig")])
+    await sync.apply_due()
+
+    entry = index.get(FOLDER, RelPath("a/f"))
+    assert entry is not None
+    assert (entry.record.deleted, entry.record.origin) == (True, me)
+    assert entry.record.version == theirs.version.merge(ours.version)
+    assert entry.record in mesh.published
+    assert (sync.root / "a").read_text() == "a file where the directory was"
