@@ -59,7 +59,8 @@ def expect_matches(root: Path, path: RelPath, expected: Seen | None) -> None:
 class Incoming:
     """The temporary file receiving one remote file version; a restarted node resumes it."""
 
-    def __init__(self, record: FileRecord, dir_fd: int, fd: int) -> None:
+    def __init__(self, root: Path, record: FileRecord, dir_fd: int, fd: int) -> None:
+        self.root = root
         self.record = record
         self._name = record.path.rpartition("/")[2]
         self._temp = temp_name(record)
@@ -76,7 +77,7 @@ class Incoming:
             with parent(root, record.path, create=True) as (parent_fd, _):
                 fds.append(os.dup(parent_fd))
             fds.append(os.open(temp_name(record), flags, 0o600, dir_fd=fds[0]))
-            return cls(record, *fds)
+            return cls(root, record, *fds)
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -118,6 +119,13 @@ class Incoming:
         """
         if not self._sealed:
             raise ValueError(f"{self.record.path}: not sealed")
+        if not self._still_in_place():
+            # The user moved its directory (out of the folder, maybe) while it was written:
+            # putting it there would put it where the index does not think it is. What is
+            # left of it goes with its directory; the version is written again where it goes.
+            self.abort()
+            where = self.record.path.rpartition("/")[0] or "the folder"
+            raise Changed(f"{where} moved while {self.record.path} was written into it")
         _replace(self._dir_fd, self._temp, self._name, self.record.path, expected, keep_old)
         seen = Seen.of(self.record.path, Kind.FILE, os.fstat(self._fd))
         self.close()
@@ -156,6 +164,16 @@ class Incoming:
     def length(self, index: int) -> int:
         """The size of block `index` of this file."""
         return min(BLOCK_SIZE, self.record.size - index * BLOCK_SIZE)
+
+    def _still_in_place(self) -> bool:
+        """Whether the directory the file is written in is still where its path leads."""
+        try:
+            with parent(self.root, self.record.path) as (dir_fd, _):
+                now = os.fstat(dir_fd)
+        except (OSError, UnsafePath):
+            return False
+        opened = os.fstat(self._dir_fd)
+        return (now.st_ino, now.st_dev) == (opened.st_ino, opened.st_dev)
 
     def _verified(self) -> set[int]:
         size = os.fstat(self._fd).st_size

@@ -169,6 +169,23 @@ def test_commit_refuses_to_overwrite_a_change_it_did_not_scan(tmp_path: Path) ->
     expect_matches(tmp_path, RelPath("nothing/here"), None)
 
 
+def test_a_file_whose_directory_was_moved_out_while_written_is_not_put_there(
+        tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    record = file_record("d/f", b"remote")
+
+    with Incoming.open(root, record) as incoming:
+        incoming.write_block(0, b"remote")
+        incoming.seal()
+        (root / "d").rename(tmp_path / "moved-out")  # the user takes the directory away
+        with pytest.raises(Changed, match="d moved while d/f was written into it"):
+            incoming.commit(None)
+
+    assert list((tmp_path / "moved-out").iterdir()) == [], "nothing of it left there"
+    assert sorted(p.name for p in root.iterdir()) == []
+
+
 @pytest.mark.parametrize(("path", "kind"), [("out/f", Kind.SYMLINK), ("out/new/f", Kind.SYMLINK),
                                           ("file/f", Kind.FILE)])
 def test_nothing_is_written_through_a_symlinked_or_file_parent(tmp_path: Path, path: str,

@@ -329,7 +329,10 @@ class User:
         found: list[str] = []
         while True:
             for entry in sorted(bin_.iterdir()):
-                found += self._empty(host, entry)
+                try:
+                    found += self._empty(host, entry)
+                except FileNotFoundError:
+                    continue  # a temporary file sync moved or removed: the next pass looks
             try:
                 bin_.rmdir()
             except OSError as e:
