@@ -167,8 +167,9 @@ class Scanner:
         record = plan.local_change(entry.record if entry else None, seen,
                                    kept, self.me, now_ns // 10**9)
         if (entry is not None and not entry.record.deleted and not revive
-                and record.same_metadata(entry.record)):
-            # Only the inode moved (an editor's copy-and-rename, say): same version.
+                and _alike(record, entry.record)):
+            # Only the inode moved (an editor's copy-and-rename, a directory made again):
+            # the same version.
             return True, (entry.record, entry.signature, s.inode, s.dev)
         return False, (record, self.sign(record), s.inode, s.dev)
 
@@ -189,6 +190,14 @@ class Scanner:
                 progress.entries_found += 1
                 progress.bytes_found += s.size
         return seen
+
+
+def _alike(found: FileRecord, held: FileRecord) -> bool:
+    """Whether what a scan found is the version held, on disk as it was (a directory's mtime
+    moves with every entry, so only its mode counts, as in scan.differs)."""
+    if found.kind is Kind.DIR:
+        return held.kind is Kind.DIR and found.mode == held.mode
+    return found.same_metadata(held)
 
 
 def _tops(paths: Iterable[RelPath]) -> list[RelPath]:

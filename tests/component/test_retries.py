@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -388,3 +389,29 @@ async def test_a_deletion_that_beats_ours_under_a_path_now_a_file_is_stored_as_a
     assert entry.record.version == theirs.version.merge(ours.version)
     assert entry.record in mesh.published
     assert (sync.root / "a").read_text() == "a file where the directory was"
+
+
+async def test_a_directory_made_again_is_no_new_version_and_takes_remote_changes(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    # mv d elsewhere; mkdir d between two scans: the same version on a new inode. Were the
+    # index to keep the old inode, every write to d would find "d changed on disk" for ever.
+    sync = folder_sync(tmp_path, index, Members(), clock)
+    (sync.root / "d").mkdir(mode=0o755)
+    first = sync.scanner.find_changes(None, set(), set())
+    assert [s.record.path for s in first.changes] == ["d"]
+    (sync.root / "d").rename(tmp_path / "elsewhere")  # (its inode stays taken)
+    (sync.root / "d").mkdir(mode=0o755)
+    os.utime(sync.root / "d", ns=(10**18, 10**18))  # and another mtime: it moves with entries
+
+    again = sync.scanner.find_changes(None, set(), set())
+
+    assert again.changes == []
+    entry = index.get(FOLDER, RelPath("d"))
+    assert entry is not None
+    assert entry.inode == (sync.root / "d").stat().st_ino
+    ours = entry.record
+    newer = FileRecord(ours.path, Kind.DIR, ours.version.bump(ORIGIN), ORIGIN, mode=0o700,
+                       mtime_ns=ours.mtime_ns)
+    queue(index, newer)
+    assert await sync.apply_due() is None  # nothing waits: written at the first attempt
+    assert (sync.root / "d").stat().st_mode & 0o777 == 0o700
