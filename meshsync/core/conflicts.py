@@ -28,6 +28,7 @@ class Copy:
     original: RelPath
     when: datetime  # the losing version's mtime, UTC, to the second
     origin: str  # the first hex digits of the losing version's origin key
+    tagged: bool = False  # named with its content too (a second loser of one node and second)
 
 
 def copy_path(path: RelPath, mtime_ns: int, origin: str, tag: str = "") -> RelPath:
@@ -50,6 +51,24 @@ def copy_path(path: RelPath, mtime_ns: int, origin: str, tag: str = "") -> RelPa
     return RelPath(f"{head}/{stem}{suffix}" if head else f"{stem}{suffix}")
 
 
+def names_for(path: RelPath, mtime_ns: int, origin: str, tag: str) -> list[RelPath]:
+    """Where to keep a losing edit of `path` (made by `origin` at `mtime_ns`, content `tag`),
+    in order of preference; the first free one is taken.
+
+    The plain copy name, else (taken by another loser of that node and second) the name
+    tagged with its content. Nodes can see two such losers in either order, so two versions
+    of one plain copy name may meet: the losing one goes to its tagged name, which every node
+    holding it picks alike. A tagged copy is kept as no copy (its content is in its name: only
+    a user's edit of it differs).
+    """
+    copy = parse(path)
+    if copy is None:
+        return [copy_path(path, mtime_ns, origin), copy_path(path, mtime_ns, origin, tag)]
+    if copy.tagged:
+        return []
+    return [copy_path(copy.original, int(copy.when.timestamp()) * 10**9, copy.origin, tag)]
+
+
 def parse(path: str) -> Copy | None:
     """What a conflict copy's name says, or None if `path` is not one."""
     head, _, name = path.rpartition("/")
@@ -62,11 +81,11 @@ def parse(path: str) -> Copy | None:
         when = datetime.fromtimestamp(0, UTC)
     original = found["stem"] + (found["ext"] or "")
     return Copy(RelPath(path), RelPath(f"{head}/{original}" if head else original), when,
-                found["origin"])
+                found["origin"], found["tag"] is not None)
 
 
 def is_copy(path: str) -> bool:
-    """Whether `path` is a conflict copy (a copy is never made of one)."""
+    """Whether `path` is a conflict copy."""
     return parse(path) is not None
 
 

@@ -23,12 +23,9 @@ log = logging.getLogger("meshsync.folder")
 def keeper(place: Place, changed: set[RelPath], loser: FileRecord | None) -> apply.KeepOld:
     """How to keep what a write replaces; a conflict copy made is added to `changed` (to scan)."""
     def keep(dir_fd: int, name: str, rel: RelPath) -> None:
-        if loser is not None and loser.kind is Kind.FILE and not conflicts.is_copy(rel):
-            # The plain name, else (taken by another loser of that node and second) a name
-            # tagged with the content: every node holding this loser picks the same.
+        if loser is not None and loser.kind is Kind.FILE:
             tag = hashlib.sha256(b"".join(loser.blocks)).hexdigest()[:8]
-            for copy in (conflicts.copy_path(rel, loser.mtime_ns, loser.made_by),
-                         conflicts.copy_path(rel, loser.mtime_ns, loser.made_by, tag)):
+            for copy in conflicts.names_for(rel, loser.mtime_ns, loser.made_by, tag):
                 leaf = copy.rpartition("/")[2]
                 if apply.keep_beside(dir_fd, name, leaf):
                     log.info("folder %s: conflict on %s: the other version is kept as %s",

@@ -11,10 +11,12 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from meshsync.core import conflicts
 from meshsync.core.ids import NodeId
 from meshsync.core.paths import RelPath
 from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
@@ -415,3 +417,25 @@ async def test_a_directory_made_again_is_no_new_version_and_takes_remote_changes
     queue(index, newer)
     assert await sync.apply_due() is None  # nothing waits: written at the first attempt
     assert (sync.root / "d").stat().st_mode & 0o777 == 0o700
+
+
+async def test_a_copy_losing_to_another_version_of_itself_goes_to_its_tagged_name(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    # Nodes that saw two losers of one node and second in different orders gave the plain
+    # copy name to different contents: the one losing there keeps its tagged name.
+    mesh = Members()
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    plain = conflicts.copy_path(RelPath("f.txt"), 1_700_000_000 * 10**9, ORIGIN)
+    (sync.root / plain).write_bytes(b"the first loser")
+    sync.scanner.find_changes(None, set(), set())
+    theirs = [b"the second loser"]
+    mesh.blocks = {hashlib.sha256(b).digest(): b for b in theirs}
+    winner = record(plain, theirs)  # concurrent with ours, and newer
+    queue(index, replace(winner, mtime_ns=(sync.root / plain).stat().st_mtime_ns + 10**9))
+
+    assert await sync.apply_due() is None
+
+    tag = hashlib.sha256(hashlib.sha256(b"the first loser").digest()).hexdigest()[:8]
+    tagged = conflicts.copy_path(RelPath("f.txt"), 1_700_000_000 * 10**9, ORIGIN, tag)
+    assert (sync.root / plain).read_bytes() == b"the second loser"
+    assert (sync.root / tagged).read_bytes() == b"the first loser"

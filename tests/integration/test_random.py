@@ -348,11 +348,11 @@ class User:
     def _no_copies(self, paths: list[str]) -> list[str]:
         """The paths a user may write content at: all but conflict copies.
 
-        Two concurrent versions of a copy have no copy of their own ("no copy is made of a
-        copy"), so the losing one goes to versions only: the node's rule, not a loss. So no
-        content is written under a copy's name (by an edit, or by making a file where a
-        directory or link of that name was); a user may still delete a copy, rename it, or
-        make it a directory or a link (reading it first: discarding it).
+        A losing version of a copy is kept under the copy's tagged name, and a losing version
+        of a tagged copy in versions only (the node's rule, not a loss). So no content is
+        written under a copy's name (by an edit, or by making a file where a directory or link
+        of that name was); a user may still delete a copy, rename it, or make it a directory
+        or a link (reading it first: discarding it).
         """
         return [p for p in paths if not conflicts.is_copy(p)]
 

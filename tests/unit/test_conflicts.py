@@ -1,4 +1,4 @@
-"""Conflict copy names: the same on every node, readable back, never made of a copy."""
+"""Conflict copy names: the same on every node, and readable back."""
 
 from datetime import UTC, datetime
 
@@ -51,3 +51,25 @@ def test_a_name_at_the_length_limit_loses_the_end_of_its_stem_not_its_marks():
 def test_an_mtime_no_calendar_holds_still_names_a_copy():
     made = conflicts.copy_path(RelPath("x.txt"), 10**30, ORIGIN)
     assert made == "x.sync-conflict-00000000-000000-0123456.txt"
+
+
+def test_a_copy_says_whether_it_is_tagged_with_its_content():
+    plain = conflicts.parse(conflicts.copy_path(RelPath("a/f.txt"), NS, ORIGIN))
+    tagged = conflicts.parse(conflicts.copy_path(RelPath("a/f.txt"), NS, ORIGIN, "0badcafe"))
+    assert plain is not None
+    assert tagged is not None
+    assert (plain.tagged, tagged.tagged) == (False, True)
+    assert (tagged.original, tagged.when, tagged.origin) == ("a/f.txt", WHEN, ORIGIN[:7])
+
+
+def test_a_loser_of_a_copy_goes_to_the_tagged_name_every_node_picks_alike():
+    plain = conflicts.copy_path(RelPath("a/f.txt"), NS, ORIGIN)
+    assert conflicts.names_for(RelPath("a/f.txt"), NS, ORIGIN, "0badcafe") == [
+        plain, conflicts.copy_path(RelPath("a/f.txt"), NS, ORIGIN, "0badcafe")]
+    # Two losers of one node and second met at the plain name, on nodes that saw them in
+    # different orders: the one losing there goes where the others would have put it.
+    later = NS + 5 * 10**8  # its own mtime is another; the name says which loser it was
+    assert conflicts.names_for(plain, later, "fedcba9876543210", "12345678") == [
+        conflicts.copy_path(RelPath("a/f.txt"), NS, ORIGIN, "12345678")]
+    tagged = conflicts.copy_path(RelPath("a/f.txt"), NS, ORIGIN, "12345678")
+    assert conflicts.names_for(tagged, NS, ORIGIN, "87654321") == []

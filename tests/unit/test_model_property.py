@@ -11,6 +11,7 @@ published version reaches every node, in an order hypothesis picks, until nothin
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
 from dataclasses import dataclass, field, replace
@@ -176,18 +177,22 @@ class World:
         return {m.key: m.store.get(path) for m in others}, [m.key for m in others]
 
     def _keep(self, n: int, loser: FileRecord) -> None:
-        """What the folder's keeper does: a losing file goes beside the winner, named by its
-        content's author and mtime, and is then scanned as a new file; a link (or a file whose
-        copy's name is taken) goes under versions/."""
+        """What the folder's keeper does: a losing file goes beside the winner under the first
+        free name of conflicts.names_for, and is then scanned as a new file; a link, or a file
+        left no name, goes under versions/ (unless a copy holds its content already)."""
         token = _token(loser)
-        copy = conflicts.copy_path(loser.path, loser.mtime_ns, loser.made_by)
-        there = self.nodes[n].store.get(copy)
-        if (loser.kind is Kind.FILE and not conflicts.is_copy(loser.path)
-                and (there is None or there.deleted)):
-            self._change(n, FileRecord(copy, Kind.FILE, Vector(), "", size=loser.size,
-                                       mode=loser.mode, mtime_ns=loser.mtime_ns,
-                                       blocks=loser.blocks))
-        elif token and not (there is not None and there.same_content(loser)):
+        if loser.kind is Kind.FILE:
+            tag = hashlib.sha256(b"".join(loser.blocks)).hexdigest()[:8]
+            for copy in conflicts.names_for(loser.path, loser.mtime_ns, loser.made_by, tag):
+                there = self.nodes[n].store.get(copy)
+                if there is None or there.deleted:
+                    self._change(n, FileRecord(copy, Kind.FILE, Vector(), "", size=loser.size,
+                                               mode=loser.mode, mtime_ns=loser.mtime_ns,
+                                               blocks=loser.blocks))
+                    return
+                if there.same_content(loser):
+                    return  # a copy holds it already
+        if token:
             self.versioned.add(token)
 
     def _rejudge(self, n: int) -> None:
