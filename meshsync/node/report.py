@@ -10,17 +10,46 @@ that are not waiting for a retry), `held back` (what is left waits for a cause l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from meshsync.core import conflicts
-from meshsync.core.wire import Progress
+from meshsync.core.wire import FolderId, Progress
+from meshsync.node.clock import Clock
 from meshsync.node.place import Place
+from meshsync.node.puller import Puller
+from meshsync.node.scanner import Scanner
+from meshsync.node.transfer import Rate
 from meshsync.store.index import Need
 
-if TYPE_CHECKING:
-    from meshsync.node.folder import FolderSync
-
 SHOWN = 100  # paths listed by `meshsync status` (held back, waiting)
+
+
+class Origins(Protocol):
+    """What status asks of the node: how to trust a record's origin."""
+
+    def untrusted_origin(self, origin: str) -> str: ...
+
+
+class Folder(Protocol):
+    """The folder as status reads it (node.folder.FolderSync)."""
+
+    place: Place
+    clock: Clock
+    puller: Puller
+    scanner: Scanner
+    sent: Rate
+    mounted: bool
+    scanned: bool
+
+    @property
+    def id(self) -> FolderId: ...
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def mesh(self) -> Origins: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +72,7 @@ def counts(place: Place) -> Counts:
     return Counts(files, size, copies, index.held_count(place.id), index.held(place.id, SHOWN))
 
 
-def status(sync: FolderSync, counts: Counts) -> dict[str, Any]:
+def status(sync: Folder, counts: Counts) -> dict[str, Any]:
     """The folder's line in `meshsync status --json` (documented in the README)."""
     now = sync.clock.now()
     puller = sync.puller
@@ -71,7 +100,7 @@ def status(sync: FolderSync, counts: Counts) -> dict[str, Any]:
     }
 
 
-def progress(sync: FolderSync) -> Progress:
+def progress(sync: Folder) -> Progress:
     """How far the folder is, for our hellos; runs in a thread."""
     index, folder = sync.place.index, sync.id
     files, size = index.need_totals(folder)
@@ -79,13 +108,13 @@ def progress(sync: FolderSync) -> Progress:
     return Progress(folder, state, files, size, index.counts(folder)[1])
 
 
-def _waiting(sync: FolderSync, files: int) -> int:
+def _waiting(sync: Folder, files: int) -> int:
     """Versions waiting for a retry (none when nothing is queued: the waits of versions no
     longer wanted are forgotten at the next pass)."""
     return len(sync.puller.retries) if files else 0
 
 
-def _state(sync: FolderSync, files: int, held: int, waiting: int) -> str:
+def _state(sync: Folder, files: int, held: int, waiting: int) -> str:
     if not sync.mounted:
         return "unmounted"
     if sync.scanner.progress is not None or not sync.scanned:
