@@ -25,7 +25,10 @@ from meshsync.fs.scan import UnsafePath as UnsafePath
 # Called with (directory fd, name, path) just before sync replaces or deletes that entry.
 KeepOld = Callable[[int, str, RelPath], None]
 
-_syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)  # Linux only
+_libc = ctypes.CDLL(None, use_errno=True)
+_syncfs = getattr(_libc, "syncfs", None)  # Linux only
+_renameat2 = getattr(_libc, "renameat2", None)  # Linux, glibc 2.28 on
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV})
 
 
@@ -390,15 +393,51 @@ def _identity(seen: Seen | None) -> tuple[object, ...] | None:
 
 def _replace(dir_fd: int, temp: str, name: str, path: RelPath, expected: Seen | None,
              keep_old: KeepOld | None) -> None:
+    """Put `temp` where `expected` is, keeping what it replaces; Changed if the user changed
+    that entry at any moment before the swap (theirs then stays where it is).
+
+    A check before a rename leaves a moment for a write to land in what is replaced. So the
+    two are swapped in one step, and what came out is checked once no write can reach it at
+    `name`: changed, it is swapped back. A write still going through a handle opened before
+    reaches what is kept (versions, or the conflict copy).
+    """
     _check(dir_fd, name, path, expected)
-    if expected is not None and expected.kind is Kind.DIR:
-        # An empty directory holds nothing to keep, and no rename puts a file over it.
-        _remove_dir(dir_fd, name, path)
-    elif keep_old is not None and expected is not None:
-        keep_old(dir_fd, name, path)
-        # The user may have replaced it while it was kept: then theirs stays where it is.
-        _check(dir_fd, name, path, expected)
-    os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    try:
+        if expected is None or expected.kind is Kind.DIR:
+            if expected is not None:  # an empty directory holds nothing to keep
+                _remove_dir(dir_fd, name, path)
+            if not _rename2(dir_fd, temp, name, _RENAME_NOREPLACE):
+                os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return
+        swapped = _rename2(dir_fd, temp, name, _RENAME_EXCHANGE)
+    except (FileExistsError, FileNotFoundError):  # made, or gone, since the check
+        raise Changed(f"{path} changed on disk since it was scanned") from None
+    if not swapped:  # the file system cannot swap: keep, check again, rename over
+        if keep_old is not None:
+            keep_old(dir_fd, name, path)
+            _check(dir_fd, name, path, expected)
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return
+    if not same_entry(seen_at(path, temp, dir_fd), expected):
+        try:
+            _rename2(dir_fd, temp, name, _RENAME_EXCHANGE)  # theirs goes back in place
+        except OSError:  # (gone again meanwhile): theirs is kept like what sync replaces
+            _discard(dir_fd, temp, path, keep_old)
+        raise Changed(f"{path} changed on disk since it was scanned")
+    _discard(dir_fd, temp, path, keep_old)
+
+
+def _rename2(dir_fd: int, old: str, new: str, flags: int) -> bool:
+    """renameat2 within dir_fd; False if this system or file system has no such call (the
+    caller then renames as before); OSError as rename raises it."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(dir_fd, os.fsencode(old), dir_fd, os.fsencode(new), flags) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), new)
 
 
 def _discard(dir_fd: int, name: str, path: RelPath, keep_old: KeepOld | None) -> None:

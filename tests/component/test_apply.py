@@ -13,6 +13,7 @@ import pytest
 from meshsync.core.paths import TEMP_PREFIX, RelPath
 from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
 from meshsync.core.vclock import Vector
+from meshsync.fs import apply
 from meshsync.fs.apply import (
     BadBlock,
     Changed,
@@ -167,6 +168,49 @@ def test_commit_refuses_to_overwrite_a_change_it_did_not_scan(tmp_path: Path) ->
         expect_matches(tmp_path, RelPath("f"), expected)
     expect_matches(tmp_path, RelPath("f"), seen(tmp_path, "f"))
     expect_matches(tmp_path, RelPath("nothing/here"), None)
+
+
+def test_a_write_landing_just_before_the_swap_stays_in_place_and_sync_waits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The user's write comes after sync's last check, before its rename: no moment is left
+    # in which it would be replaced unseen (and kept only in versions).
+    (tmp_path / "f").write_text("scanned")
+    expected = seen(tmp_path, "f")
+    real = apply._rename2
+
+    def user_writes_first(dir_fd: int, old: str, new: str, flags: int) -> bool:
+        if new == "f" and not (tmp_path / "f.user").exists():
+            (tmp_path / "f.user").touch()
+            with (tmp_path / "f").open("r+") as f:  # in place, as editors that save so do
+                f.write("the user's edit")
+        return real(dir_fd, old, new, flags)
+
+    monkeypatch.setattr(apply, "_rename2", user_writes_first)
+    record = file_record("f", b"remote")
+    with Incoming.open(tmp_path, record) as incoming:
+        incoming.write_block(0, b"remote")
+        incoming.seal()
+        with pytest.raises(Changed):
+            incoming.commit(expected)
+        assert len(temp_files(tmp_path)) == 1  # ours, kept for the next attempt
+
+    assert (tmp_path / "f").read_text() == "the user's edit"
+
+
+def test_a_file_made_just_before_sync_puts_a_new_one_there_is_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = apply._rename2
+
+    def user_makes_it_first(dir_fd: int, old: str, new: str, flags: int) -> bool:
+        if new == "f" and not (tmp_path / "f").exists():
+            (tmp_path / "f").write_text("the user's new file")
+        return real(dir_fd, old, new, flags)
+
+    monkeypatch.setattr(apply, "_rename2", user_makes_it_first)
+    with pytest.raises(Changed):
+        write(tmp_path, file_record("f", b"remote"), b"remote", None)
+
+    assert (tmp_path / "f").read_text() == "the user's new file"
 
 
 def test_a_file_whose_directory_was_moved_out_while_written_is_not_put_there(
