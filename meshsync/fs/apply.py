@@ -398,8 +398,9 @@ def _replace(dir_fd: int, temp: str, name: str, path: RelPath, expected: Seen | 
 
     A check before a rename leaves a moment for a write to land in what is replaced. So the
     two are swapped in one step, and what came out is checked once no write can reach it at
-    `name`: changed, it is swapped back. A write still going through a handle opened before
-    reaches what is kept (versions, or the conflict copy).
+    `name`: changed, it is swapped back. It is kept (a hard link) before the swap, so a crash
+    at any point loses nothing; a write still going through a handle opened before reaches
+    what is kept.
     """
     _check(dir_fd, name, path, expected)
     try:
@@ -409,22 +410,25 @@ def _replace(dir_fd: int, temp: str, name: str, path: RelPath, expected: Seen | 
             if not _rename2(dir_fd, temp, name, _RENAME_NOREPLACE):
                 os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             return
+        if keep_old is not None:
+            keep_old(dir_fd, name, path)
+            # The user may have replaced it while it was kept: then theirs stays where it is.
+            _check(dir_fd, name, path, expected)
         swapped = _rename2(dir_fd, temp, name, _RENAME_EXCHANGE)
     except (FileExistsError, FileNotFoundError):  # made, or gone, since the check
         raise Changed(f"{path} changed on disk since it was scanned") from None
-    if not swapped:  # the file system cannot swap: keep, check again, rename over
-        if keep_old is not None:
-            keep_old(dir_fd, name, path)
-            _check(dir_fd, name, path, expected)
+    if not swapped:  # the file system cannot swap: rename over, as checked
         os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         return
     if not same_entry(seen_at(path, temp, dir_fd), expected):
         try:
             _rename2(dir_fd, temp, name, _RENAME_EXCHANGE)  # theirs goes back in place
-        except OSError:  # (gone again meanwhile): theirs is kept like what sync replaces
-            _discard(dir_fd, temp, path, keep_old)
+        except OSError:  # deleted again meanwhile: theirs stays where it was kept
+            if keep_old is not None:
+                os.unlink(temp, dir_fd=dir_fd)
         raise Changed(f"{path} changed on disk since it was scanned")
-    _discard(dir_fd, temp, path, keep_old)
+    with suppress(FileNotFoundError):  # kept already: the name goes
+        os.unlink(temp, dir_fd=dir_fd)
 
 
 def _rename2(dir_fd: int, old: str, new: str, flags: int) -> bool:
