@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from tests.integration.lan import Host, wait_for
-from tests.integration.test_election import agreed
+from tests.integration.test_election import agreed, start_all
 
 GARBAGE_SERVER = """
 import os, socket, sys
@@ -76,10 +76,8 @@ with socket.create_connection((sys.argv[1], 22300), timeout=5) as s:
 
 def test_member_that_crashes_and_restarts_rejoins_without_unseating_the_coordinator(make_lan):
     lan = make_lan(3)
-    lan.trust_all()
+    start_all(lan)  # at once: one started seconds after the others may find a coordinator
     lowest, second, third = lan.by_id()
-    for host in lan.hosts:
-        host.start()
     term = wait_for("agreement", lambda: agreed(lan.hosts, lowest), 15)
     third.kill()
     wait_for("the others to see it down", lambda: lowest.peer_states()[third.name] == "down"
