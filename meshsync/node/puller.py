@@ -169,10 +169,12 @@ class Puller:
                 self._fail(need, cause, reason)
             self._after_deletions += batch.after_deletions
             self._resolved += batch.resolved
+        debug = log.isEnabledFor(logging.DEBUG)
         for record, *_ in batch.done:  # in the index now
             self.retries.succeeded(record.path)
-            log.debug("folder %s: %s is %s now", self.place.id, shown(record.path),
-                      record.brief())
+            if debug:
+                log.debug("folder %s: %s is %s now", self.place.id, shown(record.path),
+                          record.brief())
         return result
 
     def _apply_locally(self, batch: Batch, needs: list[Need]) -> list[_Write]:
