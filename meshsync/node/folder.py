@@ -1,6 +1,6 @@
 """One synced folder: wires its scanner, judge and puller, and answers peers and status.
 
-The loop of a folder: the watcher (and a periodic rescan, the safety net) finds paths that
+The loop of a folder: the watcher (and a rare full rescan, the safety net) finds paths that
 differ from the index; the scanner hashes, versions and stores them, and they are announced.
 Remote records (notices, and index pages read from members) go to the judge, which queues
 what must be written; the puller writes it block by block, reusing blocks found locally and
@@ -49,7 +49,12 @@ from meshsync.store.index import Index
 
 log = logging.getLogger("meshsync.folder")
 
-RESCAN_EVERY = 60.0
+# The watcher sees every change, so a full rescan is only the safety net under it: hourly (as
+# Syncthing's default with its watcher on), every minute while the folder cannot be watched,
+# and never more than 1 % of the time (a scan of 100k files takes seconds).
+RESCAN_EVERY = 3600.0
+RESCAN_UNWATCHED = 60.0
+RESCAN_SHARE = 0.01
 UNMOUNTED_CHECK_EVERY = 2.0
 RETRY_UNSTABLE = 0.5
 
@@ -98,6 +103,7 @@ class FolderSync:
         self._release = False  # held-back versions to judge again
         self._scan_wake = asyncio.Event()
         self._rewatch = asyncio.Event()
+        self._watching = False  # the watcher is up: full rescans are rare
 
     @property
     def id(self) -> FolderId:
@@ -157,15 +163,22 @@ class FolderSync:
                 watcher.cancel()
 
     async def _take_events(self) -> None:
+        self._watching = True
         try:
             async for paths in watch(self.root):
                 self._dirty |= paths
                 self._scan_wake.set()
         except FileNotFoundError:
             self._scan_wake.set()  # the folder itself went: the marker check will say so
+        except OSError as e:  # out of inotify watches, say: the rescans must do its work
+            log.warning("folder %s: cannot watch %s for changes (%s); rescanning it every %.0f s"
+                        " instead", self.id, self.root, e, RESCAN_UNWATCHED)
+            await asyncio.sleep(RESCAN_EVERY)  # then try again, in case watches were freed
+        finally:
+            self._watching = False
 
     async def _scans(self) -> None:
-        last_full = 0.0
+        last_full, took = 0.0, 0.0
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._scan_wake.wait(), UNMOUNTED_CHECK_EVERY)
@@ -186,7 +199,8 @@ class FolderSync:
             if not was_mounted:
                 log.info("folder %s is back at %s", self.id, self.root)
                 self._want_full_scan = True
-            full = self._want_full_scan or time.monotonic() - last_full > RESCAN_EVERY
+            full = (self._want_full_scan
+                    or time.monotonic() - last_full > rescan_every(self._watching, took))
             dirty, self._dirty = self._dirty, set()
             self._want_full_scan = False
             if full:
@@ -196,14 +210,17 @@ class FolderSync:
                 full = await self._reload_ignore() or full
             force, self._force = self._force, set()
             revive, self._revive = self._revive, set()
-            began = time.monotonic()
-            async with self.place.disk:
-                found = await self._scan(None if full else dirty | force | revive, force, revive)
+            found, began = Found(), time.monotonic()
+            if full or dirty or force or revive:
+                async with self.place.disk:
+                    found = await self._scan(None if full else dirty | force | revive, force,
+                                             revive)
             if full and (found.hashed or not self.scanned):
                 log.info("folder %s: scanned %d entries in %.1f s; hashed %d file%s (%s)",
                          self.id, found.entries, time.monotonic() - began, found.hashed,
                          "" if found.hashed == 1 else "s", mib(found.hashed_bytes))
             if full:
+                took = time.monotonic() - began
                 self.scanned = True
                 self._release = True  # what is held back may be history by now
             if self._release:
@@ -377,6 +394,11 @@ class FolderSync:
     def progress(self) -> Progress:
         """How far this folder is, for our hellos; runs in a thread."""
         return report.progress(self)
+
+
+def rescan_every(watching: bool, took: float) -> float:
+    """Seconds from one full rescan to the next, the last having taken `took` seconds."""
+    return max(RESCAN_EVERY if watching else RESCAN_UNWATCHED, took / RESCAN_SHARE)
 
 
 def new_epoch() -> str:
