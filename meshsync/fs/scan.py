@@ -70,6 +70,16 @@ class Seen:
 @contextmanager
 def directory(root: Path, rel: str, create: bool = False) -> Iterator[int]:
     """An fd of directory `rel` ("" is root) reached from root without following any link."""
+    fd = open_directory(root, rel, create)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def open_directory(root: Path, rel: str, create: bool = False) -> int:
+    """An fd of directory `rel` ("" is root) reached from root without following any link;
+    the caller closes it."""
     parts = rel.split("/") if rel else []
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -77,9 +87,34 @@ def directory(root: Path, rel: str, create: bool = False) -> Iterator[int]:
             child = _open_dir(fd, part, "/".join(parts[:depth]), create)
             os.close(fd)
             fd = child
-        yield fd
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
+
+
+class Directories:
+    """The directory a scan last hashed in, kept open for the next file: a scan hashes a
+    directory's files one after another, and each open walks the path from the root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._rel: str | None = None
+        self._fd = -1
+
+    def parent(self, path: str) -> tuple[int, str]:
+        """As `parent` does, but the fd stays ours (until the next directory, or close)."""
+        head, _, name = path.rpartition("/")
+        if head != self._rel:
+            self.close()
+            self._fd, self._rel = open_directory(self.root, head), head
+        return self._fd, name
+
+    def close(self) -> None:
+        """Close the directory held open, if any."""
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._rel, self._fd = None, -1
 
 
 @contextmanager
@@ -151,21 +186,21 @@ def hash_file(path: Path) -> tuple[int, tuple[bytes, ...]]:
         os.close(fd)
 
 
-def stable_hash(root: Path, seen: Seen) -> tuple[int, tuple[bytes, ...]] | None:
+def stable_hash(dirs: Directories, seen: Seen) -> tuple[int, tuple[bytes, ...]] | None:
     """Hash the file `seen` describes if it stays exactly that while hashed; None: retry later."""
     expected = (seen.size, seen.mtime_ns, seen.inode, seen.dev)
     try:
-        with parent(root, seen.path) as (dir_fd, name):
-            fd = open_file(name, dir_fd)
-            try:
-                before = os.fstat(fd)
-                if not stat.S_ISREG(before.st_mode) or _stamp(before) != expected:
-                    return None
-                hashes = _hash(fd)
-                after = os.fstat(fd)
-            finally:
-                os.close(fd)
-            again = os.lstat(name, dir_fd=dir_fd)
+        dir_fd, name = dirs.parent(seen.path)
+        fd = open_file(name, dir_fd)
+        try:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode) or _stamp(before) != expected:
+                return None
+            hashes = _hash(fd)
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        again = os.lstat(name, dir_fd=dir_fd)
     except UnsafePath:
         return None
     except OSError as e:

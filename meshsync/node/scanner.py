@@ -91,6 +91,7 @@ class Scanner:
         tops = None if dirty is None else _tops(dirty)  # each subtree once, not per path in it
         progress = Progress() if tops is None else None
         self.progress = progress
+        dirs = scan.Directories(place.root)
         try:
             seen = self._seen(tops, progress, found.temp_dirs)
             entries = place.index.entries(place.id) if tops is None else (
@@ -110,7 +111,7 @@ class Scanner:
             for s in seen:
                 present.add(s.path)
                 looked = self._look(s, known.get(s.path), s.path in force, s.path in revive,
-                                    kept.get(s.path, []), now_ns, found)
+                                    kept.get(s.path, []), now_ns, found, dirs)
                 if progress is not None:
                     progress.entries_done += 1
                     progress.bytes_done += s.size
@@ -131,6 +132,7 @@ class Scanner:
             self._store(mine[stored:], held, announce)
         finally:
             self.progress = None
+            dirs.close()
         if mine and log.isEnabledFor(logging.DEBUG):
             log.debug("folder %s: new versions of %s", place.id,
                       ", ".join(f"{shown(r.path)} {r.brief()}" for r, *_ in mine[:20]))
@@ -144,7 +146,8 @@ class Scanner:
             announce([Signed(record, signature) for record, signature, _, _ in mine])
 
     def _look(self, s: scan.Seen, entry: Entry | None, force: bool, revive: bool,
-              kept: list[FileRecord], now_ns: int, found: Found) -> tuple[bool, _Done] | None:
+              kept: list[FileRecord], now_ns: int, found: Found,
+              dirs: scan.Directories) -> tuple[bool, _Done] | None:
         """A path's new version (False, item), or the one held with its new inode (True, item);
         None if nothing changed, or it is still being written (then it is in found.unstable).
         `kept`: the losers of its path kept aside, which a new version descends from if alike."""
@@ -153,7 +156,7 @@ class Scanner:
             return None
         size, blocks = 0, tuple[bytes, ...]()
         if s.kind is Kind.FILE:
-            hashed = scan.stable_hash(self.place.root, s)
+            hashed = scan.stable_hash(dirs, s)
             if hashed is None:
                 found.unstable.add(s.path)
                 return None

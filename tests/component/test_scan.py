@@ -22,6 +22,7 @@ from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
 from meshsync.core.vclock import Vector
 from meshsync.fs.apply import same_entry
 from meshsync.fs.scan import (
+    Directories,
     ParentNotDir,
     Seen,
     UnsafePath,
@@ -160,7 +161,7 @@ def test_hashing_a_large_file_streams_it(tmp_path: Path) -> None:
 def test_stable_hash_hashes_an_unchanged_file(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"x" * (2 * BLOCK_SIZE + 5))
 
-    assert stable_hash(tmp_path, seen_of(tmp_path, "f")) == hash_file(tmp_path / "f")
+    assert stable_hash(Directories(tmp_path), seen_of(tmp_path, "f")) == hash_file(tmp_path / "f")
 
 
 def test_stable_hash_refuses_a_file_appended_to_while_hashed(tmp_path: Path) -> None:
@@ -178,7 +179,7 @@ def test_stable_hash_refuses_a_file_appended_to_while_hashed(tmp_path: Path) -> 
 
     sys.setprofile(append_at_first_read)
     try:
-        assert stable_hash(tmp_path, seen) is None
+        assert stable_hash(Directories(tmp_path), seen) is None
     finally:
         sys.setprofile(None)
     assert appended
@@ -199,7 +200,7 @@ def test_stable_hash_refuses_a_file_that_changed_or_went_since_it_was_seen(
     (tmp_path / "now-dir").mkdir()
 
     for path in seen:
-        assert stable_hash(tmp_path, seen[path]) is None, path
+        assert stable_hash(Directories(tmp_path), seen[path]) is None, path
 
 
 FILE = Seen(RelPath("f"), Kind.FILE, 10, 0o644, 1_000, 7, 1, "")
