@@ -47,6 +47,12 @@ class Ignore:
         if bad:  # one log line however many: the file may come from a peer
             log.warning("%s: skipping bad patterns on lines %s", IGNORE_FILE, bad)
         self._spec = GitIgnoreSpec.from_lines([*DEFAULTS, *good])
+        # Most paths match no pattern at all, which one regex of them all tells at once;
+        # the spec then decides the few that match one (the last match wins, `!` lines...).
+        self._any = re.compile("|".join(
+            f"(?:{p.regex.pattern.replace('(?P<ps_d>', '(?:')})"
+            for p in self._spec.patterns if p.include is not None and p.regex is not None)
+            or "(?!)")
 
     @classmethod
     def load(cls, root: Path) -> Ignore:
@@ -69,7 +75,9 @@ class Ignore:
 
     def match_entry(self, path: str, is_dir: bool) -> bool:
         """Whether `path` itself is ignored, the directories above it known not to be (a walk)."""
-        return path != IGNORE_FILE and self._spec.match_file(path + "/" if is_dir else path)
+        name = path + "/" if is_dir else path
+        return (path != IGNORE_FILE and self._any.match(name) is not None
+                and self._spec.match_file(name))
 
 
 def _read(path: Path) -> bytes:

@@ -8,9 +8,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pathspec import GitIgnoreSpec
 
 from meshsync.core.paths import TEMP_PREFIX, RelPath
-from meshsync.fs.ignore import IGNORE_FILE, Ignore
+from meshsync.fs.ignore import DEFAULTS, IGNORE_FILE, Ignore
 from meshsync.fs.scan import Seen, walk, walk_under
 
 
@@ -231,3 +234,20 @@ def test_walk_under_an_ignored_path_yields_nothing(tmp_path: Path) -> None:
     assert list(walk_under(root, RelPath("src/x.log"), ignore)) == []
     assert paths(walk_under(root, RelPath("src"), ignore)) == {"src", "src/y"}
     assert paths(walk_under(root, RelPath("build"))) == {"build", "build/sub", "build/sub/out.o"}
+
+
+_NAMES = st.sampled_from(["a", "b.o", ".x.swp", "build", "keep.o", "#a#", "x~", "~$d", "Ab"])
+_LINES = st.lists(st.one_of(
+    _NAMES, st.sampled_from(["*.o", "!keep.o", "build/", "/a", "a/**/b.o", "[ab]*", "**/x~",
+                             "!*", "A?", "\\#*", "!/build/", "b.o/"])), max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_LINES, st.lists(_NAMES, min_size=1, max_size=4), st.booleans())
+def test_the_quick_first_look_decides_as_the_full_rules_do(
+        lines: list[str], parts: list[str], is_dir: bool) -> None:
+    # Ignore first asks one regex of every pattern whether any could match at all.
+    path = "/".join(parts)
+    spec = GitIgnoreSpec.from_lines([*DEFAULTS, *lines])
+    expected = path != IGNORE_FILE and spec.match_file(path + "/" if is_dir else path)
+    assert Ignore("\n".join(lines)).match_entry(path, is_dir) == expected
