@@ -214,15 +214,17 @@ class Index:
             ids = dict(db.execute("SELECT path, id FROM files WHERE folder = ? AND seq >= ?",
                                   (folder, seqs[0])))
             final = {record.path: record for record, *_ in items}
-            db.executemany("DELETE FROM blocks WHERE file = ?", ((i,) for i in ids.values()))
+            db.execute("DELETE FROM blocks WHERE file IN (SELECT id FROM files WHERE folder = ?"
+                       " AND seq >= ?)", (folder, seqs[0]))
             db.executemany("INSERT INTO blocks (file, idx, hash) VALUES (?, ?, ?)", (
                 (ids[record.path], i, digest)
                 for record in final.values() if record.kind is Kind.FILE and not record.deleted
                 for i, digest in enumerate(record.blocks)))
-            db.executemany("DELETE FROM need WHERE folder = ? AND path = ?", [
-                (folder, path) for path, record in final.items()
-                if (need := self._need_version(db, folder, path)) is not None
-                and need.compare(record.version) in (Order.EQUAL, Order.OLDER)])
+            if db.execute("SELECT 1 FROM need WHERE folder = ? LIMIT 1", (folder,)).fetchone():
+                db.executemany("DELETE FROM need WHERE folder = ? AND path = ?", [
+                    (folder, path) for path, record in final.items()
+                    if (need := self._need_version(db, folder, path)) is not None
+                    and need.compare(record.version) in (Order.EQUAL, Order.OLDER)])
         return seqs
 
     def _need_version(self, db: sqlite3.Connection, folder: str, path: str) -> Vector | None:
