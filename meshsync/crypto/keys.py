@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 import socket
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -166,6 +167,7 @@ def fingerprint(blob: bytes) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
+@lru_cache(maxsize=64)  # the mesh's few keys verify every record: parse each once
 def _public_key(blob: bytes) -> SSHPublicKey:
     key_type = Reader(blob).string()
     if key_type.decode("ascii", "replace") not in KEY_TYPES:
