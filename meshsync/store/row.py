@@ -128,13 +128,15 @@ def _record(row: tuple[Any, ...], author: str) -> FileRecord:
         vector = _vector(version)
     except (ValueError, RecursionError, WireError) as e:
         raise DamagedRow(f"version is not a version vector: {e}") from None
-    try:
-        return FileRecord(
-            RelPath(path), Kind(kind), vector, origin, bool(deleted), size, mode, mtime_ns,
-            tuple(blocks[i : i + DIGEST] for i in range(0, len(blocks), DIGEST)), target,
-            author)
-    except ValueError:
-        raise DamagedRow(f"kind {kind[:20]!r} is none of file, dir, symlink") from None
+    if (kind_of := _KINDS.get(kind)) is None:
+        raise DamagedRow(f"kind {kind[:20]!r} is none of file, dir, symlink")
+    digests = (blocks,) if len(blocks) == DIGEST else tuple(
+        blocks[i : i + DIGEST] for i in range(0, len(blocks), DIGEST))
+    return FileRecord(RelPath(path), kind_of, vector, origin, bool(deleted), size, mode,
+                      mtime_ns, digests, target, author)
+
+
+_KINDS = {kind.value: kind for kind in Kind}  # a dict is faster than Kind(...) per row
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
