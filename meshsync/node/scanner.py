@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from meshsync.core import plan
@@ -29,7 +33,23 @@ RACY = 2.0
 STORE_EVERY = 1000  # new versions
 STORE_WITHIN = 2.0  # seconds
 
+# Hashing and signing take most of a scan, and both let go of the GIL (file reads, OpenSSL),
+# so paths are looked at by a pool of threads, in chunks of consecutive paths (a directory's
+# files share an open directory), a few chunks ahead of the storing, in order.
+CHUNK = 64
+WORKERS = min(4, os.cpu_count() or 1)
+
 _Done = tuple[FileRecord, bytes, int, int]  # an index item: record, signature, inode, dev
+
+
+class _State(Enum):
+    SAME = "unchanged"
+    UNSTABLE = "still being written"
+    HELD = "the version held, its inode moved"
+    NEW = "a new version"
+
+
+_Looked = tuple[_State, _Done | None]
 
 
 @dataclass(slots=True)
@@ -91,7 +111,6 @@ class Scanner:
         tops = None if dirty is None else _tops(dirty)  # each subtree once, not per path in it
         progress = Progress() if tops is None else None
         self.progress = progress
-        dirs = scan.Directories(place.root)
         try:
             seen = self._seen(tops, progress, found.temp_dirs)
             entries = place.index.entries(place.id) if tops is None else (
@@ -108,15 +127,30 @@ class Scanner:
             present: set[str] = set()
             stored, stored_at = 0, time.monotonic()  # of mine, those stored and announced
             found.entries = len(seen)
-            for s in seen:
+
+            def look(chunk: list[scan.Seen]) -> list[_Looked]:
+                dirs = scan.Directories(place.root)
+                try:
+                    return [self._look(s, known.get(s.path), s.path in force, s.path in revive,
+                                       kept.get(s.path, []), now_ns, dirs) for s in chunk]
+                finally:
+                    dirs.close()
+
+            chunks = [seen[i : i + CHUNK] for i in range(0, len(seen), CHUNK)]
+            for s, (state, item) in zip(seen, _in_order(look, chunks), strict=True):
                 present.add(s.path)
-                looked = self._look(s, known.get(s.path), s.path in force, s.path in revive,
-                                    kept.get(s.path, []), now_ns, found, dirs)
                 if progress is not None:
                     progress.entries_done += 1
                     progress.bytes_done += s.size
-                if looked is not None:
-                    (held if looked[0] else mine).append(looked[1])
+                if state is _State.UNSTABLE:
+                    found.unstable.add(s.path)
+                elif item is not None:
+                    (held if state is _State.HELD else mine).append(item)
+                    if state is _State.NEW and s.kind is Kind.FILE:
+                        found.hashed += 1
+                        found.hashed_bytes += s.size
+                        if 0 <= now_ns - s.mtime_ns < RACY * 1e9:
+                            found.racy.add(s.path)
                 if len(mine) - stored >= STORE_EVERY or (
                         len(mine) > stored and time.monotonic() - stored_at > STORE_WITHIN):
                     self._store(mine[stored:], held, announce)
@@ -132,7 +166,6 @@ class Scanner:
             self._store(mine[stored:], held, announce)
         finally:
             self.progress = None
-            dirs.close()
         if mine and log.isEnabledFor(logging.DEBUG):
             log.debug("folder %s: new versions of %s", place.id,
                       ", ".join(f"{shown(r.path)} {r.brief()}" for r, *_ in mine[:20]))
@@ -146,25 +179,19 @@ class Scanner:
             announce([Signed(record, signature) for record, signature, _, _ in mine])
 
     def _look(self, s: scan.Seen, entry: Entry | None, force: bool, revive: bool,
-              kept: list[FileRecord], now_ns: int, found: Found,
-              dirs: scan.Directories) -> tuple[bool, _Done] | None:
-        """A path's new version (False, item), or the one held with its new inode (True, item);
-        None if nothing changed, or it is still being written (then it is in found.unstable).
-        `kept`: the losers of its path kept aside, which a new version descends from if alike."""
+              kept: list[FileRecord], now_ns: int, dirs: scan.Directories) -> _Looked:
+        """What the scan makes of one path: a new version, the one held with its new inode,
+        nothing (unchanged), or nothing yet (still being written). `kept`: the losers of its
+        path kept aside, which a new version descends from if alike. Runs in a pool thread."""
         if (entry is not None and not force and not revive
                 and not scan.differs(s, entry.record, entry.inode)):
-            return None
+            return _State.SAME, None
         size, blocks = 0, tuple[bytes, ...]()
         if s.kind is Kind.FILE:
             hashed = scan.stable_hash(dirs, s)
             if hashed is None:
-                found.unstable.add(s.path)
-                return None
+                return _State.UNSTABLE, None
             size, blocks = hashed
-            found.hashed += 1
-            found.hashed_bytes += size
-            if 0 <= now_ns - s.mtime_ns < RACY * 1e9:
-                found.racy.add(s.path)
         seen = FileRecord(s.path, s.kind, Vector(), self.me, False, size, s.mode, s.mtime_ns,
                           blocks, s.target)
         record = plan.local_change(entry.record if entry else None, seen,
@@ -173,8 +200,8 @@ class Scanner:
                 and _alike(record, entry.record)):
             # Only the inode moved (an editor's copy-and-rename, a directory made again):
             # the same version.
-            return True, (entry.record, entry.signature, s.inode, s.dev)
-        return False, (record, self.sign(record), s.inode, s.dev)
+            return _State.HELD, (entry.record, entry.signature, s.inode, s.dev)
+        return _State.NEW, (record, self.sign(record), s.inode, s.dev)
 
     def _seen(self, tops: list[RelPath] | None, progress: Progress | None,
               temps: set[str]) -> list[scan.Seen]:
@@ -193,6 +220,28 @@ class Scanner:
                 progress.entries_found += 1
                 progress.bytes_found += s.size
         return seen
+
+
+def _in_order(look: Callable[[list[scan.Seen]], list[_Looked]],
+              chunks: list[list[scan.Seen]]) -> Iterator[_Looked]:
+    """Each chunk's results, in order, looked at by a pool a few chunks ahead of the caller;
+    a small scan (a watcher's batch) in the calling thread."""
+    if len(chunks) <= 1:
+        for chunk in chunks:
+            yield from look(chunk)
+        return
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="scan") as pool:
+        pending: deque[Future[list[_Looked]]] = deque()
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(look, chunk))
+                if len(pending) > 2 * WORKERS:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _alike(found: FileRecord, held: FileRecord) -> bool:
