@@ -90,10 +90,11 @@ class Incoming:
         """Indexes of the blocks already in the temporary file, verified."""
         return set(self._present)
 
-    def write_block(self, index: int, data: bytes) -> None:
-        """Write block `index`; BadBlock, writing nothing, unless it is the record's block."""
+    def write_block(self, index: int, data: bytes, hashed: bool = False) -> None:
+        """Write block `index`; BadBlock, writing nothing, unless it is the record's block
+        (`hashed`: the caller has checked its SHA-256 against the record's already)."""
         if not (0 <= index < len(self.record.blocks) and len(data) == self.length(index)
-                and hashlib.sha256(data).digest() == self.record.blocks[index]):
+                and (hashed or hashlib.sha256(data).digest() == self.record.blocks[index])):
             raise BadBlock(f"block {index} of {self.record.path} does not match its record")
         view, offset = memoryview(data), index * BLOCK_SIZE
         while view:

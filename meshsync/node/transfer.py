@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
@@ -23,6 +24,7 @@ log = logging.getLogger("meshsync.folder")
 
 LOCAL_NEWS = 1000  # index rows looked through for blocks that may fill a waiting file
 RATE_WINDOW = 5.0  # seconds a transfer rate is measured over
+IN_FLIGHT = 4  # block requests under way at once per group of files (each up to 8 MiB)
 T = TypeVar("T")
 Wanted = tuple[apply.Incoming, int, bytes]  # a file, one of its block indexes, that block's hash
 
@@ -105,19 +107,42 @@ class Fetcher:
 
     async def fetch_all(self, wanted: list[Wanted], source: str,
                          skip: set[RelPath]) -> dict[RelPath, Exception]:
-        """Fetch the blocks wanted and write them; returns the files a write failed for."""
+        """Fetch the blocks wanted and write them; returns the files a write failed for.
+
+        Up to IN_FLIGHT requests at once, so that the link, the peer's reads and our checks
+        and writes overlap; each starts with the next member in turn (`source` first), so that
+        every member holding a big file serves a share of it. The window opens as requests
+        come back whole and shuts to one at the first that does not: what no member has
+        still costs one request per member, not one per request in flight.
+        """
         asking = self.asking(source)
         failed: dict[RelPath, Exception] = {}
         blocks = [(w[0].record.path, w) for w in wanted]
-        for part in _parts(blocks, lambda path: path in skip or path in failed
-                           or asking.gave_up(path)):
-            got = await self._fetch([(path, w[2]) for path, w in part], asking)
+
+        async def fetch(part: list[tuple[RelPath, Wanted]], turn: int) -> bool:
+            got = await self._fetch([(path, w[2]) for path, w in part], asking, turn)
             found = [(w, got[w[2]]) for _, w in part if w[2] in got]
             failed.update(await asyncio.to_thread(_write_all, found))
             for (incoming, _, _), data in found:
                 self.received.add(len(data), self.clock.now())
                 if progress := self.transfers.get(incoming.record.path):
                     progress.done += len(data)
+            return len(found) == len(part)
+
+        window, flying = 1, set[asyncio.Task[bool]]()
+        try:
+            for turn, part in enumerate(_parts(blocks, lambda path: path in skip
+                                               or path in failed or asking.gave_up(path))):
+                while len(flying) >= window:
+                    done, flying = await asyncio.wait(flying, return_when=FIRST_COMPLETED)
+                    for task in done:
+                        window = min(window * 2, IN_FLIGHT) if task.result() else 1
+                flying.add(asyncio.create_task(fetch(part, turn)))
+            if flying:
+                await asyncio.gather(*flying)
+        finally:
+            for task in flying:
+                task.cancel()
         return failed
 
     def fill_locally(self, incoming: apply.Incoming, record: FileRecord) -> list[int]:
@@ -131,7 +156,7 @@ class Fetcher:
             if data is None:
                 missing.append(i)
             else:
-                incoming.write_block(i, data)
+                incoming.write_block(i, data, hashed=True)  # _fetch took only blocks that match
         return missing
 
     def asking(self, source: str) -> Asking:
@@ -139,16 +164,18 @@ class Fetcher:
         sources = sorted(self.mesh.sources(self.place.id), key=lambda s: s[0] != source)
         return Asking([address for _, address in sources])
 
-    async def _fetch(self, part: list[tuple[RelPath, bytes]],
-                     asking: Asking) -> dict[bytes, bytes]:
-        """The blocks (of the files named) that some member has, asking each in turn.
+    async def _fetch(self, part: list[tuple[RelPath, bytes]], asking: Asking,
+                     turn: int = 0) -> dict[bytes, bytes]:
+        """The blocks (of the files named) that some member has, asking each in turn from the
+        `turn`th.
 
         A member that has none of a file's blocks asked for is not asked for that file again
         in this attempt, nor one that fails for anything: what no member can supply costs a
         request per member, not one per 64 blocks of it.
         """
         got: dict[bytes, bytes] = {}
-        for address in asking.addresses:
+        first = turn % max(1, len(asking.addresses))
+        for address in asking.addresses[first:] + asking.addresses[:first]:
             ask = [(p, d) for p, d in part if d not in got and asking.asks(address, p)]
             wanted = tuple(dict.fromkeys(d for _, d in ask))
             if not wanted:
@@ -200,7 +227,7 @@ def _write_all(found: list[tuple[Wanted, bytes]]) -> dict[RelPath, Exception]:
     for (incoming, i, _), data in found:
         if incoming.record.path not in failed:
             try:
-                incoming.write_block(i, data)
+                incoming.write_block(i, data, hashed=True)  # _fetch took only blocks that match
             except (OSError, apply.BadBlock) as e:
                 failed[incoming.record.path] = e
     return failed

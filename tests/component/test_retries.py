@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -209,9 +210,24 @@ async def test_a_member_with_only_the_first_blocks_is_not_asked_for_the_rest_aga
     queue(index, record("tape.tar", data))
     mesh.blocks = {hashlib.sha256(b).digest(): b for b in data[:MAX_BLOCKS_PER_REQUEST]}
     await sync.apply_due()
-    assert len(mesh.taken()) == 2  # what it had, then a request it had nothing of
+    # What it had, then the requests under way when it ran out (the window had opened to two
+    # after the first came back whole): not one per request's worth of the other 936 blocks.
+    assert len(mesh.taken()) == 3
     assert sync.status()["waiting"][0]["reason"] == (
         f"no member has all of its blocks ({1000 - MAX_BLOCKS_PER_REQUEST} of 1000 missing)")
+
+
+async def test_a_big_file_held_by_every_member_is_fetched_from_all_of_them_in_turn(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    mesh = Members(count=3)
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    data = content("video", 12 * MAX_BLOCKS_PER_REQUEST)
+    queue(index, record("video.mkv", data))
+    mesh.blocks = {hashlib.sha256(b).digest(): b for b in data}
+    await sync.apply_due()
+    assert (tmp_path / "photos" / "video.mkv").read_bytes() == b"".join(data)
+    served = Counter(address for address, _ in mesh.taken())
+    assert served == {address: 4 for address in mesh.addresses}
 
 
 async def test_status_lists_a_waiting_path_with_its_reason_and_the_folder_says_held_back(
