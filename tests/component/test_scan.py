@@ -22,6 +22,7 @@ from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
 from meshsync.core.vclock import Vector
 from meshsync.fs.apply import same_entry
 from meshsync.fs.scan import (
+    HASH_SPAN,
     Directories,
     ParentNotDir,
     Seen,
@@ -127,7 +128,9 @@ def test_a_fifo_on_the_way_is_unsafe_but_no_parent_to_wait_for(tmp_path: Path) -
     assert not isinstance(refused.value, ParentNotDir)
 
 
-@pytest.mark.parametrize("size", [0, 1, BLOCK_SIZE, BLOCK_SIZE + 1, 3 * BLOCK_SIZE])
+# Past a span (8 MiB) a file is read a span at a time, its blocks hashed by a pool.
+@pytest.mark.parametrize("size", [0, 1, BLOCK_SIZE, BLOCK_SIZE + 1, 3 * BLOCK_SIZE,
+                                  HASH_SPAN, HASH_SPAN + 3 * BLOCK_SIZE + 5, 2 * HASH_SPAN])
 def test_hash_file_hashes_each_block(tmp_path: Path, size: int) -> None:
     data = random.Random(size).randbytes(size)
     (tmp_path / "f").write_bytes(data)
