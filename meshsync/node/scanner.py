@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -49,7 +50,7 @@ class _State(Enum):
     NEW = "a new version"
 
 
-_Looked = tuple[_State, _Done | None]
+_Looked = tuple[scan.Seen, _State, _Done | None]
 
 
 @dataclass(slots=True)
@@ -112,12 +113,9 @@ class Scanner:
         progress = Progress() if tops is None else None
         self.progress = progress
         try:
-            seen = self._seen(tops, progress, found.temp_dirs)
             entries = place.index.entries(place.id) if tops is None else (
                 e for top in tops for e in place.index.entries_under(place.id, top))
             known = {e.record.path: e for e in entries}
-            if progress is not None:
-                progress.walking = False
             # Losers kept aside, which a new version made here may descend from (plan.local_change).
             kept: dict[RelPath, list[FileRecord]] = {}
             for loser in place.index.losers(place.id):
@@ -126,18 +124,20 @@ class Scanner:
             held: list[_Done] = []  # versions we hold already, whose inode moved
             present: set[str] = set()
             stored, stored_at = 0, time.monotonic()  # of mine, those stored and announced
-            found.entries = len(seen)
 
             def look(chunk: list[scan.Seen]) -> list[_Looked]:
                 dirs = scan.Directories(place.root)
                 try:
-                    return [self._look(s, known.get(s.path), s.path in force, s.path in revive,
-                                       kept.get(s.path, []), now_ns, dirs) for s in chunk]
+                    return [(s, *self._look(s, known.get(s.path), s.path in force,
+                                            s.path in revive, kept.get(s.path, []), now_ns, dirs))
+                            for s in chunk]
                 finally:
                     dirs.close()
 
-            chunks = [seen[i : i + CHUNK] for i in range(0, len(seen), CHUNK)]
-            for s, (state, item) in zip(seen, _in_order(look, chunks), strict=True):
+            # The walk goes on while what it found is hashed, stored and announced.
+            walked = self._walk(tops, progress, found.temp_dirs)
+            for s, state, item in _in_order(look, _chunks(walked)):
+                found.entries += 1
                 present.add(s.path)
                 if progress is not None:
                     progress.entries_done += 1
@@ -179,7 +179,8 @@ class Scanner:
             announce([Signed(record, signature) for record, signature, _, _ in mine])
 
     def _look(self, s: scan.Seen, entry: Entry | None, force: bool, revive: bool,
-              kept: list[FileRecord], now_ns: int, dirs: scan.Directories) -> _Looked:
+              kept: list[FileRecord], now_ns: int,
+              dirs: scan.Directories) -> tuple[_State, _Done | None]:
         """What the scan makes of one path: a new version, the one held with its new inode,
         nothing (unchanged), or nothing yet (still being written). `kept`: the losers of its
         path kept aside, which a new version descends from if alike. Runs in a pool thread."""
@@ -203,8 +204,8 @@ class Scanner:
             return _State.HELD, (entry.record, entry.signature, s.inode, s.dev)
         return _State.NEW, (record, self.sign(record), s.inode, s.dev)
 
-    def _seen(self, tops: list[RelPath] | None, progress: Progress | None,
-              temps: set[str]) -> list[scan.Seen]:
+    def _walk(self, tops: list[RelPath] | None, progress: Progress | None,
+              temps: set[str]) -> Iterator[scan.Seen]:
         """What a walk sees everywhere (None), or under each of `tops`, none below another;
         the directories holding temporary files go in `temps`."""
         place = self.place
@@ -213,25 +214,32 @@ class Scanner:
         else:
             walked = (s for top in tops
                       for s in scan.walk_under(place.root, top, place.ignore, temps))
-        seen = []
         for s in walked:
-            seen.append(s)
             if progress is not None:
                 progress.entries_found += 1
                 progress.bytes_found += s.size
-        return seen
+            yield s
+        if progress is not None:
+            progress.walking = False
+
+
+def _chunks(seen: Iterator[scan.Seen]) -> Iterator[list[scan.Seen]]:
+    """Consecutive paths, CHUNK at a time, as the walk finds them."""
+    while chunk := list(itertools.islice(seen, CHUNK)):
+        yield chunk
 
 
 def _in_order(look: Callable[[list[scan.Seen]], list[_Looked]],
-              chunks: list[list[scan.Seen]]) -> Iterator[_Looked]:
+              chunks: Iterator[list[scan.Seen]]) -> Iterator[_Looked]:
     """Each chunk's results, in order, looked at by a pool a few chunks ahead of the caller;
     a small scan (a watcher's batch) in the calling thread."""
-    if len(chunks) <= 1:
-        for chunk in chunks:
-            yield from look(chunk)
+    first = next(chunks, None)
+    second = None if first is None else next(chunks, None)
+    if first is None or second is None:
+        yield from look(first) if first else ()
         return
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="scan") as pool:
-        pending: deque[Future[list[_Looked]]] = deque()
+        pending = deque([pool.submit(look, first), pool.submit(look, second)])
         try:
             for chunk in chunks:
                 pending.append(pool.submit(look, chunk))
