@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_private_key,
     load_ssh_public_key,
 )
+from nacl.bindings import crypto_sign_BYTES, crypto_sign_open
+from nacl.exceptions import CryptoError
 
 from meshsync.crypto.agent import AgentError, AgentSigner, list_identities
 from meshsync.crypto.sshwire import Reader, put_mpint, put_string
@@ -227,7 +229,11 @@ def verify_signature(public_blob: bytes, data: bytes, signature_blob: bytes) -> 
         if not r.done() or _SIG_KEY_TYPE.get(algorithm) != Reader(public_blob).string():
             return False
         if isinstance(key, Ed25519PublicKey):
-            key.verify(sig, data)
+            # libsodium checks an Ed25519 signature about 5 times as fast as the OpenSSL that
+            # cryptography bundles, and every record a peer sends is checked.
+            if len(sig) != crypto_sign_BYTES:  # else sig + data would split elsewhere
+                return False
+            crypto_sign_open(sig + data, key.public_bytes(Encoding.Raw, PublicFormat.Raw))
         elif isinstance(key, ec.EllipticCurvePublicKey):
             rs = Reader(sig)
             r_, s_ = rs.mpint(), rs.mpint()
@@ -238,6 +244,6 @@ def verify_signature(public_blob: bytes, data: bytes, signature_blob: bytes) -> 
             # OpenSSH accepts signatures whose leading zero bytes were stripped; so do we.
             sig = sig.rjust((key.key_size + 7) // 8, b"\0")
             key.verify(sig, data, padding.PKCS1v15(), _RSA_HASH[algorithm])
-    except (ValueError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, CryptoError):
         return False
     return True

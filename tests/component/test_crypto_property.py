@@ -308,6 +308,16 @@ def test_verify_signature_answers_yes_or_no_and_never_raises(
         assert key == signer.public_blob
 
 
+def test_an_ed25519_signature_a_byte_short_is_refused_not_read_into_the_message() -> None:
+    # libsodium checks signature and message as one string: a 63-byte signature whose missing
+    # byte leads the message must not pass as the 64-byte signature of the rest.
+    signer = KeySigner(Ed25519PrivateKey.generate())
+    raw = signer.sign(b"m")[-64:]
+    short = put_string(b"ssh-ed25519") + put_string(raw[:63])
+    assert verify_signature(signer.public_blob, raw[63:] + b"m", short) is False
+    assert verify_signature(signer.public_blob, b"m", signer.sign(b"m")) is True
+
+
 # -- request headers ------------------------------------------------------------------------------
 
 # Every X-Meshsync header the signing module names (extra ones are ignored).
