@@ -12,11 +12,11 @@ from meshsync.core.membership import Peer
 from meshsync.core.wire import BlockRequest, IndexRequest, Records
 from meshsync.net.client import PeerClient, PeerUnreachable
 from meshsync.node.folder import FolderSync
+from meshsync.node.outbox import Outbox
 from meshsync.node.peers import Peers
 
 log = logging.getLogger("meshsync")
 
-MAX_RELAYS = 8  # notices the coordinator is passing on at once; more wait for catch-up
 
 
 class Exchange:
@@ -26,8 +26,8 @@ class Exchange:
         self._peers = peers
         self._folders = folders
         self.client: PeerClient | None = None  # while the node runs
-        self.tasks: asyncio.TaskGroup | None = None  # where relays run; None on the way out
-        self._relays = 0
+        self.tasks: asyncio.TaskGroup | None = None  # where notices go out; None on the way out
+        self.outbox = Outbox(self._send_notice)
 
     def _online_members(self, folder: str) -> list[Peer]:
         """The online members sharing `folder` at a known address, coordinator first."""
@@ -46,17 +46,17 @@ class Exchange:
         return [(p.id.key, p.address) for p in self._online_members(folder) if p.address]
 
     async def publish(self, notice: Records, skip: frozenset[str] = frozenset()) -> None:
-        """Send a notice to the coordinator and every other member sharing its folder."""
-        client = self.client
-        if client is None:
+        """Send a notice to the coordinator and every other member sharing its folder: queued
+        for each, so that no member waits for another, nor the caller for any."""
+        if self.tasks is None:  # not running, or on the way out: peers catch up later
             return
-        targets = [(p.address, p.key) for p in self._online_members(notice.folder)
-                   if p.address and p.id.key not in skip]
-        results = await asyncio.gather(*(client.send_notice(a, k, notice) for a, k in targets),
-                                       return_exceptions=True)
-        for (address, _), result in zip(targets, results, strict=True):
-            if isinstance(result, Exception):
-                log.debug("notice to %s failed: %s", address, result)
+        for p in self._online_members(notice.folder):
+            if p.address and p.id.key not in skip:
+                self.outbox.post(self.tasks, (p.address, p.key), notice)
+
+    async def _send_notice(self, address: str, key: bytes, notice: Records) -> None:
+        if self.client is not None:
+            await self.client.send_notice(address, key, notice)
 
     def _member_at(self, address: str) -> tuple[PeerClient, bytes]:
         """The client, and the key of the member last proven at `address`."""
@@ -89,13 +89,12 @@ class Exchange:
         sender = NodeId.of_key(key)
         news = await sync.take(sender.key, notice.records)
         to = self._relay_to(sender) if news else frozenset()
-        if to and self.tasks is not None and self._relays < MAX_RELAYS:
-            # Only what was news to us (what was not, we passed on before), a few at a time:
-            # a member that sends one notice again and again cannot make us fan it out.
-            # Not awaited: the sender should not wait on our fan-out to every member.
-            self._relays += 1
-            relay = Records(notice.folder, tuple(news))
-            self.tasks.create_task(self._relay(relay, to), name=f"relay from {sender.key}")
+        if to:
+            # Only what was news to us (what was not, we passed on before): a member that
+            # sends one notice again and again cannot make us fan it out. Queued per member,
+            # each queue bounded: the sender does not wait on our fan-out.
+            everyone = frozenset(p.id.key for p in self._peers.roster)
+            await self.publish(Records(notice.folder, tuple(news)), skip=everyone - to)
 
     def _relay_to(self, sender: NodeId) -> frozenset[str]:
         """Whom news from `sender` goes on to (vector keys): from the coordinator, every other
@@ -115,12 +114,6 @@ class Exchange:
         else:
             return frozenset()
         return frozenset(p.key for p in to - {sender})
-
-    async def _relay(self, notice: Records, to: frozenset[str]) -> None:
-        try:
-            await self.publish(notice, skip=frozenset(p.id.key for p in self._peers.roster) - to)
-        finally:
-            self._relays -= 1
 
     async def handle_index(self, key: bytes, request: IndexRequest) -> Records:
         """A page of our index for a peer catching up."""
