@@ -87,19 +87,34 @@ class CatchUp:
         remembered = f"epoch {folder} {key}"
         epoch = await asyncio.to_thread(index.get_meta, remembered) or ""
         since = await asyncio.to_thread(index.peer_seq, folder, key, epoch)
-        while True:
-            page = await self.mesh.fetch_index(address, IndexRequest(folder, since))
-            if page.epoch != epoch:
-                if since:  # not the index we counted in (the peer reset it): from its start
-                    since = 0
-                    continue
-                epoch = page.epoch
-                await asyncio.to_thread(index.set_meta, remembered, epoch)
-            await self._take(key, page.records)
-            await asyncio.to_thread(index.set_peer_seq, folder, key, epoch, page.seq)
-            if not page.records or page.seq <= since:
-                return
-            since = page.seq
+
+        def fetch(after: int) -> asyncio.Task[Records]:
+            return asyncio.create_task(self.mesh.fetch_index(address, IndexRequest(folder, after)))
+
+        # The next page is on its way while this one is judged.
+        fetching = fetch(since)
+        try:
+            while True:
+                page = await fetching
+                if page.epoch != epoch:
+                    if since:  # not the index we counted in (the peer reset it): from its start
+                        since, fetching = 0, fetch(0)
+                        continue
+                    epoch = page.epoch
+                    await asyncio.to_thread(index.set_meta, remembered, epoch)
+                more = bool(page.records) and page.seq > since
+                if more:
+                    fetching = fetch(page.seq)
+                await self._take(key, page.records)
+                await asyncio.to_thread(index.set_peer_seq, folder, key, epoch, page.seq)
+                if not more:
+                    return
+                since = page.seq
+        finally:  # the page ahead, when taking one failed: not wanted, nor its error
+            if not fetching.done():
+                fetching.cancel()
+            elif not fetching.cancelled():
+                fetching.exception()
 
     def answer(self, since: int) -> Records:
         """A page of our index after `since`, for a peer catching up; runs in a thread.

@@ -7,11 +7,12 @@ lists each waiting path with why.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -455,3 +456,36 @@ async def test_a_copy_losing_to_another_version_of_itself_goes_to_its_tagged_nam
     tagged = conflicts.copy_path(RelPath("f.txt"), 1_700_000_000 * 10**9, ORIGIN, tag)
     assert (sync.root / plain).read_bytes() == b"the second loser"
     assert (sync.root / tagged).read_bytes() == b"the first loser"
+
+
+async def test_catching_up_reads_every_page_in_order_asking_for_the_next_while_judging_one(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    pages = {0: (["a", "b"], 2), 2: (["c"], 3), 3: ([], 3)}  # since -> (paths, its last seq)
+    events: list[str] = []
+    asked = asyncio.Event()
+
+    class Paged(Members):
+        async def fetch_index(self, address: str, request: IndexRequest) -> Records:
+            events.append(f"ask after {request.since}")
+            asked.set()
+            paths, seq = pages[request.since]
+            return Records(FOLDER, tuple(Signed(record(p, content(p, 1)), b"sig")
+                                         for p in paths), "their epoch", seq)
+
+    sync = folder_sync(tmp_path, index, Paged(), clock)
+
+    async def take(source: str, records: Iterable[Signed]) -> list[Signed]:
+        paths = [s.record.path for s in records]
+        events.append("take " + ",".join(paths))
+        if paths:  # judging takes a while: the next page is asked for meanwhile
+            asked.clear()
+            await asyncio.wait_for(asked.wait(), 5)
+        return []
+
+    sync.catch_up._take = take
+    await sync.catch_up.catch_up("key0", "10.0.0.1:7777")
+
+    # Each page is asked for before the one before it is judged to the end.
+    assert events == ["ask after 0", "take a,b", "ask after 2", "take c", "ask after 3",
+                      "take "]
+    assert index.peer_seq(FOLDER, "key0", "their epoch") == 3
