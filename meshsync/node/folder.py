@@ -173,7 +173,9 @@ class FolderSync:
         except OSError as e:  # out of inotify watches, say: the rescans must do its work
             log.warning("folder %s: cannot watch %s for changes (%s); rescanning it every %.0f s"
                         " instead", self.id, self.root, e, RESCAN_UNWATCHED)
-            await asyncio.sleep(RESCAN_EVERY)  # then try again, in case watches were freed
+            self._watching = False
+            await asyncio.sleep(RESCAN_EVERY)
+            self._rewatch.set()  # try again: watches may have been freed
         finally:
             self._watching = False
 
