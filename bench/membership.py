@@ -1,6 +1,6 @@
 """How fast the mesh forms and heals, on the namespace LAN, beside plain python-zeroconf.
 
-    scripts/bench [--runs N]
+    scripts/bench membership [--runs N]
 
 Figures (medians and worst of N runs, seconds):
 - discovery: from launching 3 nodes together until each lists the other two online;

@@ -1,180 +1,143 @@
-"""How fast changes travel, on the namespace LAN, beside rsync.
+"""meshsync beside its baselines on the namespace LAN: one table, a row per workload.
 
-    scripts/bench sync [--samples N]
+    scripts/bench [--quick] [--runs N]
 
-- latency: a small file written and closed on h1 until it is whole on h2 and h3
-  (p50 and p95 over N files written one after another);
-- the standard library (thousands of files) untarred on h1 until identical on all 3 hosts,
-  beside `rsync -a` of the same tree from h1 to an rsync daemon on h2.
+Each workload runs meshsync and then its baseline in the same run, on the same data and
+namespaces. Timed rows show min / median / max over the runs. --quick makes it smaller (10k
+files instead of 100k, 256 MiB instead of 1 GiB, fewer runs, shorter idle windows).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import subprocess
+import signal
 import sys
-import sysconfig
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.integration.lan import Lan, run, same_trees, tree, wait_for, why_no_lan
-from tests.integration.test_election import agreed, start_all
+from bench.idle import stalled_member, ten_idle, three_idle
+from bench.plan import Bench, Figures, Plan
+from bench.table import Figure, Row, machine, render
+from bench.workload import first_sync, large_files, one_node
+from tests.integration.lan import why_no_lan
+
+Workload = Callable[[Bench], Figures]
 
 
-def latency(lan: Lan, samples: int) -> list[float]:
-    h1, h2, h3 = lan.hosts
-    figures = []
-    for i in range(samples):
-        payload = f"sample {i}\n".encode() * 10
-        start = time.monotonic()
-        (h1.sync / f"lat{i}.txt").write_bytes(payload)
-        wait_for("the sample on both", lambda i=i, payload=payload: all(
-            _whole(h.sync / f"lat{i}.txt", payload) for h in (h2, h3)), 10, every=0.002)
-        figures.append(time.monotonic() - start)
-    return figures
+def suite(plan: Plan) -> list[tuple[Workload, list[tuple[str, str]]]]:
+    """Each workload with its rows, in the order it yields their figures: (title, goal)."""
+    files, large = plan.tree_name, plan.large_name
+    return [
+        (first_sync, [
+            (f"{files} small files, first sync to a new host",
+             "≤ 2x rsync; files flow while the sender still scans"),
+            ("  receiver's disk writes for a first sync", "≤ 1.2x the data"),
+            ("  first path on h2; h1's scan done (medians)", ""),
+        ]),
+        (one_node, [
+            (f"{files} files, first index on one node (cold cache)", "≤ 2x sha256sum (all cores)"),
+            (f"{files} files, restart with nothing changed (cold cache)", "≤ 2x rsync -an"),
+            ("  read by the restarted node (medians)", "no content read"),
+            (f"{files} files, idle", "< 1 % of a core, peak RSS ≤ 150 MiB"),
+        ]),
+        (large_files, [
+            (f"{large} file to two receivers", "≤ 0.8x rsync; 2nd receiver ≤ 20 % behind"),
+            ("  whole on h2; on h3 (medians)", ""),
+            ("  receivers' peak RSS", ""),
+            (f"one byte changed in {large} (in place)", "within 1 s of the file being stable"),
+            ("  bytes received per receiver (medians)", "≤ 256 KiB received per receiver"),
+            (f"small-file latency while a {large} transfer runs", "p50 ≤ 100 ms, p95 ≤ 300 ms"),
+        ]),
+        (three_idle, [
+            ("3 nodes, idle", "≤ 0.2 CPU-s and ≤ 60 KiB per node per minute"),
+            ("  failover after kill -9 of the coordinator", "≤ 2 s"),
+        ]),
+        (ten_idle, [
+            ("10 nodes, idle", "per node ≤ 1.5x 3 nodes"),
+            ("  small file to all 10 nodes", "p50 ≤ 100 ms"),
+        ]),
+        (stalled_member, [
+            ("a slow or stalled member (h3 SIGSTOPped)", "never delays the others"),
+            ("  the stalled member catches up after SIGCONT", ""),
+        ]),
+    ]
 
 
-def _whole(path: Path, payload: bytes) -> bool:
-    try:
-        return path.read_bytes() == payload
-    except FileNotFoundError:
-        return False
-
-
-def stdlib_tree(tmp: Path) -> Path:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    archive = tmp / "stdlib.tar"
-    run("tar", "-cf", str(archive), "--exclude=__pycache__", "--exclude=site-packages",
-        "-C", str(stdlib.parent), stdlib.name)
-    return archive
-
-
-def meshsync_tree(lan: Lan, archive: Path) -> tuple[float, int]:
-    h1 = lan.hosts[0]
-    start = time.monotonic()
-    run("tar", "-xf", str(archive), "-C", str(h1.sync))
-    expected, shape = tree(h1.sync), _shape(h1.sync)
-    # Hashing three trees takes about a second of one of the two cores, so it waits until
-    # every host has the right names and sizes, which a walk of stats tells cheaply.
-    wait_for("convergence", lambda: all(_shape(h.sync) == shape for h in lan.hosts)
-             and same_trees(lan.hosts) == expected, 300, every=0.05)
-    return time.monotonic() - start, len(expected)
-
-
-def _shape(root: Path) -> dict[str, int]:
-    """Every path under root but the marker, with its size (-1 for a directory)."""
-    found = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        if here == root:
-            dirnames[:] = [d for d in dirnames if d != ".meshsync"]
-        rel = here.relative_to(root)
-        found.update((str(rel / name), -1) for name in dirnames)
-        for name in filenames:
-            try:
-                found[str(rel / name)] = (here / name).lstat().st_size
-            except FileNotFoundError:
-                found[str(rel / name)] = -2  # went while we looked
-    return found
-
-
-def rsync_tree(lan: Lan, tree_or_archive: Path, tmp: Path, name: str = "tree") -> float:
-    """Seconds for `rsync -a` of a tree (or a tar's contents) from h1 to a daemon on h2."""
-    h1, h2 = lan.hosts[0], lan.hosts[1]
-    target = tmp / f"rsync-dst-{name}"
-    target.mkdir()
-    if tree_or_archive.is_dir():
-        source = tree_or_archive
-    else:
-        source = tmp / f"rsync-src-{name}"
-        source.mkdir()
-        run("tar", "-xf", str(tree_or_archive), "-C", str(source))
-    conf = tmp / f"rsyncd-{name}.conf"
-    conf.write_text(f"use chroot = no\nuid = root\ngid = root\n[t]\npath = {target}\n"
-                    "read only = no\n")
-    with subprocess.Popen(["ip", "netns", "exec", h2.ns, "rsync", "--daemon", "--no-detach",
-                           "--port", "8730", f"--config={conf}"]) as daemon:
+def run_suite(bench: Bench, rows: list[Row]) -> None:
+    """Every workload in turn, its rows added as they come; one that fails shows its error in
+    the rows it did not fill, and the next goes on."""
+    for work, titles in suite(bench.plan):
+        began = time.monotonic()
+        figures, filled = work(bench), 0
         try:
-            wait_for("rsync daemon", lambda: h1.exec("rsync", f"rsync://{h2.ip}:8730/",
-                                                     check=False).returncode == 0, 10)
-            start = time.monotonic()
-            h1.exec("rsync", "-a", f"{source}/", f"rsync://{h2.ip}:8730/t/")
-            return time.monotonic() - start
+            for title, goal in titles:
+                rows.append(Row(title, next(figures), goal))
+                filled += 1
+        except Exception as e:
+            traceback.print_exc()
+            rest = [Figure(f"error: {_one_line(e)}"), *[Figure("not reached")] * len(titles)]
+            rows.extend(Row(t, f, g) for (t, g), f in zip(titles[filled:], rest, strict=False))
         finally:
-            daemon.kill()
+            figures.close()  # its clean-up, after its last figure
+        print(f"bench: {titles[0][0]}: {time.monotonic() - began:.0f} s", file=sys.stderr)
 
 
-def peak_rss(pid: int) -> int:
-    """A process's peak resident memory, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM")
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
-def large_file(lan: Lan, tmp: Path, size: int) -> tuple[float, int, int, float]:
-    """(seconds, receiver's peak RSS before, after) for one file on h1 until whole on h2,
-    and rsync's seconds for the same file."""
-    h1, h2 = lan.hosts[0], lan.hosts[1]
-    staged = h1.home / "large.bin"
-    with staged.open("wb") as f:
-        for _ in range(size // (1 << 20)):
-            f.write(os.urandom(1 << 20))
-    assert h2.proc is not None
-    before = peak_rss(h2.proc.pid)
-    start = time.monotonic()
-    staged.rename(h1.sync / "large.bin")
-    target = h2.sync / "large.bin"
-    wait_for("the large file", lambda: target.exists() and target.stat().st_size == size, 300,
-             every=0.05)
-    seconds = time.monotonic() - start
-    after = peak_rss(h2.proc.pid)
-    single = tmp / "rsync-large"
-    single.mkdir()
-    os.link(h1.sync / "large.bin", single / "large.bin")
-    rsync = rsync_tree(lan, single, tmp, name="large")
-    return seconds, before, after, rsync
+def notes(plan: Plan) -> str:
+    """How to read the table."""
+    return "\n".join([
+        f"Timed rows: min / median / max over {plan.runs} runs ({plan.slow_runs} for the "
+        "rows of the tree and the large file); ratio = meshsync's median over the baseline's "
+        "(latencies: p50 / p95; idle: CPU / bytes).",
+        "Cold cache: the page cache is dropped (sync; echo 3 > /proc/sys/vm/drop_caches) "
+        "before each run of the first sync, the first index and the restart, meshsync and "
+        "baseline alike.",
+        "Idle: measured from /proc after 5 s of settling; bytes = received + sent on the node's "
+        "interface (heartbeats included, as in the bytes received for one changed byte).",
+        "Nodes run as shipped (periodic catch-up on); every host is a network namespace on one "
+        "bridge of this machine, so the wire is memory.",
+    ])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=40)
-    parser.add_argument("--large-mib", type=int, default=512)
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="10k files, 256 MiB, one run of the slow rows, short idle windows: "
+                        "a few minutes")
+    parser.add_argument("--runs", type=int,
+                        help="runs of each timed row (default 3; --quick: 1 of the slow rows)")
     args = parser.parse_args()
     reason = why_no_lan()
     if reason:
         sys.exit(f"bench: {reason}")
-    with tempfile.TemporaryDirectory(prefix="msbench") as name:
-        tmp = Path(name)
-        archive = stdlib_tree(tmp)
-        lan = Lan(tmp / "lan", 3)
-        for host in lan.hosts:
-            host.catch_up = True  # the node as shipped
-        try:
-            start_all(lan)
-            wait_for("the mesh", lambda: agreed(lan.hosts, lan.by_id()[0]), 20)
-            lat = latency(lan, args.samples)
-            mesh_time, files = meshsync_tree(lan, archive)
-            rsync_time = rsync_tree(lan, archive, tmp)
-            large = large_file(lan, tmp, args.large_mib << 20)
-        finally:
-            lan.close()
-    lat.sort()
-    p95 = lat[min(len(lat) - 1, int(len(lat) * 0.95))]
-    print("meshsync sync on a 3-host namespace LAN (2-core machine)")
-    print(f"small-file latency, close on h1 -> whole on h2 and h3, {len(lat)} files: "
-          f"p50 {statistics.median(lat) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms")
-    print(f"standard library tree ({files} paths):")
-    print(f"  meshsync, untar on h1 -> identical on 3 hosts  {mesh_time:6.2f} s")
-    print(f"  rsync -a h1 -> rsync daemon on h2 (1 target)   {rsync_time:6.2f} s")
-    seconds, before, after, rsync = large
-    print(f"one {args.large_mib} MiB file, h1 -> whole on h2 (and h3):")
-    print(f"  meshsync {seconds:6.2f} s ({args.large_mib / seconds:.0f} MiB/s); receiver's peak "
-          f"RSS {before >> 20} MiB before, {after >> 20} MiB after")
-    print(f"  rsync -a {rsync:6.2f} s")
+    if args.quick:
+        plan = Plan(runs=args.runs or 3, slow_runs=1, files=10_000, large=256 << 20,
+                    idle_one=30, idle_mesh=20)
+    else:
+        runs = args.runs or 3
+        plan = Plan(runs=runs, slow_runs=runs, files=100_000, large=1 << 30, idle_one=120,
+                    idle_mesh=60)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up when killed, too
+    rows: list[Row] = []
+    began = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="msbench") as tmp:
+            try:
+                run_suite(Bench(plan, Path(tmp)), rows)
+            finally:
+                print(f"meshsync sync beside its baselines{' (--quick)' if args.quick else ''}; "
+                      f"{machine()}; {time.monotonic() - began:.0f} s")
+                print(render(rows))
+                print(notes(plan))
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ ADAPTERS = ("crypto", "net", "control", "store", "fs")
 # `meshsync` alone means the top-level package (its constants), not its subpackages.
 ALLOWED: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "core": (frozenset(), frozenset({"meshsync", "meshsync.core"})),
-    "crypto": (frozenset({"cryptography", "nacl"}), frozenset({"meshsync.crypto", "meshsync.core"})),
+    "crypto": (frozenset({"cryptography", "nacl"}),
+               frozenset({"meshsync.crypto", "meshsync.core"})),
     "net": (
         frozenset({"aiohttp", "zeroconf", "ifaddr", "yarl", "multidict"}),
         frozenset({"meshsync", "meshsync.net", "meshsync.core"}),

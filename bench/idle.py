@@ -1,0 +1,99 @@
+"""The mesh at rest and under strain: idle cost at 3 and 10 nodes, failover after kill -9,
+small files while a member is stopped."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+
+from bench.mesh import agree, idle, latencies, mesh, pid, synced
+from bench.payload import shape, small_files
+from bench.plan import Bench, Figures
+from bench.table import NONE, Figure, latency_ratio, mib, percentiles, seconds
+from tests.integration.lan import Lan, wait_for
+
+
+def _small_tree(lan: Lan) -> None:
+    """A small tree written on the first host, until every host has it."""
+    h1 = lan.hosts[0]
+    small_files(h1.sync / "small", 200, seed=7)
+    expected = shape(h1.sync)
+    wait_for("the small tree everywhere", lambda: synced(lan.hosts, expected), 60, every=0.2)
+
+
+def _idle_figure(cpu: float, wire: float) -> str:
+    return f"{cpu:.2f} CPU-s, {mib(wire)} per node per minute"
+
+
+def three_idle(bench: Bench) -> Figures:
+    """Three nodes with nothing changing; then the coordinator killed, again and again."""
+    plan = bench.plan
+    with mesh(bench.tmp / "idle3", 3) as lan:
+        _small_tree(lan)
+        cpu, wire = idle(lan.hosts, plan.idle_mesh)
+        yield Figure(_idle_figure(cpu, wire))
+        h1, *others = lan.hosts
+        bench.mesh3 = cpu, wire, list(itertools.islice(latencies(h1, others, "three"),
+                                                       plan.samples))
+        yield Figure(seconds([_failover(lan) for _ in range(plan.runs)]))
+
+
+def _failover(lan: Lan) -> float:
+    """Seconds from kill -9 of the coordinator until the others agree on the next; then the
+    killed node is started again and the mesh is whole."""
+    result = lan.hosts[0].json("elect")
+    coordinator = next(h for h in lan.hosts if str(h.id) == result["coordinator"])
+    survivors = [h for h in lan.hosts if h is not coordinator]
+    successor = min(survivors, key=lambda h: h.id)
+    start = time.monotonic()
+    coordinator.kill()
+    wait_for("failover", lambda: agree(survivors, successor, result["term"]), 20, every=0.02)
+    seconds = time.monotonic() - start
+    coordinator.start()
+    wait_for("the mesh whole again", lambda: agree(lan.hosts, successor), 20)
+    return seconds
+
+
+def ten_idle(bench: Bench) -> Figures:
+    """Ten nodes with nothing changing, beside three; a small file to all of them."""
+    plan = bench.plan
+    with mesh(bench.tmp / "idle10", 10) as lan:
+        _small_tree(lan)
+        cpu, wire = idle(lan.hosts, plan.idle_mesh)
+        if bench.mesh3 is None:
+            yield Figure(_idle_figure(cpu, wire))
+        else:
+            cpu3, wire3, _ = bench.mesh3
+            yield Figure(_idle_figure(cpu, wire), f"3 nodes: {cpu3:.2f} CPU-s, {mib(wire3)}",
+                         f"{cpu / cpu3:.1f}x / {wire / wire3:.1f}x")
+        h1, *others = lan.hosts
+        samples = list(itertools.islice(latencies(h1, others, "ten"), plan.samples))
+        yield Figure(percentiles(samples),
+                     f"3 nodes: {percentiles(bench.mesh3[2])}" if bench.mesh3 else NONE,
+                     latency_ratio(samples, bench.mesh3[2]) if bench.mesh3 else NONE)
+
+
+def stalled_member(bench: Bench) -> Figures:
+    """Small files from h1 to h2 while h3 is stopped (SIGSTOP), beside the same before."""
+    plan = bench.plan
+    with mesh(bench.tmp / "stall", 3) as lan:
+        h1, h2, h3 = lan.hosts
+        before = list(itertools.islice(latencies(h1, [h2], "before"), plan.samples))
+        stopped = time.monotonic()
+        os.kill(pid(h3), signal.SIGSTOP)
+        try:
+            during: list[float] = []
+            for sample in latencies(h1, [h2], "stalled"):
+                during.append(sample)
+                if time.monotonic() - stopped > plan.stall:
+                    break
+        finally:
+            os.kill(pid(h3), signal.SIGCONT)
+        resumed = time.monotonic()
+        yield Figure(percentiles(during), f"before: {percentiles(before)}",
+                     latency_ratio(during, before))
+        expected = shape(h1.sync)
+        wait_for("the stalled member to catch up", lambda: synced([h1, h3], expected), 60)
+        yield Figure(seconds([time.monotonic() - resumed]))
