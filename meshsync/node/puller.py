@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -43,6 +44,7 @@ log = logging.getLogger("meshsync.folder")
 
 NEEDS_PER_PASS = 10000  # versions attempted per pass, besides those waiting for their retry
 FILES_PER_GROUP = 256
+BULK = 8 << 20  # bytes: a bigger file is written in a lane of its own, beside the small ones
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -83,15 +85,24 @@ class Puller:
         self._room = 0  # bytes the group being opened may still take
         self._after_deletions: list[Need] = []
         self._resolved: list[Signed] = []  # resolutions stored this pass, announced at its end
+        # Files over BULK go in a lane of their own while the puller runs (see _write_bulk).
+        self._lane: asyncio.TaskGroup | None = None
+        self._bulk: deque[_Write] = deque()
+        self._in_bulk: set[RelPath] = set()  # paths queued or being written there
 
     async def run(self, mounted: Callable[[], bool]) -> None:
         """Write what is queued whenever woken, and when a waiting version is due again."""
         wait: float | None = None  # the one timer: until the first path waiting is due again
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), wait)
-            self.wake.clear()
-            wait = await self.apply_due() if mounted() else None
+        async with asyncio.TaskGroup() as lane:
+            self._lane = lane
+            try:
+                while True:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), wait)
+                    self.wake.clear()
+                    wait = await self.apply_due() if mounted() else None
+            finally:
+                self._lane = None
 
     async def apply_due(self) -> float | None:
         """Write the queued versions not waiting for a retry; returns the seconds until one is
@@ -99,9 +110,13 @@ class Puller:
         loaded = NEEDS_PER_PASS + len(self.retries)
         needs = await asyncio.to_thread(self.place.index.needs, self.place.id, loaded)
         complete = len(needs) < loaded
-        due = self.retries.due(needs, self.clock.now(), complete)
+        due = [n for n in self.retries.due(needs, self.clock.now(), complete)
+               if n.record.path not in self._in_bulk]
         creates, deletes = _ordered(due)
         writes = await self._in_thread(self._apply_locally, creates)
+        if self._lane is not None:
+            self._write_bulk([w for w in writes if w.need.record.size > BULK])
+            writes = [w for w in writes if w.need.record.size <= BULK]
         # File contents go in groups, so a thousand small files cost a few round trips.
         for at in range(0, len(writes), FILES_PER_GROUP):
             await self._write_files(writes[at : at + FILES_PER_GROUP])
@@ -126,6 +141,28 @@ class Puller:
             if files > len(self.retries):
                 wait = RETRY_NEEDS if wait is None else min(wait, RETRY_NEEDS)
         return wait
+
+    def _write_bulk(self, writes: list[_Write]) -> None:
+        """Write big files one after another in a task of their own: a small file that comes
+        while a 1 GiB one is fetched is written at once, not after it. The passes meanwhile
+        leave their paths alone."""
+        if not writes or self._lane is None:
+            return
+        idle = not self._bulk
+        self._bulk.extend(writes)
+        self._in_bulk |= {w.need.record.path for w in writes}
+        if idle:
+            self._lane.create_task(self._drain_bulk(), name=f"big files {self.place.id}")
+
+    async def _drain_bulk(self) -> None:
+        while self._bulk:
+            write = self._bulk[0]
+            try:
+                await self._write_files([write])
+            finally:
+                self._bulk.popleft()
+                self._in_bulk.discard(write.need.record.path)
+                self.wake.set()  # a pass takes what follows: retries, a newer version
 
     async def _replace_directories(self) -> None:
         """Write the files and links that replace a directory, now that this pass's deletions

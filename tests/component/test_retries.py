@@ -32,7 +32,7 @@ from meshsync.core.wire import (
     Signed,
 )
 from meshsync.fs import apply
-from meshsync.node import folder
+from meshsync.node import folder, puller
 from meshsync.node.config import Folder
 from meshsync.node.folder import FolderSync
 from meshsync.node.judge import Origin
@@ -489,3 +489,44 @@ async def test_catching_up_reads_every_page_in_order_asking_for_the_next_while_j
     assert events == ["ask after 0", "take a,b", "ask after 2", "take c", "ask after 3",
                       "take "]
     assert index.peer_seq(FOLDER, "key0", "their epoch") == 3
+
+
+async def test_a_small_file_is_written_while_a_big_one_is_still_being_fetched(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    big = content("video", 80)  # 10 MiB: over puller.BULK, so in a lane of its own
+    small = content("note", 1)
+    assert len(big) * BLOCK_SIZE > puller.BULK
+    big_hashes = {hashlib.sha256(b).digest() for b in big}
+    asked, go = asyncio.Event(), asyncio.Event()
+
+    class Slow(Members):
+        """Serves every block, those of the big file only once `go` is set."""
+
+        async def fetch_blocks(self, address: str, request: BlockRequest) -> list[bytes | None]:
+            if request.hashes[0] in big_hashes:
+                asked.set()
+                await go.wait()
+            return await super().fetch_blocks(address, request)
+
+    mesh = Slow()
+    mesh.blocks = {hashlib.sha256(b).digest(): b for b in [*big, *small]}
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    root = tmp_path / "photos"
+
+    async def until(path: Path) -> None:
+        while not path.exists():  # noqa: ASYNC110, ASYNC240 (a file, not an event, is awaited)
+            await asyncio.sleep(0.01)
+
+    running = asyncio.create_task(sync.puller.run(lambda: True))
+    queue(index, record("big.mkv", big))
+    sync.puller.wake.set()
+    async with asyncio.timeout(10):
+        await asked.wait()
+        queue(index, record("note.txt", small))
+        sync.puller.wake.set()
+        await until(root / "note.txt")
+        assert not (root / "big.mkv").exists(), "the big file is still on its way"
+        go.set()
+        await until(root / "big.mkv")
+    assert (root / "big.mkv").read_bytes() == b"".join(big)
+    running.cancel()
