@@ -67,10 +67,11 @@ class Progress:
     walking: bool = True  # still finding what is there
 
     def to_json(self) -> dict[str, Any]:
-        """Status's `scan` field."""
-        return {"entries_found": self.entries_found, "entries_done": self.entries_done,
-                "bytes_found": self.bytes_found, "bytes_done": self.bytes_done,
-                "walking": self.walking}
+        """Status's `scan` field; what is done read first, so it is never past what was found
+        (another thread counts both)."""
+        done, done_bytes, walking = self.entries_done, self.bytes_done, self.walking
+        return {"entries_found": self.entries_found, "entries_done": done,
+                "bytes_found": self.bytes_found, "bytes_done": done_bytes, "walking": walking}
 
 
 @dataclass(slots=True)
