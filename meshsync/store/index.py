@@ -54,6 +54,9 @@ class Index:
         self._lock = threading.Lock()
         self._damaged: dict[str, set[RelPath]] = {}  # folder -> paths set aside, under _lock
         self._logged = 0  # damaged rows logged one by one, under _lock
+        # counts() of each folder at a seq: re-counted only once a put hands out another
+        # (a count walks every row, and hellos ask for it every few seconds).
+        self._counted: dict[str, tuple[int, tuple[int, int]]] = {}
         self._db = open_database(path)
 
     def close(self) -> None:
@@ -121,6 +124,7 @@ class Index:
         if not removed:
             return
         folder = rows[0][0]
+        self._counted.pop(folder, None)  # rows went without a put
         paths = self._damaged.setdefault(folder, set())
         for path, _ in removed:
             with contextlib.suppress(WireError):  # a path no folder can hold: nothing to rescan
@@ -335,6 +339,11 @@ class Index:
 
     def counts(self, folder: str) -> tuple[int, int]:
         """(paths, bytes) present on disk: files, directories and links, tombstones excluded."""
+        seq = self.max_seq(folder)
+        if (cached := self._counted.get(folder)) is not None and cached[0] == seq:
+            return cached[1]
         row = self._rows("SELECT count(*), coalesce(sum(size), 0) FROM files"
                          " WHERE folder = ? AND NOT deleted", (folder,))[0]
-        return int(row[0]), int(row[1])
+        counted = int(row[0]), int(row[1])
+        self._counted[folder] = (seq, counted)
+        return counted

@@ -268,6 +268,18 @@ def test_counts_exclude_tombstones(index: Index) -> None:
     assert index.counts("other") == (0, 0)
 
 
+
+def test_counts_follow_every_put_and_every_row_set_aside(index: Index) -> None:
+    # Counted once per seq (hellos ask every few seconds); a put or a damaged row recounts.
+    index.put(FOLDER, [item(file("a", "1", "2"))])
+    assert index.counts(FOLDER) == (1, 200)
+    index.put(FOLDER, [item(file("b", "1"))])
+    assert index.counts(FOLDER) == (2, 300)
+    index._db.execute("UPDATE files SET mode = 'rw-' WHERE path = 'b'")
+    assert index.get(FOLDER, "b") is None  # read, found damaged, set aside
+    assert index.counts(FOLDER) == (1, 200)
+
+
 def test_the_database_is_in_wal_mode(index: Index, db_path: Path) -> None:
     assert sql(db_path, "PRAGMA journal_mode") == [("wal",)]
 

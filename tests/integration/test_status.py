@@ -42,7 +42,8 @@ def test_status_says_scanning_with_progress_during_the_first_scan_of_20000_files
                for p in progress if not p["walking"])
     found = [(p["entries_found"], p["bytes_found"]) for p in progress]
     done = [(p["entries_done"], p["bytes_done"]) for p in progress]
-    assert done == sorted(done) and found == sorted(found), "progress never goes back"
+    assert done == sorted(done), "progress never goes back"
+    assert found == sorted(found)
     assert all(0 <= e <= fe <= 20_100 and 0 <= b <= fb <= total
                for (e, b), (fe, fb) in zip(done, found, strict=True))
     assert seen[-1]["scan"] is None
