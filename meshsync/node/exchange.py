@@ -4,7 +4,6 @@ of folders, and whom news is passed on to (the coordinator's fan-out, a member's
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from meshsync.core.errors import Refused
 from meshsync.core.ids import NodeId
@@ -14,9 +13,6 @@ from meshsync.net.client import PeerClient, PeerUnreachable
 from meshsync.node.folder import FolderSync
 from meshsync.node.outbox import Outbox
 from meshsync.node.peers import Peers
-
-log = logging.getLogger("meshsync")
-
 
 
 class Exchange:

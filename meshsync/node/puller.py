@@ -120,7 +120,10 @@ class Puller:
         # File contents go in groups, so a thousand small files cost a few round trips.
         for at in range(0, len(writes), FILES_PER_GROUP):
             await self._write_files(writes[at : at + FILES_PER_GROUP])
-        # Deletions last: a renamed file's new path takes its blocks from the old one.
+        # Deletions last: a renamed file's new path takes its blocks from the old one. One whose
+        # blocks a big file waiting in its lane may take waits for the lane (which wakes us).
+        wanted = {digest for write in self._bulk for digest in write.need.record.blocks}
+        deletes = await asyncio.to_thread(self._not_wanted, deletes, wanted)
         await self._in_thread(self._apply_locally, deletes)
         await self._replace_directories()
         resolved, self._resolved = self._resolved, []
@@ -141,6 +144,14 @@ class Puller:
             if files > len(self.retries):
                 wait = RETRY_NEEDS if wait is None else min(wait, RETRY_NEEDS)
         return wait
+
+    def _not_wanted(self, deletes: list[Need], wanted: set[bytes]) -> list[Need]:
+        """The deletions of files holding none of the `wanted` blocks; runs in a thread."""
+        if not wanted:
+            return deletes
+        place = self.place
+        return [n for n in deletes if (entry := place.index.get(place.id, n.record.path)) is None
+                or wanted.isdisjoint(entry.record.blocks)]
 
     def _write_bulk(self, writes: list[_Write]) -> None:
         """Write big files one after another in a task of their own: a small file that comes

@@ -156,7 +156,7 @@ class Fetcher:
             if data is None:
                 missing.append(i)
             else:
-                incoming.write_block(i, data, hashed=True)  # _fetch took only blocks that match
+                incoming.write_block(i, data, hashed=True)  # local_block checked its hash
         return missing
 
     def asking(self, source: str) -> Asking:

@@ -530,3 +530,26 @@ async def test_a_small_file_is_written_while_a_big_one_is_still_being_fetched(
         await until(root / "big.mkv")
     assert (root / "big.mkv").read_bytes() == b"".join(big)
     running.cancel()
+
+
+async def test_a_big_file_renamed_elsewhere_is_copied_from_here_not_fetched(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    # Renamed on another node: its new path's record and its old path's deletion come in one
+    # pass. The big file waits in its lane; the deletion must wait for it, or its blocks go.
+    mesh = Members()  # holds no block at all
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    root = tmp_path / "photos"
+    data = content("film", 80)
+    (root / "old.mkv").write_bytes(b"".join(data))
+    [old] = [s.record for s in sync.scanner.find_changes(None, set(), set()).changes]
+    moved = replace(old, path=RelPath("new.mkv"), version=Vector.of({ORIGIN: 1}), origin=ORIGIN)
+    queue(index, moved, old.tombstone(old.version.merge(Vector.of({ORIGIN: 2})), ORIGIN))
+
+    running = asyncio.create_task(sync.puller.run(lambda: True))
+    sync.puller.wake.set()
+    async with asyncio.timeout(10):
+        while sorted(p.name for p in root.iterdir()) != [".meshsync", "new.mkv"]:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    running.cancel()
+    assert (root / "new.mkv").read_bytes() == b"".join(data)
+    assert mesh.taken() == [], "every block came from the old file"
