@@ -9,12 +9,19 @@ Rules, in the order they are applied:
   coordinator is never claimed by another node: following one we have not heard from yet
   (a relayed claim, a healing partition) gives it DOWN_AFTER seconds to be heard.
 - A member silent for DOWN_AFTER seconds, or one that said it is leaving, is down.
-- The coordinator is live while we hear it ourselves, or while a live member following it at
-  our term says it hears it itself (a vouch). Only a direct hearing vouches, so a cut link
-  (A-B and B-C up, A-C down) does not make C call elections A's side never needs, and two
-  members that do not hear the coordinator cannot keep a dead one alive by vouching for each
-  other. A vouch lasts while its member is live: a dead coordinator is given up DOWN_AFTER
-  after the last member that heard it last said so (DOWN_AFTER after its death, plus a hello).
+- Heartbeats form a star, so that they do not grow with the square of the mesh: in the steady
+  state a member beats with its coordinator alone, and the coordinator's beats name the
+  members it hears itself, which keeps them live for the others (a relay). A member that has
+  not heard its coordinator itself for SUSPECT seconds, or has none, says hello to every
+  member each heartbeat, as every node does while an election is open (`needs_hellos`); a
+  coordinator greets a member whose beats stopped for as long (`greets`).
+- The coordinator is live while we hear it ourselves, or while a member following it at our
+  term said within DOWN_AFTER, to us directly, that it hears it itself (a vouch). Only a
+  direct hearing vouches, so a cut link (A-B and B-C up, A-C down) does not make C call
+  elections A's side never needs, and two members that do not hear the coordinator cannot
+  keep a dead one alive by vouching for each other. A relay never vouches: a dead
+  coordinator is given up DOWN_AFTER after the last member that heard it last said so
+  (DOWN_AFTER after its death, plus a hello), or at once when its port is found closed.
 - With no live coordinator a node opens term+1; the lowest live ID, on learning of the open
   term, announces itself coordinator of that same term. Nobody opens an election during the
   first GRACE seconds after start, so a joining node first hears the mesh it joins: that is
@@ -28,6 +35,7 @@ from dataclasses import dataclass, field
 from meshsync.core.ids import NodeId
 
 DOWN_AFTER = 3.0
+SUSPECT = 1.5  # seconds without a beat from the coordinator before we ask every member
 GRACE = 2.0
 # No mesh holds more elections than this many a second, ever: a term above the ceiling it
 # gives for the present is a claim no honest node can have made.
@@ -62,6 +70,15 @@ class PeerHeard:
 
 
 @dataclass(frozen=True, slots=True)
+class PeersRelayed:
+    """A coordinator's beat named the members it hears itself: live, by its word."""
+
+    by: NodeId
+    peers: tuple[NodeId, ...]
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
 class PeerLeft:
     """A member said it is leaving, or its port is closed: it is down without waiting."""
 
@@ -83,7 +100,7 @@ class Ticked:
     now: float
 
 
-Event = PeerHeard | PeerLeft | ElectionForced | Ticked
+Event = PeerHeard | PeersRelayed | PeerLeft | ElectionForced | Ticked
 
 
 # Actions (imperative)
@@ -132,9 +149,13 @@ class StepDown:
 Action = Broadcast | MarkUp | MarkDown | OpenElection | FollowCoordinator | StepDown
 
 
+NEVER = float("-inf")
+
+
 @dataclass(slots=True)
 class _Member:
-    last_heard: float
+    last_heard: float  # from it, or relayed by our coordinator
+    direct: float = NEVER  # from it
     up: bool = True
     down_at: float = 0.0
     hears: tuple[int, NodeId] | None = None  # the (term, coordinator) it last said it hears
@@ -159,6 +180,27 @@ class Election:
     def electing(self) -> bool:
         """An election is open and nobody has won it yet."""
         return self.coordinator is None and self.term > 0
+
+    def needs_hellos(self, now: float) -> bool:
+        """Whether to say hello to every member this heartbeat, not beat with the coordinator
+        alone: no coordinator, or one we have not heard ourselves for SUSPECT seconds."""
+        coordinator = self.coordinator
+        if coordinator == self.me:
+            return False  # members beat with us
+        return coordinator is None or not self._fresh(coordinator, now, SUSPECT)
+
+    def greets(self, peer: NodeId, now: float, everyone: bool) -> bool:
+        """Whether to say hello to member `peer` this heartbeat (`everyone`: `needs_hellos`):
+        one not up, and as coordinator one whose beats we have missed for SUSPECT seconds
+        (its link may be down while it is not)."""
+        if everyone or not self.is_up(peer):
+            return True
+        return self.coordinator == self.me and not self._fresh(peer, now, SUSPECT)
+
+    def heard_directly(self, now: float) -> tuple[NodeId, ...]:
+        """The live members we heard ourselves within DOWN_AFTER, lowest ID first: what our
+        beats name when we coordinate."""
+        return tuple(sorted(p for p in self._members if self._fresh(p, now)))
 
     def is_up(self, peer: NodeId) -> bool:
         """Whether a member is live."""
@@ -187,8 +229,23 @@ class Election:
                 if member is None or not member.up:
                     actions.append(MarkUp(peer))
                 heard = (term, coordinator) if hears and coordinator is not None else None
-                self._members[peer] = _Member(last_heard=now, hears=heard)
+                self._members[peer] = _Member(last_heard=now, direct=now, hears=heard)
                 actions += self._consider(term, coordinator, now)
+                actions += self._settle(now)
+            case PeersRelayed(by, relayed, now):
+                if by != self.coordinator or by == self.me or not self._fresh(by, now):
+                    return []  # only the coordinator we hear ourselves speaks for others
+                for peer in relayed:
+                    member = self._members.get(peer)
+                    if peer in (self.me, by) or (
+                            member is not None and not member.up
+                            and now - member.down_at <= DOWN_AFTER):
+                        continue  # one we saw go: the coordinator may not have yet
+                    if member is None or not member.up:
+                        actions.append(MarkUp(peer))
+                        self._members[peer] = _Member(last_heard=now)
+                    else:
+                        member.last_heard = now
                 actions += self._settle(now)
             case PeerLeft(peer, now):
                 member = self._members.get(peer)
@@ -243,9 +300,10 @@ class Election:
     def _leave_seat(self) -> list[Action]:
         return [StepDown(self.term)] if self.coordinator == self.me else []
 
-    def _fresh(self, peer: NodeId, now: float) -> bool:
+    def _fresh(self, peer: NodeId, now: float, within: float = DOWN_AFTER) -> bool:
+        """Whether we heard `peer` ourselves (not by relay) within `within` seconds."""
         member = self._members.get(peer)
-        return member is not None and member.up and now - member.last_heard <= DOWN_AFTER
+        return member is not None and member.up and now - member.direct <= within
 
     def _alive(self, coordinator: NodeId, now: float) -> bool:
         if coordinator == self.me or self.is_up(coordinator):

@@ -8,7 +8,7 @@ import ipaddress
 import json
 import struct
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NewType
 
 from meshsync.core.errors import WireError
@@ -34,6 +34,9 @@ MAX_BATCH_RECORDS = 2000
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 MAX_BLOCKS_PER_REQUEST = 64  # 8 MiB of 128 KiB blocks: the most one answer holds in memory
 MAX_SEQ = 2**63 - 1  # the largest integer SQLite stores, and the index stores every seq
+MAX_RELAYED = 1024  # members a coordinator's beat names as live
+MAX_BEAT_BYTES = 64 * 1024  # the largest beat: MAX_RELAYED IDs of ~52 bytes, and the rest
+GIST_CHARS = 16  # hex digits of a hello's gist
 
 
 def check_folder_id(text: object) -> FolderId:
@@ -104,6 +107,8 @@ class Progress:
     need_files: int
     need_bytes: int
     have_bytes: int  # of what it holds on disk
+    seq: int = -1  # the last seq of its index for the folder (-1: not said); read to skip
+    # a catch-up that would find nothing new
 
     @property
     def percent(self) -> int:
@@ -116,9 +121,12 @@ class Progress:
     def to_json(self, at: Mapping[FolderId, int]) -> dict[str, object]:
         """The wire form: the folder by its place `at` in the hello's sorted folders (an ID can
         take 1.5 KB of JSON, and a hello names up to 256)."""
-        return {"folder": at[self.folder], "state": self.state,
-                "need_files": self.need_files, "need_bytes": self.need_bytes,
-                "have_bytes": self.have_bytes}
+        data: dict[str, object] = {
+            "folder": at[self.folder], "state": self.state, "need_files": self.need_files,
+            "need_bytes": self.need_bytes, "have_bytes": self.have_bytes}
+        if self.seq >= 0:
+            data["seq"] = self.seq
+        return data
 
     @classmethod
     def from_json(cls, data: object, folders: list[FolderId]) -> Progress:
@@ -134,7 +142,8 @@ class Progress:
         return cls(folders[at], str(state),
                    check_int(data, "need_files", 0, MAX_FOLDER_BYTES),
                    check_int(data, "need_bytes", 0, MAX_FOLDER_BYTES),
-                   check_int(data, "have_bytes", 0, MAX_FOLDER_BYTES))
+                   check_int(data, "have_bytes", 0, MAX_FOLDER_BYTES),
+                   check_int(data, "seq", 0, MAX_SEQ) if "seq" in data else -1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +162,15 @@ class Hello:
     # goodbye, a node just started or one that predates introducers).
     member_keys: tuple[bytes, ...] | None = None
     progress: tuple[Progress, ...] = ()  # of the folders it shares with us
+
+    @property
+    def gist(self) -> str:
+        """A short digest of what this hello tells that its recipient keeps: not whether its
+        sender hears the coordinator, nor the order of its members. Beats carry it, so that
+        a node whose hellos cannot reach a peer is asked for them instead."""
+        kept = replace(self, hears_coordinator=False, members=tuple(sorted(
+            self.members, key=lambda m: (m.id.digest, m.address))))
+        return hashlib.sha256(kept.to_json()).hexdigest()[:GIST_CHARS]
 
     def to_json(self) -> bytes:
         """The message body."""
@@ -212,6 +230,59 @@ class Hello:
             member_keys=None if keys is None else tuple(check_key(k) for k in keys),
             progress=_progress(progress, sorted(ids)),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """A heartbeat on the link between a member and its coordinator: the sender's view of the
+    mesh, and from a coordinator the members it hears itself (None: the same as in its last
+    beat on this link)."""
+
+    term: int
+    coordinator: NodeId | None
+    hears_coordinator: bool = False
+    up: tuple[NodeId, ...] | None = None
+    said: str = ""  # `Hello.gist` of the hello the sender would send us now ("": unsaid)
+
+    def to_json(self) -> str:
+        """The frame's text."""
+        data: dict[str, object] = {
+            "term": self.term,
+            "coordinator": str(self.coordinator) if self.coordinator else None,
+            "hears": self.hears_coordinator,
+        }
+        if self.said:
+            data["said"] = self.said
+        if self.up is not None:
+            data["up"] = [str(p) for p in self.up]
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Beat:
+        """Parse and validate a peer's beat; WireError says what is wrong."""
+        data = _object(text.encode(errors="surrogatepass") if isinstance(text, str) else text,
+                       MAX_BEAT_BYTES)
+        coordinator = data.get("coordinator")
+        hears = data.get("hears", False)
+        if not isinstance(hears, bool):
+            raise WireError("hears must be true or false")
+        up = data.get("up")
+        if up is not None and (not isinstance(up, list) or len(up) > MAX_RELAYED):
+            raise WireError(f"up must be a list of at most {MAX_RELAYED} node IDs")
+        said = data.get("said", "")
+        if not isinstance(said, str) or len(said) > GIST_CHARS or not _is_hex(said):
+            raise WireError(f"said must be at most {GIST_CHARS} lowercase hex digits")
+        return cls(
+            term=check_int(data, "term", 0, 2**53),
+            coordinator=None if coordinator is None else _node_id(coordinator),
+            hears_coordinator=hears,
+            up=None if up is None else tuple(_node_id(p) for p in up),
+            said=said,
+        )
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 def _progress(entries: list[Any], folders: list[FolderId]) -> tuple[Progress, ...]:

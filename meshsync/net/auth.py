@@ -38,6 +38,7 @@ from meshsync.core.throttle import Throttle, shown
 
 log = logging.getLogger("meshsync.auth")
 
+LINK = "/v1/link"  # the heartbeat link: a WebSocket, the one request that is not a POST
 PEER_KEY = web.RequestKey("peer_key", bytes)
 BODY = web.RequestKey("body", bytes)
 MAX_SIGNATURE = 16 * 1024
@@ -105,10 +106,13 @@ def auth_middleware(
     routes: Mapping[str, int],
     connections: Connections,
     digests: Mapping[str, Callable[[bytes], str]] | None = None,
+    links: frozenset[str] = frozenset(),
 ) -> web.middleware:  # type: ignore[valid-type]
     """Refuse unsigned, misdirected, forged, stale, replayed or untrusted requests before reading
-    their bodies; `routes` maps each path to the largest body it takes, and `digests` a path
-    to what its answers are signed over (by default, the whole body)."""
+    their bodies; `routes` maps each path to the largest body it takes, `digests` a path
+    to what its answers are signed over (by default, the whole body), and `links` the paths
+    that open a WebSocket (a GET, with no body; its frames need no signature, as the request
+    that opened it proved the peer on this connection, and our TLS certificate proves us)."""
     guard = ReplayGuard()
     throttle = Throttle()
     in_flight: Counter[bytes] = Counter()
@@ -138,7 +142,7 @@ def auth_middleware(
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         limit = routes.get(request.path)
-        if limit is None or request.method != "POST":
+        if limit is None or request.method != ("GET" if request.path in links else "POST"):
             return refuse(request, 404, "no such route")
         address = request.remote or "?"
         clock: ClockOffset | None = None

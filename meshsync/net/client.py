@@ -40,6 +40,7 @@ from meshsync.core.signing import (
 )
 from meshsync.core.wire import (
     MAX_BATCH_BYTES,
+    MAX_BEAT_BYTES,
     MAX_HELLO_BYTES,
     BlockRequest,
     Hello,
@@ -48,7 +49,8 @@ from meshsync.core.wire import (
     frames_digest,
     unpack_blocks,
 )
-from meshsync.net.auth import decode_signature
+from meshsync.net.auth import LINK, decode_signature
+from meshsync.net.socket import LinkSocket
 
 MAX_ANSWER = 1024 * 1024
 MAX_PINS = 256  # keys and addresses remembered; the oldest are forgotten first
@@ -280,16 +282,7 @@ class PeerClient:
         if self._session is None:
             raise RuntimeError("PeerClient used outside `async with`")
         sent = self._wall()
-        head = RequestHead("POST", path, "", str(NodeId.of_key(key)), f"{sent:.3f}",
-                           os.urandom(16).hex(), body_digest(body))
-        headers = {
-            AUTHORIZATION: SCHEME + base64.b64encode(self._signing.sign(head.canonical())).decode(),
-            TARGET: head.target,
-            TIME: head.time,
-            NONCE: head.nonce,
-            DIGEST: head.digest,
-            "Content-Type": "application/json",
-        }
+        head, headers = self._signed("POST", path, key, body, sent)
         async with asyncio.timeout(timeout), self._session.post(
             f"https://{address}{path}", data=body, headers=headers, ssl=self._pin(key)
         ) as response:
@@ -314,6 +307,41 @@ class PeerClient:
             if response.status == 401 and abs(offset) > MAX_OFFSET:
                 raise PeerClockOffset(address, key, offset)
             return Reply(response.status, answer, key, offset)
+
+    def _signed(self, method: str, path: str, key: bytes, body: bytes,
+                sent: float) -> tuple[RequestHead, dict[str, str]]:
+        """The signed head of a request to the node holding `key`, and its headers."""
+        head = RequestHead(method, path, "", str(NodeId.of_key(key)), f"{sent:.3f}",
+                           os.urandom(16).hex(), body_digest(body))
+        return head, {
+            AUTHORIZATION: SCHEME + base64.b64encode(self._signing.sign(head.canonical())).decode(),
+            TARGET: head.target,
+            TIME: head.time,
+            NONCE: head.nonce,
+            DIGEST: head.digest,
+            "Content-Type": "application/json",
+        }
+
+    async def open_link(self, address: str, key: bytes,
+                        timeout: float = 1.5) -> LinkSocket:
+        """A heartbeat link to the node holding `key`: a WebSocket on a connection pinned to
+        its key, opened by a signed request (so both ends are proven for its lifetime)."""
+        if self._session is None:
+            raise RuntimeError("PeerClient used outside `async with`")
+        _, headers = self._signed("GET", LINK, key, b"", self._wall())
+        try:
+            async with asyncio.timeout(timeout):
+                return LinkSocket(await self._session.ws_connect(
+                    f"wss://{address}{LINK}", headers=headers, ssl=self._pin(key),
+                    autoping=True, heartbeat=None, max_msg_size=MAX_BEAT_BYTES))
+        except aiohttp.WSServerHandshakeError as e:
+            raise PeerRefused(f"{address} refused a link: HTTP {e.status}") from None
+        except aiohttp.ClientError as e:
+            raise self._failure(address, e) from None
+        except TimeoutError:
+            raise PeerUnreachable(f"{address}: no link within {timeout:.1f} s") from None
+        except OSError as e:
+            raise PeerUnreachable(f"{address}: {e.__class__.__name__}: {e}") from None
 
     @staticmethod
     def _failure(address: str, e: aiohttp.ClientError) -> PeerError:

@@ -3,8 +3,9 @@
 OpenSSH's MaxStartups and LoginGraceTime are the model. Connections are counted per source
 address and in total, below the open-file limit; one that has not proven a trusted key
 (a signed request from a key we trust) within `prove_within` seconds of being accepted is
-closed, TLS handshake included; when too many are unproven at once, the oldest goes first,
-so a flood of half-open connections cannot keep members out.
+closed, TLS handshake included; when too many are unproven at once, the oldest from an
+address where no trusted member is known goes first, so a flood of half-open connections
+cannot keep members out.
 """
 
 from __future__ import annotations
@@ -112,8 +113,10 @@ class _Connection(asyncio.Protocol):
 class Listener:
     """Accepts peer connections on a bound socket until closed; `prove` marks a member's."""
 
-    def __init__(self, sock: socket.socket, context: ssl.SSLContext, limits: Limits) -> None:
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, limits: Limits,
+                 known: Callable[[str], bool] = lambda address: False) -> None:
         self.protocol: Callable[[], asyncio.Protocol] = asyncio.Protocol
+        self._known = known  # whether a trusted member is at this IP address
         self._sock = sock
         self._context = context
         self._limits = limits
@@ -224,7 +227,9 @@ class Listener:
             return False  # a stranger's handshakes in a row: nothing worth a line
         unproven = [c for c in self._open if not c.proven]
         if len(unproven) >= limits.unproven:
-            oldest = unproven[0]
+            # A stranger's goes first: a member's next connection (its pooled ones idle out)
+            # must live through a flood long enough to prove itself.
+            oldest = next((c for c in unproven if not self._known(c.address)), unproven[0])
             oldest.abort()
             self.forget(oldest)
         return True

@@ -16,6 +16,7 @@ from meshsync.core.ids import NodeId
 from meshsync.core.throttle import Throttle, shown
 from meshsync.core.wire import (
     MAX_BATCH_BYTES,
+    MAX_BEAT_BYTES,
     MAX_BLOCK_REQUEST_BYTES,
     MAX_HELLO_BYTES,
     MAX_INDEX_REQUEST_BYTES,
@@ -26,13 +27,15 @@ from meshsync.core.wire import (
     frames_digest,
     pack_blocks,
 )
-from meshsync.net.auth import BODY, PEER_KEY, Connections, Credentials, auth_middleware
+from meshsync.net.auth import BODY, LINK, PEER_KEY, Connections, Credentials, auth_middleware
+from meshsync.net.socket import LinkSocket
 
 log = logging.getLogger("meshsync.server")
 
 DEFAULT_PORT = 22300
 # The largest body each route takes: the middleware refuses a larger one without reading it.
 ROUTES = {
+    LINK: 0,
     "/v1/hello": MAX_HELLO_BYTES,
     "/v1/notice": MAX_BATCH_BYTES,
     "/v1/index": MAX_INDEX_REQUEST_BYTES,
@@ -61,6 +64,9 @@ class PeerApi(Protocol):
     async def handle_blocks(self, key: bytes, request: BlockRequest) -> list[bytes | None]:
         """The blocks asked for that we hold, None for the others."""
 
+    async def handle_link(self, key: bytes, link: LinkSocket, remote: str) -> None:
+        """A member's heartbeat link, open; returns when it is to close."""
+
 
 def make_app(
     credentials: Credentials,
@@ -72,7 +78,7 @@ def make_app(
     """The peer API: every route behind the signature check, every body parsed before use."""
     app = web.Application(
         middlewares=[auth_middleware(credentials, me, wall, ROUTES, connections,
-                                     ANSWER_DIGESTS)],
+                                     ANSWER_DIGESTS, frozenset({LINK}))],
         client_max_size=MAX_BATCH_BYTES,
     )
 
@@ -101,6 +107,16 @@ def make_app(
     async def blocks(key: bytes, body: bytes, remote: str) -> bytes:
         return pack_blocks(await api.handle_blocks(key, BlockRequest.from_json(body)))
 
+    async def link(request: web.Request) -> web.StreamResponse:
+        socket = web.WebSocketResponse(max_msg_size=MAX_BEAT_BYTES, autoping=True)
+        await socket.prepare(request)
+        try:
+            await api.handle_link(request[PEER_KEY], LinkSocket(socket), request.remote or "?")
+        finally:
+            await socket.close()
+        return socket
+
+    app.router.add_get(LINK, link, allow_head=False)
     route("hello", hello)
     route("notice", notice)
     route("index", index)

@@ -2,13 +2,14 @@
 
 Notices push every change at once; catch-up is the safety net under them: at start, when a
 member comes online, and every CATCH_UP_EVERY seconds, a page of each member's index after
-the last sequence number taken from it.
+the last sequence number taken from it. A member whose hellos say its index ends where we
+last read it is not asked (at rest, a mesh asks nothing), so the net costs a request only
+when there may be something under it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -43,6 +44,9 @@ class Indexes(Protocol):
     async def fetch_index(self, address: str, request: IndexRequest) -> Records:
         """An index page from one peer; raises on failure."""
 
+    def advertised_seq(self, folder: str, key: str) -> int | None:
+        """The last seq of a member's index for `folder`, by its latest hello; None if unsaid."""
+
 
 class CatchUp:
     """Catch-up of one folder from its members, and the pages it serves them."""
@@ -58,14 +62,20 @@ class CatchUp:
         self.every = every
         self._take = take
         self._too_large = too_large
+        self._read_to: dict[str, int] = {}  # member key -> its last seq we read, this run
+        self._nudged = asyncio.Event()
 
     async def run(self) -> None:
-        """Catch up from every online member, again each interval or when woken."""
+        """Catch up from every online member, again each interval or when woken; between
+        wakes, only from members whose index has moved on since we last read it."""
         place = self.place
         retry = RETRY_CATCH_UP
+        woken = True  # at start: from everyone
         while True:
             failed = False
             for key, address in self.mesh.sources(place.id):
+                if not woken and self._read_to.get(key) == self.mesh.advertised_seq(place.id, key):
+                    continue
                 try:
                     await self.catch_up(key, address)
                 except IndexUnusable:
@@ -77,9 +87,23 @@ class CatchUp:
                                  shown(e, 300))
             # A peer that just came up may refuse us until it has heard back from us: soon again.
             retry = min(retry * 2, self.every) if failed else RETRY_CATCH_UP
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), retry if failed else self.every)
+            await self._ring(retry if failed else self.every)
+            woken = self.wake.is_set()
             self.wake.clear()
+            self._nudged.clear()
+
+    def nudge(self) -> None:
+        """A member's hello says its index moved on: look now, not at the next round."""
+        self._nudged.set()
+
+    async def _ring(self, timeout: float) -> None:
+        """Wait for a wake, a nudge or the timeout, whichever comes first."""
+        waits = [asyncio.create_task(e.wait()) for e in (self.wake, self._nudged)]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
 
     async def catch_up(self, key: str, address: str) -> None:
         """Take in what a peer's index holds that we have not taken from it yet."""
@@ -108,6 +132,7 @@ class CatchUp:
                 await self._take(key, page.records)
                 await asyncio.to_thread(index.set_peer_seq, folder, key, epoch, page.seq)
                 if not more:
+                    self._read_to[key] = page.seq
                     return
                 since = page.seq
         finally:  # the page ahead, when taking one failed: not wanted, nor its error

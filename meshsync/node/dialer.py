@@ -10,6 +10,7 @@ from collections.abc import Callable
 from meshsync.core import election as el
 from meshsync.core.errors import WireError
 from meshsync.core.ids import NodeId
+from meshsync.core.membership import Peer
 from meshsync.core.throttle import shown
 from meshsync.core.wire import Hello
 from meshsync.net.client import (
@@ -51,16 +52,34 @@ class Dialer:
 
     def addresses_to_contact(self, now: float) -> list[str]:
         """The addresses to greet now, none already being greeted."""
-        # Trusted peers every heartbeat; strangers now and then, as trust may have been added.
+        # Trusted peers when there is something to tell or learn (see `_due`); strangers now
+        # and then, as trust may have been added.
         hints = self._book.hints
+        everyone = self._peers.election.needs_hellos(now)
         known = {p.address for p in self._peers.roster if p.address and (
-            p.trusted or now - self._stranger_checked.get(p.address, -STRANGER_EVERY)
-            >= STRANGER_EVERY)}
+            self._due(p, everyone) if p.trusted else
+            now - self._stranger_checked.get(p.address, -STRANGER_EVERY) >= STRANGER_EVERY)}
         room = HINTS_DIALLED_AT_ONCE - sum(a in hints for a in self._inflight)
         due = sorted((a for a, h in hints.items()
                       if h.next_try <= now and a not in known and a not in self._inflight),
                      key=lambda a: hints[a].next_try)
         return sorted((known - self._inflight) | set(due[: max(room, 0)]))
+
+    def _due(self, peer: Peer, everyone: bool) -> bool:
+        """Whether a trusted peer gets a hello this heartbeat: as the election says (every one
+        while we ask around, one not up, one whose beats stopped), one whose trust in us is not
+        known, or one our hello would tell something new. In the steady state that is none:
+        liveness is the beats' (see `node.link`)."""
+        return (self._peers.election.greets(peer.id, self._peers.clock.now(), everyone)
+                or peer.trusts_us is not True or self._greeter.news_for(peer.id))
+
+    def probe(self, client: PeerClient, tg: asyncio.TaskGroup, peer_id: NodeId) -> None:
+        """A hello to a member now (its link closed: it may be gone, and a closed port says
+        so at once)."""
+        peer = self._peers.roster.get(peer_id)
+        if peer is not None and peer.address and peer.address not in self._inflight:
+            self._inflight.add(peer.address)
+            tg.create_task(self.contact(client, peer.address), name=f"probe {peer.address}")
 
     async def contact(self, client: PeerClient, address: str) -> None:
         """Learn who is at `address`, and if we trust it, send our hello and take its answer.
@@ -97,7 +116,8 @@ class Dialer:
                                      f"does not answer as a meshsync node ({e})")
             self._unreachable(address, closed=False)
         else:
-            self._take_reply(address, reply)
+            if self._take_reply(address, reply):
+                self._greeter.told(NodeId.of_key(reply.key), hello)
             peers.roster.measured(reply.key, reply.clock_offset)
         finally:
             self._inflight.discard(address)
@@ -142,13 +162,14 @@ class Dialer:
         if closed and peer is not None and self._peers.election.is_up(peer.id):
             self._feed(el.PeerLeft(peer.id, self._peers.clock.now()))
 
-    def _take_reply(self, address: str, reply: Reply) -> None:
+    def _take_reply(self, address: str, reply: Reply) -> bool:
+        """Take in a hello's answer; True if it was the trusted peer's hello."""
         peers = self._peers
         peer_id = NodeId.of_key(reply.key)
         self._book.answered(address)
         trusted = peers.trust.is_trusted(reply.key, host_of(address))
         if not trusted and peers.not_from_there(reply.key, address):
-            return
+            return False
         if reply.status == 403:
             before = peers.roster.get(peer_id)
             peers.roster.update(reply.key, trusted=trusted, trusts_us=False, address=address,
@@ -159,20 +180,21 @@ class Dialer:
                 peers.log_untrusted(peer_id, address)
             if peers.election.is_up(peer_id):
                 self._feed(el.PeerLeft(peer_id, peers.clock.now()))
-            return
+            return False
         if not trusted:
             peers.remember_stranger(reply.key, address, address=address)
-            return
+            return False
         if reply.status != 200:
             peers.log_peer_input(address, "status",
                                  f"answered HTTP {reply.status}: {shown(reply.body)}")
-            return
+            return False
         try:
             hello = Hello.from_json(reply.body)
         except WireError as e:
             peers.log_peer_input(address, "bad hello", f"sent a bad hello: {e}")
-            return
+            return False
         self._greeter.heard(reply.key, hello, address, trusts_us=True)
+        return True
 
     async def say_goodbye(self, client: PeerClient) -> None:
         """Tell every peer up that we are leaving."""

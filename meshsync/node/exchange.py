@@ -41,6 +41,14 @@ class Exchange:
         """(node key, address) of the online members sharing `folder`, coordinator first."""
         return [(p.id.key, p.address) for p in self._online_members(folder) if p.address]
 
+    def advertised_seq(self, folder: str, key: str) -> int | None:
+        """The last seq of a member's index for `folder`, by its latest hello; None if unsaid."""
+        for p in self._online_members(folder):
+            if p.id.key == key:
+                return next((g.seq for g in p.progress if g.folder == folder and g.seq >= 0),
+                            None)
+        return None
+
     async def publish(self, notice: Records, skip: frozenset[str] = frozenset()) -> None:
         """Send a notice to the coordinator and every other member sharing its folder: queued
         for each, so that no member waits for another, nor the caller for any."""

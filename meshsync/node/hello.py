@@ -39,57 +39,98 @@ class Greeter:
 
     def __init__(self, peers: Peers, book: AddressBook, stop: asyncio.Event,
                  wake: asyncio.Event, feed: Callable[[el.Event], None],
-                 trust_changed: Callable[[], None]) -> None:
+                 trust_changed: Callable[[], None],
+                 moved: Callable[[list[FolderId]], None]) -> None:
         self._peers = peers
         self._book = book
         self._stop = stop
         self._wake = wake
         self._feed = feed
         self._trust_changed = trust_changed
+        self._moved = moved  # told of folders whose index at a peer moved on
         self.progress: dict[FolderId, Progress] = {}  # ours, told in hellos
+        self._told: dict[NodeId, str] = {}  # the gist of the last hello each peer took
+        self._heard: dict[NodeId, str] = {}  # the gist of the last hello each peer gave
 
     async def handle_hello(self, key: bytes, hello: Hello, remote: str) -> Hello:
         """A trusted peer's hello (a heartbeat); the answer is ours."""
         peer = self.heard(key, hello, f"{remote}:{hello.port}", trusts_us=None)
         if peer.trusts_us is None:
             self._wake.set()  # say hello back at once: its answer tells whether it trusts us
-        return self.hello(peer.id)
+        answer = self.hello(peer.id)
+        self.told(peer.id, answer)
+        return answer
 
     def heard(self, key: bytes, hello: Hello, address: str, trusts_us: bool | None) -> Peer:
         """Take in a trusted peer's hello, whichever way it came."""
         peers = self._peers
         changes: dict[str, Any] = {"trusts_us": trusts_us} if trusts_us is not None else {}
+        before = peers.roster.get(NodeId.of_key(key))
+        seqs = {p.folder: p.seq for p in before.progress} if before is not None else {}
         peer, new = peers.roster.update(
             key, name=hello.name, address=address, trusted=True, folders=hello.folders,
             last_seen=peers.clock.wall(), progress=hello.progress, **changes,
         )
         if new:
             log.info("peer found: %s (%s) at %s, trusted", peer.id, shown(peer.name), address)
+        self._heard[peer.id] = hello.gist
+        moved = [p.folder for p in hello.progress if p.seq >= 0 and seqs.get(p.folder) != p.seq]
+        if moved:
+            self._moved(moved)
         if hello.member_keys is not None:
             self._take_introductions(key, hello.member_keys)
-        now = peers.clock.now()
-        if self._stop.is_set():
-            pass  # on our way out we take no part in elections, or we could win one and vanish
-        elif hello.term > el.term_ceiling(peers.clock.wall()):
-            # Not heard at all: a member that insists goes down, and the others stay together.
-            peers.log_peer_input(address, "term", f"claims term {hello.term}, more elections "
-                                                  "than any mesh can have held by now: ignored")
+        if not self.plausible(hello.term, address):
+            pass
         elif hello.leaving:
-            self._feed(el.PeerLeft(peer.id, now))
+            self._feed(el.PeerLeft(peer.id, peers.clock.now()))
         elif peer.is_member(peers.folder_ids):
-            term, coordinator, hears = hello.term, hello.coordinator, hello.hears_coordinator
-            if term > el.term_ceiling(peers.clock.wall() - MAX_OFFSET):
-                # Heard, but its claim is not taken until a node whose clock is as far behind
-                # ours as we accept would take it too: one pushed to our ceiling must not split
-                # us from them.
-                term, coordinator, hears = 0, None, False
-            self._feed(el.PeerHeard(peer.id, term, coordinator, now, hears))
+            self._feed(self.view_of(peer.id, hello.term, hello.coordinator,
+                                    hello.hears_coordinator))
             self._book.learn(hello.members)
         elif not peer.folders & peers.folder_ids and peers.throttle.allow(
             (peer.id, "no folder"), peers.clock.wall()
         ):
             log.info("peer %s (%s) shares no folder with this node", peer.id, shown(peer.name))
         return peer
+
+    def plausible(self, term: int, address: str) -> bool:
+        """Whether a member's word at `term` is heard at all: not on our way out (we take no
+        part in elections then, or we could win one and vanish), nor past the term ceiling (a
+        member that insists goes down, and the others stay together)."""
+        if self._stop.is_set():
+            return False
+        if term > el.term_ceiling(self._peers.clock.wall()):
+            self._peers.log_peer_input(address, "term", f"claims term {term}, more elections than "
+                                       "any mesh can have held by now: ignored")
+            return False
+        return True
+
+    def view_of(self, peer: NodeId, term: int, coordinator: NodeId | None,
+                hears: bool) -> el.PeerHeard:
+        """What a plausible member's word tells the election."""
+        peers = self._peers
+        if term > el.term_ceiling(peers.clock.wall() - MAX_OFFSET):
+            # Heard, but its claim is not taken until a node whose clock is as far behind ours
+            # as we accept would take it too: one pushed to our ceiling must not split us.
+            term, coordinator, hears = 0, None, False
+        return el.PeerHeard(peer, term, coordinator, peers.clock.now(), hears)
+
+    def told(self, peer: NodeId, hello: Hello) -> None:
+        """`peer` took this hello of ours (as our hello, or as the answer to its own)."""
+        self._told[peer] = hello.gist
+
+    def forget(self, peer: NodeId) -> None:
+        """`peer` may have lost what we told it (it went down): tell it again."""
+        self._told.pop(peer, None)
+
+    def news_for(self, peer: NodeId) -> bool:
+        """Whether our hello to `peer` now says more than the last one it took."""
+        return self._told.get(peer) != self.hello(peer).gist
+
+    def missed(self, peer: NodeId, said: str) -> bool:
+        """Whether `peer`'s hello to us now (its gist `said`, as its beat tells) is not the last
+        one we took from it: one of its hellos did not reach us."""
+        return bool(said) and self._heard.get(peer) != said
 
     def _take_introductions(self, key: bytes, announced: tuple[bytes, ...]) -> None:
         """Trust what a peer we marked introducer announces, and only while it announces it."""
@@ -173,3 +214,4 @@ class Greeter:
             return ()
         listed = set(peers.trust.known_keys(introduced=False))
         return tuple(p.key for p in found if p.key in listed)[:MAX_MEMBER_KEYS]
+

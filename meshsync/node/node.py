@@ -17,7 +17,7 @@ import signal
 from meshsync.control import server as control_server
 from meshsync.core import election as el
 from meshsync.core.ids import NodeId
-from meshsync.core.wire import BlockRequest, Hello, IndexRequest, Records
+from meshsync.core.wire import BlockRequest, FolderId, Hello, IndexRequest, Records
 from meshsync.crypto import tls
 from meshsync.crypto.keys import Signer
 from meshsync.crypto.trust import TrustStore
@@ -25,6 +25,7 @@ from meshsync.net.client import PeerClient
 from meshsync.net.discovery import Discovery
 from meshsync.net.listener import Limits, Listener, raise_open_file_limit, server_context
 from meshsync.net.server import bind, make_app, serve
+from meshsync.net.socket import LinkSocket
 from meshsync.node.addressbook import AddressBook
 from meshsync.node.clock import Clock
 from meshsync.node.command import Commands
@@ -35,6 +36,7 @@ from meshsync.node.exchange import Exchange
 from meshsync.node.folder import FolderSync, new_epoch
 from meshsync.node.hello import Greeter
 from meshsync.node.judge import Origin
+from meshsync.node.link import Links
 from meshsync.node.peers import Peers
 from meshsync.node.state import hold_state_dir, secure_state_dir
 from meshsync.store.index import Index
@@ -66,8 +68,10 @@ class Node:
         self._credentials = Credentials(signer, self._peers)
         self._book = AddressBook(self._peers, config.peers, self._wake)
         self._greeter = Greeter(self._peers, self._book, self._stop, self._wake, self._feed,
-                                self._trust_changed)
+                                self._trust_changed, self._index_moved)
         self._dialer = Dialer(self._peers, self._book, self._greeter, self._feed)
+        self._links = Links(self._peers, self._greeter, self._stop, self._feed, self._probe)
+        self._probing: tuple[PeerClient, asyncio.TaskGroup] | None = None  # once running
         self._exchange = Exchange(self._peers, self._folders)
         self._commands = Commands(self._peers, self._credentials, signer.public_blob,
                                   self._folders, self._feed, self._settled, self._stop,
@@ -103,6 +107,10 @@ class Node:
         """Send a notice to the coordinator and every other member sharing its folder."""
         await self._exchange.publish(notice)
 
+    def advertised_seq(self, folder: str, key: str) -> int | None:
+        """The last seq of a member's index for `folder`, by its latest hello."""
+        return self._exchange.advertised_seq(folder, key)
+
     async def fetch_blocks(self, address: str, request: BlockRequest) -> list[bytes | None]:
         """Blocks from one member."""
         return await self._exchange.fetch_blocks(address, request)
@@ -114,6 +122,10 @@ class Node:
     async def handle_hello(self, key: bytes, hello: Hello, remote: str) -> Hello:
         """A trusted peer's hello (a heartbeat); the answer is ours."""
         return await self._greeter.handle_hello(key, hello, remote)
+
+    async def handle_link(self, key: bytes, link: LinkSocket, remote: str) -> None:
+        """A member's heartbeat link, held until it closes."""
+        await self._links.handle_link(key, link, remote)
 
     async def handle_notice(self, key: bytes, notice: Records) -> None:
         """Changes made in the mesh, passed on to whom the relay rule says."""
@@ -157,7 +169,8 @@ class Node:
             certificate = await asyncio.to_thread(
                 tls.certificate_file, self.config.state, self._signer)
             listener = Listener(sock, server_context(str(certificate)),
-                                Limits.for_open_files(raise_open_file_limit()))
+                                Limits.for_open_files(raise_open_file_limit()),
+                                self._peers.member_at)
             runner, protocol = await serve(
                 make_app(self._credentials, self.id, self._clock.wall, self, listener))
             parts.push_async_callback(runner.cleanup)
@@ -171,6 +184,7 @@ class Node:
                      port, ", ".join(f"{f.id}={f.path}" for f in self.config.folders))
             async with asyncio.TaskGroup() as tg:
                 self._exchange.tasks = tg
+                self._probing = client, tg
                 tasks = [
                     tg.create_task(listener.run(protocol), name="listener"),
                     tg.create_task(discovery.run(self.id.label, str(self.id), port),
@@ -187,6 +201,7 @@ class Node:
                 for task in tasks:
                     task.cancel()
                 await self._dialer.say_goodbye(client)
+                self._links.close_all()
         log.info("stopped")
 
     async def _heartbeats(self, client: PeerClient, tg: asyncio.TaskGroup) -> None:
@@ -198,6 +213,7 @@ class Node:
                 self._trust_stamp = stamp
                 self._trust_changed()
             self._dialer.dial(client, tg, now)
+            self._links.maintain(client, tg)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), HEARTBEAT)
 
@@ -214,6 +230,18 @@ class Node:
             self._feed(el.Ticked(self._clock.now()))
             await asyncio.sleep(TICK)
 
+    def _probe(self, peer: NodeId) -> None:
+        """A hello to a member whose link closed, now."""
+        if self._probing is not None:
+            client, tg = self._probing
+            self._dialer.probe(client, tg, peer)
+
+    def _index_moved(self, folders: list[FolderId]) -> None:
+        """A member's index moved on in these folders: their catch-up looks now."""
+        for folder in folders:
+            if (sync := self._folders.get(folder)) is not None:
+                sync.catch_up.nudge()
+
     def _trust_changed(self) -> None:
         """Versions held back for their origin may be taken now."""
         for sync in self._folders.values():
@@ -229,6 +257,7 @@ class Node:
         match action:
             case el.Broadcast():
                 self._wake.set()
+                self._links.beat_now()
             case el.MarkUp(peer):
                 log.info("peer online: %s", describe(peer))
                 for sync in self._folders.values():
@@ -236,6 +265,7 @@ class Node:
                     sync.retry_now()  # it may hold what others could not supply
             case el.MarkDown(peer, reason):
                 log.info("peer down: %s (%s)", describe(peer), reason)
+                self._greeter.forget(peer)
             case el.OpenElection(term):
                 self._settled.clear()
                 log.info("election opened for term %d", term)

@@ -42,6 +42,11 @@ class Peers:
         peer = self.roster.get(peer_id)
         return peer is not None and peer.address is not None and self.election.is_up(peer_id)
 
+    def member_at(self, host: str) -> bool:
+        """Whether a trusted member was last reached at IP address `host`."""
+        return any(p.trusted and p.address and p.address.rpartition(":")[0].strip("[]") == host
+                   for p in self.roster)
+
     def describe(self, peer_id: NodeId) -> str:
         """A peer's ID and name, for the log."""
         if peer_id == self.me:

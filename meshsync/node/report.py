@@ -105,7 +105,7 @@ def progress(sync: Folder) -> Progress:
     index, folder = sync.place.index, sync.id
     files, size = index.need_totals(folder)
     state = _state(sync, files, index.held_count(folder), _waiting(sync, files))
-    return Progress(folder, state, files, size, index.counts(folder)[1])
+    return Progress(folder, state, files, size, index.counts(folder)[1], index.max_seq(folder))
 
 
 def _waiting(sync: Folder, files: int) -> int:

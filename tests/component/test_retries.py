@@ -8,6 +8,7 @@ lists each waiting path with why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -82,6 +83,9 @@ class Members:
 
     async def fetch_index(self, address: str, request: IndexRequest) -> Records:
         raise ConnectionError("not in these tests")
+
+    def advertised_seq(self, folder: str, key: str) -> int | None:
+        return None  # as a member that says nothing of its index: asked every round
 
     def taken(self) -> list[tuple[str, int]]:
         """The requests made since the last call."""
@@ -489,6 +493,61 @@ async def test_catching_up_reads_every_page_in_order_asking_for_the_next_while_j
     assert events == ["ask after 0", "take a,b", "ask after 2", "take c", "ask after 3",
                       "take "]
     assert index.peer_seq(FOLDER, "key0", "their epoch") == 3
+
+
+async def test_catch_up_asks_a_member_again_only_once_its_hellos_say_its_index_moved_on(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    asked: list[int] = []
+    seen = 0
+
+    class Resting(Members):
+        """A member whose index ends at `last`, and says so in its hellos."""
+
+        last = 3
+
+        def sources(self, folder: str) -> list[tuple[str, str]]:
+            nonlocal seen
+            seen += 1
+            return super().sources(folder)
+
+        def advertised_seq(self, folder: str, key: str) -> int | None:
+            return self.last
+
+        async def fetch_index(self, address: str, request: IndexRequest) -> Records:
+            asked.append(request.since)
+            return Records(FOLDER, (), "their epoch", self.last)
+
+    mesh = Resting()
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    sync.catch_up.every = 0.01
+
+    async def rounds_pass(count: int) -> None:
+        until = seen + count
+        while seen < until:  # noqa: ASYNC110 (rounds are counted, not signalled)
+            await asyncio.sleep(0.005)
+
+    running = asyncio.create_task(sync.catch_up.run())
+    try:
+        await asyncio.wait_for(rounds_pass(5), 10)
+        assert asked == [0]  # at start; then its index has not moved: not asked again
+        mesh.last = 7  # a change whose notice was lost: its next hello says seq 7
+        await asyncio.wait_for(rounds_pass(5), 10)
+        assert asked == [0, 3]
+        sync.catch_up.wake.set()  # it came online again: asked whatever its hellos say
+        await asyncio.wait_for(rounds_pass(3), 10)
+        assert asked == [0, 3, 7]
+        sync.catch_up.every = 3600.0
+        await asyncio.wait_for(rounds_pass(1), 10)
+        mesh.last = 9
+        sync.catch_up.nudge()  # a hello said so: asked now, not at the next round an hour on
+        async with asyncio.timeout(10):
+            while len(asked) < 4:  # noqa: ASYNC110 (requests are counted, not signalled)
+                await asyncio.sleep(0.005)
+        assert asked == [0, 3, 7, 7]
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
 
 
 async def test_a_small_file_is_written_while_a_big_one_is_still_being_fetched(

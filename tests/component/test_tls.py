@@ -46,6 +46,7 @@ from meshsync.net import server as server_module
 from meshsync.net.client import PeerClient, PeerMismatch, PeerUnreachable
 from meshsync.net.listener import Limits, Listener, server_context
 from meshsync.net.server import make_app, serve
+from meshsync.net.socket import LinkSocket
 
 HELLO = Hello("client", 22300, frozenset({FolderId("docs")}), 1, None)
 
@@ -103,6 +104,7 @@ class Node:
 
     signer: KeySigner
     hellos: list[Hello] = field(default_factory=list)
+    links: list[bytes] = field(default_factory=list)  # the keys that opened one
 
     def sign(self, message: bytes) -> bytes:
         return sshsig.sign(self.signer, message)
@@ -134,6 +136,12 @@ class Node:
 
     async def handle_blocks(self, key: bytes, request: BlockRequest) -> list[bytes | None]:
         raise AssertionError("not asked")
+
+    async def handle_link(self, key: bytes, link: LinkSocket, remote: str) -> None:
+        """Answers each frame with `echo:` and the frame, until the link closes."""
+        self.links.append(key)
+        while (text := await link.receive(5.0)) is not None:
+            await link.send(f"echo:{text}")
 
 
 @dataclass
@@ -222,6 +230,31 @@ async def test_a_request_pinned_to_another_key_is_never_sent(server: Running) ->
     assert server.node.hellos == []
 
 
+async def test_a_link_pinned_to_the_servers_key_carries_frames_both_ways_until_closed(
+        server: Running) -> None:
+    member = Node(new_key())
+    async with PeerClient(member, time.time) as client:
+        link = await client.open_link(server.address, server.node.signer.public_blob)
+        await link.send("beat 1")
+        assert await link.receive(5.0) == "echo:beat 1"
+        await link.send("beat 2")
+        assert await link.receive(5.0) == "echo:beat 2"
+        assert server.node.links == [member.signer.public_blob]  # its signed request proved it
+        await link.close()
+        assert link.closed
+        assert await link.receive(5.0) is None
+    async with asyncio.timeout(5):  # the server's end closes in turn
+        while server.listener.count() != (0, 0):  # noqa: ASYNC110 (a count, not an event)
+            await asyncio.sleep(0.01)
+
+
+async def test_a_link_pinned_to_another_key_is_never_opened(server: Running) -> None:
+    async with PeerClient(Node(new_key()), time.time) as client:
+        with pytest.raises(PeerMismatch):
+            await client.open_link(server.address, new_key().public_blob)
+    assert server.node.links == []
+
+
 async def test_a_server_whose_certificate_no_key_vouches_for_is_found_out(tmp_path: Path) -> None:
     key = Ed25519PrivateKey.generate()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshsync")])
@@ -292,6 +325,29 @@ async def test_when_too_many_are_unproven_the_oldest_goes_first(tmp_path: Path) 
         assert await closed(first[0], 2.0)
         assert listener.count() == (2, 2)
         for _, writer in (first, second, third):
+            writer.close()
+    finally:
+        task.cancel()
+        sock.close()
+
+
+async def test_when_too_many_are_unproven_a_strangers_go_before_a_members(
+        tmp_path: Path) -> None:
+    node = Node(new_key())
+    sock = listening()
+    listener = Listener(sock, server_context(str(tls.certificate_file(tmp_path, node.signer))),
+                        Limits(unproven=2, unproven_per_address=8, prove_within=30),
+                        known=lambda host: host == "127.0.0.2")
+    task = asyncio.create_task(listener.run(asyncio.Protocol))
+    host, port = sock.getsockname()
+    try:
+        member = await asyncio.open_connection(host, port, local_addr=("127.0.0.2", 0))
+        flood = [await open_raw(f"{host}:{port}") for _ in range(3)]
+        assert await closed(flood[0][0], 2.0)  # the oldest stranger's, not the older member's
+        assert await closed(flood[1][0], 2.0)
+        assert listener.count() == (2, 2)
+        assert not member[0].at_eof()
+        for _, writer in (member, *flood):
             writer.close()
     finally:
         task.cancel()

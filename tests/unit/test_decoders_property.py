@@ -30,15 +30,19 @@ from meshsync.core.records import BLOCK_SIZE, MAX_SIZE, MAX_TARGET, FileRecord, 
 from meshsync.core.signing import MAX_OFFSET, ReplayGuard, RequestHead
 from meshsync.core.vclock import MAX_COUNTER, MAX_ENTRIES, MAX_OWN_COUNTER, Vector
 from meshsync.core.wire import (
+    GIST_CHARS,
     MAX_BATCH_RECORDS,
+    MAX_BEAT_BYTES,
     MAX_BLOCKS_PER_REQUEST,
     MAX_FOLDERS,
     MAX_HELLO_BYTES,
     MAX_MEMBER_ADDRESSES,
     MAX_MEMBER_KEYS,
     MAX_NAME,
+    MAX_RELAYED,
     MAX_SEQ,
     STATES,
+    Beat,
     BlockRequest,
     FolderId,
     Hello,
@@ -408,7 +412,8 @@ def hello_parts(draw: st.DrawFn, folders: st.SearchStrategy[frozenset[FolderId]]
     named = draw(folders)
     some = sorted(named) if draw(st.booleans()) else draw(
         st.lists(st.sampled_from(sorted(named)), unique=True)) if named else []
-    return named, Tuple(Progress(f, draw(states), draw(counts), draw(counts), draw(counts))
+    return named, Tuple(Progress(f, draw(states), draw(counts), draw(counts), draw(counts),
+                                 draw(st.integers(-1, MAX_SEQ) | st.sampled_from([-1, MAX_SEQ])))
                         for f in some)
 
 
@@ -483,6 +488,51 @@ def test_a_hello_made_of_accepted_parts_is_accepted(
     hello = Hello(name, port, folders, term, coordinator, False, hears, members, keys, progress)
     assert len(hello.to_json()) <= MAX_HELLO_BYTES
     assert Hello.from_json(hello.to_json()) == hello
+    # What a beat says of it is what its recipient finds in it, whatever the members' order.
+    shuffled = dataclasses.replace(hello, members=hello.members[::-1], hears_coordinator=False)
+    assert Hello.from_json(shuffled.to_json()).gist == hello.gist
+
+
+# -- Beat -----------------------------------------------------------------------------------------
+
+BEATS = st.builds(
+    Beat,
+    term=st.integers(-1, 2**53 + 1) | st.sampled_from([0, 2**53, 2**53 + 1]),
+    coordinator=st.none() | NODE_IDS,
+    hears_coordinator=st.booleans(),
+    up=st.none() | st.lists(NODE_IDS, max_size=4).map(tuple)
+    | st.sampled_from([MAX_RELAYED, MAX_RELAYED + 1]).map(
+        lambda n: Tuple(NodeId(bytes([i % 256, i // 256]) * 16) for i in range(n))),
+    said=st.sampled_from(["", "0123456789abcdef", "0" * (GIST_CHARS + 1), "ABCDEF", "g"])
+    | st.text("0123456789abcdef", max_size=GIST_CHARS) | TEXT,
+)
+
+
+@given(st.binary() | damaged_bytes(BEATS.map(lambda b: b.to_json().encode())))
+def test_a_beat_from_any_bytes_is_a_beat_or_a_wire_error(body: bytes) -> None:
+    beat = decoded(Beat.from_json, body)
+    if beat is not None:
+        assert Beat.from_json(beat.to_json()) == beat
+
+
+@given(JSON_OBJECTS | damaged_json(BEATS.map(lambda b: json.loads(b.to_json()))))
+def test_a_beat_from_any_json_object_is_a_beat_or_a_wire_error(data: dict[str, Any]) -> None:
+    beat = decoded(Beat.from_json, json.dumps(data))
+    if beat is not None:
+        assert Beat.from_json(beat.to_json()) == beat
+
+
+@BIG
+@given(BEATS)
+def test_an_extreme_beat_round_trips_or_is_refused_and_the_largest_valid_one_fits(
+        beat: Beat) -> None:
+    again = decoded(Beat.from_json, beat.to_json())
+    assert again is None or again == beat
+    valid = (0 <= beat.term <= 2**53 and (beat.up is None or len(beat.up) <= MAX_RELAYED)
+             and len(beat.said) <= GIST_CHARS and set(beat.said) <= set("0123456789abcdef"))
+    assert (again is not None) == valid
+    if valid:
+        assert len(beat.to_json()) <= MAX_BEAT_BYTES
 
 
 @given(ADDRESSES)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from meshsync.core.election import (
     DOWN_AFTER,
     GRACE,
+    SUSPECT,
     TERM_BASE,
     TERM_EPOCH,
     TERMS_PER_SECOND,
@@ -24,6 +25,7 @@ from meshsync.core.election import (
     OpenElection,
     PeerHeard,
     PeerLeft,
+    PeersRelayed,
     StepDown,
     Ticked,
     term_ceiling,
@@ -220,8 +222,11 @@ STEP = 0.1
 
 
 class Mesh:
-    """Election machines that hello each other every HEARTBEAT over the links that are up (each
-    hello answered in kind, as nodes do), at once when one asks to broadcast, ticked every STEP."""
+    """Election machines over the links that are up, heartbeating as nodes do: each HEARTBEAT
+    a member beats with its coordinator (answered with the members the coordinator hears
+    itself), and says hello (answered in kind) to the members it does not count as up, or to
+    all of them when its machine asks (`needs_hellos`); a node that asks to broadcast says
+    hello to every neighbour at once. Every machine is ticked each STEP."""
 
     def __init__(self, nodes: Iterable[NodeId], links: Iterable[tuple[NodeId, NodeId]],
                  phases: dict[NodeId, float] | None = None) -> None:
@@ -231,6 +236,8 @@ class Mesh:
         self.next_hello = {n: (phases or {}).get(n, 0.0) for n in self.machines}
         self.woken: set[NodeId] = set()
         self.history: list[tuple[float, NodeId, int]] = []  # (when, node, term) at every change
+        self.hellos = 0  # hellos sent, answers not counted
+        self.beats = 0
 
     def view(self, node: NodeId) -> tuple[int, NodeId | None]:
         machine = self.machines[node]
@@ -258,26 +265,50 @@ class Mesh:
             self.now = round(self.now + STEP, 6)
             for node in list(self.machines):
                 self._feed(node, Ticked(self.now))
-            self.woken |= {n for n in self.machines if self.next_hello[n] <= self.now}
+            for node in sorted(n for n in self.machines if self.next_hello[n] <= self.now):
+                if node in self.machines:
+                    self.next_hello[node] = self.now + HEARTBEAT
+                    self._heartbeat(node)
             for _ in range(20):  # a storm of broadcasts would stop here and show as churn
                 if not self.woken:
                     break
                 woken, self.woken = sorted(self.woken), set()
                 for node in woken:
                     if node in self.machines:
-                        self.next_hello[node] = self.now + HEARTBEAT
                         for peer in self._neighbours(node):
                             self._hello(node, peer)
 
     def _neighbours(self, node: NodeId) -> list[NodeId]:
         return sorted(p for p in self.machines if p != node and frozenset((node, p)) in self.links)
 
+    def _heartbeat(self, node: NodeId) -> None:
+        machine = self.machines[node]
+        everyone = machine.needs_hellos(self.now)
+        for peer in self._neighbours(node):
+            if machine.greets(peer, self.now, everyone):
+                self._hello(node, peer)
+        coordinator = machine.coordinator
+        if coordinator is not None and coordinator != node and coordinator in self._neighbours(
+                node):
+            self._beat(node, coordinator)
+
     def _hello(self, sender: NodeId, receiver: NodeId) -> None:
+        self.hellos += 1
         for a, b in ((sender, receiver), (receiver, sender)):  # the hello, then its answer
             if a in self.machines and b in self.machines:
                 said = self.machines[a]
                 hears = said.hears_coordinator(a, self.now)
                 self._feed(b, PeerHeard(a, said.term, said.coordinator, self.now, hears))
+
+    def _beat(self, member: NodeId, coordinator: NodeId) -> None:
+        self.beats += 1
+        self._hello(member, coordinator)
+        self.hellos -= 1
+        if member in self.machines and coordinator in self.machines:
+            said = self.machines[coordinator]
+            if said.coordinator == coordinator:
+                relayed = PeersRelayed(coordinator, said.heard_directly(self.now), self.now)
+                self._feed(member, relayed)
 
     def _feed(self, node: NodeId, event: Event) -> None:
         machine = self.machines[node]
@@ -395,6 +426,78 @@ def test_members_that_never_heard_their_coordinator_do_not_keep_it_alive_for_eac
     assert {mesh.view(n) for n in (B, C)} == {(4, B)}
     mesh.run(60.0)
     assert mesh.terms_since(DOWN_AFTER + STEP) == 0
+
+
+def test_a_settled_mesh_beats_with_its_coordinator_alone_and_every_member_stays_live():
+    mesh = Mesh([A, B, C, D], itertools.combinations([A, B, C, D], 2),
+                {A: 0.3, B: 0.6, C: 0.9, D: 0.1})
+    mesh.run(10.0)
+    hellos, beats = mesh.hellos, mesh.beats
+    mesh.run(70.0)
+    assert mesh.hellos == hellos  # no hello between members: the heartbeats are a star
+    assert mesh.beats - beats == 3 * 60  # one a second from each of B, C and D to A
+    assert mesh.terms_since(10.0) == 0
+    for node in (B, C, D):
+        assert mesh.machines[node].live() == [A, B, C, D]
+
+
+def test_a_relay_from_anyone_but_the_coordinator_we_hear_moves_nothing():
+    e = Election(me=C, started=0.0)
+    e.handle(PeerHeard(A, 1, A, 0.5, hears_coordinator=True))
+    assert e.handle(PeersRelayed(B, (D,), 0.6)) == []  # B is not the coordinator
+    assert not e.is_up(D)
+    assert e.handle(PeersRelayed(A, (D, C, A), 0.7)) == [MarkUp(D)]
+    assert e.handle(PeersRelayed(A, (D,), 0.5 + DOWN_AFTER + 0.1)) == []  # A itself gone quiet
+    assert e.handle(Ticked(0.7 + DOWN_AFTER + 0.1)) == [
+        MarkDown(A, "silent for 3 s"), MarkDown(D, "silent for 3 s"),
+        OpenElection(2), Broadcast(), FollowCoordinator(C, 2), Broadcast()]
+
+
+def test_a_relay_does_not_bring_back_a_member_we_saw_leave_until_it_could_be_back():
+    e = Election(me=C, started=0.0)
+    e.handle(PeerHeard(A, 1, A, 0.5, hears_coordinator=True))
+    e.handle(PeerHeard(B, 1, A, 0.5, hears_coordinator=True))
+    e.handle(PeerLeft(B, 1.0))  # its goodbye reached us before it reached A
+    assert e.handle(PeersRelayed(A, (B,), 1.1)) == []
+    assert not e.is_up(B)
+    e.handle(PeerHeard(A, 1, A, 3.0, hears_coordinator=True))
+    assert e.handle(PeersRelayed(A, (B,), 4.1)) == [MarkUp(B)]  # A still hears it: back
+
+
+def test_a_member_relayed_live_keeps_no_vouch_so_a_closed_coordinator_is_replaced_at_once():
+    e = Election(me=C, started=0.0)
+    e.handle(PeerHeard(A, 1, A, 0.5, hears_coordinator=True))
+    e.handle(PeerHeard(B, 1, A, 0.5, hears_coordinator=True))  # B said it, directly, once
+    for second in range(1, 10):
+        e.handle(PeerHeard(A, 1, A, second + 0.5, hears_coordinator=True))
+        e.handle(PeersRelayed(A, (B, C), second + 0.5))
+    assert e.is_up(B)
+    assert not e.hears_coordinator(B, 10.0)  # relayed live, but its word to us is old
+    assert e.handle(PeerLeft(A, 10.0)) == [MarkDown(A, "left"), OpenElection(2), Broadcast()]
+
+
+def test_a_member_asks_everyone_once_its_coordinator_is_silent_for_a_beat_and_a_half():
+    e = Election(me=C, started=0.0)
+    assert e.needs_hellos(0.0)  # no coordinator yet
+    e.handle(PeerHeard(A, 1, A, 1.0, hears_coordinator=True))
+    assert not e.needs_hellos(1.0 + SUSPECT)
+    assert e.needs_hellos(1.1 + SUSPECT)
+    e.handle(PeersRelayed(A, (B,), 1.0 + SUSPECT))  # a relay is not a hearing of A
+    assert e.needs_hellos(1.1 + SUSPECT)
+    assert not e.greets(B, 1.1 + SUSPECT, everyone=False)  # relayed live: its beats are A's
+    lone = Election(me=A, started=0.0)
+    lone.handle(Ticked(GRACE))
+    assert lone.coordinator == A
+    assert not lone.needs_hellos(100.0)  # members beat with it
+
+
+def test_a_coordinator_greets_a_member_whose_beats_stopped_before_it_counts_it_down():
+    e = Election(me=A, started=0.0)
+    e.handle(Ticked(GRACE))
+    e.handle(PeerHeard(B, 1, A, 3.0, hears_coordinator=True))
+    assert not e.greets(B, 3.0 + SUSPECT, everyone=False)
+    assert e.greets(B, 3.1 + SUSPECT, everyone=False)  # its link may be down, not it
+    assert e.greets(C, 3.0, everyone=False)  # never heard: not up
 
 
 def _parts(nodes: list[NodeId], links: set[frozenset[NodeId]]) -> list[set[NodeId]]:
