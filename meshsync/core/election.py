@@ -202,6 +202,11 @@ class Election:
         beats name when we coordinate."""
         return tuple(sorted(p for p in self._members if self._fresh(p, now)))
 
+    def heard_at(self, peer: NodeId) -> float | None:
+        """When we last heard of a member (from it, or by our coordinator's word)."""
+        member = self._members.get(peer)
+        return member.last_heard if member is not None else None
+
     def is_up(self, peer: NodeId) -> bool:
         """Whether a member is live."""
         member = self._members.get(peer)
@@ -252,7 +257,12 @@ class Election:
                 if member is not None and member.up:
                     member.up, member.down_at = False, now
                     actions.append(MarkDown(peer, "left"))
-                actions += self._settle(now)
+                settled = self._settle(now)
+                if peer == self.coordinator and not settled:
+                    # Still vouched for by members that heard it lately: tell them at once
+                    # that we found it gone, so that they look (and stop vouching) now.
+                    settled = [Broadcast()]
+                actions += settled
             case ElectionForced(now):
                 actions += self._open(self.term + 1)
                 actions += self._settle(now)

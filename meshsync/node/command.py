@@ -119,6 +119,15 @@ class Commands:
         return {"term": self._peers.election.term,
                 "coordinator": str(coordinator) if coordinator else None}
 
+    def _last_seen(self, peer: Peer) -> float | None:
+        """When a peer was last heard of (wall clock): by us, or by our coordinator's word."""
+        peers = self._peers
+        heard = peers.election.heard_at(peer.id)
+        if heard is None:
+            return peer.last_seen
+        relayed = peers.clock.wall() - (peers.clock.now() - heard)
+        return max(relayed, peer.last_seen or 0.0)
+
     def peers_json(self) -> list[dict[str, Any]]:
         """`meshsync peers`: this node, then every peer it knows, by ID."""
         peers = self._peers
@@ -140,7 +149,8 @@ class Commands:
                 "role": "coordinator" if peer.id == coordinator else
                         "member" if member else "peer",
                 "state": peer.state(election.is_up(peer.id)),
-                "self": False, "last_seen": peer.last_seen, "folders": sorted(peer.folders),
+                "self": False, "last_seen": self._last_seen(peer),
+                "folders": sorted(peer.folders),
                 "clock_offset": None if peer.clock_offset is None else round(peer.clock_offset, 1),
                 "via_introducer": next(
                     (str(NodeId.of_key(k)) for k in peers.trust.introducers_of(peer.key)), None),

@@ -42,6 +42,7 @@ class Dialer:
         self._greeter = greeter
         self._feed = feed
         self._inflight: set[str] = set()
+        self.linked: Callable[[NodeId], bool] = lambda peer: False  # a heartbeat link is open
         self._stranger_checked: dict[str, float] = {}
 
     def dial(self, client: PeerClient, tg: asyncio.TaskGroup, now: float) -> None:
@@ -67,10 +68,13 @@ class Dialer:
 
     def _due(self, peer: Peer, everyone: bool) -> bool:
         """Whether a trusted peer gets a hello this heartbeat: as the election says (every one
-        while we ask around, one not up, one whose beats stopped), one whose trust in us is not
-        known, or one our hello would tell something new. In the steady state that is none:
-        liveness is the beats' (see `node.link`)."""
-        return (self._peers.election.greets(peer.id, self._peers.clock.now(), everyone)
+        while we ask around, one not up, one whose beats stopped), our coordinator while no
+        link to it is open (a closed link is how a crash is noticed at once), one whose trust
+        in us is not known, or one our hello would tell something new. In the steady state
+        that is none: liveness is the beats' (see `node.link`)."""
+        election = self._peers.election
+        return (election.greets(peer.id, self._peers.clock.now(), everyone)
+                or (peer.id == election.coordinator and not self.linked(peer.id))
                 or peer.trusts_us is not True or self._greeter.news_for(peer.id))
 
     def probe(self, client: PeerClient, tg: asyncio.TaskGroup, peer_id: NodeId) -> None:

@@ -40,7 +40,8 @@ class Greeter:
     def __init__(self, peers: Peers, book: AddressBook, stop: asyncio.Event,
                  wake: asyncio.Event, feed: Callable[[el.Event], None],
                  trust_changed: Callable[[], None],
-                 moved: Callable[[list[FolderId]], None]) -> None:
+                 moved: Callable[[list[FolderId]], None],
+                 doubted: Callable[[NodeId], None]) -> None:
         self._peers = peers
         self._book = book
         self._stop = stop
@@ -48,6 +49,7 @@ class Greeter:
         self._feed = feed
         self._trust_changed = trust_changed
         self._moved = moved  # told of folders whose index at a peer moved on
+        self._doubted = doubted  # told of a coordinator a member does not hear: probe it
         self.progress: dict[FolderId, Progress] = {}  # ours, told in hellos
         self._told: dict[NodeId, str] = {}  # the gist of the last hello each peer took
         self._heard: dict[NodeId, str] = {}  # the gist of the last hello each peer gave
@@ -87,6 +89,11 @@ class Greeter:
             self._feed(self.view_of(peer.id, hello.term, hello.coordinator,
                                     hello.hears_coordinator))
             self._book.learn(hello.members)
+            coordinator = peers.election.coordinator
+            if (hello.coordinator == coordinator and not hello.hears_coordinator
+                    and coordinator not in (None, peers.me, peer.id)
+                    and peers.election.is_up(coordinator)):
+                self._doubted(coordinator)  # a member does not hear it: is it gone?
         elif not peer.folders & peers.folder_ids and peers.throttle.allow(
             (peer.id, "no folder"), peers.clock.wall()
         ):

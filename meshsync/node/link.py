@@ -23,6 +23,7 @@ from meshsync.core.throttle import shown
 from meshsync.core.wire import Beat
 from meshsync.net.client import PeerClient, PeerError
 from meshsync.net.socket import LinkSocket
+from meshsync.node.addressbook import host_of
 from meshsync.node.hello import Greeter
 from meshsync.node.peers import Peers
 
@@ -81,6 +82,10 @@ class Links:
         self._opening = target
         tg.create_task(self._open(client, target, peer.key, peer.address),
                        name=f"link {peer.address}")
+
+    def linked(self, peer: NodeId) -> bool:
+        """Whether a link with `peer` is open."""
+        return peer in self._links
 
     def beat_now(self) -> None:
         """Our view changed: say so on every link, not at the next beat."""
@@ -183,6 +188,11 @@ class Links:
             self._take(link, beat)
 
     def _take(self, link: _Link, beat: Beat) -> None:
+        peers = self._peers
+        peer = peers.roster.get(link.peer)
+        if peer is None or not peers.trust.is_trusted(peer.key, host_of(link.address)):
+            self._close(link)  # trust withdrawn since the link opened: its word counts no more
+            return
         if beat.up is not None:
             link.relayed = beat.up
         if not self._greeter.plausible(beat.term, link.address):

@@ -68,9 +68,10 @@ class Node:
         self._credentials = Credentials(signer, self._peers)
         self._book = AddressBook(self._peers, config.peers, self._wake)
         self._greeter = Greeter(self._peers, self._book, self._stop, self._wake, self._feed,
-                                self._trust_changed, self._index_moved)
+                                self._trust_changed, self._index_moved, self._probe)
         self._dialer = Dialer(self._peers, self._book, self._greeter, self._feed)
         self._links = Links(self._peers, self._greeter, self._stop, self._feed, self._probe)
+        self._dialer.linked = self._links.linked
         self._probing: tuple[PeerClient, asyncio.TaskGroup] | None = None  # once running
         self._exchange = Exchange(self._peers, self._folders)
         self._commands = Commands(self._peers, self._credentials, signer.public_blob,

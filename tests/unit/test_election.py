@@ -476,6 +476,17 @@ def test_a_member_relayed_live_keeps_no_vouch_so_a_closed_coordinator_is_replace
     assert e.handle(PeerLeft(A, 10.0)) == [MarkDown(A, "left"), OpenElection(2), Broadcast()]
 
 
+def test_a_member_that_finds_a_vouched_coordinator_gone_tells_the_others_at_once():
+    e = Election(me=C, started=0.0)
+    e.handle(PeerHeard(A, 1, A, 0.5, hears_coordinator=True))
+    e.handle(PeerHeard(B, 1, A, 0.6, hears_coordinator=True))  # B heard A a moment ago
+    assert e.handle(PeerLeft(A, 0.7)) == [MarkDown(A, "left"), Broadcast()]
+    assert (e.term, e.coordinator) == (1, A)  # B's word keeps it until B looks for itself
+    # B found it gone too: no vouch is left, and B, the lowest live, will claim term 2.
+    assert e.handle(PeerHeard(B, 1, A, 0.8, hears_coordinator=False)) == [
+        OpenElection(2), Broadcast()]
+
+
 def test_a_member_asks_everyone_once_its_coordinator_is_silent_for_a_beat_and_a_half():
     e = Election(me=C, started=0.0)
     assert e.needs_hellos(0.0)  # no coordinator yet
