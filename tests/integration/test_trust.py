@@ -96,6 +96,8 @@ def test_a_key_added_to_authorized_keys_is_trusted_without_a_restart(make_lan):
         (p["id"], p["state"]) for p in h1.json("peers") if not p["self"]
     ] == [(str(h2.id), "untrusted")], 10)
     h1.trust(h2)  # the user edits ~/.ssh/authorized_keys by hand
-    lowest = min(h1, h2, key=lambda h: h.id)
-    wait_for("the two to form a mesh", lambda: agreed([h1, h2], lowest)
+    # One coordinator for both: the lowest ID, or h1 if h2 met it before h2's start-up grace
+    # ended (a coordinator is sticky: a lower ID that joins does not take over).
+    wait_for("the two to form a mesh", lambda: h1.election() == h2.election()
+             and h1.election()[1] in (str(h1.id), str(min(h1.id, h2.id)))
              and h1.peer_states() == {"h2": "online"}, 10)
