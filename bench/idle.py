@@ -6,9 +6,12 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import subprocess
+import sys
 import time
 
-from bench.mesh import agree, idle, latencies, mesh, pid, synced
+from bench.measure import cpu_seconds
+from bench.mesh import SETTLE, agree, idle, latencies, mesh, pid, synced
 from bench.payload import shape, small_files
 from bench.plan import Bench, Figures
 from bench.table import NONE, Figure, latency_ratio, mib, percentiles, seconds
@@ -27,13 +30,36 @@ def _idle_figure(cpu: float, wire: float) -> str:
     return f"{cpu:.2f} CPU-s, {mib(wire)} per node per minute"
 
 
+# The file watcher meshsync runs (watchfiles polls its change queue every `step` ms), alone
+# on an empty folder: the floor of a node's idle CPU, whatever the mesh does.
+WATCHER_ALONE = """
+import asyncio, sys, tempfile
+from pathlib import Path
+from meshsync.fs.watch import watch
+async def main():
+    async for _ in watch(Path(tempfile.mkdtemp())):
+        pass
+asyncio.run(main())
+"""
+
+
 def three_idle(bench: Bench) -> Figures:
-    """Three nodes with nothing changing; then the coordinator killed, again and again."""
+    """Three nodes with nothing changing, beside meshsync's file watcher alone; then the
+    coordinator killed, again and again."""
     plan = bench.plan
     with mesh(bench.tmp / "idle3", 3) as lan:
         _small_tree(lan)
-        cpu, wire = idle(lan.hosts, plan.idle_mesh)
-        yield Figure(_idle_figure(cpu, wire))
+        watcher = subprocess.Popen([sys.executable, "-c", WATCHER_ALONE])
+        try:
+            time.sleep(SETTLE)
+            before, start = cpu_seconds(watcher.pid), time.monotonic()
+            cpu, wire = idle(lan.hosts, plan.idle_mesh)
+            floor = (cpu_seconds(watcher.pid) - before) * 60 / (time.monotonic() - start)
+        finally:
+            watcher.kill()
+            watcher.wait()
+        yield Figure(_idle_figure(cpu, wire), f"its file watcher alone: {floor:.2f} CPU-s",
+                     f"{cpu / floor:.1f}x" if floor else NONE)
         h1, *others = lan.hosts
         bench.mesh3 = cpu, wire, list(itertools.islice(latencies(h1, others, "three"),
                                                        plan.samples))

@@ -63,7 +63,6 @@ class CatchUp:
         self._take = take
         self._too_large = too_large
         self._read_to: dict[str, int] = {}  # member key -> its last seq we read, this run
-        self._nudged = asyncio.Event()
 
     async def run(self) -> None:
         """Catch up from every online member, again each interval or when woken; between
@@ -87,23 +86,12 @@ class CatchUp:
                                  shown(e, 300))
             # A peer that just came up may refuse us until it has heard back from us: soon again.
             retry = min(retry * 2, self.every) if failed else RETRY_CATCH_UP
-            await self._ring(retry if failed else self.every)
-            woken = self.wake.is_set()
+            try:
+                await asyncio.wait_for(self.wake.wait(), retry if failed else self.every)
+                woken = True
+            except TimeoutError:
+                woken = False
             self.wake.clear()
-            self._nudged.clear()
-
-    def nudge(self) -> None:
-        """A member's hello says its index moved on: look now, not at the next round."""
-        self._nudged.set()
-
-    async def _ring(self, timeout: float) -> None:
-        """Wait for a wake, a nudge or the timeout, whichever comes first."""
-        waits = [asyncio.create_task(e.wait()) for e in (self.wake, self._nudged)]
-        try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waits:
-                task.cancel()
 
     async def catch_up(self, key: str, address: str) -> None:
         """Take in what a peer's index holds that we have not taken from it yet."""

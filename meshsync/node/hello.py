@@ -40,7 +40,6 @@ class Greeter:
     def __init__(self, peers: Peers, book: AddressBook, stop: asyncio.Event,
                  wake: asyncio.Event, feed: Callable[[el.Event], None],
                  trust_changed: Callable[[], None],
-                 moved: Callable[[list[FolderId]], None],
                  doubted: Callable[[NodeId], None]) -> None:
         self._peers = peers
         self._book = book
@@ -48,7 +47,6 @@ class Greeter:
         self._wake = wake
         self._feed = feed
         self._trust_changed = trust_changed
-        self._moved = moved  # told of folders whose index at a peer moved on
         self._doubted = doubted  # told of a coordinator a member does not hear: probe it
         self.progress: dict[FolderId, Progress] = {}  # ours, told in hellos
         self._told: dict[NodeId, str] = {}  # the gist of the last hello each peer took
@@ -67,8 +65,6 @@ class Greeter:
         """Take in a trusted peer's hello, whichever way it came."""
         peers = self._peers
         changes: dict[str, Any] = {"trusts_us": trusts_us} if trusts_us is not None else {}
-        before = peers.roster.get(NodeId.of_key(key))
-        seqs = {p.folder: p.seq for p in before.progress} if before is not None else {}
         peer, new = peers.roster.update(
             key, name=hello.name, address=address, trusted=True, folders=hello.folders,
             last_seen=peers.clock.wall(), progress=hello.progress, **changes,
@@ -76,9 +72,6 @@ class Greeter:
         if new:
             log.info("peer found: %s (%s) at %s, trusted", peer.id, shown(peer.name), address)
         self._heard[peer.id] = hello.gist
-        moved = [p.folder for p in hello.progress if p.seq >= 0 and seqs.get(p.folder) != p.seq]
-        if moved:
-            self._moved(moved)
         if hello.member_keys is not None:
             self._take_introductions(key, hello.member_keys)
         if not self.plausible(hello.term, address):

@@ -17,7 +17,7 @@ import signal
 from meshsync.control import server as control_server
 from meshsync.core import election as el
 from meshsync.core.ids import NodeId
-from meshsync.core.wire import BlockRequest, FolderId, Hello, IndexRequest, Records
+from meshsync.core.wire import BlockRequest, Hello, IndexRequest, Records
 from meshsync.crypto import tls
 from meshsync.crypto.keys import Signer
 from meshsync.crypto.trust import TrustStore
@@ -68,7 +68,7 @@ class Node:
         self._credentials = Credentials(signer, self._peers)
         self._book = AddressBook(self._peers, config.peers, self._wake)
         self._greeter = Greeter(self._peers, self._book, self._stop, self._wake, self._feed,
-                                self._trust_changed, self._index_moved, self._probe)
+                                self._trust_changed, self._probe)
         self._dialer = Dialer(self._peers, self._book, self._greeter, self._feed)
         self._links = Links(self._peers, self._greeter, self._stop, self._feed, self._probe)
         self._dialer.linked = self._links.linked
@@ -236,12 +236,6 @@ class Node:
         if self._probing is not None:
             client, tg = self._probing
             self._dialer.probe(client, tg, peer)
-
-    def _index_moved(self, folders: list[FolderId]) -> None:
-        """A member's index moved on in these folders: their catch-up looks now."""
-        for folder in folders:
-            if (sync := self._folders.get(folder)) is not None:
-                sync.catch_up.nudge()
 
     def _trust_changed(self) -> None:
         """Versions held back for their origin may be taken now."""
