@@ -167,8 +167,8 @@ class Links:
             try:
                 text = await link.socket.receive(SILENT)
             except TimeoutError:
-                log.info("link with %s silent for %.0f s: closed", peers.describe(link.peer),
-                         SILENT)
+                peers.log_peer_input(link.address, "silent link",
+                                     f"sent nothing on its link for {SILENT:.0f} s: closed")
                 return
             if text is None:
                 return  # closed, or a frame no node sends
