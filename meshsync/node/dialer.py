@@ -78,8 +78,8 @@ class Dialer:
                 or peer.trusts_us is not True or self._greeter.news_for(peer.id))
 
     def probe(self, client: PeerClient, tg: asyncio.TaskGroup, peer_id: NodeId) -> None:
-        """A hello to a member now (its link closed: it may be gone, and a closed port says
-        so at once)."""
+        """A hello to a member now: its link closed (it may be gone, and a closed port says so
+        at once), a member does not hear it, or its beat says a hello of its missed us."""
         peer = self._peers.roster.get(peer_id)
         if peer is not None and peer.address and peer.address not in self._inflight:
             self._inflight.add(peer.address)
