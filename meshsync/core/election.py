@@ -251,6 +251,13 @@ class Election:
                         self._members[peer] = _Member(last_heard=now)
                     else:
                         member.last_heard = now
+                named = set(relayed)
+                for peer, member in self._members.items():
+                    if (member.up and peer != by and peer not in named
+                            and not self._fresh(peer, now)):
+                        # Known live only by the coordinator's word, which it no longer gives.
+                        member.up, member.down_at = False, now
+                        actions.append(MarkDown(peer, "no longer heard by the coordinator"))
                 actions += self._settle(now)
             case PeerLeft(peer, now):
                 member = self._members.get(peer)

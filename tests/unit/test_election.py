@@ -453,6 +453,18 @@ def test_a_relay_from_anyone_but_the_coordinator_we_hear_moves_nothing():
         OpenElection(2), Broadcast(), FollowCoordinator(C, 2), Broadcast()]
 
 
+def test_a_member_known_only_by_relay_is_down_once_the_coordinator_stops_naming_it():
+    e = Election(me=C, started=0.0)
+    e.handle(PeerHeard(A, 1, A, 0.5, hears_coordinator=True))
+    e.handle(PeerHeard(D, 1, A, 0.5, hears_coordinator=True))  # D, heard directly
+    assert e.handle(PeersRelayed(A, (B, D), 0.6)) == [MarkUp(B)]
+    e.handle(PeerHeard(A, 1, A, 1.5, hears_coordinator=True))
+    # A names neither now: B, known by its word alone, is down at once; D we heard ourselves.
+    assert e.handle(PeersRelayed(A, (), 1.5)) == [
+        MarkDown(B, "no longer heard by the coordinator")]
+    assert e.is_up(D)
+
+
 def test_a_relay_does_not_bring_back_a_member_we_saw_leave_until_it_could_be_back():
     e = Election(me=C, started=0.0)
     e.handle(PeerHeard(A, 1, A, 0.5, hears_coordinator=True))
