@@ -457,7 +457,22 @@ class BlockRequest:
 
 def pack_blocks(blocks: list[bytes | None]) -> bytes:
     """The answer to a BlockRequest: per hash asked, u32 length then data (length 0: absent)."""
-    return b"".join(struct.pack(">I", len(b or b"")) + (b or b"") for b in blocks)
+    return b"".join(block_frames(blocks))
+
+
+def block_frames(blocks: list[bytes | None]) -> Iterator[bytes]:
+    """The answer to a BlockRequest a frame at a time, to be written as it goes."""
+    for block in blocks:
+        yield struct.pack(">I", len(block or b"")) + (block or b"")
+
+
+def blocks_digest(blocks: list[bytes | None]) -> str:
+    """`frames_digest` of `pack_blocks(blocks)`, without packing them."""
+    frames = hashlib.sha256()
+    for block in blocks:
+        frames.update(struct.pack(">I", len(block or b"")))
+    frames.update(struct.pack(">q", 0))
+    return "frames-sha256=" + frames.hexdigest()
 
 
 def frames_digest(body: bytes) -> str:

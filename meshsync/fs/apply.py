@@ -9,7 +9,7 @@ import itertools
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -210,21 +210,34 @@ def sync(root: Path) -> None:
 
 def read_block(root: Path, path: RelPath, index: int) -> bytes | None:
     """Block `index` of the local file (short at the end); None if gone, odd, or too short."""
+    return read_blocks(root, path, (index,)).get(index)
+
+
+def read_blocks(root: Path, path: RelPath, indexes: Iterable[int]) -> dict[int, bytes]:
+    """Blocks of the local file (the last one short), through one open: those it holds now,
+    none if it is gone or not a file."""
     try:
         with parent(root, path) as (dir_fd, name):
             fd = open_file(name, dir_fd)
     except OSError as e:
         if e.errno in VANISHED:
-            return None
+            return {}
         raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        view = memoryview(bytearray(BLOCK_SIZE))
-        got = read_at(fd, view, index * BLOCK_SIZE)
+            return {}
+        return {index: data for index in sorted(indexes)
+                if (data := _read_whole(fd, BLOCK_SIZE, index * BLOCK_SIZE))}
     finally:
         os.close(fd)
-    return bytes(view[:got]) if got else None
+
+
+def _read_whole(fd: int, size: int, offset: int) -> bytes:
+    """`size` bytes from `offset`, fewer only at the end of the file."""
+    data = os.pread(fd, size, offset)
+    while len(data) < size and (more := os.pread(fd, size - len(data), offset + len(data))):
+        data += more
+    return data
 
 
 def make_dir(root: Path, record: FileRecord, expected: Seen | None,

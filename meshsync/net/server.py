@@ -7,6 +7,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Protocol
 
 from aiohttp import web
@@ -24,10 +25,19 @@ from meshsync.core.wire import (
     Hello,
     IndexRequest,
     Records,
+    block_frames,
+    blocks_digest,
     frames_digest,
-    pack_blocks,
 )
-from meshsync.net.auth import BODY, LINK, PEER_KEY, Connections, Credentials, auth_middleware
+from meshsync.net.auth import (
+    BODY,
+    LINK,
+    PEER_KEY,
+    Connections,
+    Credentials,
+    StreamedBody,
+    auth_middleware,
+)
 from meshsync.net.socket import LinkSocket
 
 log = logging.getLogger("meshsync.server")
@@ -82,7 +92,8 @@ def make_app(
         client_max_size=MAX_BATCH_BYTES,
     )
 
-    def route(name: str, handle: Callable[[bytes, bytes, str], Awaitable[bytes]]) -> None:
+    def route(name: str,
+              handle: Callable[[bytes, bytes, str], Awaitable[bytes | StreamedBody]]) -> None:
         async def handler(request: web.Request) -> web.Response:
             try:
                 body = await handle(request[PEER_KEY], request[BODY], request.remote or "?")
@@ -104,8 +115,10 @@ def make_app(
     async def index(key: bytes, body: bytes, remote: str) -> bytes:
         return (await api.handle_index(key, IndexRequest.from_json(body))).to_json()
 
-    async def blocks(key: bytes, body: bytes, remote: str) -> bytes:
-        return pack_blocks(await api.handle_blocks(key, BlockRequest.from_json(body)))
+    async def blocks(key: bytes, body: bytes, remote: str) -> StreamedBody:
+        found = await api.handle_blocks(key, BlockRequest.from_json(body))
+        size = sum(4 + len(block or b"") for block in found)
+        return StreamedBody(partial(block_frames, found), size, blocks_digest(found))
 
     async def link(request: web.Request) -> web.StreamResponse:
         socket = web.WebSocketResponse(max_msg_size=MAX_BEAT_BYTES, autoping=True)

@@ -205,6 +205,32 @@ def local_block(place: Place, digest: bytes) -> bytes | None:
     return data if data is not None and _sha256(data) == digest else None
 
 
+def held_blocks(place: Place, hashes: tuple[bytes, ...]) -> list[bytes | None]:
+    """The blocks asked for, as the files the index places them in hold them now, None for
+    those it does not; read a file at a time.
+
+    Not checked against their hashes: the peer checks every block it receives, and one that
+    a file changed since it was indexed no longer holds is set aside there as a block we lack.
+    Checking here too would hash every byte served once more per receiver.
+    """
+    places = place.index.find_blocks(place.id, hashes)
+    wanted: dict[str, set[int]] = {}
+    for path, index in places.values():
+        wanted.setdefault(path, set()).add(index)
+    read = {path: _readable(place, RelPath(path), indexes) for path, indexes in wanted.items()}
+    return [read[found[0]].get(found[1]) if (found := places.get(h)) else None for h in hashes]
+
+
+def _readable(place: Place, path: RelPath, indexes: set[int]) -> dict[int, bytes]:
+    """The blocks of `path` that can be read now: none of a file that cannot (the peer asks
+    another member for them)."""
+    try:
+        return apply.read_blocks(place.root, path, indexes)
+    except (OSError, apply.UnsafePath) as e:
+        log.debug("folder %s: cannot serve %r: %s", place.id, path, e)
+        return {}
+
+
 def lack(incoming: apply.Incoming, seq: int) -> Lack | None:
     """What a temp still lacks (None: nothing), with the index's seq before it was filled."""
     have = incoming.have()

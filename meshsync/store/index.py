@@ -40,6 +40,9 @@ log = logging.getLogger("meshsync.index")
 PAGE = 1000  # rows per read while streaming `entries`
 LOGGED_ROWS = 20  # damaged rows logged one by one; past that, one line per batch set aside
 T = TypeVar("T")
+# CROSS JOIN pins the loop order so the lookup starts from the hash index.
+FIND_BLOCK = ("SELECT f.path, b.idx FROM blocks AS b CROSS JOIN files AS f ON f.id = b.file"
+              " WHERE b.hash = ? AND f.folder = ? LIMIT 1")
 
 
 class Index:
@@ -260,13 +263,19 @@ class Index:
 
     def find_block(self, folder: str, digest: bytes) -> tuple[str, int] | None:
         """(path, block index) of a live local file holding this block, None if none does."""
-        # CROSS JOIN pins the loop order so the lookup starts from the hash index.
-        rows = self._rows("SELECT f.path, b.idx FROM blocks AS b CROSS JOIN files AS f"
-                          " ON f.id = b.file WHERE b.hash = ? AND f.folder = ? LIMIT 1",
-                          (digest, folder))
-        if not rows or (type(rows[0][0]), type(rows[0][1])) != (str, int):
-            return None  # a damaged row is set aside when read as an entry
-        return rows[0][0], rows[0][1]
+        return self.find_blocks(folder, (digest,)).get(digest)
+
+    def find_blocks(self, folder: str, digests: Sequence[bytes]) -> dict[bytes, tuple[str, int]]:
+        """(path, block index) of a live local file holding each block one holds, looked up
+        under one hold of the lock: a request for 64 blocks waits for it once, not 64 times."""
+        found: dict[bytes, tuple[str, int]] = {}
+        with self._lock, unusable_as_error(self.path):
+            for digest in dict.fromkeys(digests):
+                row = self._db.execute(FIND_BLOCK, (digest, folder)).fetchone()
+                # A damaged row is set aside when read as an entry; until then it places nothing.
+                if row is not None and (type(row[0]), type(row[1])) == (str, int):
+                    found[digest] = row
+        return found
 
     def add_needs(self, folder: str, needs: Sequence[Need]) -> None:
         """Queue remote versions to write, each replacing any need for the same path."""

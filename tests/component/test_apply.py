@@ -25,6 +25,7 @@ from meshsync.fs.apply import (
     make_symlink,
     move_to_versions,
     read_block,
+    read_blocks,
     remove,
     remove_temps,
     set_metadata,
@@ -369,6 +370,17 @@ def test_read_block_reads_one_block_of_a_local_file(tmp_path: Path) -> None:
     assert read_block(tmp_path, RelPath("f"), 3) is None
     assert read_block(tmp_path, RelPath("gone"), 0) is None
     assert read_block(tmp_path, RelPath("link"), 0) is None
+
+
+def test_read_blocks_reads_those_a_file_holds_through_one_open(tmp_path: Path) -> None:
+    data = random.Random(5).randbytes(3 * BLOCK_SIZE + 9)
+    (tmp_path / "f").write_bytes(data)
+    (tmp_path / "d").mkdir()
+
+    assert read_blocks(tmp_path, RelPath("f"), [3, 0, 7]) == {
+        0: data[:BLOCK_SIZE], 3: data[3 * BLOCK_SIZE :]}
+    assert read_blocks(tmp_path, RelPath("gone"), [0]) == {}
+    assert read_blocks(tmp_path, RelPath("d"), [0]) == {}
 
 
 # -- changes of kind: x is a file, a directory or a link here, and becomes another ------------

@@ -162,6 +162,16 @@ def test_blocks_are_found_where_a_live_file_holds_them(index: Index) -> None:
     assert index.find_block("other", digest("y")) is None
 
 
+def test_the_blocks_of_one_request_are_found_in_one_look_up(index: Index) -> None:
+    index.put(FOLDER, [item(file("one", "x", "y", "x")), item(file("two", "z"))])
+    asked = [digest("z"), digest("nowhere"), digest("x"), digest("z")]
+    found = index.find_blocks(FOLDER, asked)
+    assert found.keys() == {digest("z"), digest("x")}
+    assert found[digest("z")] == ("two", 0)
+    assert found[digest("x")] in {("one", 0), ("one", 2)}
+    assert index.find_blocks("other", asked) == {}
+
+
 def test_a_file_replaced_by_a_tombstone_no_longer_offers_its_blocks(index: Index) -> None:
     record = file("doomed", "x")
     index.put(FOLDER, [item(record)])

@@ -235,6 +235,28 @@ async def test_a_big_file_held_by_every_member_is_fetched_from_all_of_them_in_tu
     assert served == {address: 4 for address in mesh.addresses}
 
 
+async def test_blocks_a_member_no_longer_holds_as_hashed_are_set_aside_and_fetched_elsewhere(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    # A member serves its blocks as its files hold them now, unchecked: one edited since it
+    # was indexed answers with other bytes, which must never reach the file written here.
+    data = content("db", 3 * MAX_BLOCKS_PER_REQUEST)
+
+    class Edited(Members):
+        async def fetch_blocks(self, address: str, request: BlockRequest) -> list[bytes | None]:
+            got = await super().fetch_blocks(address, request)
+            if address != self.addresses[0]:
+                return got
+            return [b and bytes(reversed(b)) for b in got]  # same lengths, other bytes
+
+    mesh = Edited(count=2)
+    mesh.blocks = {hashlib.sha256(b).digest(): b for b in data}
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    queue(index, record("app.db", data))
+    await sync.apply_due()
+    assert (tmp_path / "photos" / "app.db").read_bytes() == b"".join(data)
+    assert {address for address, _ in mesh.taken()} == set(mesh.addresses)
+
+
 async def test_status_lists_a_waiting_path_with_its_reason_and_the_folder_says_held_back(
         tmp_path: Path, index: Index, clock: FakeClock) -> None:
     mesh = Members()

@@ -53,6 +53,8 @@ from meshsync.core.wire import (
     Signed,
     check_address,
     check_folder_id,
+    block_frames,
+    blocks_digest,
     frames_digest,
     pack_blocks,
     unpack_blocks,
@@ -747,6 +749,14 @@ def test_a_block_answer_from_any_bytes_is_blocks_or_a_wire_error(body: bytes, co
         assert all(b is None or 0 < len(b) <= BLOCK_SIZE for b in blocks)
         assert frames_digest(pack_blocks([b and b"x" * len(b) for b in blocks])) == (
             frames_digest(body))  # the framing, not the bytes
+
+
+@given(BLOCK_LISTS)
+def test_an_answer_written_a_frame_at_a_time_is_signed_as_the_packed_one_would_be(
+    blocks: list[bytes | None],
+) -> None:
+    assert b"".join(block_frames(blocks)) == pack_blocks(blocks)
+    assert blocks_digest(blocks) == frames_digest(pack_blocks(blocks))
 
 
 @BIG
