@@ -28,6 +28,14 @@ KeepOld = Callable[[int, str, RelPath], None]
 _libc = ctypes.CDLL(None, use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)  # Linux only
 _renameat2 = getattr(_libc, "renameat2", None)  # Linux, glibc 2.28 on
+_sync_file_range = getattr(_libc, "sync_file_range", None)  # Linux only
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_SYNC_FILE_RANGE_WRITE = 2
+# Bytes of one file written before the kernel is asked to start writing them out. Left to the
+# kernel, a GiB being received stays dirty in memory, and the next group's `sync` (syncfs)
+# flushes it all first: a small file waited 0.1 to 0.7 s behind a big one on that alone.
+WRITE_BEHIND = 8 << 20
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV})
 
@@ -70,6 +78,7 @@ class Incoming:
         self._dir_fd, self._fd = dir_fd, fd
         self._present = self._verified()
         self._sealed = False
+        self._unwritten = 0  # bytes written since the kernel was last asked to write them out
 
     @classmethod
     def open(cls, root: Path, record: FileRecord) -> Incoming:
@@ -101,6 +110,10 @@ class Incoming:
             written = os.pwrite(self._fd, view, offset)
             view, offset = view[written:], offset + written
         self._present.add(index)
+        self._unwritten += len(data)
+        if self._unwritten >= WRITE_BEHIND:
+            _write_behind(self._fd)
+            self._unwritten = 0
 
     def seal(self) -> None:
         """Give the whole file its final size, mode and mtime, ready to go into place.
@@ -206,6 +219,12 @@ def sync(root: Path) -> None:
             raise OSError(code, f"syncfs: {os.strerror(code)}", str(root))
     finally:
         os.close(fd)
+
+
+def _write_behind(fd: int) -> None:
+    """Have the kernel start writing out what the file holds in memory, without waiting."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a hint: its failure changes nothing
 
 
 def read_block(root: Path, path: RelPath, index: int) -> bytes | None:

@@ -7,10 +7,12 @@ import hashlib
 import logging
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -289,29 +291,45 @@ def _listing(root: Path, prefix: str, ignore: Ignore | None,
 
 
 def _hash(fd: int) -> tuple[int, tuple[bytes, ...]]:
-    """Size and block hashes of an open file: a big file read a span at a time, its blocks
-    hashed by a pool across the cores (hashlib lets go of the GIL), so a 1 GiB file takes
-    the time of the part each core hashes."""
-    blocks_seen = -(-os.fstat(fd).st_size // BLOCK_SIZE)  # a file may grow: checked after
-    buffer = memoryview(bytearray(min(HASH_SPAN, max(1, blocks_seen) * BLOCK_SIZE)))
+    """Size and block hashes of an open file: a big file a span at a time, each span read and
+    hashed by one thread of a pool across the cores (reads and hashlib let go of the GIL), so
+    a 1 GiB file takes the time of the part each core reads and hashes."""
+    expected = os.fstat(fd).st_size  # a file may grow: read on after
+    spans = range(0, expected, HASH_SPAN)
     size, blocks = 0, []
+    for got, digests in _HASHERS.map(partial(_hash_span, fd), spans) if len(spans) > 1 else ():
+        size += got
+        blocks += digests
+        if got < HASH_SPAN:  # the end of the file
+            return size, tuple(blocks)
+    # A small file (or what a big one grew by) here, into a buffer its size.
+    buffer = memoryview(bytearray(min(HASH_SPAN, max(BLOCK_SIZE, expected - size))))
     while got := read_at(fd, buffer, size):
-        views = [buffer[at : min(at + BLOCK_SIZE, got)] for at in range(0, got, BLOCK_SIZE)]
-        blocks += _digests(views)
+        blocks += _digests(buffer[:got])
         size += got
         if got < len(buffer):
             break
     return size, tuple(blocks)
 
 
-HASH_SPAN = 64 * BLOCK_SIZE  # 8 MiB read at a time of a big file
+def _hash_span(fd: int, offset: int) -> tuple[int, list[bytes]]:
+    """Bytes read (HASH_SPAN but at the end) from `offset`, and the hash of each block, into
+    the pool thread's own buffer."""
+    buffer = getattr(_buffers, "span", None)
+    if buffer is None:
+        buffer = _buffers.span = memoryview(bytearray(HASH_SPAN))
+    got = read_at(fd, buffer, offset)
+    return got, _digests(buffer[:got])
+
+
+def _digests(data: memoryview) -> list[bytes]:
+    return [hashlib.sha256(data[at : at + BLOCK_SIZE]).digest()
+            for at in range(0, len(data), BLOCK_SIZE)]
+
+
+HASH_SPAN = 64 * BLOCK_SIZE  # 8 MiB read and hashed at a time of a big file, by one thread
 _HASHERS = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="hash")  # threads on use
-
-
-def _digests(views: list[memoryview]) -> list[bytes]:
-    if len(views) == 1:
-        return [hashlib.sha256(views[0]).digest()]
-    return list(_HASHERS.map(lambda view: hashlib.sha256(view).digest(), views))
+_buffers = threading.local()  # each pool thread's span buffer, kept: 8 MiB each
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:

@@ -148,15 +148,17 @@ class Fetcher:
     def fill_locally(self, incoming: apply.Incoming, record: FileRecord) -> list[int]:
         """Write the blocks we already hold anywhere in the folder; return the rest."""
         have = incoming.have()
+        todo = [i for i in range(len(record.blocks)) if i not in have]
         missing = []
-        for i, digest in enumerate(record.blocks):
-            if i in have:
-                continue
-            data = local_block(self.place, digest)
-            if data is None:
-                missing.append(i)
-            else:
-                incoming.write_block(i, data, hashed=True)  # local_block checked its hash
+        for at in range(0, len(todo), MAX_BLOCKS_PER_REQUEST):
+            part = todo[at : at + MAX_BLOCKS_PER_REQUEST]
+            found = local_blocks(self.place, tuple(record.blocks[i] for i in part))
+            for i in part:
+                data = found.get(record.blocks[i])
+                if data is None:
+                    missing.append(i)
+                else:
+                    incoming.write_block(i, data, hashed=True)  # local_blocks checked its hash
         return missing
 
     def asking(self, source: str) -> Asking:
@@ -196,13 +198,12 @@ class Fetcher:
         return got
 
 
-def local_block(place: Place, digest: bytes) -> bytes | None:
-    """A block this folder holds, read from the file the index places it in and checked."""
-    found = place.index.find_block(place.id, digest)
-    if found is None:
-        return None
-    data = apply.read_block(place.root, RelPath(found[0]), found[1])
-    return data if data is not None and _sha256(data) == digest else None
+def local_blocks(place: Place, hashes: tuple[bytes, ...]) -> dict[bytes, bytes]:
+    """The blocks this folder holds, read from the files the index places them in, each
+    checked against its hash: a file may have changed since it was indexed."""
+    held = held_blocks(place, hashes)
+    return {digest: data for digest, data in zip(hashes, held, strict=True)
+            if data is not None and _sha256(data) == digest}
 
 
 def held_blocks(place: Place, hashes: tuple[bytes, ...]) -> list[bytes | None]:

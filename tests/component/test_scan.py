@@ -128,9 +128,10 @@ def test_a_fifo_on_the_way_is_unsafe_but_no_parent_to_wait_for(tmp_path: Path) -
     assert not isinstance(refused.value, ParentNotDir)
 
 
-# Past a span (8 MiB) a file is read a span at a time, its blocks hashed by a pool.
+# Past a span (8 MiB) a file is read and hashed a span at a time by a pool of threads.
 @pytest.mark.parametrize("size", [0, 1, BLOCK_SIZE, BLOCK_SIZE + 1, 3 * BLOCK_SIZE,
-                                  HASH_SPAN, HASH_SPAN + 3 * BLOCK_SIZE + 5, 2 * HASH_SPAN])
+                                  HASH_SPAN - 1, HASH_SPAN, HASH_SPAN + 3 * BLOCK_SIZE + 5,
+                                  2 * HASH_SPAN, 3 * HASH_SPAN + 5])
 def test_hash_file_hashes_each_block(tmp_path: Path, size: int) -> None:
     data = random.Random(size).randbytes(size)
     (tmp_path / "f").write_bytes(data)

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.serialization import (
 from cryptography.x509.oid import NameOID
 
 from meshsync.core.ids import NodeId
+from meshsync.core.records import BLOCK_SIZE
 from meshsync.core.signing import (
     AUTHORIZATION,
     DIGEST,
@@ -40,7 +41,6 @@ from meshsync.core.signing import (
     RequestHead,
     body_digest,
 )
-from meshsync.core.records import BLOCK_SIZE
 from meshsync.core.wire import (
     MAX_BLOCKS_PER_REQUEST,
     BlockRequest,
