@@ -195,6 +195,32 @@ def test_changed_content_replaces_the_blocks_of_a_path(index: Index) -> None:
     assert index.find_block(FOLDER, digest("y")) == ("f", 0)
 
 
+def test_listing_conflict_copies_reads_them_not_the_whole_folder(index: Index) -> None:
+    # `status` lists them on every call: in a 100k-file folder, a read of every row held the
+    # index's lock for tens of milliseconds each time.
+    copies = ["a.sync-conflict-20261203-101500-ABCDEF.txt",
+              "d/b.sync-conflict-20261203-101501-ABCDEF"]
+
+    def steps() -> int:
+        done = [0]
+
+        def count() -> int:
+            done[0] += 1
+            return 0
+
+        index._db.set_progress_handler(count, 10)
+        try:
+            assert [e.record.path for e in index.conflict_copies(FOLDER)] == copies
+        finally:
+            index._db.set_progress_handler(None, 10)
+        return done[0]
+
+    index.put(FOLDER, [item(file(path, path)) for path in copies])
+    few = steps()
+    index.put(FOLDER, [item(file(f"bulk/{n:05}", "x")) for n in range(5000)])
+    assert steps() < few + 5
+
+
 def test_block_lookup_by_hash_is_indexed(index: Index, db_path: Path) -> None:
     indexed = {row[2] for name, in sql(db_path, "SELECT name FROM pragma_index_list('blocks')")
                for row in sql(db_path, f"PRAGMA index_info('{name}')") if row[0] == 0}

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -82,6 +83,15 @@ def test_loaded_signer_matches_pub_and_verifies(key: Path) -> None:
     sig = signer.sign(b"data")
     assert verify_signature(signer.public_blob, b"data", sig)
     assert not verify_signature(signer.public_blob, b"datA", sig)
+
+
+def test_an_ed25519_signature_is_the_one_the_standard_defines() -> None:
+    # Signed by libsodium, for speed: Ed25519 is deterministic, so it must be, byte for byte,
+    # the signature cryptography's implementation makes.
+    key = Ed25519PrivateKey.generate()
+    for data in (b"", b"data", bytes(range(256)) * 300):
+        assert KeySigner(key).sign(data) == (
+            put_string(b"ssh-ed25519") + put_string(key.sign(data)))
 
 
 @pytest.mark.parametrize("kind", ["rsa", "ecdsa"])
