@@ -7,15 +7,17 @@ import hashlib
 import ipaddress
 import json
 import struct
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any, NewType
 
 from meshsync.core.errors import WireError
 from meshsync.core.fields import check_digest, check_int, is_unicode
 from meshsync.core.ids import NodeId
 from meshsync.core.keyblob import check_key
-from meshsync.core.records import BLOCK_SIZE, FileRecord
+from meshsync.core.lists import LIST_INLINE, Patch, list_digest, rebuilt
+from meshsync.core.records import BLOCK_SIZE, MAX_SIZE, FileRecord, Kind, block_count
 
 FolderId = NewType("FolderId", str)
 
@@ -315,21 +317,43 @@ def _node_id(text: object) -> NodeId:
         raise WireError(str(e)) from None
 
 
+class Lists(Enum):
+    """How the long block lists of a batch travel."""
+
+    WHOLE = "whole"  # every list whole
+    PATCHES = "patches"  # as a patch where the record has one (a notice of a change)
+    DIGESTS = "digests"  # as their digest (and any patch): an index page, whose reader mostly
+                         # holds them already; one it does not hold, it asks for whole
+
+
 @dataclass(frozen=True, slots=True)
 class Signed:
-    """A record with its origin's SSHSIG over `record.canonical(folder)`."""
+    """A record with its origin's SSHSIG over `record.canonical(folder)`; `patch`, when known,
+    is how its list changed from the version before (a notice sends that, not the list)."""
 
     record: FileRecord
     signature: bytes
+    patch: Patch | None = field(default=None, compare=False)
 
-    def to_json(self) -> dict[str, Any]:
-        """The wire form."""
-        signature = base64.b64encode(self.signature).decode()
-        return {"record": self.record.to_json(), "signature": signature}
+    def to_json(self, lists: Lists = Lists.WHOLE) -> dict[str, Any]:
+        """The wire form: a long list whole, or (as `lists` says) its digest and any patch."""
+        record = self.record.to_json()
+        data: dict[str, Any] = {"record": record,
+                                "signature": base64.b64encode(self.signature).decode()}
+        blocks = self.record.blocks
+        if len(blocks) > LIST_INLINE and (
+                lists is Lists.DIGESTS or (lists is Lists.PATCHES and self.patch is not None)):
+            del record["blocks"]
+            listed: dict[str, Any] = {"digest": list_digest(blocks).hex()}
+            if self.patch is not None:
+                listed["patch"] = self.patch.to_json()
+            data["list"] = listed
+        return data
 
     @classmethod
-    def from_json(cls, data: object) -> Signed:
-        """Parse one signed record (the signature is checked by the caller, who knows keys)."""
+    def from_json(cls, data: object) -> Signed | Listless:
+        """Parse one signed record (the signature is checked by the caller, who knows keys);
+        one sent without its list is Listless, until the receiver rebuilds that."""
         if not isinstance(data, dict):
             raise WireError("a signed record must be an object")
         signature = data.get("signature")
@@ -339,7 +363,45 @@ class Signed:
             raw = base64.b64decode(signature, validate=True)
         except ValueError:
             raise WireError("record signature is not base64") from None
-        return cls(FileRecord.from_json(data.get("record")), raw)
+        if "list" not in data:
+            return cls(FileRecord.from_json(data.get("record")), raw)
+        return Listless.of(data.get("record"), raw, data["list"])
+
+
+@dataclass(frozen=True, slots=True)
+class Listless:
+    """A signed record whose long block list came as its digest and perhaps a patch: `record`
+    has no blocks until `rebuild` finds them, and nothing else may read it before."""
+
+    record: FileRecord
+    signature: bytes
+    digest: bytes
+    patch: Patch | None
+
+    @classmethod
+    def of(cls, record: object, signature: bytes, listed: object) -> Listless:
+        """Parse the parts; WireError if bad."""
+        if not isinstance(record, dict) or "blocks" in record or not isinstance(listed, dict):
+            raise WireError("a record sent without its list has a list object instead")
+        # Checked as a file of no size, so that no list its size asks for is made up to check.
+        size = check_int(record, "size", 0, MAX_SIZE)
+        parsed = replace(FileRecord.from_json({**record, "size": 0}), size=size)
+        count = block_count(size)
+        if parsed.kind is not Kind.FILE or parsed.deleted or not LIST_INLINE < count <= (
+                MAX_LISTED):
+            raise WireError(f"only a file of {LIST_INLINE + 1} to {MAX_LISTED} blocks is sent "
+                            "without its list")
+        patch = listed.get("patch")
+        return cls(parsed, signature, check_digest(listed.get("digest")),
+                   None if patch is None else Patch.from_json(patch, count))
+
+    def rebuild(self, held: Iterable[Sequence[bytes]]) -> Signed | None:
+        """The whole signed record, its list rebuilt from the first of the lists `held` that
+        is that list or its patch's base; None if none is."""
+        blocks = rebuilt(self.digest, self.patch, block_count(self.record.size), held)
+        if blocks is None:
+            return None
+        return Signed(replace(self.record, blocks=blocks), self.signature, self.patch)
 
 
 def size_bound(signed: Signed) -> int:
@@ -350,6 +412,7 @@ def size_bound(signed: Signed) -> int:
 
 
 BATCH_BUDGET = MAX_BATCH_BYTES - 64 * 1024  # what records may fill, the envelope aside
+MAX_LISTED = BATCH_BUDGET // 67  # blocks of the longest list a batch can carry whole
 
 
 def first_batch(
@@ -383,18 +446,21 @@ def batches(signed: Sequence[Signed]) -> Iterator[tuple[Signed, ...]]:
 
 @dataclass(frozen=True, slots=True)
 class Records:
-    """A batch of signed records of one folder: a change notice, or a page of an index."""
+    """A batch of signed records of one folder: a change notice, or a page of an index.
+    Received, those sent without their lists are `listless` until the receiver rebuilds them."""
 
     folder: FolderId
     records: tuple[Signed, ...]
     epoch: str = ""  # the sender's index identity, for catch-up bookkeeping
     seq: int = 0  # the sender's highest index sequence covered by this page
+    lists: Lists = Lists.WHOLE  # how long lists are sent
+    listless: tuple[Listless, ...] = ()
 
     def to_json(self) -> bytes:
         """The message body."""
         return json.dumps({
             "folder": self.folder, "epoch": self.epoch, "seq": self.seq,
-            "records": [s.to_json() for s in self.records],
+            "records": [s.to_json(self.lists) for s in self.records],
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -407,11 +473,13 @@ class Records:
             raise WireError(f"records must be a list of at most {MAX_BATCH_RECORDS}")
         if not isinstance(epoch, str) or len(epoch) > 64 or not is_unicode(epoch):
             raise WireError("bad epoch")
+        parsed = [Signed.from_json(r) for r in records]
         return cls(
             folder=check_folder_id(data.get("folder")),
-            records=tuple(Signed.from_json(r) for r in records),
+            records=tuple(r for r in parsed if isinstance(r, Signed)),
             epoch=epoch,
             seq=check_int({"seq": data.get("seq", 0)}, "seq", 0, MAX_SEQ),  # notices carry none
+            listless=tuple(r for r in parsed if isinstance(r, Listless)),
         )
 
 
@@ -421,16 +489,24 @@ class IndexRequest:
 
     folder: FolderId
     since: int
+    lists: bool = False  # every list whole: the page sent without them held one we lacked
 
     def to_json(self) -> bytes:
         """The message body."""
-        return json.dumps({"folder": self.folder, "since": self.since}).encode()
+        data: dict[str, object] = {"folder": self.folder, "since": self.since}
+        if self.lists:
+            data["lists"] = True
+        return json.dumps(data).encode()
 
     @classmethod
     def from_json(cls, body: bytes) -> IndexRequest:
         """Parse; WireError if bad."""
         data = _object(body, MAX_INDEX_REQUEST_BYTES)
-        return cls(check_folder_id(data.get("folder")), check_int(data, "since", 0, MAX_SEQ))
+        lists = data.get("lists", False)
+        if not isinstance(lists, bool):
+            raise WireError("lists must be true or false")
+        return cls(check_folder_id(data.get("folder")), check_int(data, "since", 0, MAX_SEQ),
+                   lists)
 
 
 @dataclass(frozen=True, slots=True)

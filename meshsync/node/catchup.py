@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
+from meshsync.core.errors import WireError
 from meshsync.core.records import FileRecord
 from meshsync.core.throttle import shown
 from meshsync.core.wire import (
     BATCH_BUDGET,
     IndexRequest,
+    Listless,
+    Lists,
     Records,
     Signed,
     first_batch,
@@ -54,10 +57,12 @@ class CatchUp:
     def __init__(self, place: Place, mesh: Indexes, epoch: str,
                  take: Callable[[str, Iterable[Signed]], Awaitable[object]],
                  too_large: Callable[[list[FileRecord]], None],
+                 rebuild: Callable[[Sequence[Listless]], tuple[list[Signed], int]],
                  every: float = CATCH_UP_EVERY) -> None:
         self.place = place
         self.mesh = mesh
         self.epoch = epoch
+        self._rebuild = rebuild  # records sent without lists, from the lists we hold
         self.wake = asyncio.Event()  # catch up from every member now
         self.every = every
         self._take = take
@@ -100,11 +105,12 @@ class CatchUp:
         epoch = await asyncio.to_thread(index.get_meta, remembered) or ""
         since = await asyncio.to_thread(index.peer_seq, folder, key, epoch)
 
-        def fetch(after: int) -> asyncio.Task[Records]:
-            return asyncio.create_task(self.mesh.fetch_index(address, IndexRequest(folder, after)))
+        def fetch(after: int, lists: bool = False) -> asyncio.Task[Records]:
+            request = IndexRequest(folder, after, lists)
+            return asyncio.create_task(self.mesh.fetch_index(address, request))
 
         # The next page is on its way while this one is judged.
-        fetching = fetch(since)
+        fetching, whole = fetch(since), False
         try:
             while True:
                 page = await fetching
@@ -114,10 +120,20 @@ class CatchUp:
                         continue
                     epoch = page.epoch
                     await asyncio.to_thread(index.set_meta, remembered, epoch)
-                more = bool(page.records) and page.seq > since
+                records = list(page.records)
+                if page.listless:
+                    if whole:
+                        raise WireError("an index page asked for with its lists came without")
+                    rebuilt, lacking = await asyncio.to_thread(self._rebuild, page.listless)
+                    if lacking:  # lists we do not hold: the same page again, lists and all
+                        whole, fetching = True, fetch(since, lists=True)
+                        continue
+                    records += rebuilt
+                whole = False
+                more = bool(page.records or page.listless) and page.seq > since
                 if more:
                     fetching = fetch(page.seq)
-                await self._take(key, page.records)
+                await self._take(key, records)
                 await asyncio.to_thread(index.set_peer_seq, folder, key, epoch, page.seq)
                 if not more:
                     self._read_to[key] = page.seq
@@ -129,20 +145,22 @@ class CatchUp:
             elif not fetching.cancelled():
                 fetching.exception()
 
-    def answer(self, since: int) -> Records:
+    def answer(self, since: int, lists: bool = False) -> Records:
         """A page of our index after `since`, for a peer catching up; runs in a thread.
 
         A page holds what fits in one message; a record that fits in none is passed over (and
-        said so), so that catch-up goes on past it.
+        said so), so that catch-up goes on past it. Long lists go as their digests (the reader
+        mostly holds them already), unless it asks for them whole (`lists`).
         """
         index, folder = self.place.index, self.place.id
+        sent = Lists.WHOLE if lists else Lists.DIGESTS
         entries = index.since(folder, since)
         if not entries:
-            return Records(folder, (), self.epoch, index.max_seq(folder))
+            return Records(folder, (), self.epoch, index.max_seq(folder), sent)
         signed = [Signed(e.record, e.signature) for e in entries]
         page, covered = first_batch(signed)
         self._too_large([s.record for s in signed[:covered] if size_bound(s) > BATCH_BUDGET])
-        return Records(folder, page, self.epoch, entries[covered - 1].seq)
+        return Records(folder, page, self.epoch, entries[covered - 1].seq, sent)
 
 
 def interval_from(environ: Mapping[str, str]) -> float:

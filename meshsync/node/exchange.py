@@ -8,7 +8,7 @@ import asyncio
 from meshsync.core.errors import Refused
 from meshsync.core.ids import NodeId
 from meshsync.core.membership import Peer
-from meshsync.core.wire import BlockRequest, IndexRequest, Records
+from meshsync.core.wire import BlockRequest, IndexRequest, Lists, Records
 from meshsync.net.client import PeerClient, PeerUnreachable
 from meshsync.node.folder import FolderSync
 from meshsync.node.outbox import Outbox
@@ -91,14 +91,18 @@ class Exchange:
         """Changes made in the mesh; passed on as `_relay_to` says."""
         sync = self._folder(notice.folder, key)
         sender = NodeId.of_key(key)
-        news = await sync.take(sender.key, notice.records)
+        records = list(notice.records)
+        if notice.listless:  # one we cannot rebuild comes whole with catch-up, soon
+            records += (await asyncio.to_thread(sync.rebuild, notice.listless))[0]
+        news = await sync.take(sender.key, records)
         to = self._relay_to(sender) if news else frozenset()
         if to:
             # Only what was news to us (what was not, we passed on before): a member that
             # sends one notice again and again cannot make us fan it out. Queued per member,
             # each queue bounded: the sender does not wait on our fan-out.
             everyone = frozenset(p.id.key for p in self._peers.roster)
-            await self.publish(Records(notice.folder, tuple(news)), skip=everyone - to)
+            await self.publish(Records(notice.folder, tuple(news), lists=Lists.PATCHES),
+                               skip=everyone - to)
 
     def _relay_to(self, sender: NodeId) -> frozenset[str]:
         """Whom news from `sender` goes on to (vector keys): from the coordinator, every other
@@ -122,7 +126,7 @@ class Exchange:
     async def handle_index(self, key: bytes, request: IndexRequest) -> Records:
         """A page of our index for a peer catching up."""
         sync = self._folder(request.folder, key)
-        return await asyncio.to_thread(sync.answer_index, request.since)
+        return await asyncio.to_thread(sync.answer_index, request.since, request.lists)
 
     async def handle_blocks(self, key: bytes, request: BlockRequest) -> list[bytes | None]:
         """Blocks we hold, for a peer writing a file."""

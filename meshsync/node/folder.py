@@ -14,18 +14,20 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from meshsync.core.paths import RelPath
-from meshsync.core.records import FileRecord, Kind
+from meshsync.core.records import FileRecord, Kind, block_count
 from meshsync.core.throttle import shown
 from meshsync.core.wire import (
     BATCH_BUDGET,
     FolderId,
+    Listless,
+    Lists,
     Progress,
     Records,
     Signed,
@@ -57,6 +59,9 @@ RESCAN_UNWATCHED = 60.0
 RESCAN_SHARE = 0.01
 UNMOUNTED_CHECK_EVERY = 2.0
 RETRY_UNSTABLE = 0.5
+# Blocks of lists looked through and rebuilt per batch of records sent without their lists
+# (16 MiB of hashes to hash); past it, the rest are asked for whole.
+REBUILT_PER_BATCH = 1 << 19
 
 
 class Mesh(Verifier, Sources, Indexes, Protocol):
@@ -93,7 +98,7 @@ class FolderSync:
                              min_free or MinFree(), mesh.me.key, sign, self._publish)
         self.sent = Rate()
         self.catch_up = CatchUp(self.place, mesh, epoch, self.take, self._too_large,
-                                catch_up_every)
+                                self.rebuild, catch_up_every)
         self.mounted = True
         self.scanned = False  # a full scan has completed since start
         self._dirty: set[RelPath] = set()
@@ -300,7 +305,7 @@ class FolderSync:
 
     async def _announce(self, changes: list[Signed]) -> None:
         for batch in batches(changes):
-            await self.mesh.publish(Records(self.id, batch))
+            await self.mesh.publish(Records(self.id, batch, lists=Lists.PATCHES))
         self._too_large([s.record for s in changes if size_bound(s) > BATCH_BUDGET])
 
     async def _publish(self, changes: list[Signed]) -> None:
@@ -354,9 +359,29 @@ class FolderSync:
             await asyncio.to_thread(self.place.index.forget_peer_seqs, self.id)
             self.catch_up.wake.set()
 
-    def answer_index(self, since: int) -> Records:
-        """A page of our index after `since`, for a peer catching up; runs in a thread."""
-        return self.catch_up.answer(since)
+    def answer_index(self, since: int, lists: bool = False) -> Records:
+        """A page of our index after `since`, for a peer catching up, long lists as digests
+        unless it asks for them (`lists`); runs in a thread."""
+        return self.catch_up.answer(since, lists)
+
+    def rebuild(self, listless: Sequence[Listless]) -> tuple[list[Signed], int]:
+        """Records sent without their lists, rebuilt from the lists the index holds for their
+        paths (the version on disk, the one queued); and how many could not be. In a thread.
+
+        One per path, and only so many blocks' worth per batch: each costs hashing lists up
+        to 4 MiB long, and a peer must not make us hash gigabytes with one message.
+        """
+        index, rebuilt, budget = self.place.index, [], REBUILT_PER_BATCH
+        for record in {r.record.path: r for r in listless}.values():
+            path = record.record.path
+            held = [e.record.blocks for e in (index.get(self.id, path), index.need(self.id, path))
+                    if e is not None]
+            budget -= sum(map(len, held)) + block_count(record.record.size)
+            if budget < 0:
+                break
+            if (signed := record.rebuild(held)) is not None:
+                rebuilt.append(signed)
+        return rebuilt, len(listless) - len(rebuilt)
 
     def answer_blocks(self, hashes: tuple[bytes, ...]) -> list[bytes | None]:
         """The blocks we hold (the peer checks their hashes); runs in a thread."""

@@ -82,7 +82,8 @@ class Judge:
         place.index.add_needs(place.id, queued)
         if held:
             self._hold(held)
-        return [Signed(n.record, n.signature) for n in queued]
+        patches = {s.record.path: s.patch for s in records if s.patch is not None}
+        return [Signed(n.record, n.signature, patches.get(n.record.path)) for n in queued]
 
     def weigh(self, need: Need, queued: list[Need], keep: bool = True,
               verify: bool = False) -> plan.Judgement | Origin:

@@ -7,13 +7,14 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from meshsync.core import plan
+from meshsync.core.lists import Patch
 from meshsync.core.paths import RelPath
 from meshsync.core.records import FileRecord, Kind
 from meshsync.core.throttle import shown
@@ -154,7 +155,7 @@ class Scanner:
                             found.racy.add(s.path)
                 if len(mine) - stored >= STORE_EVERY or (
                         len(mine) > stored and time.monotonic() - stored_at > STORE_WITHIN):
-                    self._store(mine[stored:], held, announce)
+                    self._store(mine[stored:], held, announce, known)
                     stored, stored_at, held = len(mine), time.monotonic(), []
             for path, entry in known.items():
                 # An ignored path stays as it was for the peers: ignoring a file deletes nothing.
@@ -164,7 +165,7 @@ class Scanner:
                         entry.record, entry.record.tombstone(Vector(), me),
                         kept.get(entry.record.path, []), me, now_ns // 10**9)
                     mine.append((record, self.sign(record), 0, 0))
-            self._store(mine[stored:], held, announce)
+            self._store(mine[stored:], held, announce, known)
         finally:
             self.progress = None
         if mine and log.isEnabledFor(logging.DEBUG):
@@ -174,10 +175,13 @@ class Scanner:
         return found
 
     def _store(self, mine: list[_Done], held: list[_Done],
-               announce: Callable[[list[Signed]], None]) -> None:
+               announce: Callable[[list[Signed]], None], before: Mapping[RelPath, Entry]) -> None:
+        """Store new versions and those whose inode moved; announce the new ones, each long
+        list as a patch of the version before where that is shorter."""
         self.place.index.put(self.place.id, [*mine, *held])
         if mine:
-            announce([Signed(record, signature) for record, signature, _, _ in mine])
+            announce([Signed(record, signature, _patch(before.get(record.path), record))
+                      for record, signature, _, _ in mine])
 
     def _look(self, s: scan.Seen, entry: Entry | None, force: bool, revive: bool,
               kept: list[FileRecord], now_ns: int,
@@ -222,6 +226,13 @@ class Scanner:
             yield s
         if progress is not None:
             progress.walking = False
+
+
+def _patch(before: Entry | None, record: FileRecord) -> Patch | None:
+    """The change of a long list from the version before, when it is worth sending as one."""
+    if before is None or before.record.deleted or record.deleted:
+        return None
+    return Patch.between(before.record.blocks, record.blocks)
 
 
 def _chunks(seen: Iterator[scan.Seen]) -> Iterator[list[scan.Seen]]:

@@ -21,6 +21,7 @@ import pytest
 
 from meshsync.core import conflicts
 from meshsync.core.ids import NodeId
+from meshsync.core.lists import LIST_INLINE
 from meshsync.core.paths import RelPath
 from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
 from meshsync.core.vclock import Vector
@@ -29,6 +30,8 @@ from meshsync.core.wire import (
     BlockRequest,
     FolderId,
     IndexRequest,
+    Listless,
+    Lists,
     Records,
     Signed,
 )
@@ -515,6 +518,60 @@ async def test_catching_up_reads_every_page_in_order_asking_for_the_next_while_j
     assert events == ["ask after 0", "take a,b", "ask after 2", "take c", "ask after 3",
                       "take "]
     assert index.peer_seq(FOLDER, "key0", "their epoch") == 3
+
+
+@pytest.mark.parametrize("held", ["the same list", "the list before"])
+async def test_a_page_sent_without_a_long_list_we_lack_is_asked_for_again_with_its_lists(
+        tmp_path: Path, index: Index, clock: FakeClock, held: str) -> None:
+    # Pages send long lists as their digests: a reader mostly holds them already (it wrote
+    # the version, or heard of it in a notice). One it does not hold, it asks for whole.
+    before = unheld("disk.img", LIST_INLINE + 44)
+    after = replace(unheld("disk.img", LIST_INLINE + 44, counter=2),
+                    blocks=(*before.blocks[:-1], b"\x07" * 32))
+    index.put(FOLDER, [(after if held == "the same list" else before, b"sig", 7, 42)])
+    asked: list[tuple[int, bool]] = []
+
+    class Paged(Members):
+        async def fetch_index(self, address: str, request: IndexRequest) -> Records:
+            asked.append((request.since, request.lists))
+            page = Records(FOLDER, (Signed(after, b"sig"),) if request.since == 0 else (),
+                           "their epoch", 1, Lists.WHOLE if request.lists else Lists.DIGESTS)
+            return Records.from_json(page.to_json())  # as it comes off the wire
+
+    sync = folder_sync(tmp_path, index, Paged(), clock)
+    taken: list[Signed] = []
+
+    async def take(source: str, records: Iterable[Signed]) -> list[Signed]:
+        taken.extend(records)
+        return []
+
+    sync.catch_up._take = take
+    await sync.catch_up.catch_up("key0", "10.0.0.1:7777")
+
+    assert taken == [Signed(after, b"sig")]
+    assert asked == ([(0, False), (1, False)] if held == "the same list" else
+                     [(0, False), (0, True), (1, False)])
+
+
+def test_records_without_lists_cost_a_bounded_rebuild_however_many_a_batch_names(
+        tmp_path: Path, index: Index, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rebuilding hashes the lists held for each path: a batch naming one path 2000 times, or
+    # more paths than the budget covers, must not make us hash gigabytes.
+    count = LIST_INLINE + 1
+    monkeypatch.setattr(folder, "REBUILT_PER_BATCH", 8 * count)  # four paths' worth
+    held = [unheld(f"big/{n}", count) for n in range(8)]
+    index.put(FOLDER, [(r, b"sig", 7, 42) for r in held])
+    sync = folder_sync(tmp_path, index, Members(), clock)
+
+    def sent(records: list[FileRecord]) -> tuple[Listless, ...]:
+        page = Records(FOLDER, tuple(Signed(r, b"sig") for r in records), lists=Lists.DIGESTS)
+        return Records.from_json(page.to_json()).listless
+
+    rebuilt, lacking = sync.rebuild(sent([held[0]] * 2000))
+    assert (rebuilt, lacking) == ([Signed(held[0], b"sig")], 1999)
+    rebuilt, lacking = sync.rebuild(sent(held))
+    assert len(rebuilt) == len(held) // 2  # each costs its held list and the one sent
+    assert lacking == len(held) - len(rebuilt)
 
 
 async def test_catch_up_asks_a_member_again_only_once_its_hellos_say_its_index_moved_on(

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from meshsync.core.records import BLOCK_SIZE
 from tests.integration.lan import Lan, holds_for, same_trees, tree, wait_for
 from tests.integration.test_election import agreed, start_all
 
@@ -127,6 +128,38 @@ def test_a_stopped_machine_catches_up_without_fetching_what_it_has(make_lan):
     received = rx_bytes(h3) - before
     assert (h3.sync / "edit.txt").read_bytes() == b"v2"
     assert received < len(big) // 4, f"h3 received {received} bytes: it fetched big.bin again"
+
+
+def test_a_byte_changed_in_a_big_file_costs_each_member_its_block_not_its_list(make_lan):
+    # A database or a disk image, rewritten in place: its list of 1024 block hashes would be
+    # 69 KB of JSON in every notice, relay and index page that carries it, to every member.
+    lan = mesh(make_lan, 3, push_only=False)  # index pages too, as nodes run
+    h1, *others = lan.hosts
+    size, middle = 128 * 1024 * 1024, 77 * 1024 * 1024 + 5
+    staged = h1.home / "disk.img"
+    staged.write_bytes(os.urandom(size))
+    staged.rename(h1.sync / "disk.img")
+    wait_for("the image on every host", lambda: same_trees(lan.hosts) and all(
+        (h.sync / "disk.img").exists() for h in others), 60, every=0.2)
+    before = {h.name: rx_bytes(h) for h in others}
+    fd = os.open(h1.sync / "disk.img", os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"\x00\xff", middle)
+    finally:
+        os.close(fd)
+    wait_for("the change on every host", lambda: all(
+        read_at(h.sync / "disk.img", middle, 2) == b"\x00\xff" for h in others), 30)
+    wait_for("the same image everywhere", lambda: same_trees(lan.hosts), 10)
+    list_json = 67 * size // BLOCK_SIZE
+    for h in others:
+        received = rx_bytes(h) - before[h.name]
+        assert received < BLOCK_SIZE + list_json // 2, f"{h.name} received {received} bytes"
+
+
+def read_at(path: Path, offset: int, size: int) -> bytes:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read(size)
 
 
 def test_path_traversal_in_a_notice_is_refused_and_touches_nothing(make_lan):

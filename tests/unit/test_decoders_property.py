@@ -25,7 +25,15 @@ from meshsync.core.errors import AuthError, WireError
 from meshsync.core.fields import check_digest, check_int
 from meshsync.core.ids import NodeId
 from meshsync.core.keyblob import MAX_KEY_BYTES, check_key
-from meshsync.core.paths import MARKER, MAX_NAME_BYTES, MAX_PATH_BYTES, TEMP_PREFIX, check_path
+from meshsync.core.lists import LIST_INLINE, Patch, list_digest, rebuilt
+from meshsync.core.paths import (
+    MARKER,
+    MAX_NAME_BYTES,
+    MAX_PATH_BYTES,
+    TEMP_PREFIX,
+    RelPath,
+    check_path,
+)
 from meshsync.core.records import BLOCK_SIZE, MAX_SIZE, MAX_TARGET, FileRecord, Kind
 from meshsync.core.signing import MAX_OFFSET, ReplayGuard, RequestHead
 from meshsync.core.vclock import MAX_COUNTER, MAX_ENTRIES, MAX_OWN_COUNTER, Vector
@@ -47,6 +55,7 @@ from meshsync.core.wire import (
     FolderId,
     Hello,
     IndexRequest,
+    Lists,
     MemberAddress,
     Progress,
     Records,
@@ -606,6 +615,104 @@ def test_the_fullest_batch_round_trips_or_is_refused_and_so_is_any_cut_of_it(
         assert again is None
     cut = body[: at % len(body)]
     assert decoded(Records.from_json, cut) is None
+
+
+# -- records sent without their long lists -------------------------------------------------------
+
+POOL = [hashlib.sha256(bytes([n])).digest() for n in range(6)]  # few hashes: lists that overlap
+
+
+@st.composite
+def long_lists(draw: st.DrawFn, count: int | None = None) -> tuple[bytes, ...]:
+    count = count if count is not None else draw(st.integers(LIST_INLINE + 1, LIST_INLINE + 40))
+    return tuple(draw(st.lists(st.sampled_from(POOL), min_size=count, max_size=count)))
+
+
+@st.composite
+def edited(draw: st.DrawFn, blocks: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """`blocks` with a few blocks changed, cut off or added at the end."""
+    new = list(blocks)
+    for _ in range(draw(st.integers(0, 4))):
+        new[draw(st.integers(0, len(new) - 1))] = draw(st.sampled_from(POOL) | DIGESTS)
+    end = len(new) + draw(st.integers(-8, 8))
+    return (*new[:end], *draw(long_lists(max(0, end - len(new)))))
+
+
+@st.composite
+def long_signed(draw: st.DrawFn) -> tuple[Signed, tuple[bytes, ...]]:
+    """A signed record of a big file with a patch from the list before (also returned)."""
+    before = draw(long_lists())
+    blocks = draw(edited(before))
+    size = (len(blocks) - 1) * BLOCK_SIZE + draw(st.integers(1, BLOCK_SIZE))
+    origin = draw(KEYS)
+    record = FileRecord(
+        RelPath(f"disks/{draw(st.integers(0, 3))}.img"), Kind.FILE,
+        Vector.of(draw(st.dictionaries(KEYS, st.integers(1, 1000), min_size=1, max_size=3))),
+        origin, size=size, mode=0o644, mtime_ns=draw(st.integers(0, 2**62)), blocks=blocks)
+    signature = draw(st.binary(min_size=1, max_size=64))
+    return Signed(record, signature, Patch.between(before, blocks)), before
+
+
+@given(long_lists(), st.data())
+def test_a_patch_between_two_lists_makes_the_second_of_the_first(
+        old: tuple[bytes, ...], data: st.DataObject) -> None:
+    new = data.draw(edited(old))
+    patch = Patch.between(old, new)
+    if patch is None:
+        return
+    assert patch.apply(old, len(new)) == new
+    assert Patch.from_json(json.loads(json.dumps(patch.to_json())), len(new)) == patch
+    assert rebuilt(list_digest(new), patch, len(new), [new[:-1], old]) == new
+    assert rebuilt(list_digest(new), None, len(new), [old]) in (None, new)
+
+
+@given(JSON_VALUES | damaged_json(long_lists().map(
+    lambda b: Patch(list_digest(b), ((0, b[0]), (5, b[1]))).to_json())), st.integers(0, 600))
+def test_a_patch_from_any_json_is_a_patch_or_a_wire_error(data: Any, count: int) -> None:
+    patch = decoded(lambda d: Patch.from_json(d, count), data)
+    if patch is not None:
+        indexes = [i for i, _ in patch.changes]
+        assert indexes == sorted(set(indexes))
+        assert all(0 <= i < count for i in indexes)
+
+
+@BIG
+@given(st.lists(long_signed(), min_size=1, max_size=3), st.sampled_from(Lists), st.data())
+def test_a_batch_without_its_lists_is_whole_again_from_the_lists_the_receiver_holds(
+        signed: list[tuple[Signed, tuple[bytes, ...]]], lists: Lists, data: st.DataObject) -> None:
+    signed = list({s.record.path: (s, before) for s, before in signed}.values())  # one a path
+    batch = Records(FolderId("docs"), tuple(s for s, _ in signed), "epoch", 7, lists)
+    body = batch.to_json()
+    again = Records.from_json(body)
+    held = {s.record.path: data.draw(st.sampled_from([[before], [s.record.blocks], []]))
+            for s, before in signed}
+    rebuilt_ones = [r.rebuild(held[r.record.path]) for r in again.listless]
+    for one in rebuilt_ones:
+        assert one is None or one in batch.records
+    assert len(again.records) + len(again.listless) == len(batch.records)
+    assert len(body) < len(Records(batch.folder, batch.records).to_json()) or not again.listless
+    for s, before in signed:
+        # What the receiver holds rebuilds it: the same list, or the base of its patch.
+        if [s.record.blocks] == held[s.record.path] or (
+                s.patch is not None and held[s.record.path] == [before]):
+            assert s in again.records or s in rebuilt_ones
+
+
+@BIG
+@given(damaged_json(st.lists(long_signed(), min_size=1, max_size=2).map(
+    lambda signed: json.loads(Records(FolderId("docs"), tuple(s for s, _ in signed), "e", 1,
+                                      Lists.DIGESTS).to_json()))), long_lists())
+def test_a_damaged_batch_without_lists_is_refused_or_rebuilds_only_the_list_it_names(
+        data: dict[str, Any], held: tuple[bytes, ...]) -> None:
+    batch = decoded(Records.from_json, json.dumps(data).encode())
+    for listless in batch.listless if batch is not None else ():
+        count = -(-listless.record.size // BLOCK_SIZE)
+        assert count > LIST_INLINE
+        for blocks in (held, *([listless.patch.apply(held, count)] if listless.patch else [])):
+            whole = listless.rebuild([blocks] if blocks else [])
+            if whole is not None:
+                assert len(whole.record.blocks) == count
+                assert list_digest(whole.record.blocks) == listless.digest
 
 
 def test_an_epoch_that_is_not_valid_unicode_is_refused() -> None:
