@@ -17,7 +17,7 @@ from meshsync.core.throttle import shown
 from meshsync.core.vclock import Order
 from meshsync.core.wire import Signed
 from meshsync.node.place import Place
-from meshsync.store.index import Need
+from meshsync.store.index import Entry, Need
 
 log = logging.getLogger("meshsync.folder")
 
@@ -64,6 +64,8 @@ class Judge:
         place, me = self.place, self.verifier.me.key
         queued: list[Need] = []
         held: list[Need] = []
+        paths = [s.record.path for s in records]  # what we hold and wait for, read at once
+        known = place.index.get_all(place.id, paths), place.index.needs_of(place.id, paths)
         for signed in records:
             record = signed.record
             if place.ignore.match(record.path, record.kind is Kind.DIR):
@@ -77,7 +79,7 @@ class Judge:
                                 len(record.version.counters), record.version.get(me))
                 continue
             need = Need(record, signed.signature, source)
-            if self.weigh(need, queued, verify=True) is Origin.UNTRUSTED:
+            if self.weigh(need, queued, verify=True, known=known) is Origin.UNTRUSTED:
                 held.append(need)
         place.index.add_needs(place.id, queued)
         if held:
@@ -85,13 +87,18 @@ class Judge:
         patches = {s.record.path: s.patch for s in records if s.patch is not None}
         return [Signed(n.record, n.signature, patches.get(n.record.path)) for n in queued]
 
-    def weigh(self, need: Need, queued: list[Need], keep: bool = True,
-              verify: bool = False) -> plan.Judgement | Origin:
-        """Judge one version against ours and the one we wait for; queue it or (if `keep`)
-        set it aside. With `verify`, only a version signed by its trusted origin counts: one
-        that is not is not judged, and its origin's verdict is returned instead."""
+    def weigh(self, need: Need, queued: list[Need], keep: bool = True, verify: bool = False,
+              known: tuple[dict[str, Entry], dict[str, Need]] | None = None,
+              ) -> plan.Judgement | Origin:
+        """Judge one version against ours and the one we wait for (read from the index, or
+        from `known` rows a batch read at once); queue it or (if `keep`) set it aside. With
+        `verify`, only a version signed by its trusted origin counts: one that is not is not
+        judged, and its origin's verdict is returned instead."""
         place, path = self.place, need.record.path
-        entry, pending = place.index.get(place.id, path), place.index.need(place.id, path)
+        if known is None:
+            entry, pending = place.index.get(place.id, path), place.index.need(place.id, path)
+        else:
+            entry, pending = known[0].get(path), known[1].get(path)
         verdict = plan.judge(entry.record if entry else None,
                              pending.record if pending else None, need.record)
         # History changes nothing, so only versions that would count are verified: every
@@ -108,6 +115,8 @@ class Judge:
             queued.append(need)
         if verdict.drop_pending:
             place.index.drop_need(place.id, path)
+            if known is not None:
+                known[1].pop(path, None)
         aside = [n for n, set_aside in ((need, keep and verdict.aside),
                                         (pending, verdict.pending_aside))
                  if set_aside and n is not None]

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -200,6 +200,16 @@ class Index:
         found = self._entries("AND path = ?", (folder, path))
         return found[0] if found else None
 
+    def get_all(self, folder: str, paths: Iterable[str]) -> dict[str, Entry]:
+        """The rows of those of `paths` the index has seen, by path: a batch's, a few reads."""
+        return {e.record.path: e for part in _parts(paths)
+                for e in self._entries(f"AND path IN ({_marks(part)})", (folder, *part))}
+
+    def needs_of(self, folder: str, paths: Iterable[str]) -> dict[str, Need]:
+        """The versions queued for those of `paths` that have one, by path."""
+        return {n.record.path: n for part in _parts(paths)
+                for n in self._needs(f"AND path IN ({_marks(part)})", (folder, *part))}
+
     def put(self, folder: str, items: Sequence[tuple[FileRecord, bytes, int, int]]) -> list[int]:
         """Store (record, signature, inode, dev) rows; each item gets the folder's next seq.
 
@@ -356,3 +366,14 @@ class Index:
         counted = int(row[0]), int(row[1])
         self._counted[folder] = (seq, counted)
         return counted
+
+
+def _parts(paths: Iterable[str], size: int = 500) -> Iterator[list[str]]:
+    """Distinct paths a query's worth at a time."""
+    unique = list(dict.fromkeys(paths))
+    for at in range(0, len(unique), size):
+        yield unique[at : at + size]
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))

@@ -162,6 +162,17 @@ def test_blocks_are_found_where_a_live_file_holds_them(index: Index) -> None:
     assert index.find_block("other", digest("y")) is None
 
 
+def test_the_rows_and_needs_of_a_batchs_paths_are_read_together(index: Index) -> None:
+    paths = [f"d/{n:04}" for n in range(1200)]  # more than one query's worth
+    index.put(FOLDER, [item(file(p, p)) for p in paths[::2]])
+    index.add_needs(FOLDER, [Need(file(p, "new", counter=2), b"s", B) for p in paths[::3]])
+    asked = [*paths, "nowhere", paths[0]]
+    rows, needs = index.get_all(FOLDER, asked), index.needs_of(FOLDER, asked)
+    assert rows == {p: index.get(FOLDER, p) for p in paths[::2]}
+    assert needs == {p: index.need(FOLDER, p) for p in paths[::3]}
+    assert index.get_all("other", asked) == index.needs_of("other", asked) == {}
+
+
 def test_the_blocks_of_one_request_are_found_in_one_look_up(index: Index) -> None:
     index.put(FOLDER, [item(file("one", "x", "y", "x")), item(file("two", "z"))])
     asked = [digest("z"), digest("nowhere"), digest("x"), digest("z")]
