@@ -26,10 +26,16 @@ from meshsync.store.index import Entry
 
 log = logging.getLogger("meshsync.folder")
 
-# File systems stamp mtimes in coarse ticks (ext4: a few ms), so a file rewritten in place
-# with the same size right after we hashed it can look unchanged. One hashed while its mtime
-# was this fresh is hashed again once it is older (git calls these entries racy).
+# File systems stamp mtimes in coarse ticks, so a file rewritten in place with the same size
+# in the tick it was hashed in can look unchanged. One whose hashing began that soon after its
+# mtime is hashed again once it is older (git calls these entries racy). The tick is a clock
+# tick (1 to 10 ms) where mtimes have a fraction of a second (ext4, XFS, btrfs, exFAT), up to
+# 2 s where they are whole seconds (FAT, HFS+, ext3): a window for each, with room to spare.
+# Fresh by the old rule (2 s from the scan's start, for every file), each new big file was
+# hashed twice, and the second hash held up the small files changed after it.
 RACY = 2.0
+RACY_FINE = 0.1
+WAIT_OUT = 8 << 20  # bytes: a file this big waits out a fine tick, not hashed twice
 # A long scan stores and announces what it found so far this often: peers start fetching a
 # big tree's first files while the rest is hashed, and a crash loses little work.
 STORE_EVERY = 1000  # new versions
@@ -49,6 +55,7 @@ class _State(Enum):
     UNSTABLE = "still being written"
     HELD = "the version held, its inode moved"
     NEW = "a new version"
+    FRESH = "a new version, hashed so soon after its mtime that it is hashed again later"
 
 
 _Looked = tuple[scan.Seen, _State, _Done | None]
@@ -148,11 +155,11 @@ class Scanner:
                     found.unstable.add(s.path)
                 elif item is not None:
                     (held if state is _State.HELD else mine).append(item)
-                    if state is _State.NEW and s.kind is Kind.FILE:
+                    if state in (_State.NEW, _State.FRESH) and s.kind is Kind.FILE:
                         found.hashed += 1
                         found.hashed_bytes += s.size
-                        if 0 <= now_ns - s.mtime_ns < RACY * 1e9:
-                            found.racy.add(s.path)
+                    if state is _State.FRESH:
+                        found.racy.add(s.path)
                 if len(mine) - stored >= STORE_EVERY or (
                         len(mine) > stored and time.monotonic() - stored_at > STORE_WITHIN):
                     self._store(mine[stored:], held, announce, known)
@@ -192,8 +199,16 @@ class Scanner:
         if (entry is not None and not force and not revive
                 and not scan.differs(s, entry.record, entry.inode)):
             return _State.SAME, None
-        size, blocks = 0, tuple[bytes, ...]()
+        size, blocks, fresh = 0, tuple[bytes, ...](), False
         if s.kind is Kind.FILE:
+            fresh = racy(s.mtime_ns, opened := time.time_ns())
+            left = _window(s.mtime_ns) - (opened - s.mtime_ns) / 1e9
+            if fresh and s.size >= WAIT_OUT and 0 < left <= RACY_FINE:
+                # Hashing a big file twice costs more than waiting out its tick (0.1 s at
+                # most, where mtimes are fine-grained), and the second hash would hold up the
+                # small files behind it.
+                time.sleep(left)
+                fresh = racy(s.mtime_ns, time.time_ns())
             hashed = scan.stable_hash(dirs, s)
             if hashed is None:
                 return _State.UNSTABLE, None
@@ -207,7 +222,7 @@ class Scanner:
             # Only the inode moved (an editor's copy-and-rename, a directory made again):
             # the same version.
             return _State.HELD, (entry.record, entry.signature, s.inode, s.dev)
-        return _State.NEW, (record, self.sign(record), s.inode, s.dev)
+        return _State.FRESH if fresh else _State.NEW, (record, self.sign(record), s.inode, s.dev)
 
     def _walk(self, tops: list[RelPath] | None, progress: Progress | None,
               temps: set[str]) -> Iterator[scan.Seen]:
@@ -226,6 +241,17 @@ class Scanner:
             yield s
         if progress is not None:
             progress.walking = False
+
+
+def racy(mtime_ns: int, opened_ns: int) -> bool:
+    """Whether a file opened for hashing at `opened_ns` may still be rewritten within its mtime
+    `mtime_ns`'s tick, unseen (a future mtime too: a clock that moved)."""
+    return opened_ns - mtime_ns < _window(mtime_ns) * 1e9
+
+
+def _window(mtime_ns: int) -> float:
+    """Seconds a file's mtime may stay the same while it is written: its tick, with room."""
+    return RACY if mtime_ns % 10**9 == 0 else RACY_FINE
 
 
 def _patch(before: Entry | None, record: FileRecord) -> Patch | None:

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -36,7 +37,7 @@ from meshsync.core.wire import (
     Signed,
 )
 from meshsync.fs import apply
-from meshsync.node import folder, puller
+from meshsync.node import folder, puller, scanner
 from meshsync.node.config import Folder
 from meshsync.node.folder import FolderSync
 from meshsync.node.judge import Origin
@@ -572,6 +573,34 @@ def test_records_without_lists_cost_a_bounded_rebuild_however_many_a_batch_names
     rebuilt, lacking = sync.rebuild(sent(held))
     assert len(rebuilt) == len(held) // 2  # each costs its held list and the one sent
     assert lacking == len(held) - len(rebuilt)
+
+
+def test_a_file_is_hashed_again_only_if_it_could_change_unseen_in_its_mtimes_tick(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    sync = folder_sync(tmp_path, index, Members(), clock)
+    root, now = tmp_path / "photos", time.time_ns()
+    ages = {"a-second-ago": 10**9 + 123_456_789,  # fine-grained mtimes: a tick of a few ms
+            "whole-second": 10**9 + now % 10**9,  # a file system that keeps seconds (FAT)
+            "ahead": -(60 * 10**9) + 5}  # a clock that moved, or a peer's
+    for name, age in ages.items():
+        (root / name).write_bytes(name.encode())
+        os.utime(root / name, ns=(now - age, now - age))
+    (root / "big.img").write_bytes(bytes(scanner.WAIT_OUT))  # waits out its tick: hashed once
+    found = sync.scanner.find_changes(None, set(), set())
+    assert found.racy == {"whole-second", "ahead"}
+    assert {s.record.path for s in found.changes} == {*ages, "big.img"}
+    # Hashed again, the same content: no new version, nothing left to look at again.
+    again = sync.scanner.find_changes(None, set(found.racy), set())
+    assert (again.changes, again.racy) == ([], set())
+
+
+def test_the_racy_window_is_the_mtimes_tick_with_room() -> None:
+    fine, whole = 1_700_000_000_123_456_789, 1_700_000_000 * 10**9
+    assert scanner.racy(fine, fine + 50_000_000)
+    assert not scanner.racy(fine, fine + 150_000_000)
+    assert scanner.racy(whole, whole + 1_900_000_000)
+    assert not scanner.racy(whole, whole + 2_100_000_000)
+    assert scanner.racy(fine, fine - 1)  # opened "before" its mtime: a clock moved
 
 
 async def test_catch_up_asks_a_member_again_only_once_its_hellos_say_its_index_moved_on(
