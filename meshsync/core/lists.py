@@ -80,8 +80,9 @@ def rebuilt(digest: bytes, patch: Patch | None, count: int,
     """The list named `digest`, of `count` blocks, from the first of the lists `held` that is
     that list or the base of `patch`; None if none is."""
     for blocks in held:
-        found = tuple(blocks) if len(blocks) == count and list_digest(blocks) == digest else (
-            patch.apply(blocks, count) if patch is not None else None)
+        if len(blocks) == count and list_digest(blocks) == digest:
+            return tuple(blocks)
+        found = patch.apply(blocks, count) if patch is not None else None
         if found is not None and list_digest(found) == digest:
             return found
     return None

@@ -227,11 +227,6 @@ def _write_behind(fd: int) -> None:
         _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a hint: its failure changes nothing
 
 
-def read_block(root: Path, path: RelPath, index: int) -> bytes | None:
-    """Block `index` of the local file (short at the end); None if gone, odd, or too short."""
-    return read_blocks(root, path, (index,)).get(index)
-
-
 def read_blocks(root: Path, path: RelPath, indexes: Iterable[int]) -> dict[int, bytes]:
     """Blocks of the local file (the last one short), through one open: those it holds now,
     none if it is gone or not a file."""

@@ -271,10 +271,6 @@ class Index:
         rows = self._rows("SELECT seq FROM folder_seq WHERE folder = ?", (folder,))
         return int(rows[0][0]) if rows else 0
 
-    def find_block(self, folder: str, digest: bytes) -> tuple[str, int] | None:
-        """(path, block index) of a live local file holding this block, None if none does."""
-        return self.find_blocks(folder, (digest,)).get(digest)
-
     def find_blocks(self, folder: str, digests: Sequence[bytes]) -> dict[bytes, tuple[str, int]]:
         """(path, block index) of a live local file holding each block one holds, looked up
         under one hold of the lock: a request for 64 blocks waits for it once, not 64 times."""

@@ -24,7 +24,6 @@ from meshsync.fs.apply import (
     make_dir,
     make_symlink,
     move_to_versions,
-    read_block,
     read_blocks,
     remove,
     remove_temps,
@@ -246,7 +245,7 @@ def test_nothing_is_written_through_a_symlinked_or_file_parent(tmp_path: Path, p
         lambda: make_dir(root, other_record(path, Kind.DIR), None),
         lambda: make_symlink(root, other_record(path, Kind.SYMLINK, target="/etc"), None),
         lambda: set_metadata(root, other_record(path, Kind.DIR), None),
-        lambda: read_block(root, RelPath(path), 0),
+        lambda: read_blocks(root, RelPath(path), [0]),
     ]
 
     for attempt in writes:
@@ -360,16 +359,16 @@ def test_set_metadata_changes_mode_and_mtime_only(tmp_path: Path) -> None:
         set_metadata(tmp_path, record, None)
 
 
-def test_read_block_reads_one_block_of_a_local_file(tmp_path: Path) -> None:
+def test_read_blocks_reads_each_block_of_a_local_file_alone(tmp_path: Path) -> None:
     data = random.Random(4).randbytes(2 * BLOCK_SIZE + 7)
     (tmp_path / "f").write_bytes(data)
     (tmp_path / "link").symlink_to("f")
 
-    assert read_block(tmp_path, RelPath("f"), 0) == data[:BLOCK_SIZE]
-    assert read_block(tmp_path, RelPath("f"), 2) == data[2 * BLOCK_SIZE :]
-    assert read_block(tmp_path, RelPath("f"), 3) is None
-    assert read_block(tmp_path, RelPath("gone"), 0) is None
-    assert read_block(tmp_path, RelPath("link"), 0) is None
+    assert read_blocks(tmp_path, RelPath("f"), [0]) == {0: data[:BLOCK_SIZE]}
+    assert read_blocks(tmp_path, RelPath("f"), [2]) == {2: data[2 * BLOCK_SIZE :]}
+    assert read_blocks(tmp_path, RelPath("f"), [3]) == {}
+    assert read_blocks(tmp_path, RelPath("gone"), [0]) == {}
+    assert read_blocks(tmp_path, RelPath("link"), [0]) == {}
 
 
 def test_read_blocks_reads_those_a_file_holds_through_one_open(tmp_path: Path) -> None:

@@ -121,8 +121,8 @@ def test_the_last_item_for_a_path_in_one_put_wins(index: Index) -> None:
     entry = index.get(FOLDER, "a")
     assert entry is not None
     assert (entry.record, entry.seq) == (file("a", "new", counter=2), 2)
-    assert index.find_block(FOLDER, digest("old")) is None
-    assert index.find_block(FOLDER, digest("new")) == ("a", 0)
+    assert index.find_blocks(FOLDER, [digest("old")]).get(digest("old")) is None
+    assert index.find_blocks(FOLDER, [digest("new")]).get(digest("new")) == ("a", 0)
 
 
 def test_since_pages_through_rows_in_seq_order_showing_replaced_rows_once(index: Index) -> None:
@@ -156,10 +156,10 @@ def test_entries_under_a_path_are_it_and_its_descendants_only(index: Index) -> N
 def test_blocks_are_found_where_a_live_file_holds_them(index: Index) -> None:
     index.put(FOLDER, [item(file("one", "x", "y", "x")),
                        item(FileRecord(RelPath("dir"), Kind.DIR, Vector.of({A: 1}), A))])
-    assert index.find_block(FOLDER, digest("y")) == ("one", 1)
-    assert index.find_block(FOLDER, digest("x")) in {("one", 0), ("one", 2)}
-    assert index.find_block(FOLDER, digest("nowhere")) is None
-    assert index.find_block("other", digest("y")) is None
+    assert index.find_blocks(FOLDER, [digest("y")]).get(digest("y")) == ("one", 1)
+    assert index.find_blocks(FOLDER, [digest("x")]).get(digest("x")) in {("one", 0), ("one", 2)}
+    assert index.find_blocks(FOLDER, [digest("nowhere")]).get(digest("nowhere")) is None
+    assert index.find_blocks("other", [digest("y")]).get(digest("y")) is None
 
 
 def test_the_rows_and_needs_of_a_batchs_paths_are_read_together(index: Index) -> None:
@@ -187,7 +187,7 @@ def test_a_file_replaced_by_a_tombstone_no_longer_offers_its_blocks(index: Index
     record = file("doomed", "x")
     index.put(FOLDER, [item(record)])
     index.put(FOLDER, [(record.tombstone(Vector.of({A: 2}), A), b"s", 0, 0)])
-    assert index.find_block(FOLDER, digest("x")) is None
+    assert index.find_blocks(FOLDER, [digest("x")]).get(digest("x")) is None
 
 
 def test_a_renamed_file_offers_its_blocks_at_the_new_path(index: Index) -> None:
@@ -195,15 +195,15 @@ def test_a_renamed_file_offers_its_blocks_at_the_new_path(index: Index) -> None:
     index.put(FOLDER, [item(old)])
     index.put(FOLDER, [item(file("new/name", "x", "y")),
                        (old.tombstone(Vector.of({A: 2}), A), b"s", 0, 0)])
-    assert index.find_block(FOLDER, digest("x")) == ("new/name", 0)
-    assert index.find_block(FOLDER, digest("y")) == ("new/name", 1)
+    assert index.find_blocks(FOLDER, [digest("x")]).get(digest("x")) == ("new/name", 0)
+    assert index.find_blocks(FOLDER, [digest("y")]).get(digest("y")) == ("new/name", 1)
 
 
 def test_changed_content_replaces_the_blocks_of_a_path(index: Index) -> None:
     index.put(FOLDER, [item(file("f", "x", "y"))])
     index.put(FOLDER, [item(file("f", "y", counter=2))])
-    assert index.find_block(FOLDER, digest("x")) is None
-    assert index.find_block(FOLDER, digest("y")) == ("f", 0)
+    assert index.find_blocks(FOLDER, [digest("x")]).get(digest("x")) is None
+    assert index.find_blocks(FOLDER, [digest("y")]).get(digest("y")) == ("f", 0)
 
 
 def test_listing_conflict_copies_reads_them_not_the_whole_folder(index: Index) -> None:
@@ -381,7 +381,7 @@ def test_damaged_file_rows_are_set_aside_while_the_good_rows_still_read(
     assert index.take_damaged(FOLDER) == set()
     assert sql(db_path, "SELECT path FROM files ORDER BY path") == [("a",), ("z",)]
     assert sql(db_path, "SELECT count(*) FROM blocks") == [(2,)]  # theirs went with them
-    assert index.find_block(FOLDER, digest("bad-kind")) is None
+    assert index.find_blocks(FOLDER, [digest("bad-kind")]).get(digest("bad-kind")) is None
     assert sorted(r.getMessage() for r in caplog.records) == [
         "index: set aside a damaged files row of folder 'photos', path 'bad-kind' (kind 'socket'"
         " is none of file, dir, symlink); it is rebuilt from the folder and its peers",
@@ -680,7 +680,7 @@ def test_concurrent_puts_through_one_index_are_serialised(index: Index, db_path:
     assert sorted(seqs) == list(range(1, 8 * 25 * 8 + 1))
     assert index.max_seq(FOLDER) == len(seqs)
     assert sum(1 for _ in index.entries(FOLDER)) == len(seqs)
-    assert index.find_block(FOLDER, digest("7.24.7")) == ("t7/24/7", 0)
+    assert index.find_blocks(FOLDER, [digest("7.24.7")]).get(digest("7.24.7")) == ("t7/24/7", 0)
     assert sql(db_path, "PRAGMA integrity_check") == [("ok",)]
 
 
@@ -727,5 +727,5 @@ def test_a_put_of_ten_thousand_records_stores_them_all(index: Index) -> None:
         range(1, 10_001))
     assert index.counts(FOLDER) == (10_000, 2_000_000)
     assert [e.record for e in index.entries(FOLDER)] == records
-    assert index.find_block(FOLDER, digest("9999b")) == ("bulk/09999", 1)
+    assert index.find_blocks(FOLDER, [digest("9999b")]).get(digest("9999b")) == ("bulk/09999", 1)
     assert [e.seq for e in index.since(FOLDER, 9_990)] == list(range(9_991, 10_001))
