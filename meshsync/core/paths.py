@@ -33,13 +33,13 @@ def check_path(text: object) -> RelPath:
     if text.startswith("/"):
         raise WireError(f"path is absolute: {text[:80]!r}")
     parts = text.split("/")
-    for part in parts:
-        if part in ("", ".", ".."):
-            raise WireError(f"path has an empty, '.' or '..' part: {text[:80]!r}")
-        if len(part.encode()) > MAX_NAME_BYTES:
-            raise WireError(f"path has a name longer than {MAX_NAME_BYTES} bytes: {text[:80]!r}")
+    if "" in parts or "." in parts or ".." in parts:
+        raise WireError(f"path has an empty, '.' or '..' part: {text[:80]!r}")
+    # A name can be too long only in a path that long: most paths skip the look at each.
+    if size > MAX_NAME_BYTES and any(len(part.encode()) > MAX_NAME_BYTES for part in parts):
+        raise WireError(f"path has a name longer than {MAX_NAME_BYTES} bytes: {text[:80]!r}")
     # The scanner skips a temporary name at any depth, directories included.
-    if parts[0] == MARKER or any(is_temporary(part) for part in parts):
+    if parts[0] == MARKER or (TEMP_PREFIX in text and any(map(is_temporary, parts))):
         raise WireError(f"path is meshsync's own: {text[:80]!r}")
     return RelPath(text)
 

@@ -26,6 +26,18 @@ class Kind(StrEnum):
     SYMLINK = "symlink"
 
 
+# What a scan compares with the disk: the metadata that, unchanged, means the content is too
+# (a directory's mtime moves with every entry, and a link's mode means nothing on Linux).
+Stamp = tuple[object, ...]
+
+
+def stamp(kind: Kind, size: int, mode: int, mtime_ns: int, target: str, inode: int) -> Stamp:
+    """The stamp of a path of this kind and metadata, on disk at `inode`."""
+    if kind is Kind.FILE:
+        return (kind, inode, size, mtime_ns, mode)
+    return (kind, inode, mode) if kind is Kind.DIR else (kind, inode, target)
+
+
 @dataclass(frozen=True, slots=True)
 class FileRecord:
     """One version of one path. A deleted path keeps its record as a tombstone."""

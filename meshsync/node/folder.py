@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from meshsync.core.paths import RelPath
-from meshsync.core.records import FileRecord, Kind, block_count
+from meshsync.core.records import FileRecord, block_count
 from meshsync.core.throttle import shown
 from meshsync.core.wire import (
     BATCH_BUDGET,
@@ -132,7 +132,8 @@ class FolderSync:
         if self.mounted:
             await self._reload_ignore()
             # A previous run may have left temporary files anywhere: look in every directory once.
-            self.puller.temp_dirs = {"", *await asyncio.to_thread(self._directories)}
+            self.puller.temp_dirs = {
+                "", *await asyncio.to_thread(self.place.index.directories, self.id)}
             self.puller.wake.set()
         self._scan_wake.set()
         async with asyncio.TaskGroup() as tg:
@@ -275,10 +276,6 @@ class FolderSync:
         self._force |= paths
         self._scan_wake.set()
 
-
-    def _directories(self) -> list[str]:
-        return [e.record.path for e in self.place.index.entries(self.id)
-                if e.record.kind is Kind.DIR and not e.record.deleted]
 
     async def _scan(self, dirty: set[RelPath] | None, force: set[RelPath],
                     revive: set[RelPath]) -> Found:

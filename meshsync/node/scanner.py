@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
@@ -122,9 +122,11 @@ class Scanner:
         progress = Progress() if tops is None else None
         self.progress = progress
         try:
-            entries = place.index.entries(place.id) if tops is None else (
-                e for top in tops for e in place.index.entries_under(place.id, top))
-            known = {e.record.path: e for e in entries}
+            # Stamps, not entries: a path whose stamp matches the disk needs nothing more, and
+            # most of a restart's paths are such. An entry is read only where they differ.
+            stamps = place.index.stamps(place.id) if tops is None else {
+                path: s for top in tops for path, s in place.index.stamps(place.id, top).items()}
+            before: dict[str, Entry] = {}  # the entries read, of paths that differ
             # Losers kept aside, which a new version made here may descend from (plan.local_change).
             kept: dict[RelPath, list[FileRecord]] = {}
             for loser in place.index.losers(place.id):
@@ -135,10 +137,15 @@ class Scanner:
             stored, stored_at = 0, time.monotonic()  # of mine, those stored and announced
 
             def look(chunk: list[scan.Seen]) -> list[_Looked]:
+                differ = {s.path for s in chunk if s.path in force or s.path in revive
+                          or s.stamp != stamps.get(s.path)}
+                entries = place.index.get_all(place.id, differ) if differ else {}
+                before.update(entries)
                 dirs = scan.Directories(place.root)
                 try:
-                    return [(s, *self._look(s, known.get(s.path), s.path in force,
+                    return [(s, *self._look(s, entries.get(s.path), s.path in force,
                                             s.path in revive, kept.get(s.path, []), now_ns, dirs))
+                            if s.path in differ else (s, _State.SAME, None)
                             for s in chunk]
                 finally:
                     dirs.close()
@@ -162,17 +169,19 @@ class Scanner:
                         found.racy.add(s.path)
                 if len(mine) - stored >= STORE_EVERY or (
                         len(mine) > stored and time.monotonic() - stored_at > STORE_WITHIN):
-                    self._store(mine[stored:], held, announce, known)
+                    self._store(mine[stored:], held, announce, before)
                     stored, stored_at, held = len(mine), time.monotonic(), []
-            for path, entry in known.items():
-                # An ignored path stays as it was for the peers: ignoring a file deletes nothing.
-                if (path not in present and not entry.record.deleted
-                        and not ignore.match(path, entry.record.kind is Kind.DIR)):
+            # An ignored path stays as it was for the peers: ignoring a file deletes nothing.
+            gone = [path for path, s in stamps.items() if s is not None and path not in present
+                    and not ignore.match(path, s[0] is Kind.DIR)]
+            entries = place.index.get_all(place.id, gone)
+            for entry in (entries[path] for path in gone if path in entries):
+                if not entry.record.deleted:
                     record = plan.local_change(
                         entry.record, entry.record.tombstone(Vector(), me),
                         kept.get(entry.record.path, []), me, now_ns // 10**9)
                     mine.append((record, self.sign(record), 0, 0))
-            self._store(mine[stored:], held, announce, known)
+            self._store(mine[stored:], held, announce, before)
         finally:
             self.progress = None
         if mine and log.isEnabledFor(logging.DEBUG):
@@ -182,12 +191,12 @@ class Scanner:
         return found
 
     def _store(self, mine: list[_Done], held: list[_Done],
-               announce: Callable[[list[Signed]], None], before: Mapping[RelPath, Entry]) -> None:
+               announce: Callable[[list[Signed]], None], before: dict[str, Entry]) -> None:
         """Store new versions and those whose inode moved; announce the new ones, each long
-        list as a patch of the version before where that is shorter."""
+        list as a patch of the version before (taken from `before`) where that is shorter."""
         self.place.index.put(self.place.id, [*mine, *held])
         if mine:
-            announce([Signed(record, signature, _patch(before.get(record.path), record))
+            announce([Signed(record, signature, _patch(before.pop(record.path, None), record))
                       for record, signature, _, _ in mine])
 
     def _look(self, s: scan.Seen, entry: Entry | None, force: bool, revive: bool,

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from meshsync.core.errors import WireError
 from meshsync.core.paths import RelPath, check_path
-from meshsync.core.records import FileRecord, Kind
+from meshsync.core.records import FileRecord, Kind, Stamp
 from meshsync.core.throttle import shown
 from meshsync.core.vclock import Order, Vector
 from meshsync.store.database import IndexUnusable as IndexUnusable
@@ -26,11 +26,13 @@ from meshsync.store.row import (
     HELD,
     LOSERS,
     NEEDS,
+    SELECT_STAMP,
     UPSERT,
     DamagedRow,
     Table,
     columns_of,
     signed,
+    stamp_of,
 )
 from meshsync.store.row import Entry as Entry
 from meshsync.store.row import Need as Need
@@ -38,6 +40,9 @@ from meshsync.store.row import Need as Need
 log = logging.getLogger("meshsync.index")
 
 PAGE = 1000  # rows per read while streaming `entries`
+STAMP_PAGE = 10000  # rows per read of `stamps`, a tenth the size
+# Paths below `p` sort in ["p/", "p0") ("0" follows "/"): `p` and that range, one index scan.
+_UNDER = "path >= ? AND path < ? AND (path = ? OR path >= ?)"
 LOGGED_ROWS = 20  # damaged rows logged one by one; past that, one line per batch set aside
 T = TypeVar("T")
 # CROSS JOIN pins the loop order so the lookup starts from the hash index.
@@ -258,9 +263,27 @@ class Index:
 
     def entries_under(self, folder: str, path: str) -> list[Entry]:
         """The rows of `path` and of everything below it, in path order."""
-        # Paths below `p` sort in ["p/", "p0") ("0" follows "/"); the range keeps it one index scan.
-        return self._entries("AND path >= ? AND path < ? AND (path = ? OR path >= ?)"
-                             " ORDER BY path", (folder, path, path + "0", path, path + "/"))
+        return self._entries(f"AND {_UNDER} ORDER BY path", (folder, *_under(path)))
+
+    def stamps(self, folder: str, under: str | None = None) -> dict[str, Stamp | None]:
+        """What a scan compares with the disk, by path: of the whole folder, or of `under` and
+        everything below it. Plain columns, no record decoded, read a page per lock hold: a
+        restart over 100k files reads its index in a fraction of the time and memory that
+        decoding its entries takes. None for a deletion (see stamp_of)."""
+        where, args = ("", ()) if under is None else (f"AND {_UNDER} ", _under(under))
+        found: dict[str, Stamp | None] = {}
+        after: object = ""
+        while rows := self._rows(f"{SELECT_STAMP}{where}AND path > ? ORDER BY path LIMIT ?",
+                                 (folder, *args, after, STAMP_PAGE)):
+            found.update((row[0], stamp_of(row)) for row in rows)
+            after = rows[-1][0]
+        return found
+
+    def directories(self, folder: str) -> list[str]:
+        """Every directory the folder holds, by path."""
+        return [path for (path,) in self._rows(
+            "SELECT path FROM files WHERE folder = ? AND kind = 'dir' AND deleted = 0"
+            " AND typeof(path) = 'text'", (folder,))]
 
     def since(self, folder: str, seq: int, limit: int = 1000) -> list[Entry]:
         """Up to `limit` rows put after `seq`, in seq order."""
@@ -373,3 +396,8 @@ def _parts(paths: Iterable[str], size: int = 500) -> Iterator[list[str]]:
 
 def _marks(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
+
+
+def _under(path: str) -> tuple[str, ...]:
+    """The arguments of _UNDER for `path`."""
+    return (path, path + "0", path, path + "/")

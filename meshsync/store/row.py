@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 
 from meshsync.core.errors import WireError
 from meshsync.core.paths import RelPath
-from meshsync.core.records import FileRecord, Kind
+from meshsync.core.records import FileRecord, Kind, Stamp, stamp
 from meshsync.core.vclock import Vector
 
 DIGEST = 32
@@ -31,6 +31,8 @@ _NEED_COLUMNS = ", ".join(name for name, _ in _NEED)
 # Built from the constant column names above, never from input.
 _SELECT_ENTRY = f"SELECT {_ENTRY_COLUMNS} FROM files WHERE folder = ? "  # noqa: S608
 _SELECT_NEED = f"SELECT {_NEED_COLUMNS} FROM need WHERE folder = ? "  # noqa: S608
+SELECT_STAMP = ("SELECT path, kind, deleted, size, mode, mtime_ns, target, inode FROM files"
+                " WHERE folder = ? ")
 _SELECT_LOSER = f"SELECT {_NEED_COLUMNS} FROM losers WHERE folder = ? "  # noqa: S608
 _SELECT_HELD = f"SELECT {_NEED_COLUMNS} FROM held WHERE folder = ? "  # noqa: S608
 UPSERT = """
@@ -144,6 +146,17 @@ def _entry(row: tuple[Any, ...]) -> Entry:
         _check(row, _ENTRY)
     return Entry(_record(row, row[15]), row[11], row[12], _unsigned(row[13]),
                  _unsigned(row[14]))
+
+
+def stamp_of(row: tuple[Any, ...]) -> Stamp | None:
+    """The stamp of a SELECT_STAMP row; None for a deletion, and for a row whose path or kind
+    is damaged. A stamp with a damaged column matches nothing on disk: the scan reads that
+    row's entry, which sets it aside."""
+    path, kind, deleted, size, mode, mtime_ns, target, inode = row
+    kind_of = _KINDS.get(kind)
+    if deleted or kind_of is None or type(path) is not str or type(inode) is not int:
+        return None
+    return stamp(kind_of, size, mode, mtime_ns, target, _unsigned(inode))
 
 
 def _need(row: tuple[Any, ...]) -> Need:

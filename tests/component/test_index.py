@@ -17,11 +17,14 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from meshsync.core.errors import MeshsyncError
 from meshsync.core.paths import RelPath
 from meshsync.core.records import FileRecord, Kind
 from meshsync.core.vclock import Vector
+from meshsync.fs.scan import Seen, differs
 from meshsync.store.index import LOGGED_ROWS, PAGE, Entry, Index, IndexUnusable, Need
 
 A = "00000000000000aa"
@@ -87,6 +90,70 @@ def test_inode_and_device_numbers_with_the_top_bit_set_round_trip(index: Index) 
     entry = index.get(FOLDER, "big-inode")
     assert entry is not None
     assert (entry.inode, entry.dev) == (2**64 - 1, 2**63)
+
+
+# -- stamps: what a scan compares with the disk, without decoding entries -------------------------
+SEEN = st.builds(
+    Seen, st.just(RelPath("p")), st.sampled_from(Kind), st.integers(0, 2**40),
+    st.sampled_from([0o644, 0o755, 0o777]), st.integers(-(2**62), 2**62),
+    st.integers(1, 2**64 - 1), st.just(1), st.sampled_from(["", "there", "ü/../x"]))
+CHANGE = st.fixed_dictionaries({}, optional={
+    "kind": st.sampled_from(Kind), "size": st.integers(0, 2), "mode": st.sampled_from([0o600]),
+    "mtime_ns": st.integers(0, 2), "inode": st.sampled_from([5, 2**64 - 5]), "dev": st.just(2),
+    "target": st.sampled_from(["elsewhere"])})
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(SEEN, CHANGE, st.booleans())
+def test_a_stamp_read_back_differs_from_the_disk_exactly_when_the_entry_does(
+        index: Index, scanned: Seen, change: dict[str, object], deleted: bool) -> None:
+    # What a restart's scan passes over by stamp is what the entry itself would pass over.
+    record = FileRecord(scanned.path, scanned.kind, Vector.of({A: 1}), A,
+                        size=scanned.size if scanned.kind is Kind.FILE else 0, mode=scanned.mode,
+                        mtime_ns=scanned.mtime_ns, target=scanned.target)
+    if deleted:
+        record = record.tombstone(Vector.of({A: 2}), A)
+    index.put(FOLDER, [(record, b"s", scanned.inode, 1)])
+    on_disk = scanned._replace(**change)  # type: ignore[arg-type]
+
+    stamps = index.stamps(FOLDER)
+    assert (on_disk.stamp != stamps["p"]) is differs(on_disk, record, scanned.inode)
+    assert (stamps["p"] is None) is deleted
+
+
+def test_stamps_under_a_path_are_its_own_and_those_below(index: Index) -> None:
+    paths = ["a", "a/b", "a/b/c", "a-z", "a.txt", "ab", "b"]
+    index.put(FOLDER, [item(file(p, p)) for p in paths])
+    index.put("other", [item(file("a/x", "x"))])
+    assert list(index.stamps(FOLDER, "a")) == ["a", "a/b", "a/b/c"]
+    assert list(index.stamps(FOLDER, "a/b/c")) == ["a/b/c"]
+    assert list(index.stamps(FOLDER)) == sorted(paths)
+
+
+def test_stamps_read_past_a_page(index: Index, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("meshsync.store.index.STAMP_PAGE", 3)
+    paths = [f"f{i:02d}" for i in range(10)]
+    index.put(FOLDER, [item(file(p, p)) for p in paths])
+    assert list(index.stamps(FOLDER)) == paths
+
+
+def test_a_damaged_stamp_matches_nothing_and_its_entry_is_set_aside(
+        index: Index, db_path: Path) -> None:
+    record = file("d/bad", "x")
+    index.put(FOLDER, [item(record, inode=9)])
+    seen = Seen(record.path, Kind.FILE, record.size, record.mode, record.mtime_ns, 9, 42, "")
+    assert index.stamps(FOLDER)["d/bad"] == seen.stamp
+    damage(db_path, "files", "d/bad", "mode = 'rw-'")
+    assert index.stamps(FOLDER)["d/bad"] != seen.stamp  # so the scan reads the entry:
+    assert index.get_all(FOLDER, ["d/bad"]) == {}
+    assert index.take_damaged(FOLDER) == {"d/bad"}
+
+
+def test_directories_are_the_live_ones(index: Index) -> None:
+    live = FileRecord(RelPath("d"), Kind.DIR, Vector.of({A: 1}), A, mode=0o755)
+    gone = FileRecord(RelPath("e"), Kind.DIR, Vector.of({A: 1}), A).tombstone(Vector.of({A: 2}), A)
+    index.put(FOLDER, [item(live), item(gone), item(file("d/f", "x"))])
+    assert index.directories(FOLDER) == ["d"]
 
 
 def test_seq_strictly_increases_across_puts_replacements_and_a_restart(db_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import os
 import random
@@ -240,7 +239,7 @@ def record_of(seen: Seen) -> FileRecord:
     ],
 )
 def test_differs(seen: Seen, change: dict[str, object], expected: bool) -> None:
-    on_disk = dataclasses.replace(seen, **change)  # type: ignore[arg-type]
+    on_disk = seen._replace(**change)  # type: ignore[arg-type]
 
     assert differs(on_disk, record_of(seen), seen.inode) is expected
 
@@ -252,7 +251,7 @@ def test_differs(seen: Seen, change: dict[str, object], expected: bool) -> None:
     "target": st.sampled_from(["there", "elsewhere"])}))
 def test_what_a_scan_passes_over_as_unchanged_passes_the_check_before_a_write(
         scanned: Seen, change: dict[str, object]) -> None:
-    on_disk = dataclasses.replace(scanned, **change)  # type: ignore[arg-type]
+    on_disk = scanned._replace(**change)  # type: ignore[arg-type]
 
     if not differs(on_disk, record_of(scanned), scanned.inode):
         assert same_entry(on_disk, scanned)

@@ -282,10 +282,13 @@ def test_a_restart_rehashes_only_what_changed_while_stopped(make_lan):
     first = announced(h1)
     scans = len(hashed(h1))
     (h1.sync / "f3.txt").write_bytes(b"changed while stopped")
+    (h1.sync / "f5.txt").unlink()
     h1.start()
     wait_for("the change made while stopped to reach h2",
              lambda: (h2.sync / "f3.txt").read_bytes() == b"changed while stopped", 15)
-    assert announced(h1) - first == 1
+    wait_for("the deletion made while stopped to reach h2",
+             lambda: not (h2.sync / "f5.txt").exists(), 15)
+    assert announced(h1) - first == 2
     assert hashed(h1)[scans] == 1, "the first scan after the restart read one file"
 
 
