@@ -131,10 +131,6 @@ class FolderSync:
         self.mounted = await asyncio.to_thread(self._check_marker, True)
         if self.mounted:
             await self._reload_ignore()
-            # A previous run may have left temporary files anywhere: look in every directory once.
-            self.puller.temp_dirs = {
-                "", *await asyncio.to_thread(self.place.index.directories, self.id)}
-            self.puller.wake.set()
         self._scan_wake.set()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch(), name=f"watch {self.id}")
@@ -239,7 +235,10 @@ class FolderSync:
                          "" if sent == 1 else "s")
             if found.racy:
                 asyncio.get_running_loop().call_later(RACY, self._recheck, found.racy)
-            self.puller.temp_dirs |= found.temp_dirs  # swept by the puller's next round
+            if found.temp_dirs - self.puller.temp_dirs:
+                # A previous run's, say (a full scan's walk finds them all): swept soon.
+                self.puller.temp_dirs |= found.temp_dirs
+                self.puller.wake.set()
             if found.unstable:
                 self._dirty |= found.unstable
                 asyncio.get_running_loop().call_later(RETRY_UNSTABLE, self._scan_wake.set)

@@ -279,12 +279,6 @@ class Index:
             after = rows[-1][0]
         return found
 
-    def directories(self, folder: str) -> list[str]:
-        """Every directory the folder holds, by path."""
-        return [path for (path,) in self._rows(
-            "SELECT path FROM files WHERE folder = ? AND kind = 'dir' AND deleted = 0"
-            " AND typeof(path) = 'text'", (folder,))]
-
     def since(self, folder: str, seq: int, limit: int = 1000) -> list[Entry]:
         """Up to `limit` rows put after `seq`, in seq order."""
         return self._entries("AND seq > ? ORDER BY seq LIMIT ?", (folder, seq, limit))

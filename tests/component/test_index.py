@@ -149,13 +149,6 @@ def test_a_damaged_stamp_matches_nothing_and_its_entry_is_set_aside(
     assert index.take_damaged(FOLDER) == {"d/bad"}
 
 
-def test_directories_are_the_live_ones(index: Index) -> None:
-    live = FileRecord(RelPath("d"), Kind.DIR, Vector.of({A: 1}), A, mode=0o755)
-    gone = FileRecord(RelPath("e"), Kind.DIR, Vector.of({A: 1}), A).tombstone(Vector.of({A: 2}), A)
-    index.put(FOLDER, [item(live), item(gone), item(file("d/f", "x"))])
-    assert index.directories(FOLDER) == ["d"]
-
-
 def test_seq_strictly_increases_across_puts_replacements_and_a_restart(db_path: Path) -> None:
     index = Index(db_path)
     assert index.max_seq(FOLDER) == 0

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from meshsync.core.paths import TEMP_PREFIX
 from meshsync.core.records import BLOCK_SIZE
 from tests.integration.lan import Lan, holds_for, same_trees, tree, wait_for
 from tests.integration.test_election import agreed, start_all
@@ -290,6 +291,20 @@ def test_a_restart_rehashes_only_what_changed_while_stopped(make_lan):
              lambda: not (h2.sync / "f5.txt").exists(), 15)
     assert announced(h1) - first == 2
     assert hashed(h1)[scans] == 1, "the first scan after the restart read one file"
+
+
+def test_temporary_files_a_previous_run_left_anywhere_are_removed(make_lan):
+    lan = mesh(make_lan, 2)
+    h1, h2 = lan.hosts
+    write(h1.sync / "deep/er/f.txt", b"f")
+    wait_for("f on h2", lambda: (h2.sync / "deep/er/f.txt").exists(), 15)
+    h2.stop()
+    left = [h2.sync / f"{TEMP_PREFIX}crashed", h2.sync / f"deep/er/{TEMP_PREFIX}half-written"]
+    for temp in left:
+        temp.write_bytes(b"a transfer cut short")
+    h2.start()
+    wait_for("the leftovers gone", lambda: not any(temp.exists() for temp in left), 15)
+    assert (h2.sync / "deep/er/f.txt").read_bytes() == b"f"
 
 
 def test_a_change_made_while_the_coordinator_is_replaced_is_not_lost(make_lan):
