@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import random
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +27,13 @@ log = logging.getLogger("meshsync.discovery")
 SERVICE = "_meshsync._tcp.local."
 # A browser stops asking after its first ~14 s, and our own announcement goes out only when
 # we register: without a periodic re-announcement, nodes that first meet after a healed
-# partition would never learn of each other.
-REANNOUNCE_EVERY = 30.0
+# partition would never learn of each other. Every node's announcement (three packets) reaches
+# every node, so each announces less often the more nodes it hears: the LAN carries one about
+# every ten seconds whatever its size, and what a node receives does not grow with the mesh.
+REANNOUNCE_EVERY = 30.0  # seconds, among three nodes
+REANNOUNCE_AMONG = 3
+REANNOUNCE_MOST = 300.0  # however many nodes (or forged adverts) it hears
+MAX_HEARD = 4096  # advertised names remembered, to count them
 RESOLVE_TIMEOUT_MS = 3000
 MAX_RESOLVING = 16  # adverts looked up at once; anyone on the LAN can announce thousands
 
@@ -52,6 +58,7 @@ class Discovery:
         self._azc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._resolving: set[asyncio.Task[None]] = set()
+        self._heard: set[str] = set()  # the names other nodes advertise now
 
     async def run(self, label: str, node_id: str, port: int) -> None:
         """Advertise and browse until cancelled; the goodbye is sent by `close`."""
@@ -73,7 +80,8 @@ class Discovery:
             self._azc.zeroconf, SERVICE, handlers=[self._on_change]
         )
         while True:
-            await asyncio.sleep(REANNOUNCE_EVERY)
+            jitter = random.random()  # noqa: S311 (a spread in time, not a secret)
+            await asyncio.sleep(reannounce_after(len(self._heard), jitter))
             await (await self._azc.async_update_service(self._info))
 
     async def close(self) -> None:
@@ -95,8 +103,11 @@ class Discovery:
         if self._info is not None and name == self._info.name:
             return
         if state_change is ServiceStateChange.Removed:
+            self._heard.discard(name)
             self._on_gone(name)
             return
+        if len(self._heard) < MAX_HEARD:
+            self._heard.add(name)
         if len(self._resolving) >= MAX_RESOLVING:
             return  # the browser reports it again when it is re-announced
         # The name is the advertiser's to choose: it is not put into the task's name, which
@@ -130,6 +141,13 @@ class Discovery:
             return
         if addresses and info.port and props.get("v") == str(PROTOCOL_VERSION):
             self._on_found(Advert(name, claimed, addresses, info.port))
+
+
+def reannounce_after(heard: int, jitter: float) -> float:
+    """Seconds to our next re-announcement, hearing `heard` other nodes; `jitter` in [0, 1)
+    spreads nodes started together, which would otherwise announce in one burst."""
+    every = REANNOUNCE_EVERY * max(1.0, (heard + 1) / REANNOUNCE_AMONG)
+    return min(REANNOUNCE_MOST, every) * (0.75 + jitter / 2)
 
 
 def own_addresses() -> list[str]:

@@ -15,7 +15,13 @@ from meshsync.core.ids import NodeId
 from meshsync.core.wire import FolderId
 from meshsync.crypto.keys import KeySigner
 from meshsync.crypto.trust import TrustStore
-from meshsync.net.discovery import Advert, own_networks
+from meshsync.net.discovery import (
+    REANNOUNCE_EVERY,
+    REANNOUNCE_MOST,
+    Advert,
+    own_networks,
+    reannounce_after,
+)
 from meshsync.node.addressbook import ADDRESSES_PER_ADVERT, MAX_HINTS, NEW_HINTS_PER_SECOND
 from meshsync.node.config import Config, Folder
 from meshsync.node.dialer import HINTS_DIALLED_AT_ONCE
@@ -76,3 +82,19 @@ def test_a_flood_of_adverts_is_remembered_in_part_and_dialled_at_a_pace(
     due_now = [a for a, t in hints.items() if t <= clock.t]
     assert len(due_now) <= 1
     assert len(n._dialer.addresses_to_contact(clock.t + 100)) <= HINTS_DIALLED_AT_ONCE
+
+
+def test_the_lan_hears_a_reannouncement_every_ten_seconds_whatever_its_size() -> None:
+    for heard in range(2, 30):  # up to thirty nodes, a node and the others it hears
+        assert (heard + 1) / reannounce_after(heard, 0.5) == pytest.approx(0.1)
+    # Alone or with one other, every 30 s; never less often than every 300 s, however many
+    # nodes (or forged adverts) it hears.
+    assert reannounce_after(0, 0.5) == reannounce_after(1, 0.5) == REANNOUNCE_EVERY
+    assert reannounce_after(100_000, 0.5) == REANNOUNCE_MOST
+
+
+def test_nodes_started_together_spread_their_reannouncements() -> None:
+    spread = [reannounce_after(9, jitter) for jitter in (0.0, 0.25, 0.5, 0.75, 0.999)]
+    assert spread == sorted(spread)
+    assert spread[0] == pytest.approx(75.0)
+    assert spread[-1] == pytest.approx(125.0, abs=0.1)
