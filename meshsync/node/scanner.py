@@ -8,7 +8,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -41,11 +41,14 @@ WAIT_OUT = 8 << 20  # bytes: a file this big waits out a fine tick, not hashed t
 STORE_EVERY = 1000  # new versions
 STORE_WITHIN = 2.0  # seconds
 
-# Hashing and signing take most of a scan, and both let go of the GIL (file reads, OpenSSL),
-# so paths are looked at by a pool of threads, in chunks of consecutive paths (a directory's
-# files share an open directory), a few chunks ahead of the storing, in order.
+# Paths are looked at in chunks of consecutive paths (a directory's files share an open
+# directory). Reading and hashing let go of the GIL, so a chunk with much to hash goes to a pool
+# of threads, a few chunks ahead of the storing, in order. The rest is Python holding the GIL:
+# a chunk of small files is looked at in the scanning thread, as threads fighting for the GIL
+# made 30k small files take 13.9 s where one thread takes 7.0.
 CHUNK = 64
 WORKERS = min(4, os.cpu_count() or 1)
+POOLED = 16 << 20  # bytes to hash in a chunk for it to go to the pool: 256 KiB a file
 
 _Done = tuple[FileRecord, bytes, int, int]  # an index item: record, signature, inode, dev
 
@@ -150,9 +153,13 @@ class Scanner:
                 finally:
                     dirs.close()
 
+            def heavy(chunk: list[scan.Seen]) -> bool:
+                return sum(s.size for s in chunk if s.kind is Kind.FILE
+                           and s.stamp != stamps.get(s.path)) >= POOLED
+
             # The walk goes on while what it found is hashed, stored and announced.
             walked = self._walk(tops, progress, found.temp_dirs)
-            for s, state, item in _in_order(look, _chunks(walked)):
+            for s, state, item in _in_order(look, heavy, _chunks(walked)):
                 found.entries += 1
                 present.add(s.path)
                 if progress is not None:
@@ -277,26 +284,34 @@ def _chunks(seen: Iterator[scan.Seen]) -> Iterator[list[scan.Seen]]:
 
 
 def _in_order(look: Callable[[list[scan.Seen]], list[_Looked]],
+              heavy: Callable[[list[scan.Seen]], bool],
               chunks: Iterator[list[scan.Seen]]) -> Iterator[_Looked]:
-    """Each chunk's results, in order, looked at by a pool a few chunks ahead of the caller;
-    a small scan (a watcher's batch) in the calling thread."""
-    first = next(chunks, None)
-    second = None if first is None else next(chunks, None)
-    if first is None or second is None:
-        yield from look(first) if first else ()
-        return
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix="scan") as pool:
-        pending = deque([pool.submit(look, first), pool.submit(look, second)])
-        try:
-            for chunk in chunks:
+    """Each chunk's results, in order: a heavy chunk looked at by a pool (started at the first),
+    up to a few ahead of the caller, the others in the calling thread when their turn comes."""
+    pool: ThreadPoolExecutor | None = None
+    pending: deque[Future[list[_Looked]] | list[scan.Seen]] = deque()
+    try:
+        for chunk in chunks:
+            if heavy(chunk):
+                pool = pool or ThreadPoolExecutor(WORKERS, thread_name_prefix="scan")
                 pending.append(pool.submit(look, chunk))
-                if len(pending) > 2 * WORKERS:
-                    yield from pending.popleft().result()
-            while pending:
-                yield from pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+            else:
+                pending.append(chunk)
+            while pending and (len(pending) > 2 * WORKERS or isinstance(pending[0], list)):
+                yield from _looked(look, pending.popleft())
+        while pending:
+            yield from _looked(look, pending.popleft())
+    finally:
+        for waiting in pending:
+            if isinstance(waiting, Future):
+                waiting.cancel()
+        if pool is not None:
+            pool.shutdown()
+
+
+def _looked(look: Callable[[list[scan.Seen]], list[_Looked]],
+            waiting: Future[list[_Looked]] | list[scan.Seen]) -> list[_Looked]:
+    return look(waiting) if isinstance(waiting, list) else waiting.result()
 
 
 def _alike(found: FileRecord, held: FileRecord) -> bool:
