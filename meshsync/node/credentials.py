@@ -49,10 +49,12 @@ class Credentials:
         self._peers.clock_refused(public_blob, offset, address, trusted=True,
                                   last_seen=self._peers.clock.wall())
 
-    def check_origin(self, origin: str, signature: bytes, message: bytes) -> Origin:
+    def check_origin(self, origin: str, signature: bytes, message: bytes,
+                     trusted: dict[bytes, bool]) -> Origin:
         """Whether `signature` over `message` is by the node whose vector key is `origin` (us,
         or a node we trust), or by an untrusted one (remembered, so that it can be trusted by
-        its ID), or not by it at all."""
+        its ID), or not by it at all. `trusted` keeps what the trust files said of each key
+        (they are read again, a stat and a realpath each, only for a key not in it)."""
         try:
             claimed = sshsig.signer(signature)  # cheap: only a signature that would count
         except ValueError:                      # is worth its check
@@ -64,7 +66,11 @@ class Credentials:
                 return Origin.FORGED
         except ValueError:
             return Origin.FORGED
-        if claimed == self._signer.public_blob or self._peers.trust.knows(claimed):
+        if claimed == self._signer.public_blob:
+            return Origin.TRUSTED
+        if claimed not in trusted:
+            trusted[claimed] = self._peers.trust.knows(claimed)
+        if trusted[claimed]:
             return Origin.TRUSTED
         self._origins.pop(origin, None)  # the most recent last: the oldest is forgotten first
         self._origins[origin] = claimed

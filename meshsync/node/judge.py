@@ -40,9 +40,11 @@ class Verifier(Protocol):
     def me(self) -> NodeId:
         """This node's ID."""
 
-    def check_origin(self, origin: str, signature: bytes, message: bytes) -> Origin:
+    def check_origin(self, origin: str, signature: bytes, message: bytes,
+                     trusted: dict[bytes, bool]) -> Origin:
         """Whether `signature` over `message` is by the node whose vector key is `origin`, and
-        whether that node is trusted here."""
+        whether that node is trusted here (asked once per key while `trusted`, which keeps
+        the answers, lives: a batch's worth)."""
 
 
 class Judge:
@@ -64,6 +66,7 @@ class Judge:
         place, me = self.place, self.verifier.me.key
         queued: list[Need] = []
         held: list[Need] = []
+        trusted: dict[bytes, bool] = {}  # keys asked about in this batch
         paths = [s.record.path for s in records]  # what we hold and wait for, read at once
         known = place.index.get_all(place.id, paths), place.index.needs_of(place.id, paths)
         for signed in records:
@@ -79,7 +82,7 @@ class Judge:
                                 len(record.version.counters), record.version.get(me))
                 continue
             need = Need(record, signed.signature, source)
-            if self.weigh(need, queued, verify=True, known=known) is Origin.UNTRUSTED:
+            if self.weigh(need, queued, trusted, known) is Origin.UNTRUSTED:
                 held.append(need)
         place.index.add_needs(place.id, queued)
         if held:
@@ -87,13 +90,14 @@ class Judge:
         patches = {s.record.path: s.patch for s in records if s.patch is not None}
         return [Signed(n.record, n.signature, patches.get(n.record.path)) for n in queued]
 
-    def weigh(self, need: Need, queued: list[Need], keep: bool = True, verify: bool = False,
-              known: tuple[dict[str, Entry], dict[str, Need]] | None = None,
+    def weigh(self, need: Need, queued: list[Need], verify: dict[bytes, bool] | None = None,
+              known: tuple[dict[str, Entry], dict[str, Need]] | None = None, keep: bool = True,
               ) -> plan.Judgement | Origin:
         """Judge one version against ours and the one we wait for (read from the index, or
         from `known` rows a batch read at once); queue it or (if `keep`) set it aside. With
-        `verify`, only a version signed by its trusted origin counts: one that is not is not
-        judged, and its origin's verdict is returned instead."""
+        `verify` (the trust of the keys its batch asked about), only a version signed by its
+        trusted origin counts: one that is not is not judged, and its origin's verdict is
+        returned instead."""
         place, path = self.place, need.record.path
         if known is None:
             entry, pending = place.index.get(place.id, path), place.index.need(place.id, path)
@@ -103,8 +107,8 @@ class Judge:
                              pending.record if pending else None, need.record)
         # History changes nothing, so only versions that would count are verified: every
         # member hears each version from several peers, and verifying is most of judging.
-        if verify and verdict != plan.Judgement():
-            origin = self._origin(need)
+        if verify is not None and verdict != plan.Judgement():
+            origin = self._origin(need, verify)
             if origin is not Origin.TRUSTED:
                 return origin
         if verdict != plan.Judgement() and log.isEnabledFor(logging.DEBUG):
@@ -123,10 +127,10 @@ class Judge:
         self.set_aside(aside)
         return verdict
 
-    def _origin(self, need: Need) -> Origin:
+    def _origin(self, need: Need, trusted: dict[bytes, bool]) -> Origin:
         place, record = self.place, need.record
         origin = self.verifier.check_origin(record.origin, need.signature,
-                                            record.canonical(place.id))
+                                            record.canonical(place.id), trusted)
         if origin is Origin.FORGED and place.throttle.allow((need.source, "signature"),
                                                            time.time()):
             log.warning("folder %s: refused %s from %s: not signed by its origin %s",
@@ -156,8 +160,9 @@ class Judge:
         """
         place = self.place
         queued: list[Need] = []
+        trusted: dict[bytes, bool] = {}
         for need in place.index.held(place.id):
-            if self.weigh(need, queued, verify=True) is not Origin.UNTRUSTED:
+            if self.weigh(need, queued, trusted) is not Origin.UNTRUSTED:
                 place.index.drop_held(place.id, need.record)
         place.index.add_needs(place.id, queued)
         return len(queued)
@@ -185,7 +190,8 @@ class Judge:
         for loser in losers:
             superseded = plan.superseded(loser.record, (o.record for o in losers))
             revived: list[Need] = []
-            judged = self.weigh(Need(loser.record, loser.signature, REVIVED), revived, keep=False)
+            judged = self.weigh(Need(loser.record, loser.signature, REVIVED), revived,
+                                keep=False)
             place.index.add_needs(place.id, revived)
             queued += len(revived)
             if superseded or (isinstance(judged, plan.Judgement) and not judged.aside):

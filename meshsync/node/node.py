@@ -88,9 +88,10 @@ class Node:
         """SSHSIG of `message` with this node's key."""
         return self._credentials.sign(message)
 
-    def check_origin(self, origin: str, signature: bytes, message: bytes) -> Origin:
+    def check_origin(self, origin: str, signature: bytes, message: bytes,
+                     trusted: dict[bytes, bool]) -> Origin:
         """Whether `signature` over `message` is by the node whose vector key is `origin`."""
-        return self._credentials.check_origin(origin, signature, message)
+        return self._credentials.check_origin(origin, signature, message, trusted)
 
     def untrusted_origin(self, origin: str) -> str:
         """Which node made versions held back here, and the command that would trust it."""

@@ -264,12 +264,13 @@ class Introduced:
         trusted_keys = self.mesh.node.config.state / "trusted_keys"
         trusted_keys.write_text(f"{INTRODUCER} {line}\n" if introducer else f"{line}\n")
 
-    def origin(self) -> Origin:
-        """What our node makes of a record `d` signed: trusted, or held back."""
+    def origin(self, batch: dict[bytes, bool] | None = None) -> Origin:
+        """What our node makes of a record `d` signed: trusted, or held back (as the judging
+        of `batch`, which asks the trust files once per key, found)."""
         message = b"a record d made"
         signature = sshsig.sign(self.d, message)
         return self.mesh.node.check_origin(NodeId.of_key(self.d.public_blob).key, signature,
-                                           message)
+                                           message, {} if batch is None else batch)
 
     def row(self) -> dict[str, Any]:
         d = str(NodeId.of_key(self.d.public_blob))
@@ -288,6 +289,17 @@ def introduced(mesh: Mesh) -> Introduced:
     found = Introduced(mesh, d, folder)
     found.mark()
     return found
+
+
+def test_a_batch_asks_about_each_key_once_and_the_next_batch_sees_trust_change(
+    introduced: Introduced,
+) -> None:
+    batch: dict[bytes, bool] = {}
+    assert introduced.origin(batch) is Origin.UNTRUSTED
+    assert batch == {introduced.d.public_blob: False}
+    introduced.mesh.hello("b", B, keys=("d",))  # trusted from now on
+    assert introduced.origin(batch) is Origin.UNTRUSTED  # the batch judged so far goes on
+    assert introduced.origin({}) is Origin.TRUSTED
 
 
 def test_keys_a_marked_introducer_announces_are_trusted_and_release_what_was_held_back(

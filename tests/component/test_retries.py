@@ -65,7 +65,8 @@ class Members:
     def sign(self, message: bytes) -> bytes:
         return b"signed"
 
-    def check_origin(self, origin: str, signature: bytes, message: bytes) -> Origin:
+    def check_origin(self, origin: str, signature: bytes, message: bytes,
+                     trusted: dict[bytes, bool]) -> Origin:
         return Origin.TRUSTED
 
     def untrusted_origin(self, origin: str) -> str:
