@@ -261,10 +261,6 @@ class Index:
             yield from page
             after = page[-1].record.path
 
-    def entries_under(self, folder: str, path: str) -> list[Entry]:
-        """The rows of `path` and of everything below it, in path order."""
-        return self._entries(f"AND {_UNDER} ORDER BY path", (folder, *_under(path)))
-
     def stamps(self, folder: str, under: str | None = None) -> dict[str, Stamp | None]:
         """What a scan compares with the disk, by path: of the whole folder, or of `under` and
         everything below it. Plain columns, no record decoded, read a page per lock hold: a

@@ -122,11 +122,13 @@ def test_a_stamp_read_back_differs_from_the_disk_exactly_when_the_entry_does(
 
 
 def test_stamps_under_a_path_are_its_own_and_those_below(index: Index) -> None:
-    paths = ["a", "a/b", "a/b/c", "a-z", "a.txt", "ab", "b"]
+    paths = ["a", "a/b", "a/b/c", "a b", "a-z", "a.txt", "a0", "ab", "b"]
     index.put(FOLDER, [item(file(p, p)) for p in paths])
     index.put("other", [item(file("a/x", "x"))])
     assert list(index.stamps(FOLDER, "a")) == ["a", "a/b", "a/b/c"]
+    assert list(index.stamps(FOLDER, "a/b")) == ["a/b", "a/b/c"]
     assert list(index.stamps(FOLDER, "a/b/c")) == ["a/b/c"]
+    assert index.stamps(FOLDER, "nothing") == {}
     assert list(index.stamps(FOLDER)) == sorted(paths)
 
 
@@ -203,14 +205,6 @@ def test_entries_stream_every_row_of_the_folder_in_path_order(index: Index) -> N
     index.put("other", [item(file("d0/zzz"))])
     assert [e.record.path for e in index.entries(FOLDER)] == sorted(paths)
     assert list(index.entries("empty")) == []
-
-
-def test_entries_under_a_path_are_it_and_its_descendants_only(index: Index) -> None:
-    paths = ["a", "a/b", "a/b/c", "a b", "a.txt", "a0", "ab", "b"]
-    index.put(FOLDER, [item(file(p)) for p in paths])
-    assert [e.record.path for e in index.entries_under(FOLDER, "a")] == ["a", "a/b", "a/b/c"]
-    assert [e.record.path for e in index.entries_under(FOLDER, "a/b")] == ["a/b", "a/b/c"]
-    assert index.entries_under(FOLDER, "nothing") == []
 
 
 def test_blocks_are_found_where_a_live_file_holds_them(index: Index) -> None:
@@ -460,7 +454,7 @@ def test_every_reader_skips_a_damaged_row(index: Index, db_path: Path) -> None:
     damage(db_path, "files", "d/bad", DAMAGE["bad-kind"])
     assert index.get(FOLDER, "d/bad") is None
     damage(db_path, "files", "d/good", DAMAGE["bad-vector"])
-    assert index.entries_under(FOLDER, "d") == []
+    assert index.get_all(FOLDER, ["d/good", "d/bad"]) == {}
     assert index.take_damaged(FOLDER) == {"d/bad", "d/good"}
     index.put(FOLDER, [item(file("e", "e"))])
     damage(db_path, "files", "e", DAMAGE["short-blocks"])
