@@ -581,7 +581,9 @@ def test_a_file_is_hashed_again_only_if_it_could_change_unseen_in_its_mtimes_tic
     sync = folder_sync(tmp_path, index, Members(), clock)
     root, now = tmp_path / "photos", time.time_ns()
     ages = {"a-second-ago": 10**9 + 123_456_789,  # fine-grained mtimes: a tick of a few ms
-            "whole-second": 10**9 + now % 10**9,  # a file system that keeps seconds (FAT)
+            # A file system that keeps seconds (FAT): the whole second nearest to 1 s ago, so
+            # 0.5 s or more of its 2 s window is left for the scan to get to it.
+            "whole-second": now - round((now - 10**9) / 10**9) * 10**9,
             "ahead": -(60 * 10**9) + 5}  # a clock that moved, or a peer's
     for name, age in ages.items():
         (root / name).write_bytes(name.encode())
