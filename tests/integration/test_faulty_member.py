@@ -83,6 +83,10 @@ def test_extreme_counters_sequences_and_block_lists_leave_every_node_running_and
                   block_requests(out) - asked <= 8, 10)
         h1.stop()
         h1.start("--peer", f"{mallory.ip}:22300")  # what it stored at the top of the range reads
+        # Pushed, not caught up (a LAN test has no periodic catch-up): h2 must know h1 is back
+        # before the change, or its notice has nobody to go to.
+        wait_for("h1 and h2 online to each other", lambda: h1.peer_states().get("h2")
+                 == h2.peer_states().get("h1") == "online", 15)
         (h2.sync / "after-restart.txt").write_text("still syncing\n")
         wait_for("a new file on the restarted h1", lambda:
                  (h1.sync / "after-restart.txt").is_file(), 15)
