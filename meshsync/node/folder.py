@@ -233,6 +233,7 @@ class FolderSync:
                 sent = len(found.changes)
                 log.info("folder %s: announced %d change%s", self.id, sent,
                          "" if sent == 1 else "s")
+            self.place.racy = (self.place.racy - force) | found.racy
             if found.racy:
                 asyncio.get_running_loop().call_later(RACY, self._recheck, found.racy)
             if found.temp_dirs - self.puller.temp_dirs:

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshsync.core.paths import RelPath
 from meshsync.core.throttle import Throttle
 from meshsync.core.wire import FolderId
 from meshsync.fs.ignore import Ignore
@@ -24,6 +25,9 @@ class Place:
     # Held by a scan, and by every write to the folder until the index records it: a scan
     # in between would take a file we just wrote for a local edit (an echo).
     disk: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Files a scan hashed within their mtime's tick, until they are hashed again: till then
+    # an unchanged stamp does not vouch for what they hold (their blocks are read, not copied).
+    racy: frozenset[RelPath] = frozenset()
 
     @property
     def id(self) -> FolderId:

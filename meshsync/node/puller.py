@@ -58,6 +58,7 @@ class _Write:
     expected: scan.Seen | None
     loser: FileRecord | None  # our concurrent version it beats, to keep as a conflict copy
     ours: FileRecord | None  # our concurrent version it beats: then we publish a resolution
+    held: tuple[bytes, ...] = ()  # the blocks the index says the file it replaces holds
 
 
 _Opened = tuple[_Write, apply.Incoming]
@@ -276,7 +277,8 @@ class Puller:
         if entry is not None and not entry.record.deleted and entry.record.same_content(record):
             seen = apply.set_metadata(self.place.root, record, expected)
             return self._stored(batch, need, seen, ours)
-        writes.append(_Write(need, expected, loser, ours))
+        held = entry.record.blocks if entry and expected and expected.kind is Kind.FILE else ()
+        writes.append(_Write(need, expected, loser, ours, held))
         return None
 
     def _parent_present(self, path: RelPath) -> bool:
@@ -388,7 +390,7 @@ class Puller:
         self._room -= needed
         opened.append((write, incoming))
         if look:
-            missing = self.fetcher.fill_locally(incoming, record)
+            missing = self.fetcher.fill_locally(incoming, record, write.expected, write.held)
         else:
             have = incoming.have()
             missing = [i for i in range(len(record.blocks)) if i not in have]

@@ -16,6 +16,7 @@ from meshsync.core.records import FileRecord
 from meshsync.core.throttle import shown
 from meshsync.core.wire import MAX_BLOCKS_PER_REQUEST, BlockRequest
 from meshsync.fs import apply
+from meshsync.fs.scan import Seen
 from meshsync.node.clock import Clock
 from meshsync.node.place import Place
 from meshsync.node.retry import Asking, Lack
@@ -145,8 +146,19 @@ class Fetcher:
                 task.cancel()
         return failed
 
-    def fill_locally(self, incoming: apply.Incoming, record: FileRecord) -> list[int]:
-        """Write the blocks we already hold anywhere in the folder; return the rest."""
+    def fill_locally(self, incoming: apply.Incoming, record: FileRecord,
+                     expected: Seen | None = None, held: tuple[bytes, ...] = ()) -> list[int]:
+        """Write the blocks we already hold anywhere in the folder; return the rest.
+
+        Those the file it replaces (stamped `expected`, holding `held` by the index) has at the
+        same places are copied unread, as a scan trusts an unchanged stamp: a one-byte change
+        in a GiB costs a copy in the kernel, not a GiB read and hashed. Not while the file
+        waits to be hashed again (a scan hashed it within its mtime's tick).
+        """
+        if expected is not None and held and record.path not in self.place.racy:
+            same = (i for i, (old, new) in enumerate(zip(held, record.blocks, strict=False))
+                    if old == new)
+            incoming.copy_unchanged(expected, same)
         have = incoming.have()
         todo = [i for i in range(len(record.blocks)) if i not in have]
         missing = []

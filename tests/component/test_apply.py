@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import random
 import shutil
 from collections.abc import Callable
@@ -508,3 +510,49 @@ def test_a_failed_commit_leaves_no_temp_once_its_version_is_not_wanted(tmp_path:
         incoming.abort()
     assert temp_files(tmp_path) == []
     assert (tmp_path / "x" / "inside").read_text() == "inside"
+
+
+def edited_in_place(path: Path) -> None:
+    """The user rewrites the file's first byte; size and inode stay, the mtime moves."""
+    with path.open("r+b") as f:
+        f.write(b"!")
+    os.utime(path, ns=(MTIME + 10**9, MTIME + 10**9))
+
+
+@pytest.mark.parametrize("edit", ["none", "before", "during", "no copy_file_range"])
+def test_blocks_copied_from_the_file_replaced_only_while_it_keeps_its_stamp(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: str) -> None:
+    old = bytes(range(256)) * (3 * BLOCK_SIZE // 256) + b"tail"
+    (tmp_path / "db").write_bytes(old)
+    os.utime(tmp_path / "db", ns=(MTIME, MTIME))
+    expected = seen(tmp_path, "db")
+    assert expected is not None
+    new = old[:BLOCK_SIZE] + b"x" * BLOCK_SIZE + old[2 * BLOCK_SIZE:]
+    record = file_record("db", new)
+    if edit == "before":
+        edited_in_place(tmp_path / "db")
+    copy = os.copy_file_range
+
+    def copy_then_edit(*args: int) -> int:
+        copied = copy(*args)
+        edited_in_place(tmp_path / "db")
+        return copied
+
+    def unsupported(*args: int) -> int:
+        raise OSError(errno.ENOSYS, "copy_file_range")
+
+    if edit in ("during", "no copy_file_range"):
+        monkeypatch.setattr(os, "copy_file_range",
+                            copy_then_edit if edit == "during" else unsupported)
+    with Incoming.open(tmp_path, record) as incoming:
+        copied = incoming.copy_unchanged(expected, [0, 2, 3])
+        assert copied == ({0, 2, 3} if edit == "none" else set())
+        assert incoming.have() == copied  # the others are written as any block is, checked
+        for i in set(range(4)) - copied:
+            incoming.write_block(i, chunks(new)[i])
+        incoming.seal()
+        if edit == "none":
+            incoming.commit(expected)
+    if edit == "none":
+        assert (tmp_path / "db").read_bytes() == new
+        assert temp_files(tmp_path) == []

@@ -715,3 +715,40 @@ async def test_a_big_file_renamed_elsewhere_is_copied_from_here_not_fetched(
     running.cancel()
     assert (root / "new.mkv").read_bytes() == b"".join(data)
     assert mesh.taken() == [], "every block came from the old file"
+
+
+@pytest.mark.parametrize("racy", [False, True])
+async def test_a_big_file_changed_in_one_block_fetches_that_block_and_copies_the_rest(
+        tmp_path: Path, index: Index, clock: FakeClock, racy: bool) -> None:
+    mesh = Members()
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    path = tmp_path / "photos" / "disk.img"
+    data = content("disk", 24)
+    path.write_bytes(b"".join(data))
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(path, ns=(an_hour_ago, an_hour_ago))
+    [ours] = [s.record for s in sync.scanner.find_changes(None, set(), set()).changes]
+    changed = [*data[:5], content("edit", 1)[0], *data[6:]]
+    theirs = replace(record("disk.img", changed), version=ours.version.merge(
+        Vector.of({ORIGIN: 1})))
+    mesh.blocks = {hashlib.sha256(b).digest(): b for b in changed}
+    # Block 2 rewritten in the tick the scan hashed it in: size, mtime and inode stay.
+    with path.open("r+b") as f:
+        f.seek(2 * BLOCK_SIZE)
+        f.write(bytes(BLOCK_SIZE))
+    os.utime(path, ns=(an_hour_ago, an_hour_ago))
+    if racy:  # as the scan says of a file it hashed in its tick, until it hashes it again
+        sync.place.racy = frozenset({RelPath("disk.img")})
+    queue(index, theirs)
+    await sync.puller.apply_due()
+
+    written = path.read_bytes()
+    assert written[5 * BLOCK_SIZE : 6 * BLOCK_SIZE] == changed[5]
+    if racy:  # read and checked, as any local block: the rewritten one is fetched
+        assert written == b"".join(changed)
+        assert sum(n for _, n in mesh.taken()) == 2
+    else:  # copied unread on the stamp's word, as a scan takes it: only the new block came
+        assert written[2 * BLOCK_SIZE : 3 * BLOCK_SIZE] == bytes(BLOCK_SIZE)
+        assert written[:2 * BLOCK_SIZE] + written[3 * BLOCK_SIZE:] == b"".join(
+            changed[:2] + changed[3:])
+        assert sum(n for _, n in mesh.taken()) == 1
