@@ -238,6 +238,10 @@ class StreamedBody(Payload):
         """Each part as it comes, waiting for the peer to take what went before."""
         for part in self._parts():
             await writer.write(part)
+            # Writing a frame does not wait while the socket takes it, so without a turn given
+            # here eight answers of 8 MiB held the loop for tens of milliseconds at a time:
+            # during a big transfer, a small file's request, notice or scan waited behind them.
+            await asyncio.sleep(0)
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         """The whole body, as text."""

@@ -856,3 +856,27 @@ class AnsweringClient(RefusingClient):
 
     async def send_hello(self, address: str, key: bytes, hello: Hello, timeout: float) -> Reply:
         return Reply(200, OURS.to_json(), key, self.offset)
+
+
+async def test_a_streamed_answer_gives_the_loop_a_turn_between_its_parts() -> None:
+    # A socket that takes everything at once never makes a write wait: without turns given,
+    # a big answer would hold the loop until its last part, and a small request behind it.
+    written: list[bytes] = []
+    turns: list[int] = []
+
+    class Writer:
+        async def write(self, chunk: bytes) -> None:
+            written.append(chunk)
+
+    async def other_work() -> None:
+        while len(written) < 64:
+            turns.append(len(written))
+            await asyncio.sleep(0)
+
+    body = auth.StreamedBody(lambda: iter([bytes(1024)] * 64), 64 * 1024, "frames-sha256=x")
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(body.write(Writer()))  # type: ignore[arg-type]
+        tasks.create_task(other_work())
+    assert len(written) == 64
+    assert len(turns) >= 60  # a turn after about every part
+    assert sorted(turns) == turns
