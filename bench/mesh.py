@@ -13,10 +13,15 @@ from bench.measure import cpu_seconds, wire_bytes
 from bench.payload import shape
 from meshsync.control.client import call
 from meshsync.control.protocol import ControlError
+from meshsync.node.catchup import CATCH_UP_EVERY
+from meshsync.node.node import HEARTBEAT, PROGRESS_EVERY
 from tests.integration.lan import Host, Lan, same_trees, wait_for
 from tests.integration.test_election import start_all
 
-SETTLE = 5.0  # seconds left to a node after its last change before it counts as idle
+# Seconds left to a node after its last change before it counts as idle: the catch-up round
+# that follows a change (members' hellos tell of their moved indexes within PROGRESS_EVERY and a
+# heartbeat, and catch-up asks at its next CATCH_UP_EVERY) is that change's cost, not idleness.
+SETTLE = CATCH_UP_EVERY + PROGRESS_EVERY + 2 * HEARTBEAT + 1.0
 
 
 @contextlib.contextmanager

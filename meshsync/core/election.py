@@ -225,6 +225,17 @@ class Election:
         member = self._members[node]
         return node == coordinator or member.hears == (self.term, coordinator)
 
+    def cut_from_coordinator(self, node: NodeId, now: float) -> bool:
+        """Whether a live member told us itself, within DOWN_AFTER, that it does not hear our
+        coordinator (a member cut off from it greets every member each heartbeat, saying so).
+        One not heard directly lately says nothing either way: in the star of beats members
+        hear the coordinator, not one another, and taking that silence for a cut had every
+        member pass each change on to every other (N² notices a change)."""
+        coordinator = self.coordinator
+        if coordinator is None or node in (self.me, coordinator) or not self._fresh(node, now):
+            return False
+        return self._members[node].hears != (self.term, coordinator)
+
     def handle(self, event: Event) -> list[Action]:
         """Apply one event; return what the node must do, in order."""
         actions: list[Action] = []

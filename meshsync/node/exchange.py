@@ -106,8 +106,9 @@ class Exchange:
 
     def _relay_to(self, sender: NodeId) -> frozenset[str]:
         """Whom news from `sender` goes on to (vector keys): from the coordinator, every other
-        member; from a member that hears the coordinator itself, the members that do not, and
-        the coordinator if the sender does not (a link cut between them: we are the bridge)."""
+        member; from a member that hears the coordinator itself, the members that told us they
+        do not, and the coordinator if the sender told us it does not (a link cut between
+        them: we are the bridge)."""
         peers = self._peers
         election, now = peers.election, peers.clock.now()
         coordinator = election.coordinator
@@ -116,8 +117,8 @@ class Exchange:
         if coordinator == peers.me:
             to = members
         elif coordinator is not None and election.hears_coordinator(peers.me, now):
-            to = {p for p in members if not election.hears_coordinator(p, now)}
-            if not election.hears_coordinator(sender, now):
+            to = {p for p in members if election.cut_from_coordinator(p, now)}
+            if election.cut_from_coordinator(sender, now):
                 to.add(coordinator)
         else:
             return frozenset()

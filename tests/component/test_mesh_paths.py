@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from meshsync.core import election as el
 from meshsync.core.ids import NodeId
 from meshsync.core.wire import FolderId, Hello, MemberAddress, Records
 from meshsync.crypto import sshsig
@@ -388,3 +389,19 @@ def test_our_hello_tells_a_member_the_keys_we_trust_of_those_sharing_its_folders
     assert hello().member_keys is None
     node._stop.set()
     assert hello(keys["y"].id).member_keys is None  # a goodbye
+
+
+async def test_members_heard_only_through_the_coordinator_get_nothing_relayed(
+    mesh: Mesh, lan: ipaddress.IPv4Network
+) -> None:
+    # The star of beats: we hear A, the coordinator, and C only by A's word that it hears C.
+    mesh.hello("a", f"{lan[3]}:22300", term=5, coordinator="a", hears=True)
+    mesh.hello("c", f"{lan[5]}:22300", term=5, coordinator="a", hears=True)
+    election = mesh.node._election
+    for _ in range(8):  # C's own word grows old; A's beats keep naming it
+        mesh.clock.t += 1.0
+        mesh.hello("a", f"{lan[3]}:22300", term=5, coordinator="a", hears=True)
+        mesh.node._feed(el.PeersRelayed(mesh.keys["a"].id, (mesh.keys["c"].id,), mesh.clock.t))
+    assert election.is_up(mesh.keys["c"].id)
+    assert await relayed(mesh, "a") == []  # C hears A: the coordinator told it already
+    assert await relayed(mesh, "c") == []
