@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.idle import stalled_member, ten_idle, three_idle
+from bench.mesh import SETTLE
 from bench.plan import Bench, Figures, Plan
 from bench.table import Figure, Row, machine, render
 from bench.workload import first_sync, large_files, one_node
@@ -99,8 +100,9 @@ def notes(plan: Plan) -> str:
         "Cold cache: the page cache is dropped (sync; echo 3 > /proc/sys/vm/drop_caches) "
         "before each run of the first sync, the first index and the restart, meshsync and "
         "baseline alike.",
-        "Idle: measured from /proc after 5 s of settling; bytes = received + sent on the node's "
-        "interface (heartbeats included, as in the bytes received for one changed byte).",
+        f"Idle: measured from /proc {SETTLE:.0f} s after the last change (the catch-up round it "
+        "sets going is its cost); bytes = received + sent on the node's interface (heartbeats "
+        "included, as in the bytes received for one changed byte).",
         "Nodes run as shipped (periodic catch-up on); every host is a network namespace on one "
         "bridge of this machine, so the wire is memory.",
     ])
