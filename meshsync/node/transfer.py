@@ -155,11 +155,11 @@ class Fetcher:
         in a GiB costs a copy in the kernel, not a GiB read and hashed. Not while the file
         waits to be hashed again (a scan hashed it within its mtime's tick).
         """
-        if expected is not None and held and record.path not in self.place.racy:
-            same = (i for i, (old, new) in enumerate(zip(held, record.blocks, strict=False))
-                    if old == new)
-            incoming.copy_unchanged(expected, same)
         have = incoming.have()
+        if expected is not None and held and record.path not in self.place.racy:
+            have |= incoming.copy_unchanged(expected, (
+                i for i, (old, new) in enumerate(zip(held, record.blocks, strict=False))
+                if old == new and i not in have))
         todo = [i for i in range(len(record.blocks)) if i not in have]
         missing = []
         for at in range(0, len(todo), MAX_BLOCKS_PER_REQUEST):
