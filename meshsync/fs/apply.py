@@ -110,10 +110,7 @@ class Incoming:
             written = os.pwrite(self._fd, view, offset)
             view, offset = view[written:], offset + written
         self._present.add(index)
-        self._unwritten += len(data)
-        if self._unwritten >= WRITE_BEHIND:
-            _write_behind(self._fd)
-            self._unwritten = 0
+        self._wrote(len(data))
 
     def copy_unchanged(self, expected: Seen, indexes: Iterable[int]) -> set[int]:
         """Copy blocks `indexes` (the file's own blocks at the same places) from the file this
@@ -161,10 +158,14 @@ class Incoming:
             if copied == 0:
                 raise OSError(errno.EIO, "the file ended before its blocks did")
             start += copied
-            self._unwritten += copied
-            if self._unwritten >= WRITE_BEHIND:
-                _write_behind(self._fd)
-                self._unwritten = 0
+            self._wrote(copied)
+
+    def _wrote(self, size: int) -> None:
+        """Count `size` bytes written; past WRITE_BEHIND, have the kernel write them out."""
+        self._unwritten += size
+        if self._unwritten >= WRITE_BEHIND:
+            _write_behind(self._fd)
+            self._unwritten = 0
 
     def seal(self) -> None:
         """Give the whole file its final size, mode and mtime, ready to go into place.

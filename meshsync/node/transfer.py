@@ -147,7 +147,7 @@ class Fetcher:
         return failed
 
     def fill_locally(self, incoming: apply.Incoming, record: FileRecord,
-                     expected: Seen | None = None, held: tuple[bytes, ...] = ()) -> list[int]:
+                     expected: Seen | None, held: tuple[bytes, ...]) -> list[int]:
         """Write the blocks we already hold anywhere in the folder; return the rest.
 
         Those the file it replaces (stamped `expected`, holding `held` by the index) has at the
