@@ -246,6 +246,8 @@ class Incoming:
 
     def _verified(self) -> set[int]:
         size = os.fstat(self._fd).st_size
+        if size == 0:  # a new temp, as most are
+            return set()
         view = memoryview(bytearray(BLOCK_SIZE))
         present = set()
         for index, digest in enumerate(self.record.blocks):

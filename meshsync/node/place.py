@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshsync.core.paths import RelPath
+from meshsync.core.records import Kind, Stamp
 from meshsync.core.throttle import Throttle
 from meshsync.core.wire import FolderId
+from meshsync.fs import scan
 from meshsync.fs.ignore import Ignore
 from meshsync.node.config import Folder
 from meshsync.store.index import Index
@@ -28,6 +31,8 @@ class Place:
     # Files a scan hashed within their mtime's tick, until they are hashed again: till then
     # an unchanged stamp does not vouch for what they hold (their blocks are read, not copied).
     racy: frozenset[RelPath] = frozenset()
+    # What sync left at the paths it wrote, until the watcher reports them (see Written).
+    written: Written = field(default_factory=lambda: Written())
 
     @property
     def id(self) -> FolderId:
@@ -38,3 +43,43 @@ class Place:
     def root(self) -> Path:
         """The folder's directory."""
         return self.folder.path
+
+
+ECHOES_KEPT = 10_000  # paths remembered at most (the watcher reports each within a second)
+
+
+@dataclass(slots=True)
+class Written:
+    """What sync last left at each path it wrote or deleted, until the watcher reports the
+    path. A report of a path still so is our own write coming back (an echo): a first sync
+    of 100k files would otherwise rescan every one of them. Directories are never taken for
+    echoes: one sync made may be filled by the user before the watcher watches it."""
+
+    left: dict[RelPath, Stamp | None] = field(default_factory=dict)  # None: nothing there
+
+    def add(self, items: Iterable[tuple[RelPath, Stamp | None]]) -> None:
+        """Remember what sync left at these paths (files and links; None where it deleted)."""
+        if len(self.left) > ECHOES_KEPT:  # the watcher is not reporting: forget them all
+            self.left.clear()
+        self.left.update(items)
+
+    def echoes(self, root: Path, paths: Iterable[RelPath]) -> set[RelPath]:
+        """Those of `paths` still as sync left them; each is forgotten once asked about."""
+        found: set[RelPath] = set()
+        dirs = scan.Directories(root)
+        try:
+            for path in sorted(p for p in paths if p in self.left):
+                left = self.left.pop(path)
+                try:
+                    dir_fd, name = dirs.parent(path)
+                    seen = scan.seen_at(path, name, dir_fd)
+                except FileNotFoundError:
+                    seen = None  # its directory is gone too
+                except (OSError, scan.UnsafePath):
+                    continue  # the scan says what it is
+                if (left is None and seen is None) or (
+                        seen is not None and seen.kind is not Kind.DIR and seen.stamp == left):
+                    found.add(path)
+        finally:
+            dirs.close()
+        return found

@@ -16,7 +16,7 @@ from typing import TypeVar
 from meshsync.core import plan
 from meshsync.core.paths import RelPath, parent
 from meshsync.core.plan import Action, decide
-from meshsync.core.records import FileRecord, Kind
+from meshsync.core.records import FileRecord, Kind, stamp
 from meshsync.core.throttle import shown
 from meshsync.core.wire import Signed
 from meshsync.fs import apply, scan
@@ -232,7 +232,7 @@ class Puller:
         for need in needs:
             attempt(batch, need, partial(self._apply_one, batch, need, writes), self.place,
                     self.retries)
-        self.place.index.put(self.place.id, batch.done)
+        self._put(batch.done)
         return writes
 
     def _apply_one(self, batch: Batch, need: Need, writes: list[_Write]) -> Done | None:
@@ -423,7 +423,16 @@ class Puller:
             step = partial(self._commit_one, batch, write, incoming)
             attempt(batch, write.need, step, self.place, self.retries)
         apply.sync(self.place.root)
-        self.place.index.put(self.place.id, batch.done)
+        self._put(batch.done)
+
+    def _put(self, written: list[Done]) -> None:
+        """Record what was written in the index, and remember it for telling the watcher's
+        reports of it from edits (see place.Written)."""
+        self.place.index.put(self.place.id, written)
+        self.place.written.add(
+            (r.path, None if r.deleted else stamp(r.kind, r.size, r.mode, r.mtime_ns, r.target,
+                                                   inode))
+            for r, _, inode, _ in written if r.deleted or r.kind is not Kind.DIR)
 
     def _commit_one(self, batch: Batch, write: _Write, incoming: apply.Incoming) -> Done:
         keep = keeper(self.place, batch.changed, write.loser)

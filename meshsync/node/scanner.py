@@ -120,6 +120,10 @@ class Scanner:
         place, me = self.place, self.me
         now_ns = time.time_ns()
         found = Found()
+        if dirty is not None:  # the watcher reporting what sync wrote: nothing to scan there
+            dirty = dirty - place.written.echoes(place.root, dirty - force - revive)
+            if not dirty:
+                return found
         ignore = place.ignore
         tops = None if dirty is None else _tops(dirty)  # each subtree once, not per path in it
         progress = Progress() if tops is None else None

@@ -41,6 +41,7 @@ from meshsync.node import folder, puller, scanner
 from meshsync.node.config import Folder
 from meshsync.node.folder import FolderSync
 from meshsync.node.judge import Origin
+from meshsync.node.place import ECHOES_KEPT, Written
 from meshsync.node.retry import JITTER, MAX_BACKOFF, RETRY_NEEDS
 from meshsync.store.index import Index, Need
 from tests.clock import FakeClock
@@ -752,3 +753,35 @@ async def test_a_big_file_changed_in_one_block_fetches_that_block_and_copies_the
         assert written[:2 * BLOCK_SIZE] + written[3 * BLOCK_SIZE:] == b"".join(
             changed[:2] + changed[3:])
         assert sum(n for _, n in mesh.taken()) == 1
+
+
+async def test_the_watcher_reporting_what_sync_wrote_costs_no_scan_but_an_edit_since_is_found(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    # A first sync of 100k files would otherwise scan each file again as the watcher reports it.
+    mesh = Members()
+    files = {f"f{n}": content(f"f{n}", 1) for n in range(3)}
+    mesh.blocks = {hashlib.sha256(b).digest(): b for data in files.values() for b in data}
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    root = tmp_path / "photos"
+    made = FileRecord(RelPath("d"), Kind.DIR, Vector.of({ORIGIN: 1}), ORIGIN, mode=0o755,
+                      mtime_ns=1_700_000_000 * 10**9)
+    queue(index, made, *(record(path, data) for path, data in files.items()))
+    await sync.puller.apply_due()
+    assert sorted(p.name for p in root.iterdir()) == [".meshsync", "d", "f0", "f1", "f2"]
+    (root / "f1").write_bytes(b"edited before the watcher said anything")
+    # A directory sync made may be filled before the watcher watches it: it is scanned whole.
+    (root / "d" / "new").write_bytes(b"made in it at once")
+
+    found = sync.scanner.find_changes({RelPath(p) for p in ("f0", "f1", "f2", "d")}, set(), set())
+    assert sorted(s.record.path for s in found.changes) == ["d/new", "f1"]
+    assert found.entries == 3, "f1, d and d/new looked at; f0 and f2 are as sync left them"
+    again = sync.scanner.find_changes({RelPath("f0")}, set(), set())
+    assert (again.changes, again.entries) == ([], 1), "an echo is taken once, then scanned"
+
+
+def test_what_sync_wrote_is_remembered_for_the_watcher_up_to_a_bound(tmp_path: Path) -> None:
+    written = Written()
+    written.add((RelPath(f"gone{n}"), None) for n in range(ECHOES_KEPT + 1))
+    written.add([(RelPath("last"), None)])  # past the bound: the rest are forgotten
+    assert len(written.left) == 1
+    assert written.echoes(tmp_path, [RelPath("gone0"), RelPath("last")]) == {"last"}
