@@ -455,11 +455,15 @@ class Records:
     seq: int = 0  # the sender's highest index sequence covered by this page
     lists: Lists = Lists.WHOLE  # how long lists are sent
     listless: tuple[Listless, ...] = ()
+    # A notice of the sender's own changes: it holds every row of the sender's index after
+    # `since` up to `seq` (but versions it held already, under a new inode), so that a member
+    # that had read up to `since` need not read them again. Both 0 otherwise.
+    since: int = 0
 
     def to_json(self) -> bytes:
         """The message body."""
         return json.dumps({
-            "folder": self.folder, "epoch": self.epoch, "seq": self.seq,
+            "folder": self.folder, "epoch": self.epoch, "seq": self.seq, "since": self.since,
             "records": [s.to_json(self.lists) for s in self.records],
         }, separators=(",", ":")).encode()
 
@@ -473,13 +477,17 @@ class Records:
             raise WireError(f"records must be a list of at most {MAX_BATCH_RECORDS}")
         if not isinstance(epoch, str) or len(epoch) > 64 or not is_unicode(epoch):
             raise WireError("bad epoch")
+        # Notices of relayed changes carry no seq; older peers' notices no `since`.
+        seq = check_int({"seq": data.get("seq", 0)}, "seq", 0, MAX_SEQ)
+        since = check_int({"since": data.get("since", 0)}, "since", 0, seq)
         parsed = [Signed.from_json(r) for r in records]
         return cls(
             folder=check_folder_id(data.get("folder")),
             records=tuple(r for r in parsed if isinstance(r, Signed)),
             epoch=epoch,
-            seq=check_int({"seq": data.get("seq", 0)}, "seq", 0, MAX_SEQ),  # notices carry none
+            seq=seq,
             listless=tuple(r for r in parsed if isinstance(r, Listless)),
+            since=since,
         )
 
 

@@ -91,10 +91,13 @@ class Exchange:
         """Changes made in the mesh; passed on as `_relay_to` says."""
         sync = self._folder(notice.folder, key)
         sender = NodeId.of_key(key)
-        records = list(notice.records)
+        records, lacking = list(notice.records), 0
         if notice.listless:  # one we cannot rebuild comes whole with catch-up, soon
-            records += (await asyncio.to_thread(sync.rebuild, notice.listless))[0]
+            rebuilt, lacking = await asyncio.to_thread(sync.rebuild, notice.listless)
+            records += rebuilt
         news = await sync.take(sender.key, records)
+        if notice.seq > notice.since and not lacking:  # its own rows, all taken
+            await sync.catch_up.covered(sender.key, notice.epoch, notice.since, notice.seq)
         to = self._relay_to(sender) if news else frozenset()
         if to:
             # Only what was news to us (what was not, we passed on before): a member that

@@ -31,7 +31,7 @@ from meshsync.core.wire import (
     Progress,
     Records,
     Signed,
-    batches,
+    first_batch,
     size_bound,
 )
 from meshsync.fs import versions
@@ -98,7 +98,7 @@ class FolderSync:
                              min_free or MinFree(), mesh.me.key, sign, self._publish)
         self.sent = Rate()
         self.catch_up = CatchUp(self.place, mesh, epoch, self.take, self._too_large,
-                                self.rebuild, catch_up_every)
+                                self.rebuild, self.clock, catch_up_every)
         self.mounted = True
         self.scanned = False  # a full scan has completed since start
         self._dirty: set[RelPath] = set()
@@ -280,29 +280,40 @@ class FolderSync:
     async def _scan(self, dirty: set[RelPath] | None, force: set[RelPath],
                     revive: set[RelPath]) -> Found:
         """Run the scanner in a thread, announcing what it stores as it goes."""
-        stored: asyncio.Queue[list[Signed] | None] = asyncio.Queue()
+        stored: asyncio.Queue[tuple[list[Signed], range] | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
-        def announce(changes: list[Signed] | None) -> None:  # from the scanning thread
-            loop.call_soon_threadsafe(stored.put_nowait, changes)
+        def announce(changes: list[Signed], seqs: range) -> None:  # from the scanning thread
+            loop.call_soon_threadsafe(stored.put_nowait, (changes, seqs))
 
         def scan() -> Found:
             try:
                 return self.scanner.find_changes(dirty, force, revive, announce)
             finally:
-                announce(None)
+                loop.call_soon_threadsafe(stored.put_nowait, None)
 
         async def announcing() -> None:
-            while (changes := await stored.get()) is not None:
-                await self._announce(changes)
+            while (item := await stored.get()) is not None:
+                await self._announce(*item)
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(announcing(), name=f"announce {self.id}")
             return await asyncio.to_thread(scan)
 
-    async def _announce(self, changes: list[Signed]) -> None:
-        for batch in batches(changes):
-            await self.mesh.publish(Records(self.id, batch, lists=Lists.PATCHES))
+    async def _announce(self, changes: list[Signed], seqs: range | None = None) -> None:
+        """Send changes out, a batch a notice. With `seqs`, the index rows they were stored
+        in (then rows of versions held already, under a new inode), each notice says which
+        rows it holds: a member that read up to the first need not read them again."""
+        at = 0
+        while at < len(changes):
+            batch, end = first_batch(changes, at)
+            if batch and seqs is None:
+                await self.mesh.publish(Records(self.id, batch, lists=Lists.PATCHES))
+            elif batch and seqs is not None:
+                last = seqs[-1] if end == len(changes) else seqs[end - 1]
+                await self.mesh.publish(Records(self.id, batch, self.catch_up.epoch, last,
+                                                Lists.PATCHES, since=seqs[at] - 1))
+            at = end
         self._too_large([s.record for s in changes if size_bound(s) > BATCH_BUDGET])
 
     async def _publish(self, changes: list[Signed]) -> None:

@@ -51,6 +51,8 @@ WORKERS = min(4, os.cpu_count() or 1)
 POOLED = 16 << 20  # bytes to hash in a chunk for it to go to the pool: 256 KiB a file
 
 _Done = tuple[FileRecord, bytes, int, int]  # an index item: record, signature, inode, dev
+# New versions just stored, and the index seqs of the rows stored with them (theirs first).
+Announce = Callable[[list[Signed], range], None]
 
 
 class _State(Enum):
@@ -110,9 +112,10 @@ class Scanner:
 
     def find_changes(self, dirty: set[RelPath] | None, force: set[RelPath],
                      revive: set[RelPath],
-                     announce: Callable[[list[Signed]], None] = lambda _: None) -> Found:
+                     announce: Announce = lambda _changes, _seqs: None) -> Found:
         """Hash what differs from the index under `dirty` (None: everywhere), or is in `force`;
-        version it and store it, handing each stored batch to `announce`. Runs in a thread.
+        version it and store it, handing each stored batch to `announce` with the index seqs
+        it was stored at. Runs in a thread.
 
         Paths in `revive` get a new version even when unchanged: a directory whose deletion
         lost to a change inside it.
@@ -202,13 +205,13 @@ class Scanner:
         return found
 
     def _store(self, mine: list[_Done], held: list[_Done],
-               announce: Callable[[list[Signed]], None], before: dict[str, Entry]) -> None:
+               announce: Announce, before: dict[str, Entry]) -> None:
         """Store new versions and those whose inode moved; announce the new ones, each long
         list as a patch of the version before (taken from `before`) where that is shorter."""
-        self.place.index.put(self.place.id, [*mine, *held])
+        seqs = self.place.index.put(self.place.id, [*mine, *held])
         if mine:
             announce([Signed(record, signature, _patch(before.pop(record.path, None), record))
-                      for record, signature, _, _ in mine])
+                      for record, signature, _, _ in mine], range(seqs[0], seqs[-1] + 1))
 
     def _look(self, s: scan.Seen, entry: Entry | None, force: bool, revive: bool,
               kept: list[FileRecord], now_ns: int,

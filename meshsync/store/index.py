@@ -345,10 +345,23 @@ class Index:
         return int(rows[0][0]) if rows else 0
 
     def set_peer_seq(self, folder: str, peer: str, epoch: str, seq: int) -> None:
-        """Record how far the peer's index (in that epoch) has been taken in."""
+        """Record how far the peer's index (in that epoch) has been taken in; never less far
+        than a notice took it meanwhile (see advance_peer_seq)."""
         with self._write() as db:
+            db.execute("INSERT INTO peer_seq VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE"
+                       " SET seq = max(seq, excluded.seq)", (folder, peer, epoch, seq))
+
+    def advance_peer_seq(self, folder: str, peer: str, epoch: str, since: int, seq: int) -> bool:
+        """Record that the peer's index (in that epoch) has been taken in up to `seq`, if it had
+        been up to `since` at least (the rows after it came at once): True if that moved it."""
+        with self._write() as db:
+            row = db.execute("SELECT seq FROM peer_seq WHERE folder = ? AND peer = ? AND epoch = ?",
+                             (folder, peer, epoch)).fetchone()
+            if not (isinstance(now := row[0] if row else 0, int) and since <= now < seq):
+                return False
             db.execute("INSERT OR REPLACE INTO peer_seq VALUES (?, ?, ?, ?)",
                        (folder, peer, epoch, seq))
+        return True
 
     def forget_peer_seqs(self, folder: str) -> None:
         """Read every peer's index of the folder from its start at the next catch-up."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from meshsync.core import conflicts
+from meshsync.core import conflicts, wire
 from meshsync.core.ids import NodeId
 from meshsync.core.lists import LIST_INLINE
 from meshsync.core.paths import RelPath
@@ -785,3 +785,114 @@ def test_what_sync_wrote_is_remembered_for_the_watcher_up_to_a_bound(tmp_path: P
     written.add([(RelPath("last"), None)])  # past the bound: the rest are forgotten
     assert len(written.left) == 1
     assert written.echoes(tmp_path, [RelPath("gone0"), RelPath("last")]) == {"last"}
+
+
+async def test_a_scans_notices_say_which_rows_of_its_index_each_holds(
+        tmp_path: Path, index: Index, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[Records] = []
+
+    class Heard(Members):
+        async def publish(self, notice: Records) -> None:
+            sent.append(notice)
+
+    index.put(FOLDER, [(record(p, content(p, 1)), b"sig", 0, 0) for p in ("old1", "old2")])
+    monkeypatch.setattr(wire, "MAX_BATCH_RECORDS", 2)  # three changes: two notices
+    sync = folder_sync(tmp_path, index, Heard(), clock)
+    root = tmp_path / "photos"
+    for name in ("a", "b", "c"):
+        (root / name).write_bytes(name.encode())
+    await sync._scan({RelPath("a"), RelPath("b"), RelPath("c")}, set(), set())
+
+    assert [(n.epoch, n.since, n.seq) for n in sent] == [(sync.catch_up.epoch, 2, 4),
+                                                        (sync.catch_up.epoch, 4, 5)]
+    for notice in sent:  # exactly the rows a page after `since` up to `seq` would hold
+        rows = [e.record for e in index.since(FOLDER, notice.since) if e.seq <= notice.seq]
+        assert [s.record for s in notice.records] == rows
+
+
+async def test_a_notice_holding_the_rows_after_those_read_spares_catch_up_asking_for_them(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    asked: list[int] = []
+    rounds = 0
+
+    class Noticed(Members):
+        """A member whose index ends at `last`, and says so in its hellos."""
+
+        last = 3
+
+        def sources(self, folder: str) -> list[tuple[str, str]]:
+            nonlocal rounds
+            rounds += 1
+            return super().sources(folder)
+
+        def advertised_seq(self, folder: str, key: str) -> int | None:
+            return self.last
+
+        async def fetch_index(self, address: str, request: IndexRequest) -> Records:
+            asked.append(request.since)
+            return Records(FOLDER, (), "their epoch", self.last)
+
+    mesh = Noticed()
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    sync.catch_up.every = 0.01
+
+    async def rounds_pass(count: int) -> None:
+        until = rounds + count
+        while rounds < until:  # noqa: ASYNC110 (rounds are counted, not signalled)
+            await asyncio.sleep(0.005)
+
+    running = asyncio.create_task(sync.catch_up.run())
+    try:
+        await asyncio.wait_for(rounds_pass(3), 10)
+        assert asked == [0]
+        # Its notice held rows 4 to 7, right after the 3 read, and its hellos say 9: the rest
+        # is on its way in notices, as long as they keep following on.
+        await sync.catch_up.covered("key0", "their epoch", 3, 7)
+        mesh.last = 9
+        await asyncio.wait_for(rounds_pass(5), 10)
+        assert asked == [0]
+        clock.wait_out(sync.catch_up.every)  # none followed on since: read from 7
+        await asyncio.wait_for(rounds_pass(3), 10)
+        assert asked == [0, 7]
+        # One holding 11 and 12 (row 10 came in none: a notice lost) is not read past: asked.
+        await sync.catch_up.covered("key0", "their epoch", 10, 12)
+        mesh.last = 12
+        await asyncio.wait_for(rounds_pass(3), 10)
+        assert asked == [0, 7, 9]
+        # A notice of an index we did not read it in keeps nothing, however it names it.
+        for epoch in ("another epoch", ""):
+            await sync.catch_up.covered("key0", epoch, 0, 20)
+            assert index.peer_seq(FOLDER, "key0", epoch) == 0
+        assert index.peer_seq(FOLDER, "key0", "their epoch") == 12
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+async def test_catching_up_stops_reading_pages_once_the_members_notices_bring_the_rest(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    # A member scanning a big tree: its index grows as fast as we read it, and every page
+    # would hold what its notices bring too.
+    pages = {0: ["a", "b"], 2: ["c"], 3: ["d"], 4: ["e"], 5: []}  # since -> its paths
+    asked: list[int] = []
+
+    class Growing(Members):
+        async def fetch_index(self, address: str, request: IndexRequest) -> Records:
+            asked.append(request.since)
+            paths = pages[request.since]
+            return Records(FOLDER, tuple(Signed(record(p, content(p, 1)), b"sig")
+                                         for p in paths), "their epoch", request.since + len(paths))
+
+    sync = folder_sync(tmp_path, index, Growing(), clock)
+
+    async def take(source: str, records: Iterable[Signed]) -> list[Signed]:
+        if [s.record.path for s in records] == ["c"]:  # meanwhile, a notice of rows 3 to 5
+            await sync.catch_up.covered("key0", "their epoch", 2, 5)
+        return []
+
+    sync.catch_up._take = take
+    await sync.catch_up.catch_up("key0", "10.0.0.1:7777")
+
+    assert asked == [0, 2, 3], "the page after 3 was on its way; none after it was asked for"
+    assert index.peer_seq(FOLDER, "key0", "their epoch") == 5

@@ -324,10 +324,10 @@ def batches(draw: st.DrawFn, counts: st.SearchStrategy[int]) -> tuple[Signed, ..
 
 
 RECORDS = st.builds(Records, st.builds(FolderId, FOLDER_IDS), batches(st.integers(0, 8)),
-                    EPOCHS, SEQS)
+                    EPOCHS, SEQS, since=SEQS)
 FULL_RECORDS = st.builds(Records, st.builds(FolderId, FOLDER_IDS),
                          batches(st.sampled_from([MAX_BATCH_RECORDS, MAX_BATCH_RECORDS + 1])),
-                         EPOCHS, SEQS)
+                         EPOCHS, SEQS, since=SEQS)
 # Each example of the fullest batches writes and reads a few MiB: a tenth as many of them.
 FEWER = settings(BIG, max_examples=max(10, settings().max_examples // 10))
 INDEX_REQUESTS = st.builds(IndexRequest, st.builds(FolderId, FOLDER_IDS), SEQS)
@@ -601,6 +601,10 @@ def test_an_extreme_batch_round_trips_or_is_refused(batch: Records) -> None:
     if again is not None:
         # The epoch is stored as SQLite TEXT when we catch up with the peer that sent it.
         assert encodable(again.epoch)
+        # A notice holds the rows after `since` up to `seq`: none when since is past seq.
+        assert 0 <= again.since <= again.seq <= MAX_SEQ
+    if batch.since > batch.seq:
+        assert again is None
 
 
 @FEWER
