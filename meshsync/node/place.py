@@ -45,7 +45,8 @@ class Place:
         return self.folder.path
 
 
-ECHOES_KEPT = 10_000  # paths remembered at most (the watcher reports each within a second)
+ECHOES_KEPT = 10_000  # paths remembered before all are forgotten (the watcher reports each
+# within a second; past this many it is not reporting)
 
 
 @dataclass(slots=True)

@@ -348,8 +348,9 @@ class Index:
         """Record how far the peer's index (in that epoch) has been taken in; never less far
         than a notice took it meanwhile (see advance_peer_seq)."""
         with self._write() as db:
-            db.execute("INSERT INTO peer_seq VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE"
-                       " SET seq = max(seq, excluded.seq)", (folder, peer, epoch, seq))
+            db.execute("INSERT INTO peer_seq VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET seq ="
+                       " iif(typeof(seq) = 'integer', max(seq, excluded.seq), excluded.seq)",
+                       (folder, peer, epoch, seq))
 
     def advance_peer_seq(self, folder: str, peer: str, epoch: str, since: int, seq: int) -> bool:
         """Record that the peer's index (in that epoch) has been taken in up to `seq`, if it had

@@ -340,6 +340,7 @@ def test_peer_seq_is_kept_per_peer_and_epoch_across_a_restart(db_path: Path) -> 
     assert index.peer_seq(FOLDER, B, "e1") == 0
     index.set_peer_seq(FOLDER, B, "e1", 10)
     index.set_peer_seq(FOLDER, B, "e1", 12)
+    index.set_peer_seq(FOLDER, B, "e1", 11)  # a page judged after a notice took it further
     index.set_peer_seq(FOLDER, B, "e2", 3)
     index.close()
     index = Index(db_path)
@@ -350,6 +351,21 @@ def test_peer_seq_is_kept_per_peer_and_epoch_across_a_restart(db_path: Path) -> 
         assert index.peer_seq("other", B, "e1") == 0
     finally:
         index.close()
+
+
+def test_a_notice_moves_a_peer_seq_only_from_where_what_it_holds_follows_on(
+        index: Index) -> None:
+    index.set_peer_seq(FOLDER, B, "e1", 10)
+    assert not index.advance_peer_seq(FOLDER, B, "e1", 11, 20)  # row 11 was in none
+    assert index.advance_peer_seq(FOLDER, B, "e1", 8, 20)  # rows 9 and 10 read twice
+    assert not index.advance_peer_seq(FOLDER, B, "e1", 15, 18)  # read already
+    assert index.advance_peer_seq(FOLDER, A, "e1", 0, 4)  # the start of A's index
+    assert [index.peer_seq(FOLDER, p, "e1") for p in (B, A)] == [20, 4]
+    with sqlite3.connect(index.path) as db:  # damaged: read from the start again
+        db.execute("UPDATE peer_seq SET seq = 'x' WHERE peer = ?", (B,))
+    assert not index.advance_peer_seq(FOLDER, B, "e1", 20, 30)
+    index.set_peer_seq(FOLDER, B, "e1", 5)
+    assert index.peer_seq(FOLDER, B, "e1") == 5
 
 
 def test_meta_values_are_stored_and_replaced(index: Index) -> None:
