@@ -96,8 +96,6 @@ class Exchange:
             rebuilt, lacking = await asyncio.to_thread(sync.rebuild, notice.listless)
             records += rebuilt
         news = await sync.take(sender.key, records)
-        if notice.seq > notice.since and not lacking:  # its own rows, all taken
-            await sync.catch_up.covered(sender.key, notice.epoch, notice.since, notice.seq)
         to = self._relay_to(sender) if news else frozenset()
         if to:
             # Only what was news to us (what was not, we passed on before): a member that
@@ -106,6 +104,8 @@ class Exchange:
             everyone = frozenset(p.id.key for p in self._peers.roster)
             await self.publish(Records(notice.folder, tuple(news), lists=Lists.PATCHES),
                                skip=everyone - to)
+        if notice.seq > notice.since and not lacking:  # its own rows, all taken
+            await sync.catch_up.covered(sender.key, notice.epoch, notice.since, notice.seq)
 
     def _relay_to(self, sender: NodeId) -> frozenset[str]:
         """Whom news from `sender` goes on to (vector keys): from the coordinator, every other

@@ -218,6 +218,27 @@ async def test_a_member_bridges_news_between_the_coordinator_and_a_member_cut_of
     assert await relayed(mesh, "a") == ["c"]
 
 
+@pytest.mark.parametrize("lacking", [0, 1])
+async def test_a_notice_counts_as_read_for_catch_up_only_if_all_of_it_was_taken(
+    mesh: Mesh, lan: ipaddress.IPv4Network, lacking: int
+) -> None:
+    # A record sent without its list that we cannot rebuild comes whole with catch-up: until
+    # then the rows its notice holds are not all read.
+    mesh.hello("a", f"{lan[3]}:22300", term=5, coordinator="a", hears=True)
+    covered: list[tuple[str, str, int, int]] = []
+
+    class Rebuilding(FakeSync):
+        def rebuild(self, listless: Any) -> tuple[list[Any], int]:
+            return [], lacking
+
+    sync = Rebuilding()
+    sync.catch_up.covered = lambda *args: asyncio.sleep(0, covered.append(args))
+    mesh.node._folders[DOCS] = sync  # type: ignore[assignment]
+    notice = Records(DOCS, ("news",), "their epoch", 9, listless=("listless",), since=4)  # type: ignore[arg-type]
+    await mesh.node.handle_notice(mesh.keys["a"].blob, notice)
+    assert covered == ([] if lacking else [(mesh.keys["a"].id.key, "their epoch", 4, 9)])
+
+
 async def test_a_member_relays_nothing_while_every_member_hears_the_coordinator(
     mesh: Mesh, lan: ipaddress.IPv4Network
 ) -> None:
