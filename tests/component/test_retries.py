@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -607,51 +607,60 @@ def test_the_racy_window_is_the_mtimes_tick_with_room() -> None:
     assert scanner.racy(fine, fine - 1)  # opened "before" its mtime: a clock moved
 
 
-async def test_catch_up_asks_a_member_again_only_once_its_hellos_say_its_index_moved_on(
-        tmp_path: Path, index: Index, clock: FakeClock) -> None:
-    asked: list[int] = []
-    seen = 0
+class Resting(Members):
+    """A member whose index ends at `last`, and says so in its hellos; it counts the catch-up
+    rounds (each asks who the sources are) and keeps the seq each page was asked after."""
 
-    class Resting(Members):
-        """A member whose index ends at `last`, and says so in its hellos."""
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = 3
+        self.asked: list[int] = []
+        self.rounds = 0
 
-        last = 3
+    def sources(self, folder: str) -> list[tuple[str, str]]:
+        self.rounds += 1
+        return super().sources(folder)
 
-        def sources(self, folder: str) -> list[tuple[str, str]]:
-            nonlocal seen
-            seen += 1
-            return super().sources(folder)
+    def advertised_seq(self, folder: str, key: str) -> int | None:
+        return self.last
 
-        def advertised_seq(self, folder: str, key: str) -> int | None:
-            return self.last
+    async def fetch_index(self, address: str, request: IndexRequest) -> Records:
+        self.asked.append(request.since)
+        return Records(FOLDER, (), "their epoch", self.last)
 
-        async def fetch_index(self, address: str, request: IndexRequest) -> Records:
-            asked.append(request.since)
-            return Records(FOLDER, (), "their epoch", self.last)
+    async def rounds_pass(self, count: int) -> None:
+        until = self.rounds + count
+        async with asyncio.timeout(10):
+            while self.rounds < until:  # noqa: ASYNC110 (rounds are counted, not signalled)
+                await asyncio.sleep(0.005)
 
-    mesh = Resting()
-    sync = folder_sync(tmp_path, index, mesh, clock)
+
+@contextlib.asynccontextmanager
+async def catching_up(sync: FolderSync) -> AsyncIterator[None]:
+    """The folder's catch-up running, a round every 10 ms, while the body runs."""
     sync.catch_up.every = 0.01
-
-    async def rounds_pass(count: int) -> None:
-        until = seen + count
-        while seen < until:  # noqa: ASYNC110 (rounds are counted, not signalled)
-            await asyncio.sleep(0.005)
-
     running = asyncio.create_task(sync.catch_up.run())
     try:
-        await asyncio.wait_for(rounds_pass(5), 10)
-        assert asked == [0]  # at start; then its index has not moved: not asked again
-        mesh.last = 7  # a change whose notice was lost: its next hello says seq 7
-        await asyncio.wait_for(rounds_pass(5), 10)
-        assert asked == [0, 3]
-        sync.catch_up.wake.set()  # it came online again: asked whatever its hellos say
-        await asyncio.wait_for(rounds_pass(3), 10)
-        assert asked == [0, 3, 7]
+        yield
     finally:
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+
+
+async def test_catch_up_asks_a_member_again_only_once_its_hellos_say_its_index_moved_on(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    mesh = Resting()
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    async with catching_up(sync):
+        await mesh.rounds_pass(5)
+        assert mesh.asked == [0]  # at start; then its index has not moved: not asked again
+        mesh.last = 7  # a change whose notice was lost: its next hello says seq 7
+        await mesh.rounds_pass(5)
+        assert mesh.asked == [0, 3]
+        sync.catch_up.wake.set()  # it came online again: asked whatever its hellos say
+        await mesh.rounds_pass(3)
+        assert mesh.asked == [0, 3, 7]
 
 
 async def test_a_small_file_is_written_while_a_big_one_is_still_being_fetched(
@@ -812,62 +821,30 @@ async def test_a_scans_notices_say_which_rows_of_its_index_each_holds(
 
 async def test_a_notice_holding_the_rows_after_those_read_spares_catch_up_asking_for_them(
         tmp_path: Path, index: Index, clock: FakeClock) -> None:
-    asked: list[int] = []
-    rounds = 0
-
-    class Noticed(Members):
-        """A member whose index ends at `last`, and says so in its hellos."""
-
-        last = 3
-
-        def sources(self, folder: str) -> list[tuple[str, str]]:
-            nonlocal rounds
-            rounds += 1
-            return super().sources(folder)
-
-        def advertised_seq(self, folder: str, key: str) -> int | None:
-            return self.last
-
-        async def fetch_index(self, address: str, request: IndexRequest) -> Records:
-            asked.append(request.since)
-            return Records(FOLDER, (), "their epoch", self.last)
-
-    mesh = Noticed()
+    mesh = Resting()
     sync = folder_sync(tmp_path, index, mesh, clock)
-    sync.catch_up.every = 0.01
-
-    async def rounds_pass(count: int) -> None:
-        until = rounds + count
-        while rounds < until:  # noqa: ASYNC110 (rounds are counted, not signalled)
-            await asyncio.sleep(0.005)
-
-    running = asyncio.create_task(sync.catch_up.run())
-    try:
-        await asyncio.wait_for(rounds_pass(3), 10)
-        assert asked == [0]
+    async with catching_up(sync):
+        await mesh.rounds_pass(3)
+        assert mesh.asked == [0]
         # Its notice held rows 4 to 7, right after the 3 read, and its hellos say 9: the rest
         # is on its way in notices, as long as they keep following on.
         await sync.catch_up.covered("key0", "their epoch", 3, 7)
         mesh.last = 9
-        await asyncio.wait_for(rounds_pass(5), 10)
-        assert asked == [0]
+        await mesh.rounds_pass(5)
+        assert mesh.asked == [0]
         clock.wait_out(sync.catch_up.every)  # none followed on since: read from 7
-        await asyncio.wait_for(rounds_pass(3), 10)
-        assert asked == [0, 7]
+        await mesh.rounds_pass(3)
+        assert mesh.asked == [0, 7]
         # One holding 11 and 12 (row 10 came in none: a notice lost) is not read past: asked.
         await sync.catch_up.covered("key0", "their epoch", 10, 12)
         mesh.last = 12
-        await asyncio.wait_for(rounds_pass(3), 10)
-        assert asked == [0, 7, 9]
+        await mesh.rounds_pass(3)
+        assert mesh.asked == [0, 7, 9]
         # A notice of an index we did not read it in keeps nothing, however it names it.
         for epoch in ("another epoch", ""):
             await sync.catch_up.covered("key0", epoch, 0, 20)
             assert index.peer_seq(FOLDER, "key0", epoch) == 0
         assert index.peer_seq(FOLDER, "key0", "their epoch") == 12
-    finally:
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
 
 
 async def test_catching_up_stops_reading_pages_once_the_members_notices_bring_the_rest(
