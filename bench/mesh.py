@@ -13,6 +13,7 @@ from bench.measure import cpu_seconds, wire_bytes
 from bench.payload import shape
 from meshsync.control.client import call
 from meshsync.control.protocol import ControlError
+from meshsync.net.client import IDLE
 from meshsync.node.catchup import CATCH_UP_EVERY
 from meshsync.node.node import HEARTBEAT, PROGRESS_EVERY
 from tests.integration.lan import Host, Lan, same_trees, wait_for
@@ -20,8 +21,9 @@ from tests.integration.test_election import start_all
 
 # Seconds left to a node after its last change before it counts as idle: the catch-up round
 # that follows a change (members' hellos tell of their moved indexes within PROGRESS_EVERY and a
-# heartbeat, and catch-up asks at its next CATCH_UP_EVERY) is that change's cost, not idleness.
-SETTLE = CATCH_UP_EVERY + PROGRESS_EVERY + 2 * HEARTBEAT + 1.0
+# heartbeat, and catch-up asks at its next CATCH_UP_EVERY), and the closing of the connections
+# it used once they have been idle for IDLE, are that change's cost, not idleness.
+SETTLE = CATCH_UP_EVERY + PROGRESS_EVERY + 2 * HEARTBEAT + IDLE + 1.0
 
 
 @contextlib.contextmanager
