@@ -576,10 +576,16 @@ def frames_digest(body: bytes) -> str:
     return "frames-sha256=" + frames.hexdigest()
 
 
-def unpack_blocks(body: bytes, count: int) -> list[bytes | None]:
-    """Split a block answer; WireError if it does not hold exactly `count` entries."""
-    out: list[bytes | None] = []
-    at = 0
+Data = bytes | memoryview  # a block's bytes, or a view of them in the answer that carried it
+
+
+def unpack_blocks(body: bytes, count: int) -> list[memoryview | None]:
+    """Split a block answer; WireError if it does not hold exactly `count` entries.
+
+    Each block is a view into `body`, not a copy: a GiB received was copied once more here,
+    a 128 KiB allocation (mapped and faulted in afresh) per block."""
+    out: list[memoryview | None] = []
+    view, at = memoryview(body), 0
     for _ in range(count):
         if at + 4 > len(body):
             raise WireError("block answer is truncated")
@@ -587,7 +593,7 @@ def unpack_blocks(body: bytes, count: int) -> list[bytes | None]:
         at += 4
         if size > BLOCK_SIZE or at + size > len(body):
             raise WireError("block answer has a bad length")
-        out.append(body[at : at + size] or None)
+        out.append(view[at : at + size] if size else None)
         at += size
     if at != len(body):
         raise WireError("block answer has trailing bytes")

@@ -99,7 +99,7 @@ class Incoming:
         """Indexes of the blocks already in the temporary file, verified."""
         return set(self._present)
 
-    def write_block(self, index: int, data: bytes, hashed: bool = False) -> None:
+    def write_block(self, index: int, data: bytes | memoryview, hashed: bool = False) -> None:
         """Write block `index`; BadBlock, writing nothing, unless it is the record's block
         (`hashed`: the caller has checked its SHA-256 against the record's already)."""
         if not (0 <= index < len(self.record.blocks) and len(data) == self.length(index)

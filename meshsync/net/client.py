@@ -219,7 +219,7 @@ class PeerClient:
 
     async def fetch_blocks(
         self, address: str, key: bytes, request: BlockRequest, timeout: float = 30.0
-    ) -> list[bytes | None]:
+    ) -> list[memoryview | None]:
         """The blocks asked for, None where the peer has not got one; the caller checks hashes."""
         limit = len(request.hashes) * (BLOCK_SIZE + 4)
         reply = await self.post(address, key, "/v1/blocks", request.to_json(), timeout, limit,

@@ -4,11 +4,12 @@ of folders, and whom news is passed on to (the coordinator's fan-out, a member's
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from meshsync.core.errors import Refused
 from meshsync.core.ids import NodeId
 from meshsync.core.membership import Peer
-from meshsync.core.wire import BlockRequest, IndexRequest, Lists, Records
+from meshsync.core.wire import BlockRequest, Data, IndexRequest, Lists, Records
 from meshsync.net.client import PeerClient, PeerUnreachable
 from meshsync.node.folder import FolderSync
 from meshsync.node.outbox import Outbox
@@ -69,7 +70,7 @@ class Exchange:
             raise PeerUnreachable(f"{address}: no member there")
         return self.client, peer.key
 
-    async def fetch_blocks(self, address: str, request: BlockRequest) -> list[bytes | None]:
+    async def fetch_blocks(self, address: str, request: BlockRequest) -> Sequence[Data | None]:
         """Blocks from one member."""
         client, key = self._member_at(address)
         return await client.fetch_blocks(address, key, request)

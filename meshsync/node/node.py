@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Sequence
 
 from meshsync.control import server as control_server
 from meshsync.core import election as el
 from meshsync.core.ids import NodeId
-from meshsync.core.wire import BlockRequest, Hello, IndexRequest, Records
+from meshsync.core.wire import BlockRequest, Data, Hello, IndexRequest, Records
 from meshsync.crypto import tls
 from meshsync.crypto.keys import Signer
 from meshsync.crypto.trust import TrustStore
@@ -113,7 +114,7 @@ class Node:
         """The last seq of a member's index for `folder`, by its latest hello."""
         return self._exchange.advertised_seq(folder, key)
 
-    async def fetch_blocks(self, address: str, request: BlockRequest) -> list[bytes | None]:
+    async def fetch_blocks(self, address: str, request: BlockRequest) -> Sequence[Data | None]:
         """Blocks from one member."""
         return await self._exchange.fetch_blocks(address, request)
 

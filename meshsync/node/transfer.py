@@ -7,14 +7,14 @@ import hashlib
 import itertools
 import logging
 from asyncio import FIRST_COMPLETED
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from meshsync.core.paths import RelPath
 from meshsync.core.records import FileRecord
 from meshsync.core.throttle import shown
-from meshsync.core.wire import MAX_BLOCKS_PER_REQUEST, BlockRequest
+from meshsync.core.wire import MAX_BLOCKS_PER_REQUEST, BlockRequest, Data
 from meshsync.fs import apply
 from meshsync.fs.scan import Seen
 from meshsync.node.clock import Clock
@@ -36,7 +36,7 @@ class Sources(Protocol):
     def sources(self, folder: str) -> list[tuple[str, str]]:
         """(node key, address) of the online members sharing `folder`, coordinator first."""
 
-    async def fetch_blocks(self, address: str, request: BlockRequest) -> list[bytes | None]:
+    async def fetch_blocks(self, address: str, request: BlockRequest) -> Sequence[Data | None]:
         """Blocks from one peer; raises on failure."""
 
     def members(self, folder: str) -> int:
@@ -179,7 +179,7 @@ class Fetcher:
         return Asking([address for _, address in sources])
 
     async def _fetch(self, part: list[tuple[RelPath, bytes]], asking: Asking,
-                     turn: int = 0) -> dict[bytes, bytes]:
+                     turn: int = 0) -> dict[bytes, Data]:
         """The blocks (of the files named) that some member has, asking each in turn from the
         `turn`th.
 
@@ -187,7 +187,7 @@ class Fetcher:
         in this attempt, nor one that fails for anything: what no member can supply costs a
         request per member, not one per 64 blocks of it.
         """
-        got: dict[bytes, bytes] = {}
+        got: dict[bytes, Data] = {}
         first = turn % max(1, len(asking.addresses))
         for address in asking.addresses[first:] + asking.addresses[:first]:
             ask = [(p, d) for p, d in part if d not in got and asking.asks(address, p)]
@@ -254,13 +254,13 @@ def lack(incoming: apply.Incoming, seq: int) -> Lack | None:
     return Lack(seq, tuple(itertools.islice(absent, MAX_BLOCKS_PER_REQUEST)), missing)
 
 
-def _verified(hashes: tuple[bytes, ...], blocks: list[bytes | None]) -> dict[bytes, bytes]:
+def _verified(hashes: tuple[bytes, ...], blocks: Sequence[Data | None]) -> dict[bytes, Data]:
     """The blocks of an answer that match the hash they were asked for by."""
     return {digest: data for digest, data in zip(hashes, blocks, strict=True)
             if data is not None and _sha256(data) == digest}
 
 
-def _write_all(found: list[tuple[Wanted, bytes]]) -> dict[RelPath, Exception]:
+def _write_all(found: list[tuple[Wanted, Data]]) -> dict[RelPath, Exception]:
     """Write the blocks found; returns the files a write failed for (the rest of each skipped)."""
     failed: dict[RelPath, Exception] = {}
     for (incoming, i, _), data in found:
@@ -288,5 +288,5 @@ def _parts(items: list[tuple[RelPath, T]], skip: Callable[[RelPath], bool],
         yield part
 
 
-def _sha256(data: bytes) -> bytes:
+def _sha256(data: Data) -> bytes:
     return hashlib.sha256(data).digest()

@@ -236,6 +236,13 @@ def test_a_block_answer_is_a_length_then_the_bytes_and_absent_is_length_zero() -
     assert unpack_blocks(b"\0\0\0\0", 1) == [None]
 
 
+def test_the_blocks_of_an_answer_are_views_of_it_not_copies() -> None:
+    body = pack_blocks([b"x" * BLOCK_SIZE, b"tail"])
+    blocks = unpack_blocks(body, 2)
+    assert all(isinstance(b, memoryview) and b.obj is body for b in blocks)
+    assert [bytes(b) for b in blocks if b is not None] == [b"x" * BLOCK_SIZE, b"tail"]
+
+
 def test_a_truncated_block_answer_is_refused_at_every_cut() -> None:
     body = pack_blocks([b"first", None, b"third"])
     for cut in range(len(body)):
