@@ -64,6 +64,7 @@ class _State(Enum):
 
 
 _Looked = tuple[scan.Seen, _State, _Done | None]
+_Chunk = tuple[list[scan.Seen], set[RelPath]]  # consecutive paths, and those that may differ
 
 
 @dataclass(slots=True)
@@ -146,27 +147,33 @@ class Scanner:
             present: set[str] = set()
             stored, stored_at = 0, time.monotonic()  # of mine, those stored and announced
 
-            def look(chunk: list[scan.Seen]) -> list[_Looked]:
-                differ = {s.path for s in chunk if s.path in force or s.path in revive
-                          or s.stamp != stamps.get(s.path)}
-                entries = place.index.get_all(place.id, differ) if differ else {}
+            def differing(seen: list[scan.Seen]) -> _Chunk:
+                return seen, {s.path for s in seen if s.path in force or s.path in revive
+                              or s.stamp != stamps.get(s.path)}
+
+            def look(chunk: _Chunk) -> list[_Looked]:
+                seen, differ = chunk
+                if not differ:  # a restart's every chunk, nearly
+                    return [(s, _State.SAME, None) for s in seen]
+                entries = place.index.get_all(place.id, differ)
                 before.update(entries)
                 dirs = scan.Directories(place.root)
                 try:
                     return [(s, *self._look(s, entries.get(s.path), s.path in force,
                                             s.path in revive, kept.get(s.path, []), now_ns, dirs))
                             if s.path in differ else (s, _State.SAME, None)
-                            for s in chunk]
+                            for s in seen]
                 finally:
                     dirs.close()
 
-            def heavy(chunk: list[scan.Seen]) -> bool:
-                return sum(s.size for s in chunk if s.kind is Kind.FILE
-                           and s.stamp != stamps.get(s.path)) >= POOLED
+            def heavy(chunk: _Chunk) -> bool:
+                seen, differ = chunk
+                return sum(s.size for s in seen
+                           if s.kind is Kind.FILE and s.path in differ) >= POOLED
 
             # The walk goes on while what it found is hashed, stored and announced.
             walked = self._walk(tops, progress, found.temp_dirs)
-            for s, state, item in _in_order(look, heavy, _chunks(walked)):
+            for s, state, item in _in_order(look, heavy, map(differing, _chunks(walked))):
                 found.entries += 1
                 present.add(s.path)
                 if progress is not None:
@@ -290,13 +297,12 @@ def _chunks(seen: Iterator[scan.Seen]) -> Iterator[list[scan.Seen]]:
         yield chunk
 
 
-def _in_order(look: Callable[[list[scan.Seen]], list[_Looked]],
-              heavy: Callable[[list[scan.Seen]], bool],
-              chunks: Iterator[list[scan.Seen]]) -> Iterator[_Looked]:
+def _in_order(look: Callable[[_Chunk], list[_Looked]], heavy: Callable[[_Chunk], bool],
+              chunks: Iterator[_Chunk]) -> Iterator[_Looked]:
     """Each chunk's results, in order: a heavy chunk looked at by a pool (started at the first),
     up to a few ahead of the caller, the others in the calling thread when their turn comes."""
     pool: ThreadPoolExecutor | None = None
-    pending: deque[Future[list[_Looked]] | list[scan.Seen]] = deque()
+    pending: deque[Future[list[_Looked]] | _Chunk] = deque()
     try:
         for chunk in chunks:
             if heavy(chunk):
@@ -304,7 +310,7 @@ def _in_order(look: Callable[[list[scan.Seen]], list[_Looked]],
                 pending.append(pool.submit(look, chunk))
             else:
                 pending.append(chunk)
-            while pending and (len(pending) > 2 * WORKERS or isinstance(pending[0], list)):
+            while pending and (len(pending) > 2 * WORKERS or not isinstance(pending[0], Future)):
                 yield from _looked(look, pending.popleft())
         while pending:
             yield from _looked(look, pending.popleft())
@@ -316,9 +322,9 @@ def _in_order(look: Callable[[list[scan.Seen]], list[_Looked]],
             pool.shutdown()
 
 
-def _looked(look: Callable[[list[scan.Seen]], list[_Looked]],
-            waiting: Future[list[_Looked]] | list[scan.Seen]) -> list[_Looked]:
-    return look(waiting) if isinstance(waiting, list) else waiting.result()
+def _looked(look: Callable[[_Chunk], list[_Looked]],
+            waiting: Future[list[_Looked]] | _Chunk) -> list[_Looked]:
+    return waiting.result() if isinstance(waiting, Future) else look(waiting)
 
 
 def _alike(found: FileRecord, held: FileRecord) -> bool:
