@@ -110,7 +110,7 @@ class CatchUp:
     async def catch_up(self, key: str, address: str) -> None:
         """Take in what a peer's index holds that we have not taken from it yet."""
         index, folder = self.place.index, self.place.id
-        remembered = f"epoch {folder} {key}"  # see covered
+        remembered = _epoch_key(folder, key)
         epoch = await asyncio.to_thread(index.get_meta, remembered) or ""
         since = await asyncio.to_thread(index.peer_seq, folder, key, epoch)
 
@@ -162,7 +162,7 @@ class CatchUp:
         catch-up need not ask for those rows again. Only in the epoch we last read it in: a
         member cannot make us keep a row for every epoch it names."""
         index, folder = self.place.index, self.place.id
-        if (epoch and epoch == await asyncio.to_thread(index.get_meta, f"epoch {folder} {key}")
+        if (epoch and epoch == await asyncio.to_thread(index.get_meta, _epoch_key(folder, key))
                 and await asyncio.to_thread(index.advance_peer_seq, folder, key, epoch, since,
                                             seq)):
             self._read_to[key] = seq
@@ -207,3 +207,8 @@ def interval_from(environ: Mapping[str, str]) -> float:
     if not 1 <= value <= 86400:
         raise ValueError(f"{INTERVAL_VARIABLE} wants seconds from 1 to 86400, not {text[:40]!r}")
     return value
+
+
+def _epoch_key(folder: str, key: str) -> str:
+    """The index meta key under which the epoch we last read member `key` in is kept."""
+    return f"epoch {folder} {key}"
