@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -66,8 +67,18 @@ def holds_for(what: str, probe: Callable[[], object], seconds: float) -> None:
         time.sleep(0.05)
 
 
+class Unsettled(Exception):
+    """An entry went or changed kind while `tree` looked at it: the folder is still settling."""
+
+
+# What the OS says when an entry is no longer what it was a moment ago: gone, or not the
+# symlink (EINVAL from readlink), file (EISDIR) or directory (ENOTDIR) it was.
+_CHANGED = frozenset({errno.ENOENT, errno.EINVAL, errno.EISDIR, errno.ENOTDIR})
+
+
 def tree(root: Path) -> dict[str, tuple[str, str, int]]:
-    """Every path under root but the marker: (kind, content digest or link target, mode)."""
+    """Every path under root but the marker: (kind, content digest or link target, mode).
+    Unsettled if an entry changes while it is looked at."""
     found: dict[str, tuple[str, str, int]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         if Path(dirpath) == root:
@@ -75,13 +86,18 @@ def tree(root: Path) -> dict[str, tuple[str, str, int]]:
         for name in [*dirnames, *filenames]:
             path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()
-            mode = path.lstat().st_mode & 0o7777
-            if path.is_symlink():
-                found[rel] = ("symlink", str(path.readlink()), 0)
-            elif path.is_dir():
-                found[rel] = ("dir", "", mode)
-            else:
-                found[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest(), mode)
+            try:
+                mode = path.lstat().st_mode & 0o7777
+                if path.is_symlink():
+                    found[rel] = ("symlink", str(path.readlink()), 0)
+                elif path.is_dir():
+                    found[rel] = ("dir", "", mode)
+                else:
+                    found[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest(), mode)
+            except OSError as e:
+                if e.errno not in _CHANGED:
+                    raise
+                raise Unsettled(f"{rel} changed while it was looked at ({e})") from e
     return found
 
 
@@ -89,7 +105,7 @@ def same_trees(hosts: list[Host]) -> dict[str, tuple[str, str, int]] | None:
     """The common tree if every host's folder holds the same one."""
     try:
         trees = [tree(h.sync) for h in hosts]
-    except FileNotFoundError:
+    except Unsettled:
         return None  # a file went while we looked: the folders are still settling
     return trees[0] if all(t == trees[0] for t in trees) else None
 

@@ -44,7 +44,7 @@ from typing import Any
 
 from meshsync.core import conflicts
 from meshsync.core.paths import MARKER, is_temporary
-from tests.integration.lan import Host, tree, wait_for
+from tests.integration.lan import Host, Unsettled, tree, wait_for
 from tests.integration.test_sync import mesh
 
 SEED = int(os.environ.get("MESHSYNC_SEED") or 20240611)
@@ -510,8 +510,8 @@ def settle(hosts: list[Host], timeout: float) -> Tree | None:
         nonlocal last, since
         try:
             trees = [visible(h) for h in hosts]
-        except FileNotFoundError:
-            return None  # a file went while we looked: still settling
+        except Unsettled:
+            return None  # a file went or changed while we looked: still settling
         common = trees[0] if all(t == trees[0] for t in trees) else None
         if common is None or not all(in_sync(h) for h in hosts):
             last = None
@@ -541,8 +541,8 @@ def differences(hosts: list[Host], written: dict[str, str]) -> str:
 def _look(hosts: list[Host]) -> dict[str, Tree] | None:
     try:
         return {h.name: visible(h) for h in hosts}
-    except FileNotFoundError:
-        return None  # a file went while we looked
+    except Unsettled:
+        return None  # a file went or changed while we looked
 
 
 def _entry(entry: tuple[str, str, int] | None, written: dict[str, str]) -> str:
