@@ -236,6 +236,21 @@ class Election:
             return False
         return self._members[node].hears != (self.term, coordinator)
 
+    def next_tick(self, now: float) -> float:
+        """The earliest moment, from `now` on, at which a tick may act (inf: none may): before
+        it, time alone changes nothing here, so the node need not tick. Every moment an event
+        records is `now` at the time, so what a later event changes lies DOWN_AFTER ahead."""
+        moments = []
+        if self.coordinator is None and self.term == 0:
+            moments.append(self.started + GRACE)
+        if self.coordinator not in (None, self.me):  # given time to be heard (see _alive)
+            moments.append(self._following_since + DOWN_AFTER)
+        for member in self._members.values():
+            moments.append(member.direct + DOWN_AFTER)
+            if member.up:
+                moments.append(member.last_heard + DOWN_AFTER)
+        return min((m for m in moments if m >= now), default=float("inf"))
+
     def handle(self, event: Event) -> list[Action]:
         """Apply one event; return what the node must do, in order."""
         actions: list[Action] = []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
+import math
 from collections.abc import Iterable
 
 from hypothesis import assume, given
@@ -589,3 +591,70 @@ def test_with_links_stable_the_term_settles_and_stays_put(
         views = {mesh.view(n) for n in part}
         assert len(views) == 1
         assert views.pop()[1] in part
+
+
+NODES = [A, B, C, D]
+EVENT = st.one_of(
+    st.builds(lambda peer, term, coordinator, hears: ("heard", peer, term, coordinator, hears),
+              st.sampled_from(NODES[1:]), st.integers(0, 3), st.sampled_from([None, *NODES]),
+              st.booleans()),
+    st.builds(lambda by, peers: ("relayed", by, tuple(peers)),
+              st.sampled_from(NODES[1:]), st.lists(st.sampled_from(NODES), max_size=3)),
+    st.builds(lambda peer: ("left", peer), st.sampled_from(NODES[1:])),
+    st.just(("forced",)),
+    st.just(("ticked",)),
+)
+
+
+def _event(kind: tuple[object, ...], now: float) -> Event:
+    match kind:
+        case ("heard", peer, term, coordinator, hears):
+            return PeerHeard(peer, term, coordinator, now, hears)  # type: ignore[arg-type]
+        case ("relayed", by, peers):
+            return PeersRelayed(by, peers, now)  # type: ignore[arg-type]
+        case ("left", peer):
+            return PeerLeft(peer, now)  # type: ignore[arg-type]
+        case ("forced",):
+            return ElectionForced(now)
+    return Ticked(now)
+
+
+@given(steps=st.lists(st.tuples(st.floats(0.0, 2.0), EVENT), max_size=30),
+       start=st.floats(0.0, 100.0), within=st.floats(0.0, 1.0, exclude_max=True))
+def test_until_the_next_tick_time_alone_moves_nothing(
+        steps: list[tuple[float, tuple[object, ...]]], start: float, within: float) -> None:
+    """The node ticks only from next_tick on: a tick any earlier would have acted on
+    nothing, whatever came before."""
+    e = Election(me=A, started=start)
+    now = start
+    for gap, kind in steps:
+        now += gap
+        e.handle(_event(kind, now))
+        e.handle(Ticked(now))
+        upcoming = e.next_tick(now)
+        assert upcoming >= now
+        if upcoming == now:
+            continue  # due at once: nothing to skip
+        quiet = copy.deepcopy(e)
+        at = min(now + (min(upcoming, now + 60.0) - now) * within,
+                 math.nextafter(upcoming, -math.inf))  # before it, whatever the rounding
+        assert quiet.handle(Ticked(at)) == []
+        assert quiet == e
+
+
+def test_the_end_of_a_vouch_is_a_moment_to_tick_though_relays_keep_its_member_live():
+    e = Election(me=B, started=0.0)
+    e.handle(PeerHeard(A, 3, A, 0.5))
+    e.handle(PeerHeard(C, 3, A, 1.0, hears_coordinator=True))  # C vouches for A till 4.0
+    e.handle(PeersRelayed(A, (C,), 2.0))  # C is live till 5.0 by A's word
+    e.handle(PeerLeft(A, 2.6))
+    assert e.handle(Ticked(3.6)) == []
+    assert e.next_tick(3.6) == 1.0 + DOWN_AFTER
+    assert OpenElection(4) in e.handle(Ticked(e.next_tick(3.6) + 0.001))
+
+
+def test_a_lone_node_ticks_at_the_end_of_its_grace_and_then_never():
+    e = Election(me=A, started=10.0)
+    assert e.next_tick(10.0) == 10.0 + GRACE
+    e.handle(Ticked(10.0 + GRACE))
+    assert e.next_tick(10.0 + GRACE) == math.inf
