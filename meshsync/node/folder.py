@@ -138,6 +138,11 @@ class FolderSync:
             tg.create_task(self.puller.run(lambda: self.mounted), name=f"apply {self.id}")
             tg.create_task(self.catch_up.run(), name=f"catch up {self.id}")
 
+    def _take_stock(self) -> tuple[set[RelPath], bool]:
+        """(the paths whose index rows were set aside as damaged, whether the folder is
+        there); runs in a thread."""
+        return self.place.index.take_damaged(self.id), self._check_marker(False)
+
     def _check_marker(self, first: bool) -> bool:
         """Whether the folder is there; makes it (and its marker) only the first time ever."""
         marker = self.root / ".meshsync"
@@ -187,15 +192,15 @@ class FolderSync:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._scan_wake.wait(), UNMOUNTED_CHECK_EVERY)
             self._scan_wake.clear()
-            damaged = await asyncio.to_thread(self.place.index.take_damaged, self.id)
+            # One trip to a thread: an idle folder comes here every UNMOUNTED_CHECK_EVERY.
+            damaged, mounted = await asyncio.to_thread(self._take_stock)
             if damaged:  # rows the index could not read: what the disk holds, and ask again
                 log.warning("folder %s: %d damaged index rows set aside; rescanning them and "
                             "asking peers again", self.id, len(damaged))
                 self._dirty |= damaged
                 await asyncio.to_thread(self.place.index.forget_peer_seqs, self.id)
                 self.catch_up.wake.set()
-            was_mounted = self.mounted
-            self.mounted = await asyncio.to_thread(self._check_marker, False)
+            was_mounted, self.mounted = self.mounted, mounted
             if self.mounted != was_mounted:
                 self._rewatch.set()
             if not self.mounted:
@@ -215,7 +220,8 @@ class FolderSync:
             force, self._force = self._force, set()
             revive, self._revive = self._revive, set()
             found, began = Found(), time.monotonic()
-            if full or dirty or force or revive:
+            looked = bool(full or dirty or force or revive)
+            if looked:
                 async with self.place.disk:
                     found = await self._scan(None if full else dirty | force | revive, force,
                                              revive)
@@ -243,7 +249,8 @@ class FolderSync:
             if found.unstable:
                 self._dirty |= found.unstable
                 asyncio.get_running_loop().call_later(RETRY_UNSTABLE, self._scan_wake.set)
-            self.puller.wake.set()
+            if looked:  # what the puller waits for may be on disk now
+                self.puller.wake.set()
 
     async def _reload_ignore(self) -> bool:
         """Read .meshsyncignore again; True if the rules changed (the caller rescans all).
