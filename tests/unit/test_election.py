@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -594,42 +595,32 @@ def test_with_links_stable_the_term_settles_and_stays_put(
 
 
 NODES = [A, B, C, D]
-EVENT = st.one_of(
-    st.builds(lambda peer, term, coordinator, hears: ("heard", peer, term, coordinator, hears),
+# An event but for its time: called with `now` when it happens.
+EVENT: st.SearchStrategy[Callable[[float], Event]] = st.one_of(
+    st.builds(lambda peer, term, coordinator, hears: partial(
+        PeerHeard, peer, term, coordinator, hears_coordinator=hears),
               st.sampled_from(NODES[1:]), st.integers(0, 3), st.sampled_from([None, *NODES]),
               st.booleans()),
-    st.builds(lambda by, peers: ("relayed", by, tuple(peers)),
+    st.builds(lambda by, peers: partial(PeersRelayed, by, tuple(peers)),
               st.sampled_from(NODES[1:]), st.lists(st.sampled_from(NODES), max_size=3)),
-    st.builds(lambda peer: ("left", peer), st.sampled_from(NODES[1:])),
-    st.just(("forced",)),
-    st.just(("ticked",)),
+    st.builds(lambda peer: partial(PeerLeft, peer), st.sampled_from(NODES[1:])),
+    st.just(ElectionForced),
+    st.just(Ticked),
 )
-
-
-def _event(kind: tuple[object, ...], now: float) -> Event:
-    match kind:
-        case ("heard", peer, term, coordinator, hears):
-            return PeerHeard(peer, term, coordinator, now, hears)  # type: ignore[arg-type]
-        case ("relayed", by, peers):
-            return PeersRelayed(by, peers, now)  # type: ignore[arg-type]
-        case ("left", peer):
-            return PeerLeft(peer, now)  # type: ignore[arg-type]
-        case ("forced",):
-            return ElectionForced(now)
-    return Ticked(now)
 
 
 @given(steps=st.lists(st.tuples(st.floats(0.0, 2.0), EVENT), max_size=30),
        start=st.floats(0.0, 100.0), within=st.floats(0.0, 1.0, exclude_max=True))
 def test_until_the_next_tick_time_alone_moves_nothing(
-        steps: list[tuple[float, tuple[object, ...]]], start: float, within: float) -> None:
+        steps: list[tuple[float, Callable[[float], Event]]], start: float,
+        within: float) -> None:
     """The node ticks only from next_tick on: a tick any earlier would have acted on
     nothing, whatever came before."""
     e = Election(me=A, started=start)
     now = start
-    for gap, kind in steps:
+    for gap, event in steps:
         now += gap
-        e.handle(_event(kind, now))
+        e.handle(event(now))
         e.handle(Ticked(now))
         upcoming = e.next_tick(now)
         assert upcoming >= now
