@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -59,6 +60,7 @@ RESCAN_UNWATCHED = 60.0
 RESCAN_SHARE = 0.01
 UNMOUNTED_CHECK_EVERY = 2.0
 RETRY_UNSTABLE = 0.5
+WATCHED_WITHIN = 60.0  # seconds a full scan waits for the watches before walking all the same
 # Blocks of lists looked through and rebuilt per batch of records sent without their lists
 # (16 MiB of hashes to hash); past it, the rest are asked for whole.
 REBUILT_PER_BATCH = 1 << 19
@@ -109,6 +111,9 @@ class FolderSync:
         self._scan_wake = asyncio.Event()
         self._rewatch = asyncio.Event()
         self._watching = False  # the watcher is up: full rescans are rare
+        # The watches are in place, or cannot be: a full scan walks only then, so that what
+        # changes behind its walk is reported. Cleared when a new watcher is to start.
+        self._watched = threading.Event()
 
     @property
     def id(self) -> FolderId:
@@ -132,11 +137,14 @@ class FolderSync:
         if self.mounted:
             await self._reload_ignore()
         self._scan_wake.set()
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._watch(), name=f"watch {self.id}")
-            tg.create_task(self._scans(), name=f"scan {self.id}")
-            tg.create_task(self.puller.run(lambda: self.mounted), name=f"apply {self.id}")
-            tg.create_task(self.catch_up.run(), name=f"catch up {self.id}")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._watch(), name=f"watch {self.id}")
+                tg.create_task(self._scans(), name=f"scan {self.id}")
+                tg.create_task(self.puller.run(lambda: self.mounted), name=f"apply {self.id}")
+                tg.create_task(self.catch_up.run(), name=f"catch up {self.id}")
+        finally:
+            self._watched.set()  # a scan waiting for the watches must not hold up the stop
 
     def _take_stock(self) -> tuple[set[RelPath], bool]:
         """(the paths whose index rows were set aside as damaged, whether the folder is
@@ -171,13 +179,16 @@ class FolderSync:
 
     async def _take_events(self) -> None:
         self._watching = True
+        self._watched.clear()
         try:
-            async for paths in watch(self.root):
+            async for paths in watch(self.root, self._watched.set):
                 self._dirty |= paths
                 self._scan_wake.set()
         except FileNotFoundError:
+            self._watched.set()
             self._scan_wake.set()  # the folder itself went: the marker check will say so
         except OSError as e:  # out of inotify watches, say: the rescans must do its work
+            self._watched.set()
             log.warning("folder %s: cannot watch %s for changes (%s); rescanning it every %.0f s"
                         " instead", self.id, self.root, e, RESCAN_UNWATCHED)
             self._watching = False
@@ -202,6 +213,7 @@ class FolderSync:
                 self.catch_up.wake.set()
             was_mounted, self.mounted = self.mounted, mounted
             if self.mounted != was_mounted:
+                self._watched.clear()  # before the full scan this comes back to starts
                 self._rewatch.set()
             if not self.mounted:
                 continue
@@ -295,7 +307,8 @@ class FolderSync:
 
         def scan() -> Found:
             try:
-                return self.scanner.find_changes(dirty, force, revive, announce)
+                return self.scanner.find_changes(dirty, force, revive, announce,
+                                                 lambda: self._watched.wait(WATCHED_WITHIN))
             finally:
                 loop.call_soon_threadsafe(stored.put_nowait, None)
 

@@ -113,13 +113,15 @@ class Scanner:
 
     def find_changes(self, dirty: set[RelPath] | None, force: set[RelPath],
                      revive: set[RelPath],
-                     announce: Announce = lambda _changes, _seqs: None) -> Found:
+                     announce: Announce = lambda _changes, _seqs: None,
+                     watched: Callable[[], object] = lambda: None) -> Found:
         """Hash what differs from the index under `dirty` (None: everywhere), or is in `force`;
         version it and store it, handing each stored batch to `announce` with the index seqs
         it was stored at. Runs in a thread.
 
         Paths in `revive` get a new version even when unchanged: a directory whose deletion
-        lost to a change inside it.
+        lost to a change inside it. A full scan walks once `watched()` returns: the watcher's
+        walk to place its watches goes on meanwhile, and the index is read.
         """
         place, me = self.place, self.me
         now_ns = time.time_ns()
@@ -172,6 +174,8 @@ class Scanner:
                            if s.kind is Kind.FILE and s.path in differ) >= POOLED
 
             # The walk goes on while what it found is hashed, stored and announced.
+            if tops is None:
+                watched()
             walked = self._walk(tops, progress, found.temp_dirs)
             for s, state, item in _in_order(look, heavy, map(differing, _chunks(walked))):
                 found.entries += 1

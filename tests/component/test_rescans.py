@@ -33,7 +33,7 @@ def test_a_slow_rescan_takes_at_most_a_hundredth_of_the_time() -> None:
 
 async def test_a_folder_that_cannot_be_watched_says_so_and_falls_back_to_rescans(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    async def no_watches(root: Path) -> AsyncIterator[set[str]]:
+    async def no_watches(root: Path, ready: object) -> AsyncIterator[set[str]]:
         raise OSError(errno.ENOSPC, "inotify watch limit reached")
         yield set()  # (a generator, as watch is)
 

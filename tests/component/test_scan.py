@@ -298,3 +298,67 @@ async def test_watch_reports_new_files_and_a_moved_in_directory(tmp_path: Path) 
     assert not any(p.startswith((".meshsync", TEMP_PREFIX)) for p in reported)
     assert [s.path for s in walk_under(root, RelPath("tree"))] == [
         "tree", "tree/sub", "tree/sub/f"]
+
+
+def children(pid: int) -> set[int]:
+    """The processes `pid` started that still run."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(FileNotFoundError):
+            found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def gone(pid: int) -> bool:
+    """Whether process `pid` has ended (a zombie counts: it runs no more)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def test_a_watch_whose_process_ends_says_so_and_reports_changes_until_then(
+        tmp_path: Path) -> None:
+    ready = asyncio.Event()
+    reported: set[RelPath] = set()
+    before = children(os.getpid())
+
+    async def collect() -> None:
+        async for batch in watch(tmp_path, ready.set):
+            reported.update(batch)
+
+    task = asyncio.create_task(collect(), name="watch")
+    async with asyncio.timeout(10):
+        await ready.wait()
+    (tmp_path / "made-after-ready").write_text("x")
+    await until(lambda: "made-after-ready" in reported)
+    (child,) = children(os.getpid()) - before
+    os.kill(child, 9)
+    with pytest.raises(OSError, match="the watching process ended"):
+        async with asyncio.timeout(10):
+            await task
+
+
+WATCHING_NODE = """
+import asyncio, sys
+from pathlib import Path
+from meshsync.fs.watch import watch
+
+async def main():
+    async for _ in watch(Path(sys.argv[1]), lambda: print("ready", flush=True)):
+        pass
+
+asyncio.run(main())
+"""
+
+
+async def test_the_watching_process_never_outlives_the_node(tmp_path: Path) -> None:
+    node = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", WATCHING_NODE, str(tmp_path), stdout=asyncio.subprocess.PIPE)
+    assert node.stdout is not None
+    async with asyncio.timeout(10):
+        assert await node.stdout.readline() == b"ready\n"
+    (watcher,) = children(node.pid)
+    node.kill()  # kill -9: no clean-up runs in the node
+    await node.wait()
+    await until(lambda: gone(watcher))
