@@ -17,7 +17,7 @@ from meshsync.core.records import FileRecord, Kind, Stamp
 from meshsync.core.throttle import shown
 from meshsync.core.vclock import Order, Vector
 from meshsync.store.database import IndexUnusable as IndexUnusable
-from meshsync.store.database import open_database, unusable_as_error
+from meshsync.store.database import close_database, open_database, unusable_as_error
 from meshsync.store.row import (
     ADD_HELD,
     ADD_LOSER,
@@ -65,18 +65,30 @@ class Index:
         # counts() of each folder at a seq: re-counted only once a put hands out another
         # (a count walks every row, and hellos ask for it every few seconds).
         self._counted: dict[str, tuple[int, tuple[int, int]]] = {}
+        self._failed = False  # an error met: the next open checks the file whole
         self._db = open_database(path)
 
     def close(self) -> None:
         """Close the database; the object is unusable afterwards."""
         with self._lock:
-            self._db.close()
+            close_database(self._db, self.path, sound=not self._failed)
+
+    @contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """The lock held, and errors turned into IndexUnusable (see unusable_as_error)."""
+        with self._lock:
+            try:
+                with unusable_as_error(self.path):
+                    yield
+            except (IndexUnusable, sqlite3.Error, OSError):
+                self._failed = True
+                raise
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         # IMMEDIATE takes the write lock up front, so a read-then-write transaction cannot
         # deadlock against another connection to the same file.
-        with self._lock, unusable_as_error(self.path):
+        with self._guarded():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -87,7 +99,7 @@ class Index:
             self._db.execute("COMMIT")
 
     def _rows(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
-        with self._lock, unusable_as_error(self.path):
+        with self._guarded():
             return self._db.execute(sql, args).fetchall()
 
     def _read(self, table: Table[T], where: str, args: tuple[object, ...]) -> list[T]:
@@ -288,7 +300,7 @@ class Index:
         """(path, block index) of a live local file holding each block one holds, looked up
         under one hold of the lock: a request for 64 blocks waits for it once, not 64 times."""
         found: dict[bytes, tuple[str, int]] = {}
-        with self._lock, unusable_as_error(self.path):
+        with self._guarded():
             for digest in dict.fromkeys(digests):
                 row = self._db.execute(FIND_BLOCK, (digest, folder)).fetchone()
                 # A damaged row is set aside when read as an entry; until then it places nothing.

@@ -25,6 +25,7 @@ from meshsync.core.paths import RelPath
 from meshsync.core.records import FileRecord, Kind
 from meshsync.core.vclock import Vector
 from meshsync.fs.scan import Seen, differs
+from meshsync.store import database
 from meshsync.store.index import LOGGED_ROWS, PAGE, Entry, Index, IndexUnusable, Need
 
 A = "00000000000000aa"
@@ -608,6 +609,58 @@ def test_a_database_failing_its_check_is_moved_aside(tmp_path: Path, db_path: Pa
         index.close()
     assert len(list(tmp_path.glob("index.db.damaged-*"))) == 1
     assert sql(db_path, "PRAGMA quick_check") == [("ok",)]
+
+
+@pytest.fixture
+def checks(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The files whose whole check runs, each time it does."""
+    checked: list[Path] = []
+    check = database._check_file
+
+    def counted(db: sqlite3.Connection, path: Path) -> None:
+        checked.append(path)
+        check(db, path)
+
+    monkeypatch.setattr(database, "_check_file", counted)
+    return checked
+
+
+def test_an_index_closed_after_a_sound_run_opens_without_reading_it_whole(
+        db_path: Path, checks: list[Path]) -> None:
+    index = Index(db_path)
+    index.put(FOLDER, [item(file("a", "x"))])
+    index.close()
+    checks.clear()
+    index = Index(db_path)
+    try:
+        assert index.get(FOLDER, "a") is not None
+    finally:
+        index.close()
+    assert checks == []
+
+
+def test_an_index_is_checked_whole_after_a_crash_a_failed_run_or_a_write_since(
+        db_path: Path, checks: list[Path]) -> None:
+    Index(db_path).close()
+    crashed = Index(db_path)  # never closed: as after kill -9 or a power cut
+    crashed.put(FOLDER, [item(file("a", "x"))])
+    Index(db_path).close()
+    assert checks == [db_path] * 2, "the first open, and the one after the crash"
+    crashed.close()
+
+    failed = Index(db_path)
+    with pytest.raises(sqlite3.Error):
+        failed._rows("SELECT no_such_column FROM files", ())
+    failed.close()
+    Index(db_path).close()
+    assert checks == [db_path] * 3, "not the failed run's open (crashed closed it sound), the next"
+
+    other = sqlite3.connect(db_path)  # another program writes to it meanwhile
+    with other:
+        other.execute("INSERT INTO meta (key, value) VALUES ('x', 'y')")
+    other.close()
+    Index(db_path).close()
+    assert checks == [db_path] * 4
 
 
 # -- an index that cannot be written ------------------------------------------------------------
