@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from meshsync.core.errors import WireError
-from meshsync.core.paths import MARKER, RelPath, check_path, is_temporary
+from meshsync.core.paths import MARKER, MAX_NAME_BYTES, RelPath, check_path, is_temporary
 from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind, Stamp, stamp
 
 if TYPE_CHECKING:  # ignore reads its file through this module
@@ -265,26 +265,38 @@ def _walk_below(root: Path, top: str, ignore: Ignore | None,
 def _listing(root: Path, prefix: str, ignore: Ignore | None,
              temps: set[str] | None) -> list[Seen]:
     found = []
+    above = f"{prefix}/" if prefix else ""
     with directory(root, prefix) as fd, os.scandir(fd) as entries:
         for entry in entries:
-            if not prefix and entry.name == MARKER:
-                continue
-            if is_temporary(entry.name):
+            name = entry.name
+            if is_temporary(name):
                 if temps is not None:
                     temps.add(prefix)
                 continue
-            rel = f"{prefix}/{entry.name}" if prefix else entry.name
+            if not prefix and name == MARKER:
+                continue
+            rel = above + name
             try:
+                # A short ASCII path from a listing of checked directories passes check_path
+                # (a listing has no empty, `.` or `..` names, no NUL, no `/`): a walk makes a
+                # path per entry, and most are such.
+                if len(rel) > MAX_NAME_BYTES or not rel.isascii():
+                    check_path(rel)
                 # Judged before lstat, on the type scandir usually already has: ignoring is cheap.
                 is_dir = entry.is_dir(follow_symlinks=False)
                 if ignore is not None and ignore.match_entry(rel, is_dir):
                     continue
-                seen = seen_at(check_path(rel), entry.name, fd)
+                st = os.lstat(name, dir_fd=fd)
+                kind = _KINDS.get(stat.S_IFMT(st.st_mode))
+                if kind is None:
+                    continue
+                target = os.readlink(name, dir_fd=fd) if kind is Kind.SYMLINK else ""
             except (WireError, OSError) as e:
                 log.debug("skipping %r: %s", rel, e)
                 continue
-            if seen is not None:
-                found.append(seen)
+            found.append(Seen(RelPath(rel), kind, st.st_size if kind is Kind.FILE else 0,
+                              st.st_mode & PERMISSIONS, st.st_mtime_ns, st.st_ino, st.st_dev,
+                              target))
     return found
 
 
