@@ -218,6 +218,17 @@ def stable_hash(dirs: Directories, seen: Seen) -> tuple[int, tuple[bytes, ...]] 
     return hashes if stable else None
 
 
+def read_ahead(dirs: Directories, seen: Seen) -> None:
+    """Ask the disk for the file `seen` now, to be read soon; nothing if that fails."""
+    with suppress(OSError, UnsafePath):
+        dir_fd, name = dirs.parent(seen.path)
+        fd = open_file(name, dir_fd)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+
+
 def differs(seen: Seen, record: FileRecord, inode: int) -> bool:
     """Whether `seen` may be another version than `record` (indexed with `inode`): look again.
     Another inode means another entry, even of the same kind (a directory made again, say):

@@ -49,6 +49,8 @@ STORE_WITHIN = 2.0  # seconds
 CHUNK = 64
 WORKERS = min(4, os.cpu_count() or 1)
 POOLED = 16 << 20  # bytes to hash in a chunk for it to go to the pool: 256 KiB a file
+AHEAD = 4  # chunks walked ahead of the one being looked at, their small files read ahead
+READ_AHEAD = 256 << 10  # bytes: files up to this size are asked of the disk ahead
 
 _Done = tuple[FileRecord, bytes, int, int]  # an index item: record, signature, inode, dev
 # New versions just stored, and the index seqs of the rows stored with them (theirs first).
@@ -134,6 +136,7 @@ class Scanner:
         tops = None if dirty is None else _tops(dirty)  # each subtree once, not per path in it
         progress = Progress() if tops is None else None
         self.progress = progress
+        ahead = scan.Directories(place.root)  # where files are read ahead
         try:
             # Stamps, not entries: a path whose stamp matches the disk needs nothing more, and
             # most of a restart's paths are such. An entry is read only where they differ.
@@ -173,11 +176,18 @@ class Scanner:
                 return sum(s.size for s in seen
                            if s.kind is Kind.FILE and s.path in differ) >= POOLED
 
+            def read_ahead(chunk: _Chunk) -> None:
+                seen, differ = chunk
+                for s in seen:
+                    if s.kind is Kind.FILE and 0 < s.size <= READ_AHEAD and s.path in differ:
+                        scan.read_ahead(ahead, s)
+
             # The walk goes on while what it found is hashed, stored and announced.
             if tops is None:
                 watched()
             walked = self._walk(tops, progress, found.temp_dirs)
-            for s, state, item in _in_order(look, heavy, map(differing, _chunks(walked))):
+            chunks = _in_order(look, heavy, read_ahead, map(differing, _chunks(walked)))
+            for s, state, item in chunks:
                 found.entries += 1
                 present.add(s.path)
                 if progress is not None:
@@ -209,6 +219,7 @@ class Scanner:
             self._store(mine[stored:], held, announce, before)
         finally:
             self.progress = None
+            ahead.close()
         if mine and log.isEnabledFor(logging.DEBUG):
             log.debug("folder %s: new versions of %s", place.id,
                       ", ".join(f"{shown(r.path)} {r.brief()}" for r, *_ in mine[:20]))
@@ -302,9 +313,11 @@ def _chunks(seen: Iterator[scan.Seen]) -> Iterator[list[scan.Seen]]:
 
 
 def _in_order(look: Callable[[_Chunk], list[_Looked]], heavy: Callable[[_Chunk], bool],
+              read_ahead: Callable[[_Chunk], None],
               chunks: Iterator[_Chunk]) -> Iterator[_Looked]:
     """Each chunk's results, in order: a heavy chunk looked at by a pool (started at the first),
-    up to a few ahead of the caller, the others in the calling thread when their turn comes."""
+    the others in the calling thread when their turn comes, their small files read ahead:
+    from a cold cache, reading one file after another waits on the disk for each."""
     pool: ThreadPoolExecutor | None = None
     pending: deque[Future[list[_Looked]] | _Chunk] = deque()
     try:
@@ -313,8 +326,9 @@ def _in_order(look: Callable[[_Chunk], list[_Looked]], heavy: Callable[[_Chunk],
                 pool = pool or ThreadPoolExecutor(WORKERS, thread_name_prefix="scan")
                 pending.append(pool.submit(look, chunk))
             else:
+                read_ahead(chunk)
                 pending.append(chunk)
-            while pending and (len(pending) > 2 * WORKERS or not isinstance(pending[0], Future)):
+            while len(pending) > max(AHEAD, 2 * WORKERS):
                 yield from _looked(look, pending.popleft())
         while pending:
             yield from _looked(look, pending.popleft())

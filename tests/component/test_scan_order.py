@@ -1,4 +1,5 @@
-"""The scanner's chunks come back in walk order, whichever thread looked at each."""
+"""The scanner's chunks come back in walk order, whichever thread looked at each; those the
+caller looks at are read ahead first."""
 
 from __future__ import annotations
 
@@ -17,20 +18,27 @@ def test_chunks_come_back_in_order_heavy_ones_from_the_pool_the_rest_from_the_ca
     numbered = iter(range(10**6))
     chunks = [[(next(numbered), heavy) for heavy in chunk] for chunk in heaviness]
     caller = threading.current_thread()
+    read_ahead: list[int] = []  # the first number of each chunk read ahead
+    read_first: list[bool] = []  # whether each chunk the caller looked at was read ahead
 
     def look(chunk: list[tuple[int, bool]]) -> list[tuple[int, bool, bool]]:
         here = threading.current_thread() is caller
+        if here:
+            read_first.append(chunk[0][0] in read_ahead)
         return [(n, heavy, here) for n, heavy in chunk]
 
     def heavy(chunk: list[tuple[int, bool]]) -> bool:
         return any(h for _, h in chunk)
 
-    looked = list(_in_order(look, heavy, iter(chunks)))  # type: ignore[arg-type]
+    looked = list(_in_order(look, heavy, lambda chunk: read_ahead.append(chunk[0][0]),
+                            iter(chunks)))  # type: ignore[arg-type]
 
     assert [n for n, _, _ in looked] == [n for chunk in chunks for n, _ in chunk]
     for chunk in chunks:
         in_caller = {here for n, _, here in looked if n in {m for m, _ in chunk}}
         assert in_caller == {not heavy(chunk)}
+    assert read_ahead == [chunk[0][0] for chunk in chunks if not heavy(chunk)]
+    assert all(read_first)
 
 
 def test_a_scan_left_early_cancels_what_the_pool_has_not_begun() -> None:
@@ -40,7 +48,8 @@ def test_a_scan_left_early_cancels_what_the_pool_has_not_begun() -> None:
         started.append(chunk[0])
         return chunk
 
-    results = _in_order(look, lambda _: True, iter([[n] for n in range(100)]))  # type: ignore[arg-type]
+    results = _in_order(look, lambda _: True, lambda _: None,
+                        iter([[n] for n in range(100)]))  # type: ignore[arg-type]
     assert next(results) == 0
     results.close()
     assert len(started) < 100
