@@ -193,12 +193,14 @@ def hash_file(path: Path) -> tuple[int, tuple[bytes, ...]]:
         os.close(fd)
 
 
-def stable_hash(dirs: Directories, seen: Seen) -> tuple[int, tuple[bytes, ...]] | None:
-    """Hash the file `seen` describes if it stays exactly that while hashed; None: retry later."""
+def stable_hash(dirs: Directories, seen: Seen,
+                opened: int | None = None) -> tuple[int, tuple[bytes, ...]] | None:
+    """Hash the file `seen` describes if it stays exactly that while hashed; None: retry later.
+    `opened`: an fd read_ahead opened for it at its path, which stays the caller's to close."""
     expected = (seen.size, seen.mtime_ns, seen.inode, seen.dev)
     try:
         dir_fd, name = dirs.parent(seen.path)
-        fd = open_file(name, dir_fd)
+        fd = open_file(name, dir_fd) if opened is None else opened
         try:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode) or _fingerprint(before) != expected:
@@ -206,7 +208,8 @@ def stable_hash(dirs: Directories, seen: Seen) -> tuple[int, tuple[bytes, ...]] 
             hashes = _hash(fd)
             after = os.fstat(fd)
         finally:
-            os.close(fd)
+            if opened is None:
+                os.close(fd)
         again = os.lstat(name, dir_fd=dir_fd)
     except UnsafePath:
         return None
@@ -218,15 +221,17 @@ def stable_hash(dirs: Directories, seen: Seen) -> tuple[int, tuple[bytes, ...]] 
     return hashes if stable else None
 
 
-def read_ahead(dirs: Directories, seen: Seen) -> None:
-    """Ask the disk for the file `seen` now, to be read soon; nothing if that fails."""
-    with suppress(OSError, UnsafePath):
+def read_ahead(dirs: Directories, seen: Seen) -> int | None:
+    """Ask the disk for the file `seen` now, to be read soon: its fd, the caller's to close
+    (stable_hash takes it); None if that fails."""
+    try:
         dir_fd, name = dirs.parent(seen.path)
         fd = open_file(name, dir_fd)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        finally:
-            os.close(fd)
+    except (OSError, UnsafePath):
+        return None
+    with suppress(OSError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    return fd
 
 
 def differs(seen: Seen, record: FileRecord, inode: int) -> bool:

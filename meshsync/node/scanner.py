@@ -51,6 +51,7 @@ WORKERS = min(4, os.cpu_count() or 1)
 POOLED = 16 << 20  # bytes to hash in a chunk for it to go to the pool: 256 KiB a file
 AHEAD = 4  # chunks walked ahead of the one being looked at, their small files read ahead
 READ_AHEAD = 256 << 10  # bytes: files up to this size are asked of the disk ahead
+KEEP_OPEN = (AHEAD + 1) * CHUNK  # fds of files read ahead, held until they are hashed
 
 _Done = tuple[FileRecord, bytes, int, int]  # an index item: record, signature, inode, dev
 # New versions just stored, and the index seqs of the rows stored with them (theirs first).
@@ -137,6 +138,7 @@ class Scanner:
         progress = Progress() if tops is None else None
         self.progress = progress
         ahead = scan.Directories(place.root)  # where files are read ahead
+        opened: dict[str, int] = {}  # fds of files read ahead, by path, until looked at
         try:
             # Stamps, not entries: a path whose stamp matches the disk needs nothing more, and
             # most of a restart's paths are such. An entry is read only where they differ.
@@ -163,11 +165,19 @@ class Scanner:
                 entries = place.index.get_all(place.id, differ)
                 before.update(entries)
                 dirs = scan.Directories(place.root)
+                looked: list[_Looked] = []
                 try:
-                    return [(s, *self._look(s, entries.get(s.path), s.path in force,
-                                            s.path in revive, kept.get(s.path, []), now_ns, dirs))
-                            if s.path in differ else (s, _State.SAME, None)
-                            for s in seen]
+                    for s in seen:
+                        fd = opened.pop(s.path, None)
+                        try:
+                            looked.append((s, *self._look(
+                                s, entries.get(s.path), s.path in force, s.path in revive,
+                                kept.get(s.path, []), now_ns, dirs, fd))
+                                if s.path in differ else (s, _State.SAME, None))
+                        finally:
+                            if fd is not None:
+                                os.close(fd)
+                    return looked
                 finally:
                     dirs.close()
 
@@ -180,7 +190,11 @@ class Scanner:
                 seen, differ = chunk
                 for s in seen:
                     if s.kind is Kind.FILE and 0 < s.size <= READ_AHEAD and s.path in differ:
-                        scan.read_ahead(ahead, s)
+                        fd = scan.read_ahead(ahead, s)
+                        if fd is not None and len(opened) < KEEP_OPEN:
+                            opened[s.path] = fd  # hashed through it: one open, not two
+                        elif fd is not None:
+                            os.close(fd)
 
             # The walk goes on while what it found is hashed, stored and announced.
             if tops is None:
@@ -220,6 +234,8 @@ class Scanner:
         finally:
             self.progress = None
             ahead.close()
+            for fd in opened.values():
+                os.close(fd)
         if mine and log.isEnabledFor(logging.DEBUG):
             log.debug("folder %s: new versions of %s", place.id,
                       ", ".join(f"{shown(r.path)} {r.brief()}" for r, *_ in mine[:20]))
@@ -236,11 +252,12 @@ class Scanner:
                       for record, signature, _, _ in mine], range(seqs[0], seqs[-1] + 1))
 
     def _look(self, s: scan.Seen, entry: Entry | None, force: bool, revive: bool,
-              kept: list[FileRecord], now_ns: int,
-              dirs: scan.Directories) -> tuple[_State, _Done | None]:
+              kept: list[FileRecord], now_ns: int, dirs: scan.Directories,
+              fd: int | None = None) -> tuple[_State, _Done | None]:
         """What the scan makes of one path: a new version, the one held with its new inode,
         nothing (unchanged), or nothing yet (still being written). `kept`: the losers of its
-        path kept aside, which a new version descends from if alike. Runs in a pool thread."""
+        path kept aside, which a new version descends from if alike; `fd`: the file's, if it
+        was read ahead. Runs in a pool thread."""
         if (entry is not None and not force and not revive
                 and not scan.differs(s, entry.record, entry.inode)):
             return _State.SAME, None
@@ -254,7 +271,7 @@ class Scanner:
                 # small files behind it.
                 time.sleep(left)
                 fresh = racy(s.mtime_ns, time.time_ns())
-            hashed = scan.stable_hash(dirs, s)
+            hashed = scan.stable_hash(dirs, s, fd)
             if hashed is None:
                 return _State.UNSTABLE, None
             size, blocks = hashed

@@ -873,3 +873,21 @@ async def test_catching_up_stops_reading_pages_once_the_members_notices_bring_th
 
     assert asked == [0, 2, 3], "the page after 3 was on its way; none after it was asked for"
     assert index.peer_seq(FOLDER, "key0", "their epoch") == 5
+
+
+def test_a_scan_that_reads_files_ahead_hashes_each_as_it_is_and_leaves_no_file_open(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    sync = folder_sync(tmp_path, index, Members(), clock)
+    for n in range(700):  # chunks enough to be read ahead, and more than are held open
+        (sync.root / f"f{n:03d}").write_text(f"first {n}")
+    open_before = len(list(Path("/proc/self/fd").iterdir()))
+    first = sync.scanner.find_changes(None, set(), set())
+    for n in range(0, 700, 7):  # changed while the index says otherwise
+        (sync.root / f"f{n:03d}").write_text(f"second {n}")
+    again = sync.scanner.find_changes(None, set(), set())
+
+    assert len(first.changes) == 700
+    assert {s.record.path: s.record.blocks for s in again.changes} == {
+        f"f{n:03d}": (hashlib.sha256(f"second {n}".encode()).digest(),)
+        for n in range(0, 700, 7)}
+    assert len(list(Path("/proc/self/fd").iterdir())) == open_before
