@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 
 from meshsync.crypto.keys import Signer, verify_signature
@@ -23,16 +24,28 @@ class BadSignature(ValueError):
 
 def _signed_data(namespace: bytes, hash_algorithm: bytes, message: bytes) -> bytes:
     digest = _HASHES[hash_algorithm](message).digest()
+    return _signed_head(namespace, hash_algorithm) + put_string(digest)
+
+
+# The framing around the digest and the signature is the same for every record a node signs
+# or checks: made once, not twice per record (a first index signs 100k of them).
+@functools.lru_cache(maxsize=16)
+def _signed_head(namespace: bytes, hash_algorithm: bytes) -> bytes:
     # The reserved field is signed as empty whatever the envelope carries, as OpenSSH does.
-    return MAGIC + b"".join(map(put_string, (namespace, b"", hash_algorithm, digest)))
+    return MAGIC + b"".join(map(put_string, (namespace, b"", hash_algorithm)))
+
+
+@functools.lru_cache(maxsize=16)
+def _envelope_head(public_blob: bytes, namespace: bytes) -> bytes:
+    fields = (public_blob, namespace, b"", b"sha512")
+    return MAGIC + put_u32(VERSION) + b"".join(map(put_string, fields))
 
 
 def sign(signer: Signer, message: bytes, namespace: str = "meshsync") -> bytes:
     """Return the binary SSHSIG blob over message, hashed with SHA-512."""
     ns = namespace.encode()
     signature = signer.sign(_signed_data(ns, b"sha512", message))
-    fields = (signer.public_blob, ns, b"", b"sha512", signature)
-    return MAGIC + put_u32(VERSION) + b"".join(map(put_string, fields))
+    return _envelope_head(signer.public_blob, ns) + put_string(signature)
 
 
 def _fields(sig: bytes) -> tuple[int, bytes, bytes, bytes, bytes]:
