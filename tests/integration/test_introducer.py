@@ -17,6 +17,10 @@ def test_a_node_that_marks_an_introducer_trusts_its_members_until_it_withdraws_t
     h1.trust(h2, h3, h4)
     for other in (h2, h3, h4):
         other.trust(h1)  # each knows only h1
+    # h3's notice goes to its only member, h1, which passes notices on only as coordinator:
+    # h2 and h4 learn of h3's file from h1's index, by the periodic catch-up nodes run as
+    # shipped. (Had their first catch-up come after the file reached h1, it would pass without.)
+    h2.catch_up = h4.catch_up = True
     for host in lan.hosts:
         host.start()
     wait_for("h1 to have all three online", lambda: all(
