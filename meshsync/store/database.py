@@ -29,6 +29,14 @@ log = logging.getLogger("meshsync.index")
 
 BUSY_TIMEOUT = 30.0  # seconds to wait for another connection's write transaction
 _MAGIC = b"SQLite format 3\0"  # how every SQLite database file starts
+# The running totals, counted from the rows (as schema/006-totals.sql first did).
+RECOUNT = (
+    "DELETE FROM totals",
+    "INSERT INTO totals SELECT folder, 'files', count(*), coalesce(sum(size), 0) FROM files"
+    " WHERE NOT deleted GROUP BY folder",
+    "INSERT INTO totals SELECT folder, 'need', count(*), coalesce(sum(size), 0) FROM need"
+    " GROUP BY folder",
+)
 
 # SQLite's primary result codes that say the user must act (the extended ones end in these).
 _SQLITE_PERM, _SQLITE_BUSY, _SQLITE_READONLY, _SQLITE_IOERR = 3, 5, 8, 10
@@ -114,6 +122,8 @@ def _connect(path: Path) -> sqlite3.Connection:
             if not sound:
                 _check_file(db, path)
             _migrate(db, path)
+            if not sound:
+                _recount(db)
         except BaseException:
             db.close()
             raise
@@ -147,6 +157,20 @@ def _check_file(db: sqlite3.Connection, path: Path) -> None:
     if problems != [("ok",)]:
         first = str(problems[0][0]) if problems else "no answer"
         raise _DamagedFile(path, f"failed SQLite's check: {shown(' '.join(first.split()), None)}")
+
+
+def _recount(db: sqlite3.Connection) -> None:
+    """Count the totals the triggers keep afresh (see schema/006-totals.sql): after a crash or
+    a change from outside, the file was read whole just now, so this costs little more."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in RECOUNT:
+            db.execute(statement)
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _set_file_aside(path: Path) -> Path:

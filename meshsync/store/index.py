@@ -62,9 +62,6 @@ class Index:
         self._lock = threading.Lock()
         self._damaged: dict[str, set[RelPath]] = {}  # folder -> paths set aside, under _lock
         self._logged = 0  # damaged rows logged one by one, under _lock
-        # counts() of each folder at a seq: re-counted only once a put hands out another
-        # (a count walks every row, and hellos ask for it every few seconds).
-        self._counted: dict[str, tuple[int, tuple[int, int]]] = {}
         self._failed = False  # an error met: the next open checks the file whole
         self._db = open_database(path)
 
@@ -144,7 +141,6 @@ class Index:
         if not removed:
             return
         folder = rows[0][0]
-        self._counted.pop(folder, None)  # rows went without a put
         paths = self._damaged.setdefault(folder, set())
         for path, _ in removed:
             with contextlib.suppress(WireError):  # a path no folder can hold: nothing to rescan
@@ -346,9 +342,7 @@ class Index:
 
     def need_totals(self, folder: str) -> tuple[int, int]:
         """(paths, bytes) still to write: every queued version, deletions included."""
-        row = self._rows("SELECT count(*), coalesce(sum(size), 0) FROM need WHERE folder = ?",
-                         (folder,))[0]
-        return int(row[0]), int(row[1])
+        return self._totals(folder, "need")
 
     def peer_seq(self, folder: str, peer: str, epoch: str) -> int:
         """The highest seq of the peer's index (in that epoch) taken in; 0 if none."""
@@ -393,14 +387,13 @@ class Index:
 
     def counts(self, folder: str) -> tuple[int, int]:
         """(paths, bytes) present on disk: files, directories and links, tombstones excluded."""
-        seq = self.max_seq(folder)
-        if (cached := self._counted.get(folder)) is not None and cached[0] == seq:
-            return cached[1]
-        row = self._rows("SELECT count(*), coalesce(sum(size), 0) FROM files"
-                         " WHERE folder = ? AND NOT deleted", (folder,))[0]
-        counted = int(row[0]), int(row[1])
-        self._counted[folder] = (seq, counted)
-        return counted
+        return self._totals(folder, "files")
+
+    def _totals(self, folder: str, of: str) -> tuple[int, int]:
+        """A running total the schema's triggers keep (see schema/006-totals.sql)."""
+        rows = self._rows("SELECT paths, bytes FROM totals WHERE folder = ? AND of = ?",
+                          (folder, of))
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
 
 
 def _parts(paths: Iterable[str], size: int = 500) -> Iterator[list[str]]:

@@ -56,10 +56,16 @@ INSERT OR REPLACE INTO held (folder, path, kind, version, origin, deleted, size,
                              blocks, target, signature, source, author)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+# An upsert, not INSERT OR REPLACE: the replaced row's removal must fire the totals' triggers.
 ADD_NEED = """
-INSERT OR REPLACE INTO need (folder, path, kind, version, origin, deleted, size, mode, mtime_ns,
-                             blocks, target, signature, source, author)
+INSERT INTO need (folder, path, kind, version, origin, deleted, size, mode, mtime_ns, blocks,
+                  target, signature, source, author)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (folder, path) DO UPDATE SET
+    kind = excluded.kind, version = excluded.version, origin = excluded.origin,
+    deleted = excluded.deleted, size = excluded.size, mode = excluded.mode,
+    mtime_ns = excluded.mtime_ns, blocks = excluded.blocks, target = excluded.target,
+    signature = excluded.signature, source = excluded.source, author = excluded.author
 """
 
 
