@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import shutil
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -43,7 +44,10 @@ from meshsync.store.index import Entry, Need
 log = logging.getLogger("meshsync.folder")
 
 NEEDS_PER_PASS = 10000  # versions attempted per pass, besides those waiting for their retry
-FILES_PER_GROUP = 256
+# Files written per group: each group costs its round trips, an index transaction that
+# rewrites the pages it touches, and two syncs of the file system. A group holds two fds per
+# file, so an open-file limit smaller than ours shrinks it.
+FILES_PER_GROUP = 1024
 BULK = 8 << 20  # bytes: a bigger file is written in a lane of its own, beside the small ones
 
 T = TypeVar("T")
@@ -75,6 +79,7 @@ class Puller:
         self.judge = judge
         self.clock = clock
         self.fetcher = Fetcher(place, mesh, clock)
+        self.group = files_per_group(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.retries = Retries()
         self.wake = asyncio.Event()
         self._rescan = rescan  # (paths changed meanwhile, directories to version anew)
@@ -119,8 +124,8 @@ class Puller:
             self._write_bulk([w for w in writes if w.need.record.size > BULK])
             writes = [w for w in writes if w.need.record.size <= BULK]
         # File contents go in groups, so a thousand small files cost a few round trips.
-        for at in range(0, len(writes), FILES_PER_GROUP):
-            await self._write_files(writes[at : at + FILES_PER_GROUP])
+        for at in range(0, len(writes), self.group):
+            await self._write_files(writes[at : at + self.group])
         # Deletions last: a renamed file's new path takes its blocks from the old one. One whose
         # blocks a big file waiting in its lane may take waits for the lane (which wakes us).
         wanted = {digest for write in self._bulk for digest in write.need.record.blocks}
@@ -183,8 +188,8 @@ class Puller:
         if not later:
             return
         writes = await self._in_thread(self._apply_locally, later)
-        for at in range(0, len(writes), FILES_PER_GROUP):
-            await self._write_files(writes[at : at + FILES_PER_GROUP])
+        for at in range(0, len(writes), self.group):
+            await self._write_files(writes[at : at + self.group])
         stuck, self._after_deletions = self._after_deletions, []
         for need in stuck:
             self._fail(need, WRITE_REFUSED, "the directory it replaces still holds files")
@@ -449,6 +454,14 @@ class Puller:
         signature = self.sign(record)
         batch.resolved.append(Signed(record, signature))
         return done(Need(record, signature, need.source), seen)
+
+
+def files_per_group(open_files: int) -> int:
+    """Files written per group under an open-file limit: their fds take an eighth of it at
+    most (the connections take a quarter; see listener.Limits)."""
+    if open_files == resource.RLIM_INFINITY:
+        return FILES_PER_GROUP
+    return max(8, min(FILES_PER_GROUP, open_files // 16))
 
 
 def _nothing_of(need: Need, lack: Lack) -> bool:

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from tests.integration.lan import Host, Lan, holds_for, wait_for
+from tests.integration.lan import Host, Lan, holds_for, same_trees, wait_for
 from tests.integration.test_election import agreed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,3 +106,16 @@ def test_an_address_advertised_for_a_member_up_elsewhere_takes_nothing_from_it(m
     holds_for("h2 online once the relay is gone", lambda: [
         p["state"] for p in h1.json("peers") if p["id"] == str(h2.id)] == ["online"], 4)
     assert "peer down" not in h1.log.read_text()
+
+
+def test_a_node_under_a_low_open_file_limit_takes_a_tree_in_groups_that_fit_it(make_lan):
+    lan = make_lan(2)
+    h1, h2 = lan.hosts
+    h2.open_files = 128  # a group of 1024 files would want 2048 fds
+    for d in range(4):
+        (h1.sync / f"d{d}").mkdir(parents=True)
+        for f in range(100):
+            (h1.sync / f"d{d}" / f"f{f}.txt").write_text(f"file {d}/{f}\n")
+    pair(lan)
+    wait_for("the tree on h2", lambda: same_trees([h1, h2]), 60)
+    assert not [line for line in log_lines(h2) if "open files" in line.lower()]
