@@ -40,6 +40,7 @@ log = logging.getLogger("meshsync.folder")
 
 CATCH_UP_EVERY = 5.0
 RETRY_CATCH_UP = 0.25  # doubled after each failed round, up to the interval
+MAX_BROUGHT = 64  # runs of a member's rows its notices brought, kept apart from those read
 INTERVAL_VARIABLE = "MESHSYNC_CATCH_UP_EVERY"  # seconds; a LAN test of pushes sets it high
 
 
@@ -75,6 +76,9 @@ class CatchUp:
         self._read_to: dict[str, int] = {}  # member key -> its last seq we read, this run
         self.clock = clock
         self._in_step: dict[str, float] = {}  # member key -> when its notices last followed on
+        # Member key -> rows of its index (in the epoch we read it in) that its notices brought
+        # beyond those read, since -> seq: a page need not bring them again.
+        self._brought: dict[str, dict[int, int]] = {}
 
     async def run(self) -> None:
         """Catch up from every online member, again each interval or when woken; between
@@ -129,6 +133,7 @@ class CatchUp:
                         continue
                     epoch = page.epoch
                     await asyncio.to_thread(index.set_meta, remembered, epoch)
+                    self._brought.pop(key, None)  # rows of another index
                 records = list(page.records)
                 if page.listless:
                     if whole:
@@ -142,14 +147,15 @@ class CatchUp:
                 # Read on to the end, unless its notices bring the rest (a scan under way).
                 more = (bool(page.records or page.listless) and page.seq > since
                         and not self._noticed(key))
-                if more:
-                    fetching = fetch(page.seq)
+                if more:  # past the rows its notices brought already
+                    fetching = fetch(self._past_brought(key, page.seq))
                 await self._take(key, records)
-                await asyncio.to_thread(index.set_peer_seq, folder, key, epoch, page.seq)
+                read = self._past_brought(key, page.seq)
+                await asyncio.to_thread(index.set_peer_seq, folder, key, epoch, read)
                 if not more:
-                    self._read_to[key] = page.seq
+                    self._read_to[key] = read
                     return
-                since = page.seq
+                since = read
         finally:  # the page ahead, when taking one failed: not wanted, nor its error
             if not fetching.done():
                 fetching.cancel()
@@ -162,11 +168,36 @@ class CatchUp:
         catch-up need not ask for those rows again. Only in the epoch we last read it in: a
         member cannot make us keep a row for every epoch it names."""
         index, folder = self.place.index, self.place.id
-        if (epoch and epoch == await asyncio.to_thread(index.get_meta, _epoch_key(folder, key))
-                and await asyncio.to_thread(index.advance_peer_seq, folder, key, epoch, since,
-                                            seq)):
-            self._read_to[key] = seq
-            self._in_step[key] = self.clock.now()
+        if not epoch or epoch != await asyncio.to_thread(index.get_meta, _epoch_key(folder, key)):
+            return
+        brought = self._brought.setdefault(key, {})
+        brought[since] = max(seq, brought.get(since, seq))
+        while len(brought) > MAX_BROUGHT:  # a member cannot make us keep a row per notice
+            del brought[min(brought)]
+        read = await asyncio.to_thread(index.peer_seq, folder, key, epoch)
+        if read >= since:  # it follows on from what was read (through what notices brought)
+            seq = self._past_brought(key, read)
+            if await asyncio.to_thread(index.advance_peer_seq, folder, key, epoch, read, seq):
+                self._read_to[key] = seq
+                self._in_step[key] = self.clock.now()
+
+    async def read_past(self, key: str, epoch: str, seq: int) -> bool:
+        """Whether a member's index (`epoch`) was read up to `seq` already: a notice of its rows
+        up to there brings nothing a page did not (a first sync reads pages while the member's
+        notices queue up behind our judging)."""
+        index, folder = self.place.index, self.place.id
+        return (bool(epoch) and epoch == await asyncio.to_thread(
+            index.get_meta, _epoch_key(folder, key))
+            and await asyncio.to_thread(index.peer_seq, folder, key, epoch) >= seq)
+
+    def _past_brought(self, key: str, seq: int) -> int:
+        """How far a member's index is taken when read up to `seq`: on through the rows its
+        notices brought that follow on from there."""
+        brought = self._brought.get(key, {})
+        while (on := max((end for start, end in brought.items() if start <= seq < end),
+                         default=None)) is not None:
+            seq = on
+        return seq
 
     def _noticed(self, key: str) -> bool:
         """Whether the member's notices followed on from what we read within the interval:

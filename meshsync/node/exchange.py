@@ -92,6 +92,9 @@ class Exchange:
         """Changes made in the mesh; passed on as `_relay_to` says."""
         sync = self._folder(notice.folder, key)
         sender = NodeId.of_key(key)
+        if notice.seq > notice.since and await sync.catch_up.read_past(
+                sender.key, notice.epoch, notice.seq):
+            return  # its own rows, read as pages already: nothing in it is news
         records, lacking = list(notice.records), 0
         if notice.listless:  # one we cannot rebuild comes whole with catch-up, soon
             rebuilt, lacking = await asyncio.to_thread(sync.rebuild, notice.listless)

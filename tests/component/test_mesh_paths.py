@@ -171,7 +171,9 @@ class FakeSync:
     trust_changes: int = 0
 
     def __post_init__(self) -> None:
-        self.catch_up = SimpleNamespace(wake=asyncio.Event())
+        # Nothing read as pages yet: every notice is taken.
+        self.catch_up = SimpleNamespace(wake=asyncio.Event(),
+                                        read_past=lambda *_: asyncio.sleep(0, False))
 
     def retry_now(self) -> None:
         pass
@@ -237,6 +239,27 @@ async def test_a_notice_counts_as_read_for_catch_up_only_if_all_of_it_was_taken(
     notice = Records(DOCS, ("news",), "their epoch", 9, listless=("listless",), since=4)  # type: ignore[arg-type]
     await mesh.node.handle_notice(mesh.keys["a"].blob, notice)
     assert covered == ([] if lacking else [(mesh.keys["a"].id.key, "their epoch", 4, 9)])
+
+
+async def test_a_notice_of_rows_read_as_pages_already_is_not_judged_again(
+    mesh: Mesh, lan: ipaddress.IPv4Network
+) -> None:
+    mesh.hello("a", f"{lan[3]}:22300", term=5, coordinator="a", hears=True)
+    taken: list[Any] = []
+
+    class Read(FakeSync):
+        async def take(self, source: str, records: Any) -> list[Any]:
+            taken.extend(records)
+            return list(records)
+
+    sync = Read()
+    sync.catch_up.read_past = lambda key, epoch, seq: asyncio.sleep(0, seq <= 9)
+    sync.catch_up.covered = lambda *_: asyncio.sleep(0)
+    mesh.node._folders[DOCS] = sync  # type: ignore[assignment]
+    for since, seq in ((4, 9), (9, 12)):
+        notice = Records(DOCS, (f"rows to {seq}",), "their epoch", seq, since=since)  # type: ignore[arg-type]
+        await mesh.node.handle_notice(mesh.keys["a"].blob, notice)
+    assert taken == ["rows to 12"]
 
 
 async def test_a_member_relays_nothing_while_every_member_hears_the_coordinator(

@@ -875,6 +875,38 @@ async def test_catching_up_stops_reading_pages_once_the_members_notices_bring_th
     assert index.peer_seq(FOLDER, "key0", "their epoch") == 5
 
 
+async def test_catching_up_asks_past_the_rows_notices_brought_though_they_did_not_follow_on(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    # A first sync: pages are read from the start while the member's notices of its newest
+    # rows queue up behind our judging. Rows a notice brought are not asked for again.
+    pages = {0: ["a", "b"], 2: ["c", "d"], 8: ["i"], 9: []}  # since -> its paths
+    asked: list[int] = []
+
+    class Growing(Members):
+        async def fetch_index(self, address: str, request: IndexRequest) -> Records:
+            asked.append(request.since)
+            paths = pages[request.since]
+            return Records(FOLDER, tuple(Signed(record(p, content(p, 1)), b"sig")
+                                         for p in paths), "their epoch", request.since + len(paths))
+
+    sync = folder_sync(tmp_path, index, Growing(), clock)
+
+    async def take(source: str, records: Iterable[Signed]) -> list[Signed]:
+        if [s.record.path for s in records] == ["a", "b"]:  # a notice of rows 5 to 8 was taken
+            await sync.catch_up.covered("key0", "their epoch", 4, 8)
+        return []
+
+    sync.catch_up._take = take
+    await sync.catch_up.catch_up("key0", "10.0.0.1:7777")
+
+    assert asked == [0, 2, 8, 9], "rows 5 to 8 came in the notice"
+    assert index.peer_seq(FOLDER, "key0", "their epoch") == 9
+    # A notice of rows read already brings nothing: the exchange leaves it unjudged.
+    assert await sync.catch_up.read_past("key0", "their epoch", 9)
+    assert not await sync.catch_up.read_past("key0", "their epoch", 10)
+    assert not await sync.catch_up.read_past("key0", "another epoch", 3)
+
+
 def test_a_scan_that_reads_files_ahead_hashes_each_as_it_is_and_leaves_no_file_open(
         tmp_path: Path, index: Index, clock: FakeClock) -> None:
     sync = folder_sync(tmp_path, index, Members(), clock)
