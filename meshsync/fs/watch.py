@@ -101,6 +101,7 @@ def _serve(root: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the node's to handle
     out = sys.stdout.buffer
     stop = threading.Event()
+    top = f"{root}/"
 
     def until_the_node_goes() -> None:
         sys.stdin.buffer.read()
@@ -114,7 +115,12 @@ def _serve(root: str) -> None:
             while not stop.is_set():
                 changes = notify.watch(DEBOUNCE_MS, STEP_MS, 0, stop)
                 if isinstance(changes, set):
-                    out.write(b"".join(b"P" + os.fsencode(path) + b"\0" for _, path in changes))
+                    # Each path once (a file written shows as added, modified, deleted...), and
+                    # none of meshsync's own: a file synced in is a temp file's few events and
+                    # its rename, which the node would otherwise sift, holding its GIL.
+                    paths = {path for _, path in changes}
+                    out.write(b"".join(b"P" + os.fsencode(path) + b"\0" for path in paths
+                                       if _relative(top, path) is not None))
                     out.write(b"B\0")
                     out.flush()
     except BrokenPipeError:

@@ -6,11 +6,13 @@ import asyncio
 import hashlib
 import os
 import random
+import subprocess
 import sys
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 from meshsync.core.paths import TEMP_PREFIX, RelPath
 from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
 from meshsync.core.vclock import Vector
+from meshsync.fs import watch as watch_module
 from meshsync.fs.apply import same_entry
 from meshsync.fs.scan import (
     HASH_SPAN,
@@ -298,6 +301,46 @@ async def test_watch_reports_new_files_and_a_moved_in_directory(tmp_path: Path) 
     assert not any(p.startswith((".meshsync", TEMP_PREFIX)) for p in reported)
     assert [s.path for s in walk_under(root, RelPath("tree"))] == [
         "tree", "tree/sub", "tree/sub/f"]
+
+
+def test_the_watching_process_sends_each_changed_path_once_and_none_of_meshsyncs_own(
+        tmp_path: Path) -> None:
+    # A file synced in is a temp file written, renamed into place: a few events each, which
+    # the node would sift holding its GIL. The child sends its one path.
+    root = tmp_path / "root"
+    (root / ".meshsync").mkdir(parents=True)
+    sent: list[bytes] = []
+    with subprocess.Popen([sys.executable, "-P", "-c", watch_module._CHILD, str(root),
+                           *sys.path], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as child:
+        assert child.stdout is not None
+        try:
+            records = iter(lambda: _record(child.stdout), b"")
+            assert next(records) == b"R"
+            for n in range(3):
+                temp = root / f"{TEMP_PREFIX}{n:016x}"
+                temp.write_text("new content")
+                with temp.open("a") as f:
+                    f.write(" and more")
+                temp.rename(root / "synced.txt")
+                (root / ".meshsync" / "state").write_text(f"ours {n}")
+            while b"synced.txt" not in b"".join(sent) or sent[-1] != b"B":
+                sent.append(next(records))
+        finally:
+            child.kill()
+    batches = b"\0".join(sent).split(b"B")
+    for batch in batches:
+        paths = [r for r in batch.split(b"\0") if r]
+        assert len(paths) == len(set(paths)), paths
+        assert all(p.startswith(b"P" + bytes(root)) and TEMP_PREFIX.encode() not in p
+                   and b"/.meshsync" not in p for p in paths), paths
+
+
+def _record(stream: Any) -> bytes:
+    """One NUL-ended record of the watching process, without its NUL; b"" at the end."""
+    record = b""
+    while (byte := stream.read(1)) not in (b"\0", b""):
+        record += byte
+    return record
 
 
 def children(pid: int) -> set[int]:
