@@ -48,6 +48,8 @@ def sign(signer: Signer, message: bytes, namespace: str = "meshsync") -> bytes:
     return _envelope_head(signer.public_blob, ns) + put_string(signature)
 
 
+# A record's signature is parsed to see whose it claims to be, then again to check it.
+@functools.lru_cache(maxsize=4)
 def _fields(sig: bytes) -> tuple[int, bytes, bytes, bytes, bytes]:
     """(version, public key, namespace, hash name, signature) of an SSHSIG blob."""
     if len(sig) > MAX_SIZE:
