@@ -234,15 +234,19 @@ class Puller:
     def _apply_locally(self, batch: Batch, needs: list[Need]) -> list[_Write]:
         """Apply what needs no transfer, in one index transaction; return files to write."""
         writes: list[_Write] = []
+        # Read at once: nothing is stored before the end, and each path comes once.
+        entries = self.place.index.get_all(self.place.id, [n.record.path for n in needs])
+        present: set[RelPath] = set()  # directories found there in this batch
         for need in needs:
-            attempt(batch, need, partial(self._apply_one, batch, need, writes), self.place,
-                    self.retries)
+            step = partial(self._apply_one, batch, need, entries.get(need.record.path), writes,
+                           present)
+            attempt(batch, need, step, self.place, self.retries)
         self._put(batch.done)
         return writes
 
-    def _apply_one(self, batch: Batch, need: Need, writes: list[_Write]) -> Done | None:
+    def _apply_one(self, batch: Batch, need: Need, entry: Entry | None, writes: list[_Write],
+                   present: set[RelPath]) -> Done | None:
         record = need.record
-        entry = self.place.index.get(self.place.id, record.path)
         verdict = decide(entry.record if entry else None, record)
         if verdict.action is Action.IGNORE or self.place.ignore.match(
                 record.path, record.kind is Kind.DIR):
@@ -265,7 +269,7 @@ class Puller:
                 raise
             return self._stored(batch, need, None, ours)
         loser = entry.record if verdict.conflict and entry is not None else None
-        if not self._parent_present(record.path):
+        if not self._parent_present(record.path, present):
             # Its directory's own record has not come yet. Writing now would make the
             # directory, and the next scan would take it for a local creation (an echo).
             batch.failed.append((need, NO_DIRECTORY, "its directory has not come yet"))
@@ -286,11 +290,17 @@ class Puller:
         writes.append(_Write(need, expected, loser, ours, held))
         return None
 
-    def _parent_present(self, path: RelPath) -> bool:
-        """False only while the parent is absent: a link or file there is the writer's to refuse."""
+    def _parent_present(self, path: RelPath, present: set[RelPath]) -> bool:
+        """False only while the parent is absent: a link or file there is the writer's to refuse.
+        One found there is remembered in `present` (a batch's files share a few directories)."""
         above = parent(path)
+        if above is None or above in present:
+            return True
         root = self.place.root
-        return above is None or (root / above).is_symlink() or (root / above).exists()
+        if (root / above).is_symlink() or (root / above).exists():
+            present.add(above)
+            return True
+        return False
 
     async def _write_files(self, writes: list[_Write]) -> None:
         """Write a group of files: local blocks first, then the rest in shared requests.
