@@ -33,6 +33,7 @@ from meshsync.store.row import (
     columns_of,
     signed,
     stamp_of,
+    vector_of,
 )
 from meshsync.store.row import Entry as Entry
 from meshsync.store.row import Need as Need
@@ -252,15 +253,24 @@ class Index:
                 for i, digest in enumerate(record.blocks)))
             if db.execute("SELECT 1 FROM need WHERE folder = ? LIMIT 1", (folder,)).fetchone():
                 db.executemany("DELETE FROM need WHERE folder = ? AND path = ?", [
-                    (folder, path) for path, record in final.items()
-                    if (need := self._need_version(db, folder, path)) is not None
-                    and need.compare(record.version) in (Order.EQUAL, Order.OLDER)])
+                    (folder, path) for path, version in self._need_versions(db, folder, final)
+                    if version.compare(final[path].version) in (Order.EQUAL, Order.OLDER)])
         return seqs
 
-    def _need_version(self, db: sqlite3.Connection, folder: str, path: str) -> Vector | None:
-        rows = db.execute(NEEDS.select + NEEDS.one, (folder, path)).fetchall()
-        found = self._decoded(NEEDS, rows, db)
-        return found[0].record.version if found else None
+    def _need_versions(self, db: sqlite3.Connection, folder: str,
+                       paths: Iterable[str]) -> Iterator[tuple[RelPath, Vector]]:
+        """The version queued for each of `paths` that has one: the column alone, a few
+        queries for a batch; a row whose version is damaged is read whole (and set aside)."""
+        for part in _parts(paths):
+            marks = _marks(part)  # placeholders only: the paths go as arguments
+            rows = db.execute("SELECT path, version FROM need WHERE folder = ? AND path IN"  # noqa: S608
+                              f" ({marks})", (folder, *part)).fetchall()
+            for path, text in rows:
+                if (version := vector_of(text)) is not None:
+                    yield path, version
+                elif found := self._decoded(NEEDS, db.execute(
+                        NEEDS.select + NEEDS.one, (folder, path)).fetchall(), db):
+                    yield path, found[0].record.version
 
     def entries(self, folder: str) -> Iterator[Entry]:
         """Every row of the folder in path order, read a page per transaction as it is consumed."""

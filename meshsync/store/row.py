@@ -188,6 +188,14 @@ def _vector(text: str) -> Vector:
     return Vector.from_json(json.loads(text))
 
 
+def vector_of(text: object) -> Vector | None:
+    """The version vector a `version` column holds; None if it is damaged."""
+    try:
+        return _vector(text) if type(text) is str else None
+    except (ValueError, RecursionError, WireError):
+        return None
+
+
 # SQLite integers are signed 64-bit; inode and device numbers are unsigned and some file
 # systems (NFS, FUSE, btrfs subvolumes) use the top bit.
 def signed(n: int) -> int:
