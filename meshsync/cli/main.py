@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "start":
+            # Each folder's watches are placed while the node imports and opens its index.
+            from meshsync.fs.watch import start_early
+
+            start_early(_roots(args.dirs))
             from meshsync.cli.start import start  # imports aiohttp and zeroconf: only here
 
             return start(args)
@@ -27,6 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     except ControlError as e:
         print(f"meshsync: {e}", file=sys.stderr)
         return 1
+
+
+def _roots(dirs: list[str]) -> list[Path]:
+    """The folders named, as `meshsync start` resolves them; those that cannot be are left
+    for it to report."""
+    roots = []
+    for d in dirs:
+        try:
+            roots.append(Path(d).expanduser().resolve())
+        except (OSError, RuntimeError):  # no home to expand, a loop of links
+            continue
+    return roots
 
 
 def _client_command(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 watchfiles places its watches by walking the whole tree while it holds the GIL: about 0.6 s
 per 100,000 files from a cold cache, and more on bigger trees, during which a node doing it
 itself would neither beat nor answer, and its peers would count it down. So the watching runs
-in a child process (`serve`) that writes what it sees to a pipe.
+in a child process (`serve`) that writes what it sees to a pipe. `meshsync start` starts it
+first thing (`start_early`), so that its walk goes on while the node starts.
 
 Records on the child's stdout, each ended by a NUL (no path holds one): `R` once the watches
 are in place, `P<path>` a changed path, `B` the end of a batch, `E<errno> <message>` the
@@ -16,10 +17,12 @@ import asyncio
 import errno
 import os
 import signal
+import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
+from typing import Protocol
 
 from meshsync.core.errors import WireError
 from meshsync.core.paths import RelPath, check_path
@@ -41,9 +44,13 @@ async def watch(root: Path, ready: Callable[[], object] = lambda: None,
     if not root.is_absolute():
         raise ValueError(f"watch needs an absolute folder path, not {root}")
     top = f"{root}/"
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-P", "-c", _CHILD, str(root), *sys.path,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=RECORD_LIMIT)
+    child: _Child
+    if (early := _early.pop(str(root), None)) is not None:
+        child = await _Adopted.of(early)
+    else:
+        child = await asyncio.create_subprocess_exec(
+            *_command(root), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=RECORD_LIMIT)
     records = child.stdout
     try:
         batch: set[RelPath] = set()
@@ -71,6 +78,81 @@ async def watch(root: Path, ready: Callable[[], object] = lambda: None,
         if child.returncode is None:
             child.kill()
         await child.wait()
+
+
+def start_early(roots: Iterable[Path]) -> None:
+    """Start watching each folder (absolute, resolved) now, for its first `watch` to take on.
+
+    Called first thing by `meshsync start`: placing the watches walks the whole tree (about a
+    second per 100,000 files from a cold cache), and this way that walk goes on while the node
+    imports its libraries and opens its index, instead of after. A child nobody takes on ends
+    with the node (its stdin closes), or at `stop_early`.
+    """
+    for root in roots:
+        if root.is_absolute() and root.is_dir() and str(root) not in _early:
+            _early[str(root)] = subprocess.Popen(
+                _command(root), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def stop_early(root: Path) -> None:
+    """End the early watch of a folder not to be watched as it was at start (it had no
+    marker: a disk not mounted, whose mount point a later watch must not be left on)."""
+    if (early := _early.pop(str(root), None)) is not None:
+        early.kill()
+        early.wait()
+        for pipe in (early.stdin, early.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+_early: dict[str, subprocess.Popen[bytes]] = {}  # root -> its watching child, started early
+
+
+class _Child(Protocol):
+    """What `watch` uses of its child: asyncio's Process, or a child started early."""
+
+    stdout: asyncio.StreamReader | None
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
+class _Adopted:
+    """A child started early (a Popen), read on the loop as asyncio's own children are."""
+
+    def __init__(self, process: subprocess.Popen[bytes], stdout: asyncio.StreamReader) -> None:
+        self._process = process
+        self.stdout: asyncio.StreamReader | None = stdout
+
+    @classmethod
+    async def of(cls, process: subprocess.Popen[bytes]) -> _Adopted:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=RECORD_LIMIT, loop=loop)
+        if process.stdout is None:
+            raise OSError("the watching process started early has no pipe to read")
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), process.stdout)
+        return cls(process, reader)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.poll()
+
+    def kill(self) -> None:
+        self._process.kill()
+
+    async def wait(self) -> int:
+        code = await asyncio.to_thread(self._process.wait)
+        if self._process.stdin is not None:
+            self._process.stdin.close()  # the read end went with the transport
+        return code
+
+
+def _command(root: Path) -> list[str]:
+    return [sys.executable, "-P", "-c", _CHILD, str(root), *sys.path]
 
 
 def _relative(top: str, path: str) -> RelPath | None:

@@ -37,7 +37,7 @@ from meshsync.core.wire import (
 )
 from meshsync.fs import versions
 from meshsync.fs.ignore import IGNORE_FILE, Ignore
-from meshsync.fs.watch import watch
+from meshsync.fs.watch import stop_early, watch
 from meshsync.node import report, transfer
 from meshsync.node.catchup import CatchUp, Indexes
 from meshsync.node.clock import Clock
@@ -136,6 +136,8 @@ class FolderSync:
         self.mounted = await asyncio.to_thread(self._check_marker, True)
         if self.mounted:
             await self._reload_ignore()
+        else:  # its watch from the start would watch the mount point, not what comes there
+            await asyncio.to_thread(stop_early, self.root)
         self._scan_wake.set()
         try:
             async with asyncio.TaskGroup() as tg:

@@ -36,7 +36,7 @@ from meshsync.fs.scan import (
     walk,
     walk_under,
 )
-from meshsync.fs.watch import watch
+from meshsync.fs.watch import start_early, stop_early, watch
 
 MIB = 1024 * 1024
 ORIGIN = "0123456789abcdef"
@@ -343,6 +343,47 @@ def _record(stream: Any) -> bytes:
     return record
 
 
+async def test_a_watch_started_early_is_taken_on_by_the_first_watch_of_its_folder(
+        tmp_path: Path) -> None:
+    # `meshsync start` starts each folder's watching first thing, so that placing the watches
+    # goes on while the node starts; the folder's first watch takes that process on.
+    root = tmp_path / "root"
+    (root / ".meshsync").mkdir(parents=True)
+    before = children(os.getpid())
+    start_early([root])
+    (early,) = children(os.getpid()) - before
+    reported: set[RelPath] = set()
+    ready = asyncio.Event()
+
+    async def collect() -> None:
+        async for batch in watch(root, ready.set):
+            reported.update(batch)
+
+    task = asyncio.create_task(collect(), name="watch")
+    try:
+        async with asyncio.timeout(10):
+            await ready.wait()
+        assert children(os.getpid()) - before == {early}, "no second watching process"
+        await until(lambda: "new.txt" in reported, lambda: (root / "new.txt").write_text("x"))
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert gone(early)
+
+
+def test_a_watch_started_early_for_a_folder_not_there_as_expected_is_ended(
+        tmp_path: Path) -> None:
+    before = children(os.getpid())
+    start_early([tmp_path])
+    (early,) = children(os.getpid()) - before
+    stop_early(tmp_path)
+    assert gone(early)
+    stop_early(tmp_path)  # none left: nothing to do
+    start_early([tmp_path / "absent", Path("relative")])  # neither is a folder to watch
+    assert children(os.getpid()) - before == set()
+
+
 def children(pid: int) -> set[int]:
     """The processes `pid` started that still run."""
     found: set[int] = set()
@@ -385,7 +426,10 @@ async def test_a_watch_whose_process_ends_says_so_and_reports_changes_until_then
 WATCHING_NODE = """
 import asyncio, sys
 from pathlib import Path
-from meshsync.fs.watch import watch
+from meshsync.fs.watch import start_early, watch
+
+if sys.argv[2] == "early":
+    start_early([Path(sys.argv[1])])
 
 async def main():
     async for _ in watch(Path(sys.argv[1]), lambda: print("ready", flush=True)):
@@ -395,9 +439,11 @@ asyncio.run(main())
 """
 
 
-async def test_the_watching_process_never_outlives_the_node(tmp_path: Path) -> None:
+@pytest.mark.parametrize("started", ["early", "by watch"])
+async def test_the_watching_process_never_outlives_the_node(tmp_path: Path, started: str) -> None:
     node = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", WATCHING_NODE, str(tmp_path), stdout=asyncio.subprocess.PIPE)
+        sys.executable, "-c", WATCHING_NODE, str(tmp_path), started,
+        stdout=asyncio.subprocess.PIPE)
     assert node.stdout is not None
     async with asyncio.timeout(10):
         assert await node.stdout.readline() == b"ready\n"

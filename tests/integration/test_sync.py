@@ -100,6 +100,26 @@ def test_a_vanished_folder_deletes_nothing_anywhere_and_resumes(make_lan):
     assert (h2.sync / "keep/me.txt").read_bytes() == b"precious"
 
 
+def test_a_node_started_on_an_unmounted_folder_watches_the_disk_once_it_comes(make_lan):
+    lan = mesh(make_lan, 2)
+    h1, h2 = lan.hosts
+    write(h1.sync / "keep/me.txt", b"precious")
+    wait_for("the file on h2", lambda: (h2.sync / "keep/me.txt").exists(), 10)
+    h1.stop()
+    hidden = h1.home / "unmounted"
+    h1.sync.rename(hidden)
+    h1.sync.mkdir()  # the empty mount point, which its early watch would watch
+    h1.start()
+    wait_for("h1 to report the folder unmounted",
+             lambda: h1.json("status")["folders"][0]["state"] == "unmounted", 10)
+    h1.sync.rmdir()
+    hidden.rename(h1.sync)
+    wait_for("h1 to resume", lambda: h1.json("status")["folders"][0]["state"] == "in sync", 10)
+    # Seen by its watch of the disk, not by a rescan (a minute away).
+    write(h1.sync / "keep/after.txt", b"written once the disk was back")
+    wait_for("the new file on h2", lambda: (h2.sync / "keep/after.txt").exists(), 10)
+
+
 def rx_bytes(host) -> int:
     """Bytes received on the host's interface so far."""
     for line in host.exec("cat", "/proc/net/dev").stdout.splitlines():
