@@ -186,9 +186,12 @@ class CatchUp:
         up to there brings nothing a page did not (a first sync reads pages while the member's
         notices queue up behind our judging)."""
         index, folder = self.place.index, self.place.id
-        return (bool(epoch) and epoch == await asyncio.to_thread(
-            index.get_meta, _epoch_key(folder, key))
-            and await asyncio.to_thread(index.peer_seq, folder, key, epoch) >= seq)
+
+        def read() -> bool:  # one trip to a thread: every notice asks
+            return (epoch == index.get_meta(_epoch_key(folder, key))
+                    and index.peer_seq(folder, key, epoch) >= seq)
+
+        return bool(epoch) and await asyncio.to_thread(read)
 
     def _past_brought(self, key: str, seq: int) -> int:
         """How far a member's index is taken when read up to `seq`: on through the rows its
