@@ -124,8 +124,9 @@ class _Child(Protocol):
 class _Adopted:
     """A child started early (a Popen), read on the loop as asyncio's own children are."""
 
-    def __init__(self, process: subprocess.Popen[bytes], stdout: asyncio.StreamReader) -> None:
-        self._process = process
+    def __init__(self, process: subprocess.Popen[bytes], stdout: asyncio.StreamReader,
+                 pipe: asyncio.BaseTransport) -> None:
+        self._process, self._pipe = process, pipe
         self.stdout: asyncio.StreamReader | None = stdout
 
     @classmethod
@@ -134,8 +135,9 @@ class _Adopted:
         reader = asyncio.StreamReader(limit=RECORD_LIMIT, loop=loop)
         if process.stdout is None:
             raise OSError("the watching process started early has no pipe to read")
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), process.stdout)
-        return cls(process, reader)
+        pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                               process.stdout)
+        return cls(process, reader, pipe)
 
     @property
     def returncode(self) -> int | None:
@@ -146,8 +148,9 @@ class _Adopted:
 
     async def wait(self) -> int:
         code = await asyncio.to_thread(self._process.wait)
+        self._pipe.close()  # its stdout, read through the transport
         if self._process.stdin is not None:
-            self._process.stdin.close()  # the read end went with the transport
+            self._process.stdin.close()
         return code
 
 
