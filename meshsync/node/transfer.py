@@ -7,7 +7,7 @@ import hashlib
 import itertools
 import logging
 from asyncio import FIRST_COMPLETED
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
@@ -17,6 +17,7 @@ from meshsync.core.throttle import shown
 from meshsync.core.wire import MAX_BLOCKS_PER_REQUEST, BlockRequest, Data
 from meshsync.fs import apply
 from meshsync.fs.scan import Seen
+from meshsync.node import background
 from meshsync.node.clock import Clock
 from meshsync.node.place import Place
 from meshsync.node.retry import Asking, Lack
@@ -123,7 +124,8 @@ class Fetcher:
         async def fetch(part: list[tuple[RelPath, Wanted]], turn: int) -> bool:
             got = await self._fetch([(path, w[2]) for path, w in part], asking, turn)
             found = [(w, got[w[2]]) for _, w in part if w[2] in got]
-            failed.update(await asyncio.to_thread(_write_all, found))
+            big = _size(d for _, d in found) >= background.BIG
+            failed.update(await background.in_thread(big, _write_all, found))
             for (incoming, _, _), data in found:
                 self.received.add(len(data), self.clock.now())
                 if progress := self.transfers.get(incoming.record.path):
@@ -202,7 +204,8 @@ class Fetcher:
                 asking.failed.add(address)
                 continue
             # Off the loop: 8 MiB of hashing is milliseconds the loop could serve peers in.
-            verified = await asyncio.to_thread(_verified, wanted, answer)
+            verified = await background.in_thread(_size(answer) >= background.BIG,
+                                                  _verified, wanted, answer)
             got.update(verified)
             had = set(verified)
             asking.barren |= {(address, p) for p, _ in ask} - {(address, p) for p, d in ask
@@ -286,6 +289,10 @@ def _parts(items: list[tuple[RelPath, T]], skip: Callable[[RelPath], bool],
             part = []
     if part:
         yield part
+
+
+def _size(blocks: Iterable[Data | None]) -> int:
+    return sum(len(b) for b in blocks if b is not None)
 
 
 def _sha256(data: Data) -> bytes:

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -37,7 +38,7 @@ from meshsync.core.wire import (
     Signed,
 )
 from meshsync.fs import apply
-from meshsync.node import folder, puller, scanner
+from meshsync.node import background, folder, puller, scanner, transfer
 from meshsync.node.config import Folder
 from meshsync.node.folder import FolderSync
 from meshsync.node.judge import Origin
@@ -702,6 +703,31 @@ async def test_a_small_file_is_written_while_a_big_one_is_still_being_fetched(
         await until(root / "big.mkv")
     assert (root / "big.mkv").read_bytes() == b"".join(big)
     running.cancel()
+
+
+async def test_a_big_files_blocks_are_written_on_threads_the_kernel_runs_after_the_rest(
+        tmp_path: Path, index: Index, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    # So that a small file changed while a GiB arrives is not kept waiting for a core.
+    priority: dict[str, set[int]] = {}
+    write_all = transfer._write_all
+
+    def noted(found: list[tuple[transfer.Wanted, bytes]]) -> dict[RelPath, Exception]:
+        for (incoming, _, _), _ in found:
+            priority.setdefault(incoming.record.path, set()).add(
+                os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return write_all(found)
+
+    monkeypatch.setattr(transfer, "_write_all", noted)
+    mesh = Members()
+    big, small = content("video", 2 * MAX_BLOCKS_PER_REQUEST), content("note", 1)
+    mesh.blocks = {hashlib.sha256(b).digest(): b for b in [*big, *small]}
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    queue(index, record("big.mkv", big), record("note.txt", small))
+    await sync.apply_due()
+    assert (tmp_path / "photos" / "big.mkv").read_bytes() == b"".join(big)
+    assert (tmp_path / "photos" / "note.txt").read_bytes() == small[0]
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert priority == {"big.mkv": {min(19, ours + background.NICE)}, "note.txt": {ours}}
 
 
 async def test_a_big_file_renamed_elsewhere_is_copied_from_here_not_fetched(
