@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import hashlib
+import mmap
 import os
 import random
 import shutil
@@ -146,6 +149,79 @@ def test_a_restarted_node_resumes_its_half_written_file(tmp_path: Path) -> None:
 
     assert (tmp_path / "f").read_bytes() == data
     assert temp_files(tmp_path) == []
+
+
+def cached_pages(path: Path) -> list[bool]:
+    """Which of the file's pages the page cache holds (mincore of a mapping that reads none)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        mapped = mmap.mmap(f.fileno(), size, flags=mmap.MAP_PRIVATE,
+                           prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    try:
+        pages = -(-size // mmap.PAGESIZE)
+        vector = (ctypes.c_ubyte * pages)()
+        address = ctypes.addressof(ctypes.c_char.from_buffer(mapped))
+        assert ctypes.CDLL(None, use_errno=True).mincore(
+            ctypes.c_void_p(address), ctypes.c_size_t(size), vector) == 0
+        return [bool(v & 1) for v in vector]
+    finally:
+        mapped.close()
+
+
+def test_a_big_files_whole_blocks_go_around_the_page_cache(tmp_path: Path) -> None:
+    # Copying a GiB into the page cache was the biggest cost of receiving it.
+    data = random.Random(7).randbytes(apply.DIRECT_FROM + BLOCK_SIZE // 2)
+    write(tmp_path, file_record("big.bin", data), data)
+
+    cached = cached_pages(tmp_path / "big.bin")
+    whole = apply.DIRECT_FROM // mmap.PAGESIZE
+    assert not any(cached[:whole]), "whole blocks were written around the page cache"
+    assert (tmp_path / "big.bin").read_bytes() == data
+    small = random.Random(8).randbytes(4 * BLOCK_SIZE)
+    write(tmp_path, file_record("small.bin", small), small)
+    assert all(cached_pages(tmp_path / "small.bin")), "small files go through it, as before"
+
+
+def test_a_big_file_in_any_order_and_resumed_is_whole(tmp_path: Path) -> None:
+    data = random.Random(9).randbytes(apply.DIRECT_FROM + 3 * BLOCK_SIZE + 17)
+    record = file_record("big.bin", data)
+    order = list(enumerate(chunks(data)))
+    random.Random(10).shuffle(order)
+    with Incoming.open(tmp_path, record) as first:
+        for i, block in order[: len(order) // 2]:
+            first.write_block(i, block)
+    # the node died here
+
+    with Incoming.open(tmp_path, record) as second:
+        assert second.have() == {i for i, _ in order[: len(order) // 2]}
+        for i, block in order[len(order) // 2 :]:
+            second.write_block(i, block)
+        second.seal()
+        second.commit(None)
+
+    assert (tmp_path / "big.bin").read_bytes() == data
+    assert temp_files(tmp_path) == []
+
+
+def test_a_big_file_is_written_through_the_cache_where_direct_writes_are_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Some file systems open O_DIRECT but refuse its writes (EINVAL): the file is written all
+    # the same, and the refusal asked once.
+    refused: list[int] = []
+    pwrite = os.pwrite
+
+    def refusing(fd: int, data: bytes | memoryview | mmap.mmap, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", refusing)
+    data = random.Random(11).randbytes(apply.DIRECT_FROM + 5)
+    write(tmp_path, file_record("big.bin", data), data)
+
+    assert (tmp_path / "big.bin").read_bytes() == data
+    assert len(refused) == 1
 
 
 def test_commit_refuses_to_overwrite_a_change_it_did_not_scan(tmp_path: Path) -> None:
