@@ -20,7 +20,7 @@ from types import TracebackType
 from meshsync.core.paths import MARKER, TEMP_PREFIX, RelPath, is_temporary
 from meshsync.core.records import BLOCK_SIZE, FileRecord, Kind
 from meshsync.fs import scan
-from meshsync.fs.scan import VANISHED, Seen, open_file, parent, read_at, seen_at
+from meshsync.fs.scan import VANISHED, Directories, Seen, open_file, parent, read_at, seen_at
 from meshsync.fs.scan import ParentNotDir as ParentNotDir
 from meshsync.fs.scan import UnsafePath as UnsafePath
 
@@ -325,12 +325,13 @@ def _write_behind(fd: int) -> None:
         _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a hint: its failure changes nothing
 
 
-def read_blocks(root: Path, path: RelPath, indexes: Iterable[int]) -> dict[int, bytes]:
+def read_blocks(dirs: Directories, path: RelPath, indexes: Iterable[int]) -> dict[int, bytes]:
     """Blocks of the local file (the last one short), through one open: those it holds now,
-    none if it is gone or not a file."""
+    none if it is gone or not a file. Its directory is reached through `dirs`, which keeps it
+    open for the next file read."""
     try:
-        with parent(root, path) as (dir_fd, name):
-            fd = open_file(name, dir_fd)
+        dir_fd, name = dirs.parent(path)
+        fd = open_file(name, dir_fd)
     except OSError as e:
         if e.errno in VANISHED:
             return {}

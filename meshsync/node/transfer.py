@@ -15,7 +15,7 @@ from meshsync.core.paths import RelPath
 from meshsync.core.records import FileRecord
 from meshsync.core.throttle import shown
 from meshsync.core.wire import MAX_BLOCKS_PER_REQUEST, BlockRequest, Data
-from meshsync.fs import apply
+from meshsync.fs import apply, scan
 from meshsync.fs.scan import Seen
 from meshsync.node import background
 from meshsync.node.clock import Clock
@@ -233,15 +233,23 @@ def held_blocks(place: Place, hashes: tuple[bytes, ...]) -> list[bytes | None]:
     wanted: dict[str, set[int]] = {}
     for path, index in places.values():
         wanted.setdefault(path, set()).add(index)
-    read = {path: _readable(place, RelPath(path), indexes) for path, indexes in wanted.items()}
+    # A directory's files one after another, each directory opened once: a request for 64
+    # small files walked from the root 64 times (a tenth of a first sync's sender).
+    dirs = scan.Directories(place.root)
+    try:
+        read = {path: _readable(place, dirs, RelPath(path), wanted[path])
+                for path in sorted(wanted, key=lambda p: p.rpartition("/")[0])}
+    finally:
+        dirs.close()
     return [read[found[0]].get(found[1]) if (found := places.get(h)) else None for h in hashes]
 
 
-def _readable(place: Place, path: RelPath, indexes: set[int]) -> dict[int, bytes]:
+def _readable(place: Place, dirs: scan.Directories, path: RelPath,
+              indexes: set[int]) -> dict[int, bytes]:
     """The blocks of `path` that can be read now: none of a file that cannot (the peer asks
     another member for them)."""
     try:
-        return apply.read_blocks(place.root, path, indexes)
+        return apply.read_blocks(dirs, path, indexes)
     except (OSError, apply.UnsafePath) as e:
         log.debug("folder %s: cannot serve %r: %s", place.id, path, e)
         return {}

@@ -36,7 +36,7 @@ from meshsync.fs.apply import (
     temp_name,
     versions_dir,
 )
-from meshsync.fs.scan import Seen, walk_under
+from meshsync.fs.scan import Directories, Seen, walk_under
 
 ORIGIN = "0123456789abcdef"
 MTIME = 1_600_000_000_123_456_789
@@ -323,7 +323,7 @@ def test_nothing_is_written_through_a_symlinked_or_file_parent(tmp_path: Path, p
         lambda: make_dir(root, other_record(path, Kind.DIR), None),
         lambda: make_symlink(root, other_record(path, Kind.SYMLINK, target="/etc"), None),
         lambda: set_metadata(root, other_record(path, Kind.DIR), None),
-        lambda: read_blocks(root, RelPath(path), [0]),
+        lambda: read_blocks(Directories(root), RelPath(path), [0]),
     ]
 
     for attempt in writes:
@@ -441,23 +441,27 @@ def test_read_blocks_reads_each_block_of_a_local_file_alone(tmp_path: Path) -> N
     data = random.Random(4).randbytes(2 * BLOCK_SIZE + 7)
     (tmp_path / "f").write_bytes(data)
     (tmp_path / "link").symlink_to("f")
+    dirs = Directories(tmp_path)
 
-    assert read_blocks(tmp_path, RelPath("f"), [0]) == {0: data[:BLOCK_SIZE]}
-    assert read_blocks(tmp_path, RelPath("f"), [2]) == {2: data[2 * BLOCK_SIZE :]}
-    assert read_blocks(tmp_path, RelPath("f"), [3]) == {}
-    assert read_blocks(tmp_path, RelPath("gone"), [0]) == {}
-    assert read_blocks(tmp_path, RelPath("link"), [0]) == {}
+    assert read_blocks(dirs, RelPath("f"), [0]) == {0: data[:BLOCK_SIZE]}
+    assert read_blocks(dirs, RelPath("f"), [2]) == {2: data[2 * BLOCK_SIZE :]}
+    assert read_blocks(dirs, RelPath("f"), [3]) == {}
+    assert read_blocks(dirs, RelPath("gone"), [0]) == {}
+    assert read_blocks(dirs, RelPath("link"), [0]) == {}
+    dirs.close()
 
 
 def test_read_blocks_reads_those_a_file_holds_through_one_open(tmp_path: Path) -> None:
     data = random.Random(5).randbytes(3 * BLOCK_SIZE + 9)
     (tmp_path / "f").write_bytes(data)
     (tmp_path / "d").mkdir()
+    dirs = Directories(tmp_path)
 
-    assert read_blocks(tmp_path, RelPath("f"), [3, 0, 7]) == {
+    assert read_blocks(dirs, RelPath("f"), [3, 0, 7]) == {
         0: data[:BLOCK_SIZE], 3: data[3 * BLOCK_SIZE :]}
-    assert read_blocks(tmp_path, RelPath("gone"), [0]) == {}
-    assert read_blocks(tmp_path, RelPath("d"), [0]) == {}
+    assert read_blocks(dirs, RelPath("gone"), [0]) == {}
+    assert read_blocks(dirs, RelPath("d"), [0]) == {}
+    dirs.close()
 
 
 # -- changes of kind: x is a file, a directory or a link here, and becomes another ------------

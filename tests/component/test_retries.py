@@ -730,6 +730,31 @@ async def test_a_big_files_blocks_are_written_on_threads_the_kernel_runs_after_t
     assert priority == {"big.mkv": {min(19, ours + background.NICE)}, "note.txt": {ours}}
 
 
+def test_blocks_asked_of_files_across_directories_come_each_from_its_own_file(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    # Served a directory at a time: files of one directory, and of the ones around it, in any
+    # order asked, one of them gone and one block unknown.
+    sync = folder_sync(tmp_path, index, Members(), clock)
+    root = tmp_path / "photos"
+    files = {path: f"{path}\n".encode() * (1 + n * 5000) for n, path in enumerate(
+        ["a/b.txt", "a/b/c.txt", "a/c.txt", "a/b/d/e.txt", "z.txt", "a/gone.txt"])}
+    for path, data in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+    sync.scanner.find_changes(None, set(), set())
+    (root / "a" / "gone.txt").unlink()
+    blocks = {(path, i): block for path, data in files.items()
+              for i, block in enumerate(data[at : at + BLOCK_SIZE]
+                                        for at in range(0, len(data), BLOCK_SIZE))}
+    asked = sorted(blocks, key=lambda pb: hashlib.sha256(repr(pb).encode()).digest())
+
+    served = sync.answer_blocks((*(hashlib.sha256(blocks[pb]).digest() for pb in asked),
+                                 hashlib.sha256(b"nobody's").digest()))
+
+    assert served == [None if path == "a/gone.txt" else blocks[path, i]
+                      for path, i in asked] + [None]
+
+
 async def test_a_big_file_renamed_elsewhere_is_copied_from_here_not_fetched(
         tmp_path: Path, index: Index, clock: FakeClock) -> None:
     # Renamed on another node: its new path's record and its old path's deletion come in one
