@@ -91,13 +91,17 @@ class Incoming:
         self._direct_refused = False  # the device would not take them: buffered from then on
 
     @classmethod
-    def open(cls, root: Path, record: FileRecord) -> Incoming:
-        """Open or resume the temporary file beside the target, creating missing directories."""
+    def open(cls, root: Path, record: FileRecord, dirs: Directories | None = None) -> Incoming:
+        """Open or resume the temporary file beside the target, creating missing directories
+        (reached through `dirs`, if given, which keeps the last one open for the next file)."""
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         fds: list[int] = []
         try:
-            with parent(root, record.path, create=True) as (parent_fd, _):
-                fds.append(os.dup(parent_fd))
+            if dirs is not None:
+                fds.append(os.dup(dirs.parent(record.path, create=True)[0]))
+            else:
+                with parent(root, record.path, create=True) as (parent_fd, _):
+                    fds.append(os.dup(parent_fd))
             fds.append(os.open(temp_name(record), flags, 0o600, dir_fd=fds[0]))
             return cls(root, record, *fds)
         except BaseException:

@@ -109,12 +109,12 @@ class Directories:
         self._rel: str | None = None
         self._fd = -1
 
-    def parent(self, path: str) -> tuple[int, str]:
+    def parent(self, path: str, create: bool = False) -> tuple[int, str]:
         """As `parent` does, but the fd stays ours (until the next directory, or close)."""
         head, _, name = path.rpartition("/")
         if head != self._rel:
             self.close()
-            self._fd, self._rel = open_directory(self.root, head), head
+            self._fd, self._rel = open_directory(self.root, head, create), head
         return self._fd, name
 
     def close(self) -> None:

@@ -385,16 +385,21 @@ class Puller:
         wanted: list[Wanted] = []
         usage = shutil.disk_usage(self.place.root)
         self._room = usage.free - self.min_free.of(usage.total)
-        for write in writes:
-            look = write.need.record.path not in settled
-            step = partial(self._open_one, write, opened, wanted, look)
-            attempt(batch, write.need, step, self.place, self.retries)
+        # A group's files mostly share directories: each is walked to from the root once.
+        dirs = scan.Directories(self.place.root)
+        try:
+            for write in writes:
+                look = write.need.record.path not in settled
+                step = partial(self._open_one, write, opened, wanted, look, dirs)
+                attempt(batch, write.need, step, self.place, self.retries)
+        finally:
+            dirs.close()
         return wanted, {need.record.path for need, _, _ in batch.failed}
 
     def _open_one(self, write: _Write, opened: list[_Opened], wanted: list[Wanted],
-                  look: bool) -> None:
+                  look: bool, dirs: scan.Directories) -> None:
         record = write.need.record
-        incoming = apply.Incoming.open(self.place.root, record)
+        incoming = apply.Incoming.open(self.place.root, record, dirs)
         # What its temp lacks: a sparse temp takes its blocks' room as they come.
         needed = record.size - sum(incoming.length(i) for i in incoming.have())
         if needed > self._room:

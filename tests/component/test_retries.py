@@ -37,7 +37,7 @@ from meshsync.core.wire import (
     Records,
     Signed,
 )
-from meshsync.fs import apply
+from meshsync.fs import apply, scan
 from meshsync.node import background, folder, puller, scanner, transfer
 from meshsync.node.config import Folder
 from meshsync.node.folder import FolderSync
@@ -178,9 +178,10 @@ async def test_an_attempt_at_a_100000_block_version_no_member_has_asks_each_memb
     opened: list[str] = []
     real_open = apply.Incoming.open
 
-    def counted_open(root: Path, r: FileRecord) -> apply.Incoming:
+    def counted_open(root: Path, r: FileRecord,
+                     dirs: scan.Directories | None = None) -> apply.Incoming:
         opened.append(r.path)
-        return real_open(root, r)
+        return real_open(root, r, dirs)
 
     monkeypatch.setattr(apply.Incoming, "open", counted_open)
 
