@@ -899,21 +899,28 @@ async def test_a_notice_holding_the_rows_after_those_read_spares_catch_up_asking
         assert index.peer_seq(FOLDER, "key0", "their epoch") == 12
 
 
+class Growing(Members):
+    """A member whose index pages are `pages` (since -> the paths of the page after it, its
+    rows one a path), noting each `since` asked for."""
+
+    def __init__(self, pages: dict[int, list[str]]) -> None:
+        super().__init__()
+        self.pages = pages
+        self.asked: list[int] = []
+
+    async def fetch_index(self, address: str, request: IndexRequest) -> Records:
+        self.asked.append(request.since)
+        paths = self.pages[request.since]
+        return Records(FOLDER, tuple(Signed(record(p, content(p, 1)), b"sig") for p in paths),
+                       "their epoch", request.since + len(paths))
+
+
 async def test_catching_up_stops_reading_pages_once_the_members_notices_bring_the_rest(
         tmp_path: Path, index: Index, clock: FakeClock) -> None:
     # A member scanning a big tree: its index grows as fast as we read it, and every page
     # would hold what its notices bring too.
-    pages = {0: ["a", "b"], 2: ["c"], 3: ["d"], 4: ["e"], 5: []}  # since -> its paths
-    asked: list[int] = []
-
-    class Growing(Members):
-        async def fetch_index(self, address: str, request: IndexRequest) -> Records:
-            asked.append(request.since)
-            paths = pages[request.since]
-            return Records(FOLDER, tuple(Signed(record(p, content(p, 1)), b"sig")
-                                         for p in paths), "their epoch", request.since + len(paths))
-
-    sync = folder_sync(tmp_path, index, Growing(), clock)
+    member = Growing({0: ["a", "b"], 2: ["c"], 3: ["d"], 4: ["e"], 5: []})
+    sync = folder_sync(tmp_path, index, member, clock)
 
     async def take(source: str, records: Iterable[Signed]) -> list[Signed]:
         if [s.record.path for s in records] == ["c"]:  # meanwhile, a notice of rows 3 to 5
@@ -923,7 +930,7 @@ async def test_catching_up_stops_reading_pages_once_the_members_notices_bring_th
     sync.catch_up._take = take
     await sync.catch_up.catch_up("key0", "10.0.0.1:7777")
 
-    assert asked == [0, 2, 3], "the page after 3 was on its way; none after it was asked for"
+    assert member.asked == [0, 2, 3], "the page after 3 was on its way; none after it was asked for"
     assert index.peer_seq(FOLDER, "key0", "their epoch") == 5
 
 
@@ -931,17 +938,8 @@ async def test_catching_up_asks_past_the_rows_notices_brought_though_they_did_no
         tmp_path: Path, index: Index, clock: FakeClock) -> None:
     # A first sync: pages are read from the start while the member's notices of its newest
     # rows queue up behind our judging. Rows a notice brought are not asked for again.
-    pages = {0: ["a", "b"], 2: ["c", "d"], 8: ["i"], 9: []}  # since -> its paths
-    asked: list[int] = []
-
-    class Growing(Members):
-        async def fetch_index(self, address: str, request: IndexRequest) -> Records:
-            asked.append(request.since)
-            paths = pages[request.since]
-            return Records(FOLDER, tuple(Signed(record(p, content(p, 1)), b"sig")
-                                         for p in paths), "their epoch", request.since + len(paths))
-
-    sync = folder_sync(tmp_path, index, Growing(), clock)
+    member = Growing({0: ["a", "b"], 2: ["c", "d"], 8: ["i"], 9: []})
+    sync = folder_sync(tmp_path, index, member, clock)
 
     async def take(source: str, records: Iterable[Signed]) -> list[Signed]:
         if [s.record.path for s in records] == ["a", "b"]:  # a notice of rows 5 to 8 was taken
@@ -951,7 +949,7 @@ async def test_catching_up_asks_past_the_rows_notices_brought_though_they_did_no
     sync.catch_up._take = take
     await sync.catch_up.catch_up("key0", "10.0.0.1:7777")
 
-    assert asked == [0, 2, 8, 9], "rows 5 to 8 came in the notice"
+    assert member.asked == [0, 2, 8, 9], "rows 5 to 8 came in the notice"
     assert index.peer_seq(FOLDER, "key0", "their epoch") == 9
     # A notice of rows read already brings nothing: the exchange leaves it unjudged.
     assert await sync.catch_up.read_past("key0", "their epoch", 9)
