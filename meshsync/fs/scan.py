@@ -123,6 +123,12 @@ class Directories:
             os.close(self._fd)
         self._rel, self._fd = None, -1
 
+    def __enter__(self) -> Directories:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
 
 @contextmanager
 def parent(root: Path, path: str, create: bool = False) -> Iterator[tuple[int, str]]:

@@ -67,8 +67,7 @@ class Written:
     def echoes(self, root: Path, paths: Iterable[RelPath]) -> set[RelPath]:
         """Those of `paths` still as sync left them; each is forgotten once asked about."""
         found: set[RelPath] = set()
-        dirs = scan.Directories(root)
-        try:
+        with scan.Directories(root) as dirs:
             for path in sorted(p for p in paths if p in self.left):
                 left = self.left.pop(path)
                 try:
@@ -81,6 +80,4 @@ class Written:
                 if (left is None and seen is None) or (
                         seen is not None and seen.kind is not Kind.DIR and seen.stamp == left):
                     found.add(path)
-        finally:
-            dirs.close()
         return found

@@ -386,14 +386,11 @@ class Puller:
         usage = shutil.disk_usage(self.place.root)
         self._room = usage.free - self.min_free.of(usage.total)
         # A group's files mostly share directories: each is walked to from the root once.
-        dirs = scan.Directories(self.place.root)
-        try:
+        with scan.Directories(self.place.root) as dirs:
             for write in writes:
                 look = write.need.record.path not in settled
                 step = partial(self._open_one, write, opened, wanted, look, dirs)
                 attempt(batch, write.need, step, self.place, self.retries)
-        finally:
-            dirs.close()
         return wanted, {need.record.path for need, _, _ in batch.failed}
 
     def _open_one(self, write: _Write, opened: list[_Opened], wanted: list[Wanted],

@@ -235,12 +235,9 @@ def held_blocks(place: Place, hashes: tuple[bytes, ...]) -> list[bytes | None]:
         wanted.setdefault(path, set()).add(index)
     # A directory's files one after another, each directory opened once: a request for 64
     # small files walked from the root 64 times (a tenth of a first sync's sender).
-    dirs = scan.Directories(place.root)
-    try:
+    with scan.Directories(place.root) as dirs:
         read = {path: _readable(place, dirs, RelPath(path), wanted[path])
                 for path in sorted(wanted, key=lambda p: p.rpartition("/")[0])}
-    finally:
-        dirs.close()
     return [read[found[0]].get(found[1]) if (found := places.get(h)) else None for h in hashes]
 
 

@@ -464,27 +464,25 @@ def test_read_blocks_reads_each_block_of_a_local_file_alone(tmp_path: Path) -> N
     data = random.Random(4).randbytes(2 * BLOCK_SIZE + 7)
     (tmp_path / "f").write_bytes(data)
     (tmp_path / "link").symlink_to("f")
-    dirs = Directories(tmp_path)
 
-    assert read_blocks(dirs, RelPath("f"), [0]) == {0: data[:BLOCK_SIZE]}
-    assert read_blocks(dirs, RelPath("f"), [2]) == {2: data[2 * BLOCK_SIZE :]}
-    assert read_blocks(dirs, RelPath("f"), [3]) == {}
-    assert read_blocks(dirs, RelPath("gone"), [0]) == {}
-    assert read_blocks(dirs, RelPath("link"), [0]) == {}
-    dirs.close()
+    with Directories(tmp_path) as dirs:
+        assert read_blocks(dirs, RelPath("f"), [0]) == {0: data[:BLOCK_SIZE]}
+        assert read_blocks(dirs, RelPath("f"), [2]) == {2: data[2 * BLOCK_SIZE :]}
+        assert read_blocks(dirs, RelPath("f"), [3]) == {}
+        assert read_blocks(dirs, RelPath("gone"), [0]) == {}
+        assert read_blocks(dirs, RelPath("link"), [0]) == {}
 
 
 def test_read_blocks_reads_those_a_file_holds_through_one_open(tmp_path: Path) -> None:
     data = random.Random(5).randbytes(3 * BLOCK_SIZE + 9)
     (tmp_path / "f").write_bytes(data)
     (tmp_path / "d").mkdir()
-    dirs = Directories(tmp_path)
 
-    assert read_blocks(dirs, RelPath("f"), [3, 0, 7]) == {
-        0: data[:BLOCK_SIZE], 3: data[3 * BLOCK_SIZE :]}
-    assert read_blocks(dirs, RelPath("gone"), [0]) == {}
-    assert read_blocks(dirs, RelPath("d"), [0]) == {}
-    dirs.close()
+    with Directories(tmp_path) as dirs:
+        assert read_blocks(dirs, RelPath("f"), [3, 0, 7]) == {
+            0: data[:BLOCK_SIZE], 3: data[3 * BLOCK_SIZE :]}
+        assert read_blocks(dirs, RelPath("gone"), [0]) == {}
+        assert read_blocks(dirs, RelPath("d"), [0]) == {}
 
 
 # -- changes of kind: x is a file, a directory or a link here, and becomes another ------------
