@@ -871,6 +871,30 @@ async def test_a_scans_notices_say_which_rows_of_its_index_each_holds(
         assert [s.record for s in notice.records] == rows
 
 
+async def test_a_long_scan_stores_and_announces_in_stores_that_grow(
+        tmp_path: Path, index: Index, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[Records] = []
+
+    class Heard(Members):
+        async def publish(self, notice: Records) -> None:
+            sent.append(notice)
+
+    monkeypatch.setattr(scanner, "STORE_FIRST", 2)
+    monkeypatch.setattr(scanner, "STORE_MOST", 8)
+    monkeypatch.setattr(scanner, "STORE_WITHIN", 3600.0)  # by count alone
+    sync = folder_sync(tmp_path, index, Heard(), clock)
+    names = [f"f{n:02}" for n in range(30)]
+    for name in names:
+        (tmp_path / "photos" / name).write_bytes(name.encode())
+    await sync._scan({RelPath(n) for n in names}, set(), set())
+
+    # The first peers hear of is small, so they start at once; each next twice as big, up to
+    # the most, so a scan of many files costs few transactions (and writes) in the index.
+    assert [len(n.records) for n in sent] == [2, 4, 8, 8, 8]
+    assert sorted(s.record.path for n in sent for s in n.records) == names
+    assert [(n.since, n.seq) for n in sent] == [(0, 2), (2, 6), (6, 14), (14, 22), (22, 30)]
+
+
 async def test_a_notice_holding_the_rows_after_those_read_spares_catch_up_asking_for_them(
         tmp_path: Path, index: Index, clock: FakeClock) -> None:
     mesh = Resting()
