@@ -46,9 +46,10 @@ STAMP_PAGE = 10000  # rows per read of `stamps`, a tenth the size
 _UNDER = "path >= ? AND path < ? AND (path = ? OR path >= ?)"
 LOGGED_ROWS = 20  # damaged rows logged one by one; past that, one line per batch set aside
 T = TypeVar("T")
-# CROSS JOIN pins the loop order so the lookup starts from the hash index.
+# CROSS JOIN pins the loop order so the lookup starts from the hash index, which keys on the
+# first 8 bytes of a hash (schema/007): the whole hash is compared after.
 FIND_BLOCK = ("SELECT f.path, b.idx FROM blocks AS b CROSS JOIN files AS f ON f.id = b.file"
-              " WHERE b.hash = ? AND f.folder = ? LIMIT 1")
+              " WHERE substr(b.hash, 1, 8) = ? AND b.hash = ? AND f.folder = ? LIMIT 1")
 
 
 class Index:
@@ -308,7 +309,7 @@ class Index:
         found: dict[bytes, tuple[str, int]] = {}
         with self._guarded():
             for digest in dict.fromkeys(digests):
-                row = self._db.execute(FIND_BLOCK, (digest, folder)).fetchone()
+                row = self._db.execute(FIND_BLOCK, (digest[:8], digest, folder)).fetchone()
                 # A damaged row is set aside when read as an entry; until then it places nothing.
                 if row is not None and (type(row[0]), type(row[1])) == (str, int):
                     found[digest] = row
