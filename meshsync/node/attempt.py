@@ -39,6 +39,10 @@ class Batch:
     failed: list[tuple[Need, str, str]] = field(default_factory=list)
     after_deletions: list[Need] = field(default_factory=list)  # replace a directory emptied
     resolved: list[Signed] = field(default_factory=list)  # resolutions stored, to announce
+    # Where each version done came from (its need's source), "" for one stored otherwise
+    # than it came (a resolution): a member whose versions alone a put stores is told so.
+    sources: set[str] = field(default_factory=set)
+    covered: list[tuple[str, range]] = field(default_factory=list)  # (member, seqs) to tell
 
 
 class NoRoom(Exception):
@@ -99,3 +103,4 @@ def attempt(batch: Batch, need: Need, step: Callable[[], Done | None], place: Pl
         return
     if finished is not None:
         batch.done.append(finished)
+        batch.sources.add(need.source if finished[0] is need.record else "")

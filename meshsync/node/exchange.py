@@ -50,13 +50,15 @@ class Exchange:
                             None)
         return None
 
-    async def publish(self, notice: Records, skip: frozenset[str] = frozenset()) -> None:
-        """Send a notice to the coordinator and every other member sharing its folder: queued
-        for each, so that no member waits for another, nor the caller for any."""
+    async def publish(self, notice: Records, skip: frozenset[str] = frozenset(),
+                      to: str | None = None) -> None:
+        """Send a notice to the coordinator and every other member sharing its folder (but
+        those in `skip`; `to` one alone): queued for each, so that no member waits for
+        another, nor the caller for any."""
         if self.tasks is None:  # not running, or on the way out: peers catch up later
             return
         for p in self._online_members(notice.folder):
-            if p.address and p.id.key not in skip:
+            if p.address and p.id.key not in skip and to in (None, p.id.key):
                 self.outbox.post(self.tasks, (p.address, p.key), notice)
 
     async def _send_notice(self, address: str, key: bytes, notice: Records) -> None:
@@ -99,7 +101,7 @@ class Exchange:
         if notice.listless:  # one we cannot rebuild comes whole with catch-up, soon
             rebuilt, lacking = await asyncio.to_thread(sync.rebuild, notice.listless)
             records += rebuilt
-        news = await sync.take(sender.key, records)
+        news = await sync.take(sender.key, records) if records else []
         to = self._relay_to(sender) if news else frozenset()
         if to:
             # Only what was news to us (what was not, we passed on before): a member that

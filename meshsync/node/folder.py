@@ -75,8 +75,9 @@ class Mesh(Verifier, Sources, Indexes, Protocol):
     def untrusted_origin(self, origin: str) -> str:
         """One line for people: which node `origin` is, and the command that would trust it."""
 
-    async def publish(self, notice: Records) -> None:
-        """Send a notice to the coordinator and gossip it to the members sharing its folder."""
+    async def publish(self, notice: Records, to: str | None = None) -> None:
+        """Send a notice to the coordinator and gossip it to the members sharing its folder;
+        `to` one member alone (its vector key)."""
 
 
 
@@ -97,7 +98,8 @@ class FolderSync:
         self.scanner = Scanner(self.place, mesh.me.key, sign)
         self.judge = Judge(self.place, mesh)
         self.puller = Puller(self.place, self.judge, mesh, self.clock, self._rescan,
-                             min_free or MinFree(), mesh.me.key, sign, self._publish)
+                             min_free or MinFree(), mesh.me.key, sign, self._publish,
+                             self._covered)
         self.sent = Rate()
         self.catch_up = CatchUp(self.place, mesh, epoch, self.take, self._too_large,
                                 self.rebuild, self.clock, catch_up_every)
@@ -337,6 +339,14 @@ class FolderSync:
                                                 Lists.PATCHES, since=seqs[at] - 1))
             at = end
         self._too_large([s.record for s in changes if size_bound(s) > BATCH_BUDGET])
+
+    async def _covered(self, member: str, seqs: range) -> None:
+        """Tell a member that the rows `seqs` of our index hold only versions it sent us, as
+        it sent them: a notice of those rows that leaves them all out. It would read them in
+        catch-up else, and judge every one history: in a first sync, the sender read back
+        every row the receiver wrote (a quarter of the sender's time holding the GIL)."""
+        await self.mesh.publish(Records(self.id, (), self.catch_up.epoch, seqs[-1],
+                                        since=seqs[0] - 1), to=member)
 
     async def _publish(self, changes: list[Signed]) -> None:
         """Announce resolutions the puller stored."""

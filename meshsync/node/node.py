@@ -106,9 +106,10 @@ class Node:
         """(node key, address) of the online members sharing `folder`, coordinator first."""
         return self._exchange.sources(folder)
 
-    async def publish(self, notice: Records) -> None:
-        """Send a notice to the coordinator and every other member sharing its folder."""
-        await self._exchange.publish(notice)
+    async def publish(self, notice: Records, to: str | None = None) -> None:
+        """Send a notice to the coordinator and every other member sharing its folder; `to`
+        one member alone (its vector key)."""
+        await self._exchange.publish(notice, to=to)
 
     def advertised_seq(self, folder: str, key: str) -> int | None:
         """The last seq of a member's index for `folder`, by its latest hello."""

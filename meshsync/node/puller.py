@@ -74,7 +74,8 @@ class Puller:
     def __init__(self, place: Place, judge: Judge, mesh: Sources, clock: Clock,
                  rescan: Callable[[set[RelPath], set[RelPath]], None], min_free: MinFree,
                  me: str, sign: Callable[[FileRecord], bytes],
-                 announce: Callable[[list[Signed]], Awaitable[None]]) -> None:
+                 announce: Callable[[list[Signed]], Awaitable[None]],
+                 covered: Callable[[str, range], Awaitable[None]]) -> None:
         self.place = place
         self.judge = judge
         self.clock = clock
@@ -88,6 +89,7 @@ class Puller:
         self.min_free = min_free
         self.me, self.sign = me, sign
         self._announce = announce  # resolutions this node published
+        self._covered = covered  # (member, seqs): rows that hold only what it sent us
         self._room = 0  # bytes the group being opened may still take
         self._after_deletions: list[Need] = []
         self._resolved: list[Signed] = []  # resolutions stored this pass, announced at its end
@@ -223,6 +225,8 @@ class Puller:
                 self._fail(need, cause, reason)
             self._after_deletions += batch.after_deletions
             self._resolved += batch.resolved
+            for source, seqs in batch.covered:
+                await self._covered(source, seqs)
         debug = log.isEnabledFor(logging.DEBUG)
         for record, *_ in batch.done:  # in the index now
             self.retries.succeeded(record.path)
@@ -241,7 +245,7 @@ class Puller:
             step = partial(self._apply_one, batch, need, entries.get(need.record.path), writes,
                            present)
             attempt(batch, need, step, self.place, self.retries)
-        self._put(batch.done)
+        self._put(batch)
         return writes
 
     def _apply_one(self, batch: Batch, need: Need, entry: Entry | None, writes: list[_Write],
@@ -440,12 +444,16 @@ class Puller:
             step = partial(self._commit_one, batch, write, incoming)
             attempt(batch, write.need, step, self.place, self.retries)
         apply.sync(self.place.root)
-        self._put(batch.done)
+        self._put(batch)
 
-    def _put(self, written: list[Done]) -> None:
+    def _put(self, batch: Batch) -> None:
         """Record what was written in the index, and remember it for telling the watcher's
-        reports of it from edits (see place.Written)."""
-        self.place.index.put(self.place.id, written)
+        reports of it from edits (see place.Written). Rows that hold only versions one member
+        sent us, as it sent them, are noted for telling it (see FolderSync._covered)."""
+        written = batch.done
+        seqs = self.place.index.put(self.place.id, written)
+        if seqs and len(batch.sources) == 1 and (source := next(iter(batch.sources))):
+            batch.covered.append((source, range(seqs[0], seqs[-1] + 1)))
         self.place.written.add(
             (r.path, None if r.deleted else stamp(r.kind, r.size, r.mode, r.mtime_ns, r.target,
                                                    inode))

@@ -80,7 +80,7 @@ class Members:
     def sources(self, folder: str) -> list[tuple[str, str]]:
         return [(f"key{n}", address) for n, address in enumerate(self.addresses)]
 
-    async def publish(self, notice: Records) -> None:
+    async def publish(self, notice: Records, to: str | None = None) -> None:
         pass
 
     async def fetch_blocks(self, address: str, request: BlockRequest) -> list[bytes | None]:
@@ -414,7 +414,7 @@ class Publishing(Members):
         super().__init__()
         self.published: list[FileRecord] = []
 
-    async def publish(self, notice: Records) -> None:
+    async def publish(self, notice: Records, to: str | None = None) -> None:
         self.published += [s.record for s in notice.records]
 
 
@@ -816,6 +816,34 @@ async def test_a_big_file_changed_in_one_block_fetches_that_block_and_copies_the
         assert sum(n for _, n in mesh.taken()) == 1
 
 
+async def test_a_member_is_told_which_rows_hold_only_what_it_sent_so_its_catch_up_skips_them(
+        tmp_path: Path, index: Index, clock: FakeClock) -> None:
+    told: list[tuple[str | None, Records]] = []
+
+    class Told(Members):
+        async def publish(self, notice: Records, to: str | None = None) -> None:
+            told.append((to, notice))
+
+    mesh = Told()
+    files = {f"f{n}": content(f"f{n}", 1) for n in range(4)}
+    mesh.blocks = {hashlib.sha256(b).digest(): b for data in files.values() for b in data}
+    sync = folder_sync(tmp_path, index, mesh, clock)
+    queue(index, *(record(path, files[path]) for path in ("f0", "f1")))  # from key0
+    await sync.puller.apply_due()
+    # Its rows 1 and 2 hold what key0 sent, as it sent it: a notice of them that leaves them
+    # out, to key0 alone. Read in catch-up, key0 would judge each history.
+    assert told == [("key0", Records(FOLDER, (), sync.catch_up.epoch, 2, since=0))]
+    assert [e.record for e in index.since(FOLDER, 0)] == [record(p, files[p]) for p in ("f0", "f1")]
+
+    # Rows that also hold another member's version, or a resolution, are news to key0: none.
+    told.clear()
+    queue(index, record("f2", files["f2"]))
+    index.add_needs(FOLDER, [Need(record("f3", files["f3"]), b"sig:f3", "key1")])
+    await sync.puller.apply_due()
+    assert told == []
+    assert [e.record.path for e in index.since(FOLDER, 2)] == ["f2", "f3"]
+
+
 async def test_the_watcher_reporting_what_sync_wrote_costs_no_scan_but_an_edit_since_is_found(
         tmp_path: Path, index: Index, clock: FakeClock) -> None:
     # A first sync of 100k files would otherwise scan each file again as the watcher reports it.
@@ -853,7 +881,7 @@ async def test_a_scans_notices_say_which_rows_of_its_index_each_holds(
     sent: list[Records] = []
 
     class Heard(Members):
-        async def publish(self, notice: Records) -> None:
+        async def publish(self, notice: Records, to: str | None = None) -> None:
             sent.append(notice)
 
     index.put(FOLDER, [(record(p, content(p, 1)), b"sig", 0, 0) for p in ("old1", "old2")])
@@ -876,7 +904,7 @@ async def test_a_long_scan_stores_and_announces_in_stores_that_grow(
     sent: list[Records] = []
 
     class Heard(Members):
-        async def publish(self, notice: Records) -> None:
+        async def publish(self, notice: Records, to: str | None = None) -> None:
             sent.append(notice)
 
     monkeypatch.setattr(scanner, "STORE_FIRST", 2)
