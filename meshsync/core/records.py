@@ -105,8 +105,8 @@ class FileRecord:
         """The bytes the origin signs: the record in one fixed form, bound to its folder.
 
         That form is `json.dumps([folder, self.to_json()], sort_keys=True, separators=(",",
-        ":"))`, written out here at a third of the cost: every record is signed once and
-        checked by every member it reaches (6 µs a record, a tenth of a first index's CPU).
+        ":"))`, written out here at a third of the cost (1.85 µs a record, not 5.8): every
+        record is signed once and checked by every member it reaches.
         """
         author = f'"author":{_quoted(self.author)},' if self.author else ""
         blocks = ",".join([f'"{b.hex()}"' for b in self.blocks])

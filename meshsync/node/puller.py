@@ -452,7 +452,8 @@ class Puller:
         sent us, as it sent them, are noted for telling it (see FolderSync._covered)."""
         written = batch.done
         seqs = self.place.index.put(self.place.id, written)
-        if seqs and len(batch.sources) == 1 and (source := next(iter(batch.sources))):
+        if seqs and len(batch.sources) == 1 and (
+                source := next(iter(batch.sources))) not in ("", REVIVED):
             batch.covered.append((source, range(seqs[0], seqs[-1] + 1)))
         self.place.written.add(
             (r.path, None if r.deleted else stamp(r.kind, r.size, r.mode, r.mtime_ns, r.target,

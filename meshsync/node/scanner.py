@@ -41,7 +41,7 @@ WAIT_OUT = 8 << 20  # bytes: a file this big waits out a fine tick, not hashed t
 # is a transaction that rewrites every index page it touches, and the keys of the index of
 # block hashes are random: a store of n versions touches some n of its pages, up to all of
 # them. So the stores grow, the first small (files flow at once) and each next one twice as
-# big: a first index of 100k files wrote 447 MB through 100 stores, 164 MB through a few.
+# big: a first index of 100k files wrote 447 MB through 100 stores, 161 MB through a few.
 STORE_FIRST = 1000  # new versions
 STORE_MOST = 64_000
 STORE_WITHIN = 2.0  # seconds
