@@ -408,14 +408,17 @@ async def test_a_version_an_offline_member_may_hold_is_waited_for(
 
 
 class Publishing(Members):
-    """Members that keep what the folder publishes."""
+    """Members that keep what the folder publishes: its records, and each notice with the
+    member it was for (None: every member)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.published: list[FileRecord] = []
+        self.notices: list[tuple[str | None, Records]] = []
 
     async def publish(self, notice: Records, to: str | None = None) -> None:
         self.published += [s.record for s in notice.records]
+        self.notices.append((to, notice))
 
 
 async def test_a_deletion_that_beats_ours_under_a_path_now_a_file_is_stored_as_a_resolution(
@@ -818,13 +821,8 @@ async def test_a_big_file_changed_in_one_block_fetches_that_block_and_copies_the
 
 async def test_a_member_is_told_which_rows_hold_only_what_it_sent_so_its_catch_up_skips_them(
         tmp_path: Path, index: Index, clock: FakeClock) -> None:
-    told: list[tuple[str | None, Records]] = []
-
-    class Told(Members):
-        async def publish(self, notice: Records, to: str | None = None) -> None:
-            told.append((to, notice))
-
-    mesh = Told()
+    mesh = Publishing()
+    told = mesh.notices
     files = {f"f{n}": content(f"f{n}", 1) for n in range(4)}
     mesh.blocks = {hashlib.sha256(b).digest(): b for data in files.values() for b in data}
     sync = folder_sync(tmp_path, index, mesh, clock)
@@ -878,20 +876,16 @@ def test_what_sync_wrote_is_remembered_for_the_watcher_up_to_a_bound(tmp_path: P
 
 async def test_a_scans_notices_say_which_rows_of_its_index_each_holds(
         tmp_path: Path, index: Index, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
-    sent: list[Records] = []
-
-    class Heard(Members):
-        async def publish(self, notice: Records, to: str | None = None) -> None:
-            sent.append(notice)
-
+    mesh = Publishing()
     index.put(FOLDER, [(record(p, content(p, 1)), b"sig", 0, 0) for p in ("old1", "old2")])
     monkeypatch.setattr(wire, "MAX_BATCH_RECORDS", 2)  # three changes: two notices
-    sync = folder_sync(tmp_path, index, Heard(), clock)
+    sync = folder_sync(tmp_path, index, mesh, clock)
     root = tmp_path / "photos"
     for name in ("a", "b", "c"):
         (root / name).write_bytes(name.encode())
     await sync._scan({RelPath("a"), RelPath("b"), RelPath("c")}, set(), set())
 
+    sent = [notice for _, notice in mesh.notices]
     assert [(n.epoch, n.since, n.seq) for n in sent] == [(sync.catch_up.epoch, 2, 4),
                                                         (sync.catch_up.epoch, 4, 5)]
     for notice in sent:  # exactly the rows a page after `since` up to `seq` would hold
@@ -901,21 +895,17 @@ async def test_a_scans_notices_say_which_rows_of_its_index_each_holds(
 
 async def test_a_long_scan_stores_and_announces_in_stores_that_grow(
         tmp_path: Path, index: Index, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
-    sent: list[Records] = []
-
-    class Heard(Members):
-        async def publish(self, notice: Records, to: str | None = None) -> None:
-            sent.append(notice)
-
+    mesh = Publishing()
     monkeypatch.setattr(scanner, "STORE_FIRST", 2)
     monkeypatch.setattr(scanner, "STORE_MOST", 8)
     monkeypatch.setattr(scanner, "STORE_WITHIN", 3600.0)  # by count alone
-    sync = folder_sync(tmp_path, index, Heard(), clock)
+    sync = folder_sync(tmp_path, index, mesh, clock)
     names = [f"f{n:02}" for n in range(30)]
     for name in names:
         (tmp_path / "photos" / name).write_bytes(name.encode())
     await sync._scan({RelPath(n) for n in names}, set(), set())
 
+    sent = [notice for _, notice in mesh.notices]
     # The first peers hear of is small, so they start at once; each next twice as big, up to
     # the most, so a scan of many files costs few transactions (and writes) in the index.
     assert [len(n.records) for n in sent] == [2, 4, 8, 8, 8]
