@@ -282,8 +282,12 @@ class TrustStore:
 
     def _load(self, path: Path) -> Grants:
         try:
-            st = path.stat()
-            real = Path(os.path.realpath(path))
+            # Looked up many times a second: two stat calls, unless the path is a link (then
+            # the directory to judge is its target's, as sshd resolves it).
+            st = path.lstat()
+            real = path
+            if stat.S_ISLNK(st.st_mode):
+                st, real = path.stat(), Path(os.path.realpath(path))
             parent = real.parent.stat()
         except OSError:
             return {}

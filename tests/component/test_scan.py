@@ -423,6 +423,53 @@ async def test_a_watch_whose_process_ends_says_so_and_reports_changes_until_then
             await task
 
 
+def scheduled(pid: int) -> int:
+    """How many times the threads of process `pid` have been run so far (each wakeup counts)."""
+    runs = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(FileNotFoundError):  # a thread that ended meanwhile
+            runs += int((task / "schedstat").read_text().split()[2])
+    return runs
+
+
+async def quiet_for_a_second(pid: int) -> None:
+    """Until process `pid` runs at most a few times in one second."""
+    async with asyncio.timeout(10):
+        while True:
+            before = scheduled(pid)
+            await asyncio.sleep(1)
+            if scheduled(pid) - before <= 5:
+                return
+
+
+async def test_the_watching_process_sleeps_while_nothing_changes_and_wakes_for_a_change(
+        tmp_path: Path) -> None:
+    # watchfiles looks for changes every step whether or not anything happens: at a 10 ms
+    # step, 100 wakeups a second, most of what an idle node spent. The child sleeps until
+    # the kernel signals an event instead, and a change still arrives at once.
+    ready = asyncio.Event()
+    reported: set[RelPath] = set()
+    before = children(os.getpid())
+
+    async def collect() -> None:
+        async for batch in watch(tmp_path, ready.set):
+            reported.update(batch)
+
+    task = asyncio.create_task(collect(), name="watch")
+    try:
+        async with asyncio.timeout(10):
+            await ready.wait()
+        (child,) = children(os.getpid()) - before
+        for name in ("after-a-quiet", "after-another"):
+            await quiet_for_a_second(child)
+            (tmp_path / name).write_text("x")
+            await until(lambda: name in reported)  # noqa: B023 (awaited in this iteration)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 WATCHING_NODE = """
 import asyncio, sys
 from pathlib import Path
