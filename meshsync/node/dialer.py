@@ -22,7 +22,7 @@ from meshsync.net.client import (
     Reply,
 )
 from meshsync.node.addressbook import MAX_HINTS, AddressBook, host_of
-from meshsync.node.hello import Greeter
+from meshsync.node.hello import Greeter, Moment
 from meshsync.node.peers import Peers
 
 log = logging.getLogger("meshsync")
@@ -57,8 +57,9 @@ class Dialer:
         # and then, as trust may have been added.
         hints = self._book.hints
         everyone = self._peers.election.needs_hellos(now)
+        moment = self._greeter.moment()
         known = {p.address for p in self._peers.roster if p.address and (
-            self._due(p, everyone) if p.trusted else
+            self._due(p, everyone, moment) if p.trusted else
             now - self._stranger_checked.get(p.address, -STRANGER_EVERY) >= STRANGER_EVERY)}
         room = HINTS_DIALLED_AT_ONCE - sum(a in hints for a in self._inflight)
         due = sorted((a for a, h in hints.items()
@@ -66,7 +67,7 @@ class Dialer:
                      key=lambda a: hints[a].next_try)
         return sorted((known - self._inflight) | set(due[: max(room, 0)]))
 
-    def _due(self, peer: Peer, everyone: bool) -> bool:
+    def _due(self, peer: Peer, everyone: bool, moment: Moment) -> bool:
         """Whether a trusted peer gets a hello this heartbeat: as the election says (every one
         while we ask around, one not up, one whose beats stopped), our coordinator while no
         link to it is open (a closed link is how a crash is noticed at once), one whose trust
@@ -75,7 +76,7 @@ class Dialer:
         election = self._peers.election
         return (election.greets(peer.id, self._peers.clock.now(), everyone)
                 or (peer.id == election.coordinator and not self.linked(peer.id))
-                or peer.trusts_us is not True or self._greeter.news_for(peer.id))
+                or peer.trusts_us is not True or self._greeter.news_for(peer.id, moment))
 
     def probe(self, client: PeerClient, tg: asyncio.TaskGroup, peer_id: NodeId) -> None:
         """A hello to a member now: its link closed (it may be gone, and a closed port says so

@@ -462,6 +462,10 @@ class FolderSync:
         """How far this folder is, for our hellos; runs in a thread."""
         return report.progress(self)
 
+    def progress_stamp(self) -> tuple[object, ...]:
+        """Changes whenever `progress` may have; on the loop."""
+        return report.progress_stamp(self)
+
 
 def rescan_every(watching: bool, took: float) -> float:
     """Seconds from one full rescan to the next, the last having taken `took` seconds."""

@@ -52,6 +52,7 @@ class Greeter:
         self.progress: dict[FolderId, Progress] = {}  # ours, told in hellos
         self._told: dict[NodeId, str] = {}  # the gist of the last hello each peer took
         self._heard: dict[NodeId, str] = {}  # the gist of the last hello each peer gave
+        self._gists: dict[NodeId, tuple[Hello, str]] = {}  # our last hello to each, its gist
 
     async def handle_hello(self, key: bytes, hello: Hello, remote: str) -> Hello:
         """A trusted peer's hello (a heartbeat); the answer is ours."""
@@ -118,15 +119,33 @@ class Greeter:
 
     def told(self, peer: NodeId, hello: Hello) -> None:
         """`peer` took this hello of ours (as our hello, or as the answer to its own)."""
-        self._told[peer] = hello.gist
+        self._told[peer] = self._gist(peer, hello)
 
     def forget(self, peer: NodeId) -> None:
         """`peer` may have lost what we told it (it went down): tell it again."""
         self._told.pop(peer, None)
+        self._gists.pop(peer, None)
 
-    def news_for(self, peer: NodeId) -> bool:
-        """Whether our hello to `peer` now says more than the last one it took."""
-        return self._told.get(peer) != self.hello(peer).gist
+    def news_for(self, peer: NodeId, moment: Moment | None = None) -> bool:
+        """Whether our hello to `peer` now says more than the last one it took (`moment`:
+        shared by the questions asked of every peer at once)."""
+        return self._told.get(peer) != self.gist_for(peer, moment)
+
+    def gist_for(self, peer: NodeId, moment: Moment | None = None) -> str:
+        """The gist of our hello to `peer` now, as our beats on its link say."""
+        return self._gist(peer, self.hello(peer, moment))
+
+    def moment(self) -> Moment:
+        """What our hellos to several peers share now."""
+        return Moment(self._peers)
+
+    def _gist(self, peer: NodeId, hello: Hello) -> str:
+        # Asked of every member's hello every heartbeat and every beat, and the hello is
+        # nearly always the last one again: its JSON and digest are made once.
+        last = self._gists.get(peer)
+        if last is None or last[0] != hello:
+            last = self._gists[peer] = (hello, hello.gist)
+        return last[1]
 
     def missed(self, peer: NodeId, said: str) -> bool:
         """Whether `peer`'s hello to us now (its gist `said`, as its beat tells) is not the last
@@ -152,10 +171,18 @@ class Greeter:
         self._trust_changed()
         self._wake.set()
 
-    def hello(self, to: NodeId | None = None) -> Hello:
+    def hello(self, to: NodeId | None = None, moment: Moment | None = None) -> Hello:
         """Our hello; to a peer, with where the members it may sync with listen."""
         peers = self._peers
         leaving = self._stop.is_set()
+        members: tuple[MemberAddress, ...] = ()
+        member_keys: tuple[bytes, ...] | None = None
+        progress: tuple[Progress, ...] = ()
+        if to is not None and not leaving:
+            moment = moment or Moment(peers)
+            members = self._member_addresses(to, moment)
+            member_keys = self._member_keys(to, moment)
+            progress = self._progress_for(to)
         return Hello(
             name=peers.name,
             port=peers.port,
@@ -164,9 +191,9 @@ class Greeter:
             coordinator=peers.election.coordinator,
             leaving=leaving,
             hears_coordinator=peers.election.hears_coordinator(peers.me, peers.clock.now()),
-            members=() if leaving or to is None else self._member_addresses(to),
-            member_keys=None if leaving or to is None else self._member_keys(to),
-            progress=() if leaving or to is None else self._progress_for(to),
+            members=members,
+            member_keys=member_keys,
+            progress=progress,
         )
 
     def _progress_for(self, to: NodeId) -> tuple[Progress, ...]:
@@ -175,7 +202,7 @@ class Greeter:
         shared = peer.folders if peer is not None else frozenset()
         return tuple(p for folder, p in sorted(self.progress.items()) if folder in shared)
 
-    def _member_addresses(self, to: NodeId) -> tuple[MemberAddress, ...]:
+    def _member_addresses(self, to: NodeId, moment: Moment) -> tuple[MemberAddress, ...]:
         """Where our online members listen that share a folder with `to` (never `to` itself,
         nor a peer we do not trust), the most recently heard first."""
         peers = self._peers
@@ -183,7 +210,7 @@ class Greeter:
         if recipient is None:
             return ()
         found: list[MemberAddress] = []
-        for peer in sorted(peers.roster, key=lambda p: p.last_seen or 0.0, reverse=True):
+        for peer in moment.by_seen:
             if (peer.id == to or not peer.address or not peer.folders & recipient.folders
                     or not peer.is_member(peers.folder_ids)
                     or not peers.election.is_up(peer.id)):
@@ -195,7 +222,7 @@ class Greeter:
                 break
         return tuple(found)
 
-    def _member_keys(self, to: NodeId) -> tuple[bytes, ...] | None:
+    def _member_keys(self, to: NodeId, moment: Moment) -> tuple[bytes, ...] | None:
         """The keys of members sharing a folder with `to` that we trust on our own word (never
         on an introducer's: introductions go one hop), by ID: trusted by `to` too if it made
         us its introducer. Public keys only, and only to a peer we trust; None (no word on
@@ -207,13 +234,32 @@ class Greeter:
         if recipient is None:
             return ()
         shared = recipient.folders & peers.folder_ids
-        found = [p for p in sorted(peers.roster, key=lambda p: p.id)
+        found = [p for p in moment.by_id
                  if p.id != to and p.folders & shared and p.is_member(peers.folder_ids)
                  and len(p.key) <= MAX_KEY_BYTES]
         if not found:
             return ()
-        listed = set(peers.trust.known_keys(introduced=False))
-        return tuple(p.key for p in found if p.key in listed)[:MAX_MEMBER_KEYS]
+        return tuple(p.key for p in found if p.key in moment.listed)[:MAX_MEMBER_KEYS]
+
+
+class Moment:
+    """What our hellos to several peers at once share, worked out once: the roster in the two
+    orders hellos tell it in, and (when first asked) the keys our own lines trust. Every member
+    asks this of every other each heartbeat: among ten nodes, nine hellos a second."""
+
+    def __init__(self, peers: Peers) -> None:
+        roster = list(peers.roster)
+        self.by_seen = sorted(roster, key=lambda p: p.last_seen or 0.0, reverse=True)
+        self.by_id = sorted(roster, key=lambda p: p.id)
+        self._trust = peers.trust
+        self._listed: set[bytes] | None = None
+
+    @property
+    def listed(self) -> set[bytes]:
+        """The keys an unexpired line of our own trusts."""
+        if self._listed is None:
+            self._listed = set(self._trust.known_keys(introduced=False))
+        return self._listed
 
 
 @functools.lru_cache(maxsize=1024)

@@ -154,7 +154,7 @@ class Links:
             beat = Beat(election.term, election.coordinator,
                         election.hears_coordinator(self._peers.me, now),
                         up if up != link.sent_up else None,
-                        self._greeter.hello(link.peer).gist)
+                        self._greeter.gist_for(link.peer))
             await link.socket.send(beat.to_json())
             link.sent_up = up
             with contextlib.suppress(TimeoutError):

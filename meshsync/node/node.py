@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from meshsync.control import server as control_server
 from meshsync.core import election as el
 from meshsync.core.ids import NodeId
-from meshsync.core.wire import BlockRequest, Data, Hello, IndexRequest, Records
+from meshsync.core.wire import BlockRequest, Data, FolderId, Hello, IndexRequest, Records
 from meshsync.crypto import tls
 from meshsync.crypto.keys import Signer
 from meshsync.crypto.trust import TrustStore
@@ -212,7 +212,8 @@ class Node:
         while True:
             self._wake.clear()
             now = self._clock.now()
-            stamp = await asyncio.to_thread(self._trust.stamp)
+            # A few stat calls, as every trust look-up makes on the loop: no trip to a thread.
+            stamp = self._trust.stamp()
             if stamp != self._trust_stamp:  # authorized_keys or trusted_keys edited
                 self._trust_stamp = stamp
                 self._trust_changed()
@@ -223,10 +224,15 @@ class Node:
 
     async def _progresses(self) -> None:
         # Apart from the heartbeats: reading the index may wait on a long write, and hellos
-        # must not.
+        # must not. A trip to a thread costs an idle node more than what it does there: none
+        # while nothing has changed.
+        read: dict[FolderId, tuple[object, ...]] = {}
         while True:
             for sync in self._folders.values():
-                self._greeter.progress[sync.id] = await asyncio.to_thread(sync.progress)
+                stamp = sync.progress_stamp()  # before the read: a change meanwhile reads again
+                if read.get(sync.id) != stamp:
+                    self._greeter.progress[sync.id] = await asyncio.to_thread(sync.progress)
+                    read[sync.id] = stamp
             await asyncio.sleep(PROGRESS_EVERY)
 
     async def _ticks(self) -> None:

@@ -108,6 +108,12 @@ def progress(sync: Folder) -> Progress:
     return Progress(folder, state, files, size, index.counts(folder)[1], index.max_seq(folder))
 
 
+def progress_stamp(sync: Folder) -> tuple[object, ...]:
+    """What `progress` depends on, read without a query: while it stays, so does the progress."""
+    return (sync.place.index.writes, sync.mounted, sync.scanned, sync.scanner.progress is None,
+            len(sync.puller.retries))
+
+
 def _waiting(sync: Folder, files: int) -> int:
     """Versions waiting for a retry (none when nothing is queued: the waits of versions no
     longer wanted are forgotten at the next pass)."""

@@ -65,6 +65,7 @@ class Index:
         self._damaged: dict[str, set[RelPath]] = {}  # folder -> paths set aside, under _lock
         self._logged = 0  # damaged rows logged one by one, under _lock
         self._failed = False  # an error met: the next open checks the file whole
+        self.writes = 0  # transactions committed: a reader may skip a query while it stays
         self._db = open_database(path)
 
     def close(self) -> None:
@@ -96,6 +97,7 @@ class Index:
                     self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self.writes += 1
 
     def _rows(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         with self._guarded():
