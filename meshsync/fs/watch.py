@@ -36,6 +36,7 @@ from meshsync.core.paths import RelPath, check_path
 
 DEBOUNCE_MS = 200  # how long a burst of changes may gather into one batch
 STEP_MS = 5  # while events come: how soon a change is seen (one step), and settled (two)
+POLL_STEP_MS = 10  # the step without signals, all the time: how soon a change is seen
 QUIET_MS = 100  # a round with no change ends after this: the event was a read, say
 LATE_S = 1.0  # after a round, one more this late, signal or not: watchfiles may lag the kernel
 RECORD_LIMIT = 64 << 10  # bytes: a path is at most PATH_MAX (4 KiB) on Linux
@@ -215,7 +216,8 @@ def _serve(root: str) -> None:
             out.flush()
             woken = True  # the first round at once: events before the signals were asked for
             while not stop.is_set():
-                changes = notify.watch(DEBOUNCE_MS, STEP_MS, QUIET_MS if signalled else 0, stop)
+                changes = (notify.watch(DEBOUNCE_MS, STEP_MS, QUIET_MS, stop) if signalled
+                           else notify.watch(DEBOUNCE_MS, POLL_STEP_MS, 0, stop))
                 if isinstance(changes, set):
                     # Each path once (a file written shows as added, modified, deleted...), and
                     # none of meshsync's own: a file synced in is a temp file's few events and
