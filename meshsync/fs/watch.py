@@ -37,7 +37,10 @@ from meshsync.core.paths import RelPath, check_path
 DEBOUNCE_MS = 200  # how long a burst of changes may gather into one batch
 STEP_MS = 5  # while events come: how soon a change is seen (one step), and settled (two)
 POLL_STEP_MS = 10  # the step without signals, all the time: how soon a change is seen
-QUIET_MS = 100  # a round with no change ends after this: the event was a read, say
+# A round with no change ends after this: the event was a read, say. watchfiles empties its
+# set as a round times out, so a change it records in the instant between its last look and
+# that (some 100 ns) is not reported; the next full rescan finds it.
+QUIET_MS = 100
 LATE_S = 1.0  # after a round, one more this late, signal or not: watchfiles may lag the kernel
 RECORD_LIMIT = 64 << 10  # bytes: a path is at most PATH_MAX (4 KiB) on Linux
 
