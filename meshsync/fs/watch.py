@@ -263,7 +263,7 @@ def _signal_on_events() -> bool:
             fd = int(link.name)
             fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
-        except OSError:  # the listing's own descriptor, closed by now
+        except OSError:  # closed by now (the listing's own), or not ours to change
             continue
         signalled = True
     return signalled
