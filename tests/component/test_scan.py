@@ -401,22 +401,29 @@ def gone(pid: int) -> bool:
         return True
 
 
-async def test_a_watch_whose_process_ends_says_so_and_reports_changes_until_then(
-        tmp_path: Path) -> None:
+async def watching(root: Path) -> tuple[asyncio.Task[None], set[RelPath], int]:
+    """A watch of `root` whose watches are in place: its task, the paths it has reported so
+    far, and its watching process."""
     ready = asyncio.Event()
     reported: set[RelPath] = set()
     before = children(os.getpid())
 
     async def collect() -> None:
-        async for batch in watch(tmp_path, ready.set):
+        async for batch in watch(root, ready.set):
             reported.update(batch)
 
     task = asyncio.create_task(collect(), name="watch")
     async with asyncio.timeout(10):
         await ready.wait()
+    (child,) = children(os.getpid()) - before
+    return task, reported, child
+
+
+async def test_a_watch_whose_process_ends_says_so_and_reports_changes_until_then(
+        tmp_path: Path) -> None:
+    task, reported, child = await watching(tmp_path)
     (tmp_path / "made-after-ready").write_text("x")
     await until(lambda: "made-after-ready" in reported)
-    (child,) = children(os.getpid()) - before
     os.kill(child, 9)
     with pytest.raises(OSError, match="the watching process ended"):
         async with asyncio.timeout(10):
@@ -447,19 +454,8 @@ async def test_the_watching_process_sleeps_while_nothing_changes_and_wakes_for_a
     # watchfiles looks for changes every step whether or not anything happens: at a 10 ms
     # step, 100 wakeups a second, most of what an idle node spent. The child sleeps until
     # the kernel signals an event instead, and a change still arrives at once.
-    ready = asyncio.Event()
-    reported: set[RelPath] = set()
-    before = children(os.getpid())
-
-    async def collect() -> None:
-        async for batch in watch(tmp_path, ready.set):
-            reported.update(batch)
-
-    task = asyncio.create_task(collect(), name="watch")
+    task, reported, child = await watching(tmp_path)
     try:
-        async with asyncio.timeout(10):
-            await ready.wait()
-        (child,) = children(os.getpid()) - before
         for name in ("after-a-quiet", "after-another"):
             await quiet_for_a_second(child)
             (tmp_path / name).write_text("x")
