@@ -40,6 +40,7 @@ def suite(plan: Plan) -> list[tuple[Workload, list[tuple[str, str]]]]:
         ]),
         (one_node, [
             (f"{files} files, first index on one node (cold cache)", "≤ 2x sha256sum (all cores)"),
+            ("  the same, the node's key an RSA key in ssh-agent", "≤ 2x sha256sum"),
             (f"{files} files, restart with nothing changed (cold cache)", "≤ 2x rsync -an"),
             ("  read by the restarted node (medians)", "no content read"),
             (f"{files} files, idle", "< 1 % of a core, peak RSS ≤ 150 MiB"),

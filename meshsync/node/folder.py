@@ -70,7 +70,7 @@ class Mesh(Verifier, Sources, Indexes, Protocol):
     """What a folder needs of the node: signing, keys, peers and the network."""
 
     def sign(self, message: bytes) -> bytes:
-        """SSHSIG by this node."""
+        """The signature of a record's bytes by this node."""
 
     def untrusted_origin(self, origin: str) -> str:
         """One line for people: which node `origin` is, and the command that would trust it."""

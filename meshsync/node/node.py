@@ -86,8 +86,8 @@ class Node:
         return self.id
 
     def sign(self, message: bytes) -> bytes:
-        """SSHSIG of `message` with this node's key."""
-        return self._credentials.sign(message)
+        """The signature of a record's bytes by this node."""
+        return self._credentials.sign_record(message)
 
     def check_origin(self, origin: str, signature: bytes, message: bytes,
                      trusted: dict[bytes, bool]) -> Origin:

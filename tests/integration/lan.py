@@ -10,6 +10,7 @@ import json
 import os
 import resource
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -101,6 +102,19 @@ def tree(root: Path) -> dict[str, tuple[str, str, int]]:
     return found
 
 
+@contextlib.contextmanager
+def ssh_agent(root: Path) -> Iterator[Path]:
+    """A running ssh-agent and its socket, `root`/agent.sock (killed after the block)."""
+    sock = root / "agent.sock"
+    with subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL) as agent:
+        try:
+            wait_for("ssh-agent's socket", sock.exists, 5)
+            yield sock
+        finally:
+            agent.kill()
+
+
 def same_trees(hosts: list[Host]) -> dict[str, tuple[str, str, int]] | None:
     """The common tree if every host's folder holds the same one."""
     try:
@@ -134,13 +148,14 @@ class Host:
         self.key = self.home / ".ssh" / "id_ed25519"
         self.make_key()
 
-    def make_key(self, passphrase: str = "") -> None:
-        """A new ed25519 key made by ssh-keygen, replacing any before it."""
-        for path in (self.key, self.key.with_name("id_ed25519.pub")):
+    def make_key(self, passphrase: str = "", kind: str = "ed25519") -> None:
+        """A new key of `kind` made by ssh-keygen, replacing any before it."""
+        for path in (self.key, self.key.with_name(self.key.name + ".pub")):
             path.unlink(missing_ok=True)
-        run("ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", self.name,
+        self.key = self.key.with_name(f"id_{kind}")
+        run("ssh-keygen", "-q", "-t", kind, "-N", passphrase, "-C", self.name,
             "-f", str(self.key))
-        self.pub = self.key.with_name("id_ed25519.pub").read_text().strip()
+        self.pub = self.key.with_name(self.key.name + ".pub").read_text().strip()
         self.id = NodeId.of_key(base64.b64decode(self.pub.split()[1]))
 
     @property
@@ -235,6 +250,17 @@ class Host:
             finally:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
+
+    def use_agent(self, sock: Path, passphrase: str) -> None:
+        """Add this host's passphrase-protected key to the ssh-agent at `sock` (as `ssh-add`
+        asks: by askpass) and start its node with that agent."""
+        askpass = self.home / "askpass"
+        askpass.write_text(f"#!/bin/sh\necho {shlex.quote(passphrase)}\n")
+        askpass.chmod(0o700)
+        run("ssh-add", "-q", str(self.key), env={**os.environ, "SSH_AUTH_SOCK": str(sock),
+                                                 "SSH_ASKPASS": str(askpass),
+                                                 "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"})
+        self.env_extra["SSH_AUTH_SOCK"] = str(sock)
 
     def add_addresses(self, count: int) -> list[str]:
         """`count` more addresses on this host's interface, as one attacker may hold."""

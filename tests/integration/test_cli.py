@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.integration.lan import run, wait_for
+from tests.integration.lan import run, same_trees, ssh_agent, tree, wait_for
 from tests.integration.test_election import agreed
 
 
@@ -109,22 +108,20 @@ def test_passphrase_protected_key_signs_through_ssh_agent(make_lan, tmp_path):
     assert without_agent.returncode == 1
     assert f"ssh-add {h1.key}" in without_agent.stderr
 
-    sock = Path(tmp_path) / "agent.sock"
-    with subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL) as agent:
-        try:
-            wait_for("ssh-agent's socket", sock.exists, 5)
-            askpass = tmp_path / "askpass"
-            askpass.write_text("#!/bin/sh\necho 'correct horse'\n")
-            askpass.chmod(0o700)
-            run("ssh-add", str(h1.key), env={**os.environ, "SSH_AUTH_SOCK": str(sock),
-                                              "SSH_ASKPASS": str(askpass),
-                                              "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"})
-            h1.env_extra["SSH_AUTH_SOCK"] = str(sock)
-            h1.start()
-            h2.start()
-            lowest = min(h1, h2, key=lambda h: h.id)
-            wait_for("the agent-signed node to be a member", lambda: agreed([h1, h2], lowest)
-                     and h2.peer_states() == {"h1": "online"}, 15)
-            h1.stop()  # before the agent goes away
-        finally:
-            agent.kill()
+    with ssh_agent(tmp_path) as sock:
+        h1.use_agent(sock, "correct horse")
+        (h1.sync / "before").mkdir(parents=True)
+        for i in range(50):
+            (h1.sync / "before" / f"{i}.txt").write_text(f"file {i}\n")
+        h1.start()
+        h2.start()
+        lowest = min(h1, h2, key=lambda h: h.id)
+        wait_for("the agent-signed node to be a member", lambda: agreed([h1, h2], lowest)
+                 and h2.peer_states() == {"h1": "online"}, 15)
+        # Its versions are signed by a key the agent vouched for once, and h2 takes them
+        # as h1's, from its first index and from a change made while it runs.
+        (h1.sync / "after.txt").write_text("made while running\n")
+        wait_for("h1's files on h2", lambda: same_trees([h1, h2]) and tree(h2.sync), 30)
+        assert len(tree(h2.sync / "before")) == 50
+        h1.stop()  # before the agent goes away
+

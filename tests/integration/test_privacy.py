@@ -106,11 +106,7 @@ def test_a_man_in_the_middle_on_a_known_peers_address_is_refused_and_learns_noth
 def test_every_key_type_binds_its_tls_certificate(make_lan, kind):
     lan = make_lan(2)
     for host in lan.hosts:
-        host.key.unlink()
-        host.key.with_name("id_ed25519.pub").unlink()
-        host.key = host.key.with_name(f"id_{kind}")
-        run("ssh-keygen", "-q", "-t", kind, "-N", "", "-C", host.name, "-f", str(host.key))
-        host.pub = host.key.with_name(f"id_{kind}.pub").read_text().strip()
+        host.make_key(kind=kind)
     h1, h2 = lan.hosts
     h1.trust(h2)
     h2.trust(h1)
