@@ -54,7 +54,7 @@ class Credentials(Protocol):
     """What the auth layer needs of the crypto layer and the trust store."""
 
     def sign(self, message: bytes) -> bytes:
-        """SSHSIG of `message` by this node, namespace `meshsync`."""
+        """This node's signature of `message`: an SSHSIG, or one by a key it vouched for."""
 
     def verify(self, signature: bytes, message: bytes) -> bytes:
         """The signer's public key blob; ValueError if the signature is not valid."""
@@ -92,7 +92,7 @@ def head_of(
 
 
 def decode_signature(value: str | None, scheme: str = SCHEME) -> bytes:
-    """The SSHSIG blob carried in a header; AuthError if absent or not base64."""
+    """The signature carried in a header; AuthError if absent or not base64."""
     if not value or not value.startswith(scheme) or len(value) > MAX_SIGNATURE:
         raise AuthError("unsigned request")
     try:

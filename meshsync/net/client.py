@@ -94,7 +94,7 @@ class Signing(Protocol):
     """What the client needs of the crypto layer."""
 
     def sign(self, message: bytes) -> bytes:
-        """SSHSIG of `message` by this node, namespace `meshsync`."""
+        """This node's signature of `message`: an SSHSIG, or one by a key it vouched for."""
 
     def verify(self, signature: bytes, message: bytes) -> bytes:
         """The signer's public key blob; ValueError if the signature is not valid."""

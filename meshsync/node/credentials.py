@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from meshsync.core.ids import NodeId
 from meshsync.core.throttle import shown
-from meshsync.crypto import recordsig, sshsig, tls
+from meshsync.crypto import runkey, tls
 from meshsync.crypto.keys import Signer
 from meshsync.node.judge import Origin
 from meshsync.node.peers import Peers
@@ -18,21 +18,17 @@ class Credentials:
 
     def __init__(self, signer: Signer, peers: Peers) -> None:
         self._signer = signer
-        self._records = recordsig.RecordSigner(signer)
+        self._signing = runkey.RunSigner(signer)
         self._peers = peers
         self._origins: dict[str, bytes] = {}  # vector key -> key, of untrusted record origins
 
     def sign(self, message: bytes) -> bytes:
-        """SSHSIG of `message` with this node's key."""
-        return sshsig.sign(self._signer, message)
-
-    def sign_record(self, message: bytes) -> bytes:
-        """The signature of a record's bytes by this node (see `recordsig`)."""
-        return self._records.sign(message)
+        """This node's signature of `message`: by its SSH key, or by a key it vouched for."""
+        return self._signing.sign(message)
 
     def verify(self, signature: bytes, message: bytes) -> bytes:
-        """The key that made `signature` over `message`; ValueError if none did."""
-        return sshsig.verify(signature, message)
+        """The SSH key behind `signature` over `message`; ValueError if none is."""
+        return runkey.verify(signature, message)
 
     def is_trusted(self, public_blob: bytes, address: str) -> bool:
         """Whether the user trusts this key from this IP (authorized_keys or trusted_keys), or
@@ -61,13 +57,13 @@ class Credentials:
         its ID), or not by it at all. `trusted` keeps what the trust files said of each key
         (they are read again, a stat and a realpath each, only for a key not in it)."""
         try:
-            claimed = recordsig.signer(signature)  # cheap: only a signature that would count
+            claimed = runkey.signer(signature)  # cheap: only a signature that would count
         except ValueError:                      # is worth its check
             return Origin.FORGED
         if NodeId.of_key(claimed).key != origin:
             return Origin.FORGED
         try:
-            if recordsig.verify(signature, message) != claimed:
+            if self.verify(signature, message) != claimed:
                 return Origin.FORGED
         except ValueError:
             return Origin.FORGED

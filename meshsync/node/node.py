@@ -87,7 +87,7 @@ class Node:
 
     def sign(self, message: bytes) -> bytes:
         """The signature of a record's bytes by this node."""
-        return self._credentials.sign_record(message)
+        return self._credentials.sign(message)
 
     def check_origin(self, origin: str, signature: bytes, message: bytes,
                      trusted: dict[bytes, bool]) -> Origin:

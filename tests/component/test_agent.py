@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from meshsync.crypto import recordsig, sshsig
+from meshsync.crypto import runkey, sshsig
 from meshsync.crypto.agent import AgentError, AgentSigner, list_identities
 from meshsync.crypto.keys import KeyLoadError, load_public_blob, load_signer
 from meshsync.crypto.sshwire import Reader
@@ -130,28 +130,28 @@ def test_concurrent_signing(agent: str, keys: dict[str, Path], tmp_path: Path) -
 
 
 @pytest.mark.parametrize("kind", list(KEY_ARGS))
-def test_records_are_signed_by_a_run_key_the_agent_vouched_for_once(
+def test_a_node_signs_by_a_run_key_the_agent_vouched_for_once(
     agent: str, keys: dict[str, Path], tmp_path: Path, kind: str
 ) -> None:
-    """A key in the agent signs one vouch when the node starts, not each of its records (a
-    round trip each: 0.6 ms for ed25519, 2.5 for RSA); the records still name that key, and
-    the node goes on signing them when the agent forgets the key."""
+    """A key in the agent signs one vouch when the node starts, not each version, request and
+    answer (a round trip each: 0.6 ms for ed25519, 2.5 for RSA); what the node signs still
+    names that key, and it goes on signing when the agent forgets the key."""
     ssh_add(agent, keys[kind], tmp_path)
     signer = load_signer(keys[kind], agent)
-    records = recordsig.RecordSigner(signer)
+    run = runkey.RunSigner(signer)
     subprocess.run(["ssh-add", "-D", "-q"], env={**os.environ, "SSH_AUTH_SOCK": agent},
                    check=True, capture_output=True)
     with pytest.raises(AgentError):
         signer.sign(b"x")  # the agent holds nothing now
     messages = [f"record {i}".encode() for i in range(100)]
-    signatures = [records.sign(m) for m in messages]
+    signatures = [run.sign(m) for m in messages]
     for message, signature in zip(messages, signatures, strict=True):
-        assert signature.startswith(recordsig.MAGIC)
-        assert recordsig.verify(signature, message) == signer.public_blob
+        assert signature.startswith(runkey.MAGIC)
+        assert runkey.verify(signature, message) == signer.public_blob
     with pytest.raises(sshsig.BadSignature):
-        recordsig.verify(signatures[0], messages[1])
+        runkey.verify(signatures[0], messages[1])
     # The vouch is an SSHSIG that stock OpenSSH checks.
-    vouch = Reader(signatures[0][len(recordsig.MAGIC):]).string()
-    run_key = Reader(signatures[0][len(recordsig.MAGIC) + 4 + len(vouch):]).string()
+    vouch = Reader(signatures[0][len(runkey.MAGIC):]).string()
+    run_key = Reader(signatures[0][len(runkey.MAGIC) + 4 + len(vouch):]).string()
     assert ssh_keygen_verify(tmp_path, keys[kind], sshsig.armor(vouch),
-                             recordsig.VOUCH_PREFIX + run_key)
+                             runkey.VOUCH_PREFIX + run_key)

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from meshsync.core import signing
 from meshsync.core.errors import AuthError
 from meshsync.core.signing import SCHEME
-from meshsync.crypto import recordsig, sshsig, tls
+from meshsync.crypto import runkey, sshsig, tls
 from meshsync.crypto.keys import (
     KeySigner,
     fingerprint,
@@ -214,15 +214,15 @@ def test_armor_round_trips_every_blob_a_verifier_takes(
     assert sshsig.dearmor(text) == blob
 
 
-# -- record signatures: SSHSIG, or by a run's key that the SSH key vouches for ---------------------
+# -- what a node signs: by SSHSIG, or by a run's key that the SSH key vouches for -------------------
 
 RECORD = b'["Sync",{"blocks":[],"deleted":false,"kind":"file","path":"a"}]'
 
 
 @cache
-def record_signer(n: int) -> recordsig.RecordSigner:
+def record_signer(n: int) -> runkey.RunSigner:
     """Signs records for signers()[n]: the RSA keys by a vouched run key, the others by SSHSIG."""
-    return recordsig.RecordSigner(signers()[n])
+    return runkey.RunSigner(signers()[n])
 
 
 @cache
@@ -231,25 +231,25 @@ def record_signed(n: int, message: bytes = RECORD) -> bytes:
 
 
 RECORD_SIGNATURES = st.integers(0, 5).map(record_signed)
-VOUCHED_HEAD = len(recordsig.MAGIC)
+VOUCHED_HEAD = len(runkey.MAGIC)
 
 
 def vouched(vouch: bytes, n: int = 4) -> bytes:
     """signers()[n]'s vouched signature of RECORD with its vouch replaced by `vouch`."""
     _, key, signature = fields_of(record_signed(n), VOUCHED_HEAD)  # type: ignore[misc]
-    return recordsig.MAGIC + b"".join(map(put_string, (vouch, key, signature)))
+    return runkey.MAGIC + b"".join(map(put_string, (vouch, key, signature)))
 
 
 VOUCHES = st.sampled_from([4, 5]).map(lambda n: fields_of(record_signed(n), VOUCHED_HEAD)[0])  # type: ignore[index]
 
 
-@given(st.binary(max_size=200).map(lambda b: recordsig.MAGIC + b) | damaged(RECORD_SIGNATURES)
+@given(st.binary(max_size=200).map(lambda b: runkey.MAGIC + b) | damaged(RECORD_SIGNATURES)
        | respliced(RECORD_SIGNATURES, VOUCHED_HEAD)
        | (damaged(VOUCHES) | respliced(VOUCHES, SSHSIG_HEAD)).map(vouched))
 def test_a_record_signature_names_the_key_it_verifies_by_or_raises_bad_signature(
         blob: bytes) -> None:
-    claimed = decoded(recordsig.signer, blob, BadSignature)
-    key = decoded(lambda b: recordsig.verify(b, RECORD), blob, BadSignature)
+    claimed = decoded(runkey.signer, blob, BadSignature)
+    key = decoded(lambda b: runkey.verify(b, RECORD), blob, BadSignature)
     if key is not None:
         # What a verified signature is by is what it claims: the origin check relies on it.
         assert key == claimed
@@ -259,23 +259,23 @@ def test_a_record_signature_names_the_key_it_verifies_by_or_raises_bad_signature
 @given(st.integers(0, 5), st.binary(max_size=64))
 def test_a_record_signature_verifies_for_its_record_only(n: int, other: bytes) -> None:
     signature = record_signed(n)
-    assert signature.startswith(recordsig.MAGIC) == (not signers()[n].fast)
-    assert recordsig.verify(signature, RECORD) == signers()[n].public_blob
-    assert recordsig.signer(signature) == signers()[n].public_blob
+    assert signature.startswith(runkey.MAGIC) == (not signers()[n].fast)
+    assert runkey.verify(signature, RECORD) == signers()[n].public_blob
+    assert runkey.signer(signature) == signers()[n].public_blob
     if other != RECORD:
         with pytest.raises(BadSignature):
-            recordsig.verify(signature, other)
+            runkey.verify(signature, other)
 
 
 def test_a_vouch_cannot_be_lent_to_another_run_key() -> None:
     """A forger who copies a node's vouch and signs with a run key of its own is refused, and
     so is a vouch over a TLS key or a request: what the SSH key signed for those is not a vouch."""
     with pytest.raises(BadSignature):  # 4's vouch, 5's run key and signature
-        recordsig.verify(vouched(fields_of(record_signed(4), VOUCHED_HEAD)[0], 5), RECORD)  # type: ignore[index]
+        runkey.verify(vouched(fields_of(record_signed(4), VOUCHED_HEAD)[0], 5), RECORD)  # type: ignore[index]
     spki = Ed25519PrivateKey.generate().public_key().public_bytes(
         Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     with pytest.raises(BadSignature):
-        recordsig.verify(vouched(sshsig.sign(signers()[4], tls.vouch_message(spki))), RECORD)
+        runkey.verify(vouched(sshsig.sign(signers()[4], tls.vouch_message(spki))), RECORD)
 
 
 # -- public keys ----------------------------------------------------------------------------------
