@@ -214,7 +214,7 @@ def test_armor_round_trips_every_blob_a_verifier_takes(
     assert sshsig.dearmor(text) == blob
 
 
-# -- what a node signs: by SSHSIG, or by a run's key that the SSH key vouches for -------------------
+# -- what a node signs: by SSHSIG, or by a run's key that the SSH key vouches for ------------------
 
 RECORD = b'["Sync",{"blocks":[],"deleted":false,"kind":"file","path":"a"}]'
 
