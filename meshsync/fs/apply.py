@@ -408,7 +408,7 @@ def make_dir(root: Path, record: FileRecord, expected: Seen | None,
         if expected is None or expected.kind is not Kind.DIR:
             if expected is not None:
                 # No rename puts a directory over a file: the path is absent until the mkdir.
-                _discard(dir_fd, name, record.path, keep_old)
+                _discard(dir_fd, name, record.path, expected, keep_old)
             try:
                 os.mkdir(name, 0o700, dir_fd=dir_fd)
             except FileExistsError:
@@ -444,7 +444,7 @@ def remove(root: Path, path: RelPath, expected: Seen | None,
             if expected is not None and expected.kind is Kind.DIR:
                 _remove_dir(dir_fd, name, path)
             else:
-                _discard(dir_fd, name, path, keep_old)
+                _discard(dir_fd, name, path, expected, keep_old)
     except (FileNotFoundError, ParentNotDir):
         return  # a parent is gone, or a file or link now, and the path with it
 
@@ -618,11 +618,34 @@ def _rename2(dir_fd: int, old: str, new: str, flags: int) -> bool:
     raise OSError(code, os.strerror(code), new)
 
 
-def _discard(dir_fd: int, name: str, path: RelPath, keep_old: KeepOld | None) -> None:
+def _discard(dir_fd: int, name: str, path: RelPath, expected: Seen | None,
+             keep_old: KeepOld | None) -> None:
+    """Delete `expected` (a file or link) at `name`, keeping it; Changed if the user changed it
+    at any moment before it went (theirs then stays where it is).
+
+    As in `_replace`, a check and then an unlink would leave a moment for a write to land in
+    what is deleted, seen by no one: the entry leaves its name in one rename, and what came
+    out is checked once no write can reach it by the name; changed, it goes back.
+    """
     if keep_old is not None:
         keep_old(dir_fd, name, path)
-    with suppress(FileNotFoundError):  # keep_old may have moved it away
-        os.unlink(name, dir_fd=dir_fd)
+    out = TEMP_PREFIX + secrets.token_hex(8)
+    try:
+        os.rename(name, out, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except FileNotFoundError:  # keep_old moved it away (no hard links here), or the user did
+        return
+    if same_entry(seen_at(path, out, dir_fd), expected):
+        os.unlink(out, dir_fd=dir_fd)
+        return
+    try:
+        if not _rename2(dir_fd, out, name, _RENAME_NOREPLACE):
+            if seen_at(path, name, dir_fd) is not None:
+                raise FileExistsError(errno.EEXIST, "taken", name)
+            os.rename(out, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except FileExistsError:  # the user made another there meanwhile, and theirs was kept
+        if keep_old is not None:
+            os.unlink(out, dir_fd=dir_fd)
+    raise Changed(f"{path} changed on disk since it was scanned")
 
 
 def _set_metadata(dir_fd: int, name: str, record: FileRecord) -> None:

@@ -418,6 +418,37 @@ def test_remove_deletes_only_what_it_expects(tmp_path: Path) -> None:
     assert (tmp_path / "g").read_text() == "two, edited"
 
 
+@pytest.mark.parametrize("how", ["delete", "make a directory there"])
+def test_a_write_landing_while_a_deletion_keeps_the_file_stays_in_place(
+        tmp_path: Path, how: str) -> None:
+    """The moment after the check, while the file is kept: a user's write through the name
+    then must not be deleted with it, seen by no one (it was, before the entry left its name
+    in one rename, checked after)."""
+    (tmp_path / "f").write_text("scanned")
+    expected = seen(tmp_path, "f")
+    keep = keep_in_versions(tmp_path)
+
+    def keep_then_the_user_writes(dir_fd: int, name: str, rel: RelPath) -> None:
+        keep(dir_fd, name, rel)
+        with (tmp_path / "f").open("r+") as f:  # in place, as editors that save so do
+            f.write("the user's edit, longer")
+
+    def sync_takes_it_away() -> None:
+        if how == "delete":
+            remove(tmp_path, RelPath("f"), expected, keep_then_the_user_writes)
+        else:
+            make_dir(tmp_path, other_record("f", Kind.DIR), expected, keep_then_the_user_writes)
+
+    with pytest.raises(Changed):
+        sync_takes_it_away()
+
+    assert (tmp_path / "f").read_text() == "the user's edit, longer"
+    assert temp_files(tmp_path) == []
+    remove(tmp_path, RelPath("f"), seen(tmp_path, "f"), keep)  # scanned again, it goes
+    assert not (tmp_path / "f").exists()
+    assert temp_files(tmp_path) == []
+
+
 def test_make_dir_creates_or_updates_a_directory(tmp_path: Path) -> None:
     made = make_dir(tmp_path, other_record("a/b", Kind.DIR, 0o750), None)
 
