@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Protocol
@@ -37,10 +38,7 @@ from meshsync.core.paths import RelPath, check_path
 DEBOUNCE_MS = 200  # how long a burst of changes may gather into one batch
 STEP_MS = 5  # while events come: how soon a change is seen (one step), and settled (two)
 POLL_STEP_MS = 10  # the step without signals, all the time: how soon a change is seen
-# A round with no change ends after this: the event was a read, say. watchfiles empties its
-# set as a round times out, so a change it records in the instant between its last look and
-# that (some 100 ns) is not reported; the next full rescan finds it.
-QUIET_MS = 100
+QUIET_MS = 100  # a round ends this long after the last signal, reported or not (see _Round)
 LATE_S = 1.0  # after a round, one more this late, signal or not: watchfiles may lag the kernel
 RECORD_LIMIT = 64 << 10  # bytes: a path is at most PATH_MAX (4 KiB) on Linux
 
@@ -219,8 +217,12 @@ def _serve(root: str) -> None:
             out.flush()
             woken = True  # the first round at once: events before the signals were asked for
             while not stop.is_set():
-                changes = (notify.watch(DEBOUNCE_MS, STEP_MS, QUIET_MS, stop) if signalled
-                           else notify.watch(DEBOUNCE_MS, POLL_STEP_MS, 0, stop))
+                round_ = _Round(stop)
+                try:
+                    changes = (notify.watch(DEBOUNCE_MS, STEP_MS, 0, round_) if signalled
+                               else notify.watch(DEBOUNCE_MS, POLL_STEP_MS, 0, stop))
+                except _Quiet:
+                    changes = None
                 if isinstance(changes, set):
                     # Each path once (a file written shows as added, modified, deleted...), and
                     # none of meshsync's own: a file synced in is a temp file's few events and
@@ -233,7 +235,7 @@ def _serve(root: str) -> None:
                 if signalled:
                     # The kernel signals once an event is queued, before watchfiles reads it: a
                     # round that ended without the change it woke for gets one more, LATE_S on.
-                    late = woken or isinstance(changes, set)
+                    late = woken or round_.heard or isinstance(changes, set)
                     woken = (signal.sigtimedwait(_SIGIO, LATE_S) if late
                              else signal.sigwaitinfo(_SIGIO)) is not None
     except BrokenPipeError:
@@ -246,6 +248,39 @@ def _serve(root: str) -> None:
 
 
 _SIGIO = {signal.SIGIO}
+
+
+class _Quiet(Exception):
+    """A round heard no event for QUIET_MS: it ends, and watchfiles keeps what it gathered."""
+
+
+class _Round:
+    """What watchfiles asks each step whether to stop (its stop event): yes once the node goes.
+
+    A round must also end once events stop coming (a read, say, signals and changes nothing),
+    so that the child sleeps. watchfiles' own ways to end a round, its time-out and its stop
+    event, empty its set as they return: a change it recorded in the instant after its last
+    look would be lost, and the folder would look in sync without it until the next full
+    rescan. An exception raised here ends the round and leaves the set whole, so a round
+    that heard nothing for QUIET_MS ends by `_Quiet`; what it left is the next round's.
+    """
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._until = time.monotonic() + QUIET_MS / 1000
+        self.heard = False  # a signal came during the round: the next one is due soon
+
+    def is_set(self) -> bool:
+        """Whether the node went; `_Quiet` once no event came for QUIET_MS."""
+        if self._stop.is_set():
+            return True
+        now = time.monotonic()
+        if signal.sigtimedwait(_SIGIO, 0) is not None:
+            self.heard = True
+            self._until = now + QUIET_MS / 1000
+        elif now > self._until:
+            raise _Quiet
+        return False
 
 
 def _signal_on_events() -> bool:

@@ -8,6 +8,8 @@ import os
 import random
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -36,7 +38,7 @@ from meshsync.fs.scan import (
     walk,
     walk_under,
 )
-from meshsync.fs.watch import start_early, stop_early, watch
+from meshsync.fs.watch import DEBOUNCE_MS, STEP_MS, start_early, stop_early, watch
 
 MIB = 1024 * 1024
 ORIGIN = "0123456789abcdef"
@@ -464,6 +466,37 @@ async def test_the_watching_process_sleeps_while_nothing_changes_and_wakes_for_a
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+@pytest.mark.parametrize("ending", ["quiet", "stop"])
+def test_a_round_ended_for_quiet_keeps_what_watchfiles_gathered(tmp_path: Path,
+                                                               ending: str) -> None:
+    """watchfiles empties what it gathered when a round ends by its stop event (or its
+    time-out), so a change recorded in that instant would never be reported, and the folder
+    would look in sync without it. The child's rounds end by `_Quiet` instead, which keeps
+    it for the next round; the stop event, as watchfiles handles it, loses it."""
+    from watchfiles._rust_notify import RustNotify
+
+    stop = threading.Event()
+    with RustNotify([str(tmp_path)], False, False, 0, True, True) as notify:
+        ending_round = watch_module._Round(stop)
+        (tmp_path / "made").write_text("x")
+        # Nothing tells when watchfiles' thread has read the kernel's event (it takes µs to
+        # ms); by then, too, the round's QUIET_MS have passed.
+        time.sleep(0.3)
+        if ending == "stop":
+            stop.set()
+            assert notify.watch(DEBOUNCE_MS, STEP_MS, 0, ending_round) == "stop"
+        else:
+            with pytest.raises(watch_module._Quiet):
+                notify.watch(DEBOUNCE_MS, STEP_MS, 0, ending_round)
+        after = notify.watch(DEBOUNCE_MS, STEP_MS, 500, None)
+
+    if ending == "stop":
+        assert after == "timeout"  # lost
+    else:
+        assert isinstance(after, set)
+        assert {path for _, path in after} == {str(tmp_path / "made")}
 
 
 WATCHING_NODE = """
