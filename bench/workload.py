@@ -32,7 +32,8 @@ from bench.mesh import (
 from bench.payload import byte_at, has_byte, has_size, large_file, shape
 from bench.plan import Bench, Figures
 from bench.table import Figure, latency_ratio, mib, percentiles, ratio, seconds
-from tests.integration.lan import Host, run, ssh_agent, tree, wait_for
+from tests.component.openssh import ssh_agent
+from tests.integration.lan import Host, run, tree, wait_for
 
 median = statistics.median
 

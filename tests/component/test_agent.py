@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +16,8 @@ from meshsync.crypto import runkey, sshsig
 from meshsync.crypto.agent import AgentError, AgentSigner, list_identities
 from meshsync.crypto.keys import KeyLoadError, load_public_blob, load_signer
 from meshsync.crypto.sshwire import Reader
-from tests.component.openssh import ssh_keygen_verify
+from tests.component import openssh
+from tests.component.openssh import ssh_agent, ssh_keygen_verify
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ssh-agent") is None
@@ -51,40 +51,15 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def agent() -> Iterator[str]:
     # AF_UNIX paths are limited to ~107 bytes; pytest's tmp_path can be longer.
     sock_dir = Path(tempfile.mkdtemp(prefix="msa"))
-    sock = sock_dir / "agent.sock"
-    proc = subprocess.Popen(
-        ["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
     try:
-        deadline = time.monotonic() + 5
-        while not sock.exists():
-            assert time.monotonic() < deadline, "ssh-agent did not create its socket"
-            time.sleep(0.02)
-        yield str(sock)
+        with ssh_agent(sock_dir) as sock:
+            yield str(sock)
     finally:
-        proc.terminate()
-        proc.wait(timeout=5)
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 def ssh_add(sock: str, key: Path, tmp_path: Path) -> None:
-    askpass = tmp_path / "askpass.sh"
-    askpass.write_text(f"#!/bin/sh\necho '{PHRASE}'\n")
-    askpass.chmod(0o700)
-    env = {
-        **os.environ,
-        "SSH_AUTH_SOCK": sock,
-        "SSH_ASKPASS": str(askpass),
-        "SSH_ASKPASS_REQUIRE": "force",
-        "DISPLAY": "x",
-    }
-    subprocess.run(
-        ["ssh-add", "-q", str(key)],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        check=True,
-        capture_output=True,
-    )
+    openssh.ssh_add(Path(sock), key, PHRASE, tmp_path)
 
 
 @pytest.mark.parametrize("kind", list(KEY_ARGS))

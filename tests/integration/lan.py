@@ -10,7 +10,6 @@ import json
 import os
 import resource
 import secrets
-import shlex
 import shutil
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from meshsync.core.ids import NodeId
+from tests.component.openssh import ssh_add
 
 T = TypeVar("T")
 SUBNET = "10.231.7"
@@ -100,19 +100,6 @@ def tree(root: Path) -> dict[str, tuple[str, str, int]]:
                     raise
                 raise Unsettled(f"{rel} changed while it was looked at ({e})") from e
     return found
-
-
-@contextlib.contextmanager
-def ssh_agent(root: Path) -> Iterator[Path]:
-    """A running ssh-agent and its socket, `root`/agent.sock (killed after the block)."""
-    sock = root / "agent.sock"
-    with subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL) as agent:
-        try:
-            wait_for("ssh-agent's socket", sock.exists, 5)
-            yield sock
-        finally:
-            agent.kill()
 
 
 def same_trees(hosts: list[Host]) -> dict[str, tuple[str, str, int]] | None:
@@ -252,14 +239,9 @@ class Host:
                     os.killpg(proc.pid, signal.SIGKILL)
 
     def use_agent(self, sock: Path, passphrase: str) -> None:
-        """Add this host's passphrase-protected key to the ssh-agent at `sock` (as `ssh-add`
-        asks: by askpass) and start its node with that agent."""
-        askpass = self.home / "askpass"
-        askpass.write_text(f"#!/bin/sh\necho {shlex.quote(passphrase)}\n")
-        askpass.chmod(0o700)
-        run("ssh-add", "-q", str(self.key), env={**os.environ, "SSH_AUTH_SOCK": str(sock),
-                                                 "SSH_ASKPASS": str(askpass),
-                                                 "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"})
+        """Add this host's passphrase-protected key to the ssh-agent at `sock` and start its
+        node with that agent."""
+        ssh_add(sock, self.key, passphrase, self.home)
         self.env_extra["SSH_AUTH_SOCK"] = str(sock)
 
     def add_addresses(self, count: int) -> list[str]:

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from tests.integration.lan import run, same_trees, ssh_agent, tree, wait_for
+from tests.component.openssh import ssh_agent
+from tests.integration.lan import run, same_trees, tree, wait_for
 from tests.integration.test_election import agreed
 
 
@@ -124,4 +125,3 @@ def test_passphrase_protected_key_signs_through_ssh_agent(make_lan, tmp_path):
         wait_for("h1's files on h2", lambda: same_trees([h1, h2]) and tree(h2.sync), 30)
         assert len(tree(h2.sync / "before")) == 50
         h1.stop()  # before the agent goes away
-
