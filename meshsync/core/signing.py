@@ -31,6 +31,10 @@ DIGEST = "X-Meshsync-Digest"
 TARGET = "X-Meshsync-Target"
 RESPONSE_SIGNATURE = "X-Meshsync-Signature"
 SCHEME = "Meshsync "
+# A vouched signature (crypto/runkey.py): this, a head the same for everything one run of a
+# node signs, then a tail of its own: a 64-byte ed25519 signature as an SSH string.
+VOUCHED = b"meshsync-vouched-v1"
+VOUCHED_TAIL = 4 + 64
 
 
 class ClockOffset(AuthError):
@@ -39,6 +43,14 @@ class ClockOffset(AuthError):
     def __init__(self, offset: float) -> None:
         super().__init__(f"clock differs by {offset:+.0f} s (more than {MAX_OFFSET:.0f} s)")
         self.offset = offset
+
+
+def split_vouched(sig: bytes) -> tuple[bytes, bytes]:
+    """(head, tail) of a vouched signature, `head + tail == sig`: the head to be stored once.
+    (b"", sig) for any other signature."""
+    if sig.startswith(VOUCHED) and len(sig) > len(VOUCHED) + VOUCHED_TAIL:
+        return sig[:-VOUCHED_TAIL], sig[-VOUCHED_TAIL:]
+    return b"", sig
 
 
 def body_digest(body: bytes) -> str:

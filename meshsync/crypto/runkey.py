@@ -28,12 +28,13 @@ from nacl.bindings import (
 )
 from nacl.exceptions import CryptoError
 
+from meshsync.core.signing import VOUCHED
 from meshsync.crypto import sshsig
 from meshsync.crypto.keys import KeySigner, Signer
 from meshsync.crypto.sshsig import BadSignature
 from meshsync.crypto.sshwire import Reader, put_string
 
-MAGIC = b"meshsync-vouched-v1"
+MAGIC = VOUCHED
 VOUCH_PREFIX = b"meshsync-run-key-v1\n"
 SIGNED_PREFIX = b"meshsync-run-v1\n"
 

@@ -26,6 +26,7 @@ from meshsync.store.row import (
     HELD,
     LOSERS,
     NEEDS,
+    PUT_HEAD,
     SELECT_STAMP,
     UPSERT,
     DamagedRow,
@@ -33,6 +34,7 @@ from meshsync.store.row import (
     columns_of,
     signed,
     stamp_of,
+    stored,
     vector_of,
 )
 from meshsync.store.row import Entry as Entry
@@ -46,6 +48,15 @@ STAMP_PAGE = 10000  # rows per read of `stamps`, a tenth the size
 _UNDER = "path >= ? AND path < ? AND (path = ? OR path >= ?)"
 LOGGED_ROWS = 20  # damaged rows logged one by one; past that, one line per batch set aside
 T = TypeVar("T")
+HEADS_SWEPT = 256  # signature heads added before unused ones are swept, at the least
+# (NOT IN a list holding NULL is never true: the rows without a head are left out.)
+SWEEP_HEADS = """
+DELETE FROM sig_heads WHERE id NOT IN (
+    SELECT sig_head FROM files WHERE sig_head IS NOT NULL
+    UNION SELECT sig_head FROM need WHERE sig_head IS NOT NULL
+    UNION SELECT sig_head FROM losers WHERE sig_head IS NOT NULL
+    UNION SELECT sig_head FROM held WHERE sig_head IS NOT NULL)
+"""
 # CROSS JOIN pins the loop order so the lookup starts from the hash index, which keys on the
 # first 8 bytes of a hash (schema/007): the whole hash is compared after.
 FIND_BLOCK = ("SELECT f.path, b.idx FROM blocks AS b CROSS JOIN files AS f ON f.id = b.file"
@@ -67,6 +78,9 @@ class Index:
         self._failed = False  # an error met: the next open checks the file whole
         self.writes = 0  # transactions committed: a reader may skip a query while it stays
         self._db = open_database(path)
+        # Signature heads stored since the last sweep, and how many make the next one due.
+        self._heads_added = int(self._rows("SELECT count(*) FROM sig_heads", ())[0][0])
+        self._heads_kept = HEADS_SWEPT
 
     def close(self) -> None:
         """Close the database; the object is unusable afterwards."""
@@ -168,15 +182,34 @@ class Index:
         with self._lock:
             return self._damaged.pop(folder, set())
 
+    def _add(self, sql: str, folder: str, needs: Sequence[Need]) -> None:
+        """Store versions in a table of needs (ADD_NEED, ADD_LOSER or ADD_HELD)."""
+        heads: dict[bytes, bytes] = {}
+        rows = [(folder, *columns_of(n.record), *stored(n.signature, heads), n.source,
+                 n.record.author) for n in needs]
+        with self._write() as db:
+            db.executemany(sql, rows)
+            self._put_heads(db, heads)
+
+    def _put_heads(self, db: sqlite3.Connection, heads: dict[bytes, bytes]) -> None:
+        """Store the heads of the vouched signatures just stored (schema/008), and now and then
+        drop those no row uses any more: each run of a node vouches anew, and a peer could send
+        a new head with each version."""
+        if not heads:
+            return
+        self._heads_added += db.executemany(PUT_HEAD, heads.items()).rowcount
+        if self._heads_added > self._heads_kept:
+            db.execute(SWEEP_HEADS)
+            self._heads_added = 0
+            kept = int(db.execute("SELECT count(*) FROM sig_heads").fetchone()[0])
+            self._heads_kept = max(HEADS_SWEPT, kept)
+
     def _entries(self, where: str, args: tuple[object, ...]) -> list[Entry]:
         return self._read(FILES, where, args)
 
     def add_losers(self, folder: str, losers: Sequence[Need]) -> None:
         """Keep versions that lost to a concurrent one (one per path and origin, the latest)."""
-        with self._write() as db:
-            db.executemany(ADD_LOSER, (
-                (folder, *columns_of(n.record), n.signature, n.source, n.record.author)
-                for n in losers))
+        self._add(ADD_LOSER, folder, losers)
 
     def losers(self, folder: str) -> list[Need]:
         """Every version kept aside as a loser, in path order."""
@@ -190,10 +223,7 @@ class Index:
 
     def add_held(self, folder: str, held: Sequence[Need]) -> None:
         """Keep versions whose origin is not trusted (one per path and origin, the latest)."""
-        with self._write() as db:
-            db.executemany(ADD_HELD, (
-                (folder, *columns_of(n.record), n.signature, n.source, n.record.author)
-                for n in held))
+        self._add(ADD_HELD, folder, held)
 
     def held(self, folder: str, limit: int = -1) -> list[Need]:
         """Versions held back for their origin, in path order (the first `limit`)."""
@@ -235,15 +265,19 @@ class Index:
         """
         if not items:
             return []
+        heads: dict[bytes, bytes] = {}
+        signatures = [stored(signature, heads) for _, signature, _, _ in items]
         with self._write() as db:
             db.execute("INSERT INTO folder_seq VALUES (?, ?) ON CONFLICT (folder) DO UPDATE"
                        " SET seq = seq + excluded.seq", (folder, len(items)))
             top = db.execute("SELECT seq FROM folder_seq WHERE folder = ?", (folder,)).fetchone()
             seqs = list(range(top[0] - len(items) + 1, top[0] + 1))
             db.executemany(UPSERT, (
-                (folder, *columns_of(record), signature, signed(inode), signed(dev), seq,
+                (folder, *columns_of(record), *signature, signed(inode), signed(dev), seq,
                  record.author)
-                for (record, signature, inode, dev), seq in zip(items, seqs, strict=True)))
+                for (record, _, inode, dev), signature, seq
+                in zip(items, signatures, seqs, strict=True)))
+            self._put_heads(db, heads)
             # The write lock is ours, so this put's rows are exactly those from its first seq.
             ids = dict(db.execute("SELECT path, id FROM files WHERE folder = ? AND seq >= ?",
                                   (folder, seqs[0])))
@@ -319,10 +353,7 @@ class Index:
 
     def add_needs(self, folder: str, needs: Sequence[Need]) -> None:
         """Queue remote versions to write, each replacing any need for the same path."""
-        with self._write() as db:
-            db.executemany(ADD_NEED, (
-                (folder, *columns_of(n.record), n.signature, n.source, n.record.author)
-                for n in needs))
+        self._add(ADD_NEED, folder, needs)
 
     def need(self, folder: str, path: str) -> Need | None:
         """The version queued for one path, None if none is."""

@@ -3,6 +3,7 @@ decoders read them, and the checks that make a damaged row a DamagedRow, never a
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any, Generic, TypeVar
 from meshsync.core.errors import WireError
 from meshsync.core.paths import RelPath
 from meshsync.core.records import FileRecord, Kind, Stamp, stamp
+from meshsync.core.signing import split_vouched
 from meshsync.core.vclock import Vector
 
 DIGEST = 32
@@ -22,12 +24,17 @@ T = TypeVar("T")
 _RECORD = (("folder", str), ("path", str), ("kind", str), ("version", str), ("origin", str),
            ("deleted", int), ("size", int), ("mode", int), ("mtime_ns", int), ("blocks", bytes),
            ("target", str), ("signature", bytes))
-_ENTRY = (*_RECORD, ("seq", int), ("inode", int), ("dev", int), ("author", str))
-_NEED = (*_RECORD, ("source", str), ("author", str))
+# A vouched signature's head, kept once in sig_heads (schema/008): b"" for a row without one,
+# NULL if it is missing.
+_HEAD = ("CASE WHEN sig_head IS NULL THEN x'' ELSE"
+         " (SELECT head FROM sig_heads WHERE id = sig_head) END")
+_ENTRY = (*_RECORD, ("seq", int), ("inode", int), ("dev", int), ("author", str),
+          ("signature's head", bytes))
+_NEED = (*_RECORD, ("source", str), ("author", str), ("signature's head", bytes))
 _ENTRY_TYPES = tuple(kind for _, kind in _ENTRY)
 _NEED_TYPES = tuple(kind for _, kind in _NEED)
-_ENTRY_COLUMNS = ", ".join(name for name, _ in _ENTRY)
-_NEED_COLUMNS = ", ".join(name for name, _ in _NEED)
+_ENTRY_COLUMNS = ", ".join((*(name for name, _ in _ENTRY[:-1]), _HEAD))
+_NEED_COLUMNS = ", ".join((*(name for name, _ in _NEED[:-1]), _HEAD))
 # Built from the constant column names above, never from input.
 _SELECT_ENTRY = f"SELECT {_ENTRY_COLUMNS} FROM files WHERE folder = ? "  # noqa: S608
 _SELECT_NEED = f"SELECT {_NEED_COLUMNS} FROM need WHERE folder = ? "  # noqa: S608
@@ -37,35 +44,36 @@ _SELECT_LOSER = f"SELECT {_NEED_COLUMNS} FROM losers WHERE folder = ? "  # noqa:
 _SELECT_HELD = f"SELECT {_NEED_COLUMNS} FROM held WHERE folder = ? "  # noqa: S608
 UPSERT = """
 INSERT INTO files (folder, path, kind, version, origin, deleted, size, mode, mtime_ns, blocks,
-                   target, signature, inode, dev, seq, author)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   target, signature, sig_head, inode, dev, seq, author)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (folder, path) DO UPDATE SET
     kind = excluded.kind, version = excluded.version, origin = excluded.origin,
     deleted = excluded.deleted, size = excluded.size, mode = excluded.mode,
     mtime_ns = excluded.mtime_ns, blocks = excluded.blocks, target = excluded.target,
-    signature = excluded.signature, inode = excluded.inode, dev = excluded.dev, seq = excluded.seq,
-    author = excluded.author
+    signature = excluded.signature, sig_head = excluded.sig_head, inode = excluded.inode,
+    dev = excluded.dev, seq = excluded.seq, author = excluded.author
 """
 ADD_LOSER = """
 INSERT OR REPLACE INTO losers (folder, path, kind, version, origin, deleted, size, mode, mtime_ns,
-                               blocks, target, signature, source, author)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                               blocks, target, signature, sig_head, source, author)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 ADD_HELD = """
 INSERT OR REPLACE INTO held (folder, path, kind, version, origin, deleted, size, mode, mtime_ns,
-                             blocks, target, signature, source, author)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                             blocks, target, signature, sig_head, source, author)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 # An upsert, not INSERT OR REPLACE: the replaced row's removal must fire the totals' triggers.
 ADD_NEED = """
 INSERT INTO need (folder, path, kind, version, origin, deleted, size, mode, mtime_ns, blocks,
-                  target, signature, source, author)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  target, signature, sig_head, source, author)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (folder, path) DO UPDATE SET
     kind = excluded.kind, version = excluded.version, origin = excluded.origin,
     deleted = excluded.deleted, size = excluded.size, mode = excluded.mode,
     mtime_ns = excluded.mtime_ns, blocks = excluded.blocks, target = excluded.target,
-    signature = excluded.signature, source = excluded.source, author = excluded.author
+    signature = excluded.signature, sig_head = excluded.sig_head, source = excluded.source,
+    author = excluded.author
 """
 
 
@@ -119,6 +127,24 @@ def columns_of(r: FileRecord) -> tuple[object, ...]:
             r.origin, int(r.deleted), r.size, r.mode, r.mtime_ns, b"".join(r.blocks), r.target)
 
 
+PUT_HEAD = "INSERT OR IGNORE INTO sig_heads VALUES (?, ?)"
+
+
+def stored(signature: bytes, heads: dict[bytes, bytes]) -> tuple[bytes, bytes | None]:
+    """The `signature` and `sig_head` columns that keep a signature; a vouched one's head is
+    added to `heads` (by its id) for the caller to put with PUT_HEAD."""
+    head, tail = split_vouched(signature)
+    if not head:
+        return signature, None
+    heads[ident := _head_id(head)] = head
+    return tail, ident
+
+
+@lru_cache(maxsize=64)
+def _head_id(head: bytes) -> bytes:
+    return hashlib.sha256(head).digest()
+
+
 def _check(row: tuple[Any, ...], columns: tuple[tuple[str, type], ...]) -> None:
     """DamagedRow unless every column has its declared type."""
     for value, (name, kind) in zip(row, columns, strict=True):
@@ -150,7 +176,7 @@ _KINDS = {kind.value: kind for kind in Kind}  # a dict is faster than Kind(...) 
 def _entry(row: tuple[Any, ...]) -> Entry:
     if tuple(map(type, row)) != _ENTRY_TYPES:
         _check(row, _ENTRY)
-    return Entry(_record(row, row[15]), row[11], row[12], _unsigned(row[13]),
+    return Entry(_record(row, row[15]), row[16] + row[11], row[12], _unsigned(row[13]),
                  _unsigned(row[14]))
 
 
@@ -168,7 +194,7 @@ def stamp_of(row: tuple[Any, ...]) -> Stamp | None:
 def _need(row: tuple[Any, ...]) -> Need:
     if tuple(map(type, row)) != _NEED_TYPES:
         _check(row, _NEED)
-    return Need(_record(row, row[13]), row[11], row[12])
+    return Need(_record(row, row[13]), row[14] + row[11], row[12])
 
 
 FILES = Table("files", _SELECT_ENTRY, "AND path = ?", (1,), (

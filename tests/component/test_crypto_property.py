@@ -464,3 +464,10 @@ def test_a_certificate_names_its_vouching_key_or_raises_not_vouched(der: bytes) 
 def test_every_key_type_vouches_for_its_certificate(n: int) -> None:
     der, blob = certificates()[n]
     assert tls.vouched_key(der) == blob
+
+
+@given(st.binary(max_size=200).map(lambda b: runkey.MAGIC + b) | st.binary(max_size=200))
+def test_a_signature_split_for_storage_joins_back_whole(signature: bytes) -> None:
+    head, tail = signing.split_vouched(signature)
+    assert head + tail == signature
+    assert not head or (head.startswith(runkey.MAGIC) and len(tail) == signing.VOUCHED_TAIL)

@@ -14,17 +14,22 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meshsync.core import signing
 from meshsync.core.errors import MeshsyncError
 from meshsync.core.paths import RelPath
 from meshsync.core.records import FileRecord, Kind
 from meshsync.core.vclock import Vector
+from meshsync.crypto import runkey
+from meshsync.crypto.keys import KeySigner
 from meshsync.fs.scan import Seen, differs
 from meshsync.store import database
 from meshsync.store.index import FIND_BLOCK, LOGGED_ROWS, PAGE, Entry, Index, IndexUnusable, Need
@@ -488,6 +493,9 @@ def test_an_index_from_before_the_totals_gets_them_counted(db_path: Path) -> Non
                  "need_changed"):
         sql(db_path, f"DROP TRIGGER {name}")
     sql(db_path, "DROP TABLE totals")
+    sql(db_path, "DROP TABLE sig_heads")  # and what the later schema files add
+    for table in ("files", "need", "losers", "held"):
+        sql(db_path, f"ALTER TABLE {table} DROP COLUMN sig_head")
     sql(db_path, "PRAGMA user_version = 5")
     index = Index(db_path)
     try:
@@ -816,6 +824,7 @@ DISK_FULL = """
 import hashlib, sys
 from pathlib import Path
 from meshsync.core.paths import RelPath
+from meshsync.core import signing
 from meshsync.core.records import FileRecord, Kind
 from meshsync.core.vclock import Vector
 from meshsync.store.index import Index, IndexUnusable
@@ -953,3 +962,73 @@ def test_a_put_of_ten_thousand_records_stores_them_all(index: Index) -> None:
     assert [e.record for e in index.entries(FOLDER)] == records
     assert index.find_blocks(FOLDER, [digest("9999b")]).get(digest("9999b")) == ("bulk/09999", 1)
     assert [e.seq for e in index.since(FOLDER, 9_990)] == list(range(9_991, 10_001))
+
+
+def run_signature(signer: runkey.RunSigner, record: FileRecord) -> bytes:
+    return signer.sign(record.path.encode())
+
+
+@cache
+def slow_key() -> KeySigner:
+    return KeySigner(rsa.generate_private_key(65537, 2048))
+
+
+@cache
+def run_signers() -> tuple[runkey.RunSigner, ...]:
+    """Two runs of a node whose key is slow (RSA): each vouches for a key of its own."""
+    return runkey.RunSigner(slow_key()), runkey.RunSigner(slow_key())
+
+
+def test_vouched_signatures_keep_one_copy_of_their_head_and_read_back_whole(
+    index: Index, db_path: Path,
+) -> None:
+    first, second = run_signers()
+    records = [file(f"f{i:02}", str(i)) for i in range(50)]
+    signed = [(r, run_signature(first if i % 2 else second, r)) for i, r in enumerate(records)]
+    index.put(FOLDER, [(r, s, 7, 42) for r, s in signed])
+    theirs = [Need(file(f"n{i:02}", str(i), node=B), sig, B) for i, (_, sig) in enumerate(signed)]
+    index.add_needs(FOLDER, theirs)
+    index.add_losers(FOLDER, theirs[:3])
+    index.add_held(FOLDER, theirs[:3])
+    assert [(e.record, e.signature) for e in index.entries(FOLDER)] == signed
+    assert index.needs(FOLDER) == theirs
+    assert index.losers(FOLDER) == index.held(FOLDER) == theirs[:3]
+    for entry in index.entries(FOLDER):
+        assert runkey.verify(entry.signature, entry.record.path.encode()) == slow_key().public_blob
+    assert sql(db_path, "SELECT count(*) FROM sig_heads") == [(2,)]
+    stored = sql(db_path, "SELECT sum(length(signature)) FROM files")[0][0]
+    assert stored == 50 * signing.VOUCHED_TAIL
+    # An SSHSIG, and anything else a peer sent as a signature, is kept as it came.
+    plain = [item(file("plain", "p")), (file("odd", "o"), runkey.MAGIC + b"short", 7, 42)]
+    index.put(FOLDER, plain)
+    assert [(e.record, e.signature) for e in index.entries(FOLDER)][-2:] == [
+        (r, s) for r, s, _, _ in reversed(plain)]
+
+
+def test_a_row_whose_signature_head_is_gone_is_set_aside(index: Index, db_path: Path) -> None:
+    signer = run_signers()[0]
+    index.put(FOLDER, [(r, run_signature(signer, r), 7, 42) for r in (file("a"), file("b"))])
+    sql(db_path, "UPDATE files SET sig_head = ? WHERE path = 'b'", digest("nothing"))
+    assert [e.record.path for e in index.entries(FOLDER)] == ["a"]
+    assert index.take_damaged(FOLDER) == {"b"}
+
+
+def test_heads_no_row_uses_are_swept_once_many_have_come(
+    index: Index, db_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A peer can send a new head with every version: the ones replaced must not pile up.
+    monkeypatch.setattr("meshsync.store.index.HEADS_SWEPT", 4)
+    index = Index(db_path)  # reads the bound when it opens
+    try:
+        kept = file("kept")
+        index.put(FOLDER, [(kept, runkey.MAGIC + b"kept".ljust(80), 7, 42), item(file("plain"))])
+        for n in range(12):
+            sig = runkey.MAGIC + f"head {n}".encode().ljust(80)
+            index.add_needs(FOLDER, [Need(file("churn", node=B), sig, B)])
+            assert sql(db_path, "SELECT count(*) <= 2 + 4 FROM sig_heads") == [(1,)]
+        assert index.get(FOLDER, "kept") == Entry(kept, runkey.MAGIC + b"kept".ljust(80),
+                                                  1, 7, 42)
+        assert index.need(FOLDER, "churn") == Need(file("churn", node=B),
+                                                   runkey.MAGIC + b"head 11".ljust(80), B)
+    finally:
+        index.close()
