@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import queue
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from meshsync import __version__
 from meshsync.cli import render
-from meshsync.control.client import call
+from meshsync.control.client import call, events
 from meshsync.control.protocol import ControlError
 from meshsync.node.config import state_dir
 
@@ -50,36 +53,84 @@ def _client_command(args: argparse.Namespace) -> int:
     result: Any
     match args.command:
         case "id":
-            result = call(sock, "id")
+            result = call(sock, "GET", "/v1/id")
             text = f"{result['id']}\n{result['key']}"
         case "peers":
-            result = call(sock, "peers")
+            result = call(sock, "GET", "/v1/peers")
             text = render.peers(result)
         case "status":
-            result = call(sock, "status")
+            if args.watch:
+                return _watch(sock)
+            result = call(sock, "GET", "/v1/status")
             text = render.status(result)
         case "conflicts":
-            result = call(sock, "conflicts")
+            result = call(sock, "GET", "/v1/conflicts")
             text = render.conflicts(result)
         case "versions":
-            result = call(sock, "versions", path=_absolute(args.path))
+            result = call(sock, "GET", "/v1/versions", query={"path": _absolute(args.path)})
             text = render.versions(result)
         case "restore":
-            result = call(sock, "restore", path=_absolute(args.path), at=args.at)
+            result = call(sock, "POST", "/v1/restore",
+                          {"path": _absolute(args.path), "at": args.at})
             text = render.restored(result)
         case "elect":
-            result = call(sock, "elect", force=args.force)
+            result = (call(sock, "POST", "/v1/elect") if args.force
+                      else call(sock, "GET", "/v1/election"))
             text = render.election(result)
         case "trust":
-            result = call(sock, "trust", keys=_key_texts(args.key), introducer=args.introducer)
+            result = call(sock, "POST", "/v1/trust", {"keys": _key_texts(args.key),
+                                                     "introducer": args.introducer})
             text = render.trusted(result)
         case "stop":
-            result = call(sock, "stop")
+            result = call(sock, "POST", "/v1/stop")
             text = "the node is stopping"
         case _:
             raise AssertionError(args.command)
     print(json.dumps(result, indent=2) if getattr(args, "json", False) else text)
     return 0
+
+
+WATCH_EVERY = 1.0  # seconds between looks at the status while following the events
+
+
+def _watch(sock: Path) -> int:
+    """`status --watch`: the status, then each event and each change of a folder's line as
+    they come, each line stamped with the time, until Ctrl-C or the node stops."""
+    came: queue.Queue[dict[str, Any] | ControlError] = queue.Queue()
+
+    def read() -> None:
+        try:
+            for found in events(sock):
+                if found is not None:
+                    came.put(found)
+        except ControlError as e:
+            came.put(e)
+
+    result = call(sock, "GET", "/v1/status")
+    threading.Thread(target=read, daemon=True).start()
+    print(render.status(result), flush=True)
+    lines = {f["id"]: render.folder_line(f) for f in result["folders"]}
+    looked = time.monotonic()
+    try:
+        while True:
+            try:
+                found = came.get(timeout=max(0.0, looked + WATCH_EVERY - time.monotonic()))
+            except queue.Empty:
+                found = None
+            if isinstance(found, ControlError):
+                raise found
+            stamp = time.strftime("%H:%M:%S")
+            if found is not None and (line := render.event(found)) is not None:
+                print(f"{stamp} {line}", flush=True)
+            if time.monotonic() < looked + WATCH_EVERY:
+                continue
+            looked = time.monotonic()
+            for folder in call(sock, "GET", "/v1/status")["folders"]:
+                if lines.get(folder["id"]) != (line := render.folder_line(folder)):
+                    lines[folder["id"]] = line
+                    print(f"{stamp} {line}", flush=True)
+    except KeyboardInterrupt:
+        return 130
 
 
 def _absolute(arg: str) -> str:
@@ -138,7 +189,10 @@ def _parser() -> argparse.ArgumentParser:
 
     client("id", "this node's ID and public key line")
     client("peers", "every node this node knows, itself included")
-    client("status", "this node's folders and the members sharing them")
+    status = client("status", "this node's folders and the members sharing them")
+    status.add_argument("--watch", action="store_true",
+                        help="then follow: print each event and each change of a folder's"
+                             " state as it comes, until Ctrl-C")
     client("conflicts", "conflict copies: both versions' origin and time")
     versions = client("versions", "kept versions of a file, or of all files below a directory")
     versions.add_argument("path", metavar="PATH", help="a file or directory in a synced folder")

@@ -79,30 +79,10 @@ def status(result: dict[str, Any]) -> str:
     under way, transfers and their rate, and the first paths held back, with why."""
     lines = [f"node {result['id']} ({result['name']}); {election(result)}"]
     for folder in result["folders"]:
-        members = len(folder["members"])
-        state = folder["state"]
-        if scan := folder.get("scan"):
-            state += (f" ({scan['entries_done']:,} of {scan['entries_found']:,} entries, "
-                      f"{size(scan['bytes_done'])} of {size(scan['bytes_found'])}"
-                      f"{', still finding more' if scan['walking'] else ''})")
-        if folder["need_files"]:
-            state += f", needs {folder['need_files']} files ({size(folder['need_bytes'])})"
-        held = folder.get("held_back_count", folder.get("waiting_count", 0))
-        if held and state == "held back":
-            state += f": {held} file{'' if held == 1 else 's'}"
-        elif held:
-            state += f", {held} held back"
-        if folder["conflicts"]:
-            state += f", {folder['conflicts']} conflict{'' if folder['conflicts'] == 1 else 's'}"
-        rate = folder.get("rate") or {}
-        if rate.get("in") or rate.get("out"):
-            state += f", receiving {size(rate['in'])}/s, sending {size(rate['out'])}/s"
-        done = ", ".join(f"{shown(c['name'], 40)} {c['percent']}%"
-                         for c in folder.get("completion", []) if c["percent"] is not None)
-        lines.append(f"{folder['id']}  {folder['path']}  {state}; shared with {members} online "
-                     f"member{'' if members == 1 else 's'}" + (f" ({done})" if done else ""))
+        lines.append(folder_line(folder))
         lines += [f"  {shown(t['path'], WIDE)}  {size(t['done'])} of {size(t['size'])}"
                   for t in folder["transfers"]]
+        held = folder.get("held_back_count", folder.get("waiting_count", 0))
         listed = folder.get("held_back", folder.get("waiting", []))[:WAITING_SHOWN]
         lines += [f"  held back: {shown(w['path'], WIDE)}: {shown(w['reason'], WIDE)}"
                   + (f" (next try {later(w['retry_in'])})" if "retry_in" in w else "")
@@ -110,6 +90,63 @@ def status(result: dict[str, Any]) -> str:
         if held > len(listed):
             lines.append(f"  held back: {held - len(listed)} more (see --json)")
     return "\n".join(lines)
+
+
+def folder_line(folder: dict[str, Any]) -> str:
+    """One folder's state, what it needs, held back, conflicts, rate and members, in a line."""
+    members = len(folder["members"])
+    state = folder["state"]
+    if scan := folder.get("scan"):
+        state += (f" ({scan['entries_done']:,} of {scan['entries_found']:,} entries, "
+                  f"{size(scan['bytes_done'])} of {size(scan['bytes_found'])}"
+                  f"{', still finding more' if scan['walking'] else ''})")
+    if folder["need_files"]:
+        state += f", needs {folder['need_files']} files ({size(folder['need_bytes'])})"
+    held = folder.get("held_back_count", folder.get("waiting_count", 0))
+    if held and state == "held back":
+        state += f": {held} file{'' if held == 1 else 's'}"
+    elif held:
+        state += f", {held} held back"
+    if folder["conflicts"]:
+        state += f", {folder['conflicts']} conflict{'' if folder['conflicts'] == 1 else 's'}"
+    rate = folder.get("rate") or {}
+    if rate.get("in") or rate.get("out"):
+        state += f", receiving {size(rate['in'])}/s, sending {size(rate['out'])}/s"
+    done = ", ".join(f"{shown(c['name'], 40)} {c['percent']}%"
+                     for c in folder.get("completion", []) if c["percent"] is not None)
+    return (f"{folder['id']}  {folder['path']}  {state}; shared with {members} online "
+            f"member{'' if members == 1 else 's'}" + (f" ({done})" if done else ""))
+
+
+def event(e: dict[str, Any]) -> str | None:
+    """An event of the node's stream as a line; None for one not shown."""
+    def node(key: str, name: str) -> str:
+        node_id = e.get(key)
+        if not isinstance(node_id, str):
+            return "?"
+        return f"{shown(e.get(name) or '?', 40)} ({node_id.removeprefix('SHA256:')[:8]})"
+
+    match e.get("type"):
+        case "peer":
+            reason = f" ({shown(e['reason'], None)})" if e.get("reason") else ""
+            return f"peer {node('peer', 'name')} {e.get('state')}{reason}"
+        case "coordinator":
+            return f"coordinator {node('coordinator', 'name')}, term {e.get('term')}"
+        case "changed":
+            paths = e.get("paths") or []
+            more = (e.get("count") or 0) - min(3, len(paths))
+            by = "here" if e.get("origin") is None else f"from {node('origin', 'origin_name')}"
+            return (f"{e.get('folder')}: {e.get('count')} changed {by}: "
+                    + ", ".join(shown(p, 80) for p in paths[:3])
+                    + (f" and {more} more" if more > 0 else ""))
+        case "conflict":
+            return (f"{e.get('folder')}: conflict on {shown(e.get('path', ''), WIDE)}: the other"
+                    f" version kept as {shown(e.get('copy', ''), WIDE)}")
+        case "warning":
+            return f"warning: {shown(e.get('message', ''), WIDE)}"
+        case "missed":
+            return f"({e.get('count')} events missed)"
+    return None
 
 
 def later(seconds: float) -> str:

@@ -57,7 +57,7 @@ class Commands:
             case "peers":
                 return self.peers_json()
             case "elect":
-                if args.get("force"):
+                if args.get("force") is True:
                     self._feed(el.ElectionForced(peers.clock.now()))
                     try:
                         await asyncio.wait_for(self._settled.wait(), SETTLE_TIMEOUT)
@@ -207,10 +207,10 @@ class Commands:
         for conflict in found:
             for side in (conflict["copy"], conflict["current"] or {}):
                 if side:
-                    side["node"] = self._node_of(side["origin"])
+                    side["node"] = self.node_of(side["origin"])
         return found
 
-    def _node_of(self, key: str) -> dict[str, str] | None:
+    def node_of(self, key: str) -> dict[str, str] | None:
         """The node whose vector key starts with `key` (a conflict copy names 7 digits)."""
         peers = self._peers
         nodes = [(peers.me, peers.name), *((p.id, p.name) for p in peers.roster)]

@@ -79,6 +79,10 @@ class Mesh(Verifier, Sources, Indexes, Protocol):
         """Send a notice to the coordinator and gossip it to the members sharing its folder;
         `to` one member alone (its vector key)."""
 
+    def tell(self, kind: str, **fields: Any) -> None:
+        """Tell those following the node's events; `origin`, a vector key, is told as the
+        node's ID and name. From any thread."""
+
 
 
 class FolderSync:
@@ -87,7 +91,7 @@ class FolderSync:
     def __init__(self, folder: Folder, index: Index, mesh: Mesh, epoch: str,
                  keep: Keep | None = None, clock: Clock | None = None,
                  min_free: MinFree | None = None, catch_up_every: float = 5.0) -> None:
-        self.place = Place(folder, index)
+        self.place = Place(folder, index, tell=mesh.tell)
         self.mesh = mesh
         self.epoch = epoch
         self.keep = keep or Keep()

@@ -30,6 +30,8 @@ def keeper(place: Place, changed: set[RelPath], loser: FileRecord | None) -> app
                 if apply.keep_beside(dir_fd, name, leaf):
                     log.info("folder %s: conflict on %s: the other version is kept as %s",
                              place.id, shown(rel), shown(copy))
+                    place.tell("conflict", folder=place.id, path=rel, copy=copy,
+                               origin=loser.made_by)
                     changed.add(copy)
                     return
                 if apply.same_bytes(dir_fd, name, leaf):

@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from meshsync.control import server as control_server
+from meshsync.control.events import Events
 from meshsync.core import election as el
 from meshsync.core.ids import NodeId
 from meshsync.core.wire import BlockRequest, Data, FolderId, Hello, IndexRequest, Records
@@ -78,6 +80,7 @@ class Node:
         self._commands = Commands(self._peers, self._credentials, signer.public_blob,
                                   self._folders, self._feed, self._settled, self._stop,
                                   self._wake, self._trust_changed)
+        self.events = Events()
 
     # -- what folders and peers ask of the node, each answered by the part that owns it ---------
     @property
@@ -97,6 +100,15 @@ class Node:
     def untrusted_origin(self, origin: str) -> str:
         """Which node made versions held back here, and the command that would trust it."""
         return self._credentials.untrusted_origin(origin)
+
+    def tell(self, kind: str, **fields: Any) -> None:
+        """Tell those following the node's events; `origin`, a vector key, is told as the
+        node's ID and name. From any thread."""
+        if "origin" in fields:
+            node = self._commands.node_of(fields["origin"]) if fields["origin"] else None
+            fields["origin"] = node and node["id"]
+            fields["origin_name"] = node and node["name"]
+        self.events.publish(kind, **fields)
 
     def members(self, folder: str) -> int:
         """How many members share `folder`, online or not."""
@@ -178,9 +190,11 @@ class Node:
             runner, protocol = await serve(
                 make_app(self._credentials, self.id, self._clock.wall, self, listener))
             parts.push_async_callback(runner.cleanup)
+            self.events.bind(asyncio.get_running_loop())
+            parts.enter_context(_warnings_told(self.events))
             path = control_socket(self.config.state)
-            control = await control_server.serve(path, self._commands.dispatch)
-            parts.callback(control_server.close, control, path)
+            control = await control_server.serve(path, self._commands.dispatch, self.events)
+            parts.push_async_callback(control_server.close, control, path)
             client = await parts.enter_async_context(
                 PeerClient(self._credentials, self._clock.wall))
             self._exchange.client = client
@@ -267,11 +281,13 @@ class Node:
                 self._links.beat_now()
             case el.MarkUp(peer):
                 log.info("peer online: %s", describe(peer))
+                self._tell_peer(peer, "online", None)
                 for sync in self._folders.values():
                     sync.catch_up.wake.set()
                     sync.retry_now()  # it may hold what others could not supply
             case el.MarkDown(peer, reason):
                 log.info("peer down: %s (%s)", describe(peer), reason)
+                self._tell_peer(peer, "down", reason)
                 self._greeter.forget(peer)
             case el.OpenElection(term):
                 self._settled.clear()
@@ -279,5 +295,35 @@ class Node:
             case el.FollowCoordinator(coordinator, term):
                 self._settled.set()
                 log.info("coordinator is %s, term %d", describe(coordinator), term)
+                self.events.publish("coordinator", coordinator=str(coordinator), term=term,
+                                    name=self._peers.name_of(coordinator))
             case el.StepDown(term):
                 log.info("stepping down as coordinator of term %d", term)
+
+    def _tell_peer(self, peer: NodeId, state: str, reason: str | None) -> None:
+        self.events.publish("peer", peer=str(peer), name=self._peers.name_of(peer),
+                            state=state, reason=reason)
+
+
+class _Told(logging.Handler):
+    """Warnings logged by the node, told as events too (logging already bounds them)."""
+
+    def __init__(self, events: Events) -> None:
+        super().__init__(logging.WARNING)
+        self._events = events
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._events.publish("warning", message=record.getMessage())
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _warnings_told(events: Events) -> Iterator[None]:
+    handler = _Told(events)
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)

@@ -51,8 +51,14 @@ class Peers:
         """A peer's ID and name, for the log."""
         if peer_id == self.me:
             return f"{peer_id} ({self.name}, this node)"
+        return f"{peer_id} ({self.name_of(peer_id) or '?'})"
+
+    def name_of(self, peer_id: NodeId) -> str | None:
+        """The name a node gave (ours for this node); None if never heard."""
+        if peer_id == self.me:
+            return self.name
         peer = self.roster.get(peer_id)
-        return f"{peer_id} ({peer.name if peer else '?'})"
+        return peer.name if peer else None
 
     def remember_stranger(self, key: bytes, seen_at: str, **known: Any) -> None:
         """List a node that proved its key but is not trusted; said once a minute."""

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshsync.core.paths import RelPath
-from meshsync.core.records import Kind, Stamp
+from meshsync.core.records import FileRecord, Kind, Stamp
 from meshsync.core.throttle import Throttle
 from meshsync.core.wire import FolderId
 from meshsync.fs import scan
@@ -33,6 +33,19 @@ class Place:
     racy: frozenset[RelPath] = frozenset()
     # What sync left at the paths it wrote, until the watcher reports them (see Written).
     written: Written = field(default_factory=lambda: Written())
+    # Tells those following the node's events (`meshsync status --watch`, the API); from any
+    # thread.
+    tell: Callable[..., None] = field(default=lambda kind, **fields: None)
+
+    def changed(self, records: Iterable[FileRecord], received: bool) -> None:
+        """Tell of versions stored: made here, or received (an event per node that made
+        them)."""
+        by: dict[str, list[RelPath]] = {}
+        for r in records:
+            by.setdefault(r.made_by if received else "", []).append(r.path)
+        for key, paths in by.items():
+            self.tell("changed", folder=self.id, origin=key or None, count=len(paths),
+                      paths=paths[:CHANGED_PATHS])
 
     @property
     def id(self) -> FolderId:
@@ -45,6 +58,7 @@ class Place:
         return self.folder.path
 
 
+CHANGED_PATHS = 50  # paths named in an event of changes; the count says how many in all
 ECHOES_KEPT = 10_000  # paths remembered before all are forgotten (the watcher reports each
 # within a second; past this many it is not reporting)
 

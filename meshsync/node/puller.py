@@ -452,6 +452,7 @@ class Puller:
         sent us, as it sent them, are noted for telling it (see FolderSync._covered)."""
         written = batch.done
         seqs = self.place.index.put(self.place.id, written)
+        self.place.changed((r for r, *_ in written), received=True)
         if seqs and len(batch.sources) == 1 and (
                 source := next(iter(batch.sources))) not in ("", REVIVED):
             batch.covered.append((source, range(seqs[0], seqs[-1] + 1)))

@@ -255,6 +255,7 @@ class Scanner:
         list as a patch of the version before (taken from `before`) where that is shorter."""
         seqs = self.place.index.put(self.place.id, [*mine, *held])
         if mine:
+            self.place.changed((record for record, *_ in mine), received=False)
             announce([Signed(record, signature, _patch(before.pop(record.path, None), record))
                       for record, signature, _, _ in mine], range(seqs[0], seqs[-1] + 1))
 

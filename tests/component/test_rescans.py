@@ -40,7 +40,8 @@ async def test_a_folder_that_cannot_be_watched_says_so_and_falls_back_to_rescans
     monkeypatch.setattr(folder, "watch", no_watches)
     (tmp_path / "f" / ".meshsync").mkdir(parents=True)
     sync = FolderSync(Folder(FolderId("f"), tmp_path / "f"), Index(tmp_path / "index.db"),
-                      cast(Mesh, SimpleNamespace(me=NodeId(b"\x01" * 32))), "epoch")
+                      cast(Mesh, SimpleNamespace(me=NodeId(b"\x01" * 32),
+                                                        tell=lambda kind, **fields: None)), "epoch")
     monkeypatch.setattr(folder, "RESCAN_EVERY", 0.0)  # how long it waits to try again
 
     await sync._take_events()

@@ -59,10 +59,14 @@ class Members:
         self.offline = offline  # members that could hold a version, not online to ask
         self.blocks: dict[bytes, bytes] = {}
         self.requests: list[tuple[str, int]] = []  # (address, hashes asked)
+        self.told: list[tuple[str, dict[str, object]]] = []  # events the folder told
 
     @property
     def me(self) -> NodeId:
         return NodeId(b"\x01" * 32)
+
+    def tell(self, kind: str, **fields: object) -> None:
+        self.told.append((kind, fields))
 
     def sign(self, message: bytes) -> bytes:
         return b"signed"
