@@ -2,7 +2,8 @@
 may open, which the CLI, the web page and `curl --unix-socket` all use.
 
 Every answer is JSON: the result with 200, or `{"error": "one line"}` with 400 (the node
-refused the request: the line says why), 404 or 405. `GET /v1/events` streams the node's
+refused the request: the line says why), 404, 405, 413, or 503 (not now: too many event
+streams open). `GET /v1/events` streams the node's
 events as server-sent events, resumable with Last-Event-ID.
 """
 
@@ -108,7 +109,7 @@ def _follower(events: Events, streams: set[asyncio.Task[Any]]) -> Callable[
         [web.Request], Awaitable[web.StreamResponse]]:
     async def follow(request: web.Request) -> web.StreamResponse:
         if len(streams) >= MAX_FOLLOWERS:
-            raise ControlError(f"{MAX_FOLLOWERS} event streams are open already")
+            raise ControlError(f"{MAX_FOLLOWERS} event streams are open already", status=503)
         after = _last_event_id(request.headers.get("Last-Event-ID"), events.last)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-store"})
@@ -151,7 +152,7 @@ async def _as_json(request: web.Request,
     try:
         return await handler(request)
     except ControlError as e:
-        return web.json_response({"error": str(e)}, status=400)
+        return web.json_response({"error": str(e)}, status=e.status)
     except web.HTTPException as e:
         if e.status == 404:
             text = f"no such endpoint: {request.method} {request.path} (GET /v1 lists them)"

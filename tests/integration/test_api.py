@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -67,6 +68,20 @@ def test_curl_gets_what_the_cli_shows_and_every_refusal_is_one_json_line(make_la
         400, {"error": "the request body must be a JSON object"})
     status, body = curl(h1, "-d", "x" * 70_000, "/v1/trust")
     assert (status, body) == (413, {"error": "the request body is over 65536 bytes"})
+    # 32 event streams at once; one more is refused until one closes.
+    streams = []
+    for _ in range(32):
+        streams.append(stream := socket.socket(socket.AF_UNIX))
+        stream.connect(str(sock))
+        stream.sendall(b"GET /v1/events HTTP/1.1\r\nHost: meshsync\r\n\r\n")
+        assert stream.recv(100).startswith(b"HTTP/1.1 200 ")
+    assert curl(h1, "/v1/events") == (503, {"error": "32 event streams are open already"})
+    streams.pop().close()
+    wait_for("a stream's room to be free", lambda: run(
+        "curl", "-sSN", "--max-time", "0.5", "-o", "/dev/null", "-w", "%{http_code}",
+        "--unix-socket", str(sock), "http://meshsync/v1/events", check=False).stdout == "200", 10)
+    for stream in streams:
+        stream.close()
     # A GET changes nothing: no election is forced by a query.
     term = h1.election()[0]
     assert curl(h1, "/v1/election?force=1")[1]["term"] == term
