@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from meshsync import __version__
 from meshsync.cli import render
@@ -20,7 +20,13 @@ from meshsync.node.config import state_dir
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit status is 0 on success, 1 with a one-line message otherwise."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "help":
+        if args.topic:
+            parser.parse_args([args.topic, "--help"])  # prints it and exits 0
+        parser.print_help()
+        return 0
     try:
         if args.command == "start":
             # Each folder's watches are placed while the node imports and opens its index.
@@ -156,8 +162,15 @@ def _key_texts(arg: str) -> list[str]:
     return [arg]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a wrong command line told in one line (exit 2), not under its usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="meshsync", description="Keep folders identical across the machines of a LAN."
     )
     parser.add_argument("--version", action="version", version=f"meshsync {__version__}")
@@ -172,7 +185,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="a peer to contact without mDNS (repeatable)")
     start.add_argument("--key", type=Path, metavar="PATH", help="SSH private key to use")
     start.add_argument("--name", help="name shown to peers (default: the host name)")
-    start.add_argument("--keep-days", type=float, default=30, metavar="DAYS",
+    start.add_argument("--keep-days", default="30", metavar="DAYS",
                        help="keep replaced and deleted files this long (default 30)")
     start.add_argument("--keep-size", default="1G", metavar="SIZE",
                        help="at most this much of them per folder, oldest go first (default 1G)")
@@ -209,6 +222,9 @@ def _parser() -> argparse.ArgumentParser:
     trust.add_argument("--introducer", action="store_true",
                        help="also trust the members this peer trusts, while it says it does")
     client("stop", "stop the running node cleanly", json_flag=False)
+    helps = sub.add_parser("help", help="this help, or a command's")
+    helps.add_argument("topic", nargs="?", metavar="COMMAND", choices=sorted(sub.choices),
+                       help="the command to explain")
     return parser
 
 

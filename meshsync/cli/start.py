@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -19,9 +20,11 @@ from meshsync.node.clock import Clock
 from meshsync.node.config import (
     Config,
     Keep,
+    check_name,
     check_peer_address,
     check_port,
     folders_from,
+    parse_days,
     parse_min_free,
     parse_size,
     state_dir,
@@ -39,7 +42,8 @@ _ARGUMENTS: tuple[type[Exception], ...] = (ValueError, *_FATAL)
 
 
 def start(args: argparse.Namespace) -> int:
-    """Run a node until it is stopped; 1 with a one-line reason if it cannot start or go on."""
+    """Run a node until it is stopped; a one-line reason and 2 if the command line is wrong,
+    1 if the node cannot start or go on."""
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(message)s",
@@ -50,20 +54,25 @@ def start(args: argparse.Namespace) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     state = state_dir()
     ssh_dir = Path.home() / ".ssh"
-    expected = _ARGUMENTS
     try:
         config = Config(
-            folders=folders_from(args.dirs, args.alias),
+            folders=folders_from(args.dirs, args.alias, {
+                "meshsync's state": state, "your SSH keys": ssh_dir}),
             state=state,
             ssh_dir=ssh_dir,
             key=args.key,
             port=check_port(args.port),
             peers=tuple(check_peer_address(p) for p in args.peer),
-            keep=Keep(args.keep_days * 86400, parse_size(args.keep_size)),
+            keep=Keep(parse_days(args.keep_days) * 86400, parse_size(args.keep_size)),
             min_free=parse_min_free(args.min_free),
             catch_up_every=interval_from(os.environ),
-            **({"name": args.name} if args.name else {}),
+            name=check_name(args.name) if args.name is not None else socket.gethostname(),
         )
+    except ValueError as e:  # the command line is wrong as written
+        print(f"meshsync start: {e}", file=sys.stderr)
+        return 2
+    expected = _ARGUMENTS
+    try:
         signer = load_signer(find_key(args.key, ssh_dir, state), os.environ.get("SSH_AUTH_SOCK"))
         clock = Clock()  # checks MESHSYNC_CLOCK_OFFSET, an argument of sorts
         trust = TrustStore([ssh_dir / "authorized_keys"], state / "trusted_keys", clock.wall)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshsync.core.errors import WireError
-from meshsync.core.wire import FolderId, check_folder_id
+from meshsync.core.wire import MAX_NAME, FolderId, check_folder_id
 
 
 def state_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -92,13 +92,27 @@ class Config:
         return frozenset(f.id for f in self.folders)
 
 
-def folders_from(dirs: list[str], alias: str | None) -> tuple[Folder, ...]:
-    """The folders named on the command line; ValueError with a message for the user if bad."""
+def folders_from(dirs: list[str], alias: str | None,
+                 keep_out: Mapping[str, Path] = {}) -> tuple[Folder, ...]:
+    """The folders named on the command line; ValueError with a message for the user if bad.
+
+    `keep_out`: directories no folder may hold, by what to call them (meshsync's state, the
+    SSH keys): syncing them would send the node's own files and keys round the mesh.
+    """
     if alias is not None and len(dirs) != 1:
         raise ValueError("--as names one folder: give exactly one DIR with it")
     folders = []
     for d in dirs:
         path = Path(d).expanduser().resolve()
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{path} is not a directory: give the directory to sync")
+        if path == Path.home().resolve():
+            raise ValueError(f"{path} is your home directory: sync a folder in it, such as"
+                             " ~/Sync")
+        for what, inside in keep_out.items():
+            if inside.resolve().is_relative_to(path):
+                raise ValueError(f"{path} holds {what} ({inside}): sync a folder that does"
+                                 " not, such as ~/Sync")
         try:
             folders.append(Folder(check_folder_id(alias or path.name), path))
         except WireError:
@@ -106,10 +120,34 @@ def folders_from(dirs: list[str], alias: str | None) -> tuple[Folder, ...]:
                 f"{alias or path.name!r} cannot be a folder ID (it names the folder to peers): "
                 "give another with --as NAME"
             ) from None
+    for outer in folders:
+        for inner in folders:
+            if inner is not outer and inner.path.is_relative_to(outer.path):
+                raise ValueError(f"{inner.path} is inside {outer.path}: sync one or the other"
+                                 " (a folder holds everything below it)")
     ids = [f.id for f in folders]
     if len(set(ids)) != len(ids):
         raise ValueError("two folders share one folder ID: give one of them another with --as")
     return tuple(folders)
+
+
+def parse_days(text: str) -> float:
+    """`--keep-days`: a number of days, 0 or more; ValueError if it is not one."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not 0 <= days <= 100 * 365:  # NaN fails too
+        raise ValueError(f"--keep-days wants a number of days from 0 to 36500, not {text!r}")
+    return days
+
+
+def check_name(text: str) -> str:
+    """`--name`: what peers show for this node; ValueError unless 1 to 64 printable
+    characters (a hello with any other is refused)."""
+    if not text or len(text) > MAX_NAME or not text.isprintable():
+        raise ValueError(f"--name wants 1 to {MAX_NAME} printable characters, not {text!r}")
+    return text
 
 
 def parse_size(text: str) -> int:

@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from meshsync.core.errors import MeshsyncError
 from meshsync.core.paths import RelPath
 from meshsync.core.records import FileRecord, block_count
 from meshsync.core.throttle import shown
@@ -108,6 +109,7 @@ class FolderSync:
         self.catch_up = CatchUp(self.place, mesh, epoch, self.take, self._too_large,
                                 self.rebuild, self.clock, catch_up_every)
         self.mounted = True
+        self._prepared = False  # prepare() has looked for the folder
         self.scanned = False  # a full scan has completed since start
         self._dirty: set[RelPath] = set()
         self._force: set[RelPath] = set()
@@ -137,9 +139,21 @@ class FolderSync:
         return self.place.ignore
 
     # -- lifetime ------------------------------------------------------------------------------
+    async def prepare(self) -> None:
+        """Look for the folder, making it (and its marker) the first time ever. The node does
+        this before it shows itself on the LAN: a folder that cannot be made stops it there,
+        in one line."""
+        try:
+            self.mounted = await asyncio.to_thread(self._check_marker, True)
+        except OSError as e:
+            raise MeshsyncError(f"cannot create the folder {self.root}: {e.strerror or e}:"
+                                " create it yourself, or sync another") from None
+        self._prepared = True
+
     async def run(self) -> None:
         """Scan, watch, apply and catch up until cancelled."""
-        self.mounted = await asyncio.to_thread(self._check_marker, True)
+        if not self._prepared:
+            await self.prepare()
         if self.mounted:
             await self._reload_ignore()
         else:  # its watch from the start would watch the mount point, not what comes there

@@ -174,6 +174,8 @@ class Node:
                                                    min_free=self.config.min_free,
                                                    catch_up_every=self.config.catch_up_every)
                                   for f in self.config.folders})
+            for sync in self._folders.values():  # before the node shows itself on the LAN
+                await sync.prepare()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):  # before mDNS: a signal mid-way says bye
                 loop.add_signal_handler(sig, self._stop.set)

@@ -66,26 +66,83 @@ def test_commands_without_a_running_node_say_so_in_one_line_and_exit_1(tmp_path,
     assert result.stderr.startswith("meshsync: no meshsync node is running")
 
 
-@pytest.mark.parametrize("args", [["--as", "a/b", "DIR"], ["--as", "..", "DIR"], ["/"]])
-def test_a_folder_that_cannot_be_named_is_refused_in_one_line(tmp_path, args):
-    args = [str(tmp_path / "Sync") if a == "DIR" else a for a in args]
-    env = {**os.environ, "HOME": str(tmp_path), "MESHSYNC_HOME": str(tmp_path / "state")}
-    result = subprocess.run([sys.executable, "-m", "meshsync", "start", *args], env=env,
-                            capture_output=True, text=True, check=False)
-    assert result.returncode == 1
-    assert result.stderr.count("\n") == 1
-    assert "cannot be a folder ID" in result.stderr
+# Each wrong command line: (arguments, exit status, the one line said). <DIR> is a folder not yet
+# made, <FILE> a file, <HOME> the home directory; 2 for a command line wrong as written, 1 for one
+# that cannot be carried out.
+BAD_STARTS = [
+    (["<FILE>"], 2, "meshsync start: <FILE> is not a directory: give the directory to sync"),
+    (["<FILE>/sub"], 1, "meshsync: cannot create the folder <FILE>/sub: Not a directory:"
+                        " create it yourself, or sync another"),
+    (["<DIR>", "<DIR>/inner"], 2, "meshsync start: <DIR>/inner is inside <DIR>: sync one or"
+                                  " the other (a folder holds everything below it)"),
+    (["<HOME>"], 2, "meshsync start: <HOME> is your home directory: sync a folder in it, such"
+                    " as ~/Sync"),
+    (["<HOME>/.local"], 2, "meshsync start: <HOME>/.local holds meshsync's state"
+                           " (<HOME>/.local/state/meshsync): sync a folder that does not, such as"
+                           " ~/Sync"),
+    (["/"], 2, "meshsync start: / holds meshsync's state (<HOME>/.local/state/meshsync): sync a"
+               " folder that does not, such as ~/Sync"),
+    (["--as", "a/b", "<DIR>"], 2, "meshsync start: 'a/b' cannot be a folder ID (it names the"
+                                  " folder to peers): give another with --as NAME"),
+    (["<DIR>", "--port", "70000"], 2, "meshsync start: --port wants a number from 0 to 65535,"
+                                      " not 70000"),
+    (["<DIR>", "--port", "-1"], 2, "meshsync start: --port wants a number from 0 to 65535,"
+                                   " not -1"),
+    (["<DIR>", "--port", "x"], 2, "meshsync start: argument --port: invalid int value: 'x'"
+                                  " (see meshsync start --help)"),
+    (["<DIR>", "--keep-days", "-1"], 2, "meshsync start: --keep-days wants a number of days from"
+                                        " 0 to 36500, not '-1'"),
+    (["<DIR>", "--keep-days", "nan"], 2, "meshsync start: --keep-days wants a number of days from"
+                                         " 0 to 36500, not 'nan'"),
+    (["<DIR>", "--keep-size=-5G"], 2, "meshsync start: not a size: '-5G' (try 500M or 2G)"),
+    (["<DIR>", "--keep-size", "12Q"], 2, "meshsync start: not a size: '12Q' (try 500M or 2G)"),
+    (["<DIR>", "--min-free", "200%"], 2, "meshsync start: --min-free wants a share from 0% to"
+                                         " 100% or a size, not '200%'"),
+    (["<DIR>", "--peer", "nohost"], 2, "meshsync start: --peer wants HOST:PORT, not 'nohost'"),
+    (["<DIR>", "--name", ""], 2, "meshsync start: --name wants 1 to 64 printable characters,"
+                                 " not ''"),
+    (["<DIR>", "--key", "<HOME>/missing"], 1, "meshsync: key file <HOME>/missing does not exist"),
+    ([], 2, "meshsync start: the following arguments are required: DIR (see meshsync start"
+            " --help)"),
+    (["<DIR>", "--bogus"], 2, "meshsync: unrecognized arguments: --bogus (see meshsync --help)"),
+]
+
+
+@pytest.mark.parametrize(("args", "status", "said"), BAD_STARTS)
+def test_a_wrong_start_is_refused_in_one_line_before_the_node_shows_itself(
+        tmp_path, args, status, said):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / ".ssh" / "id_ed25519"))
+    (tmp_path / "file").write_text("not a folder")
+    names = {"<DIR>": str(tmp_path / "Sync"), "<FILE>": str(tmp_path / "file"),
+             "<HOME>": str(home)}
+
+    def named(text: str) -> str:
+        for name, path in names.items():
+            text = text.replace(name, path)
+        return text
+
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("MESHSYNC_HOME", None)
+    env.pop("XDG_STATE_HOME", None)
+    result = subprocess.run([sys.executable, "-m", "meshsync", "start", *map(named, args)],
+                            env=env, capture_output=True, text=True, check=False, timeout=30)
+    assert (result.returncode, result.stderr) == (status, named(said) + "\n")
+    assert result.stdout == ""
     assert not (tmp_path / "Sync").exists()
+    assert not (home / ".local/state/meshsync/control.sock").exists()
 
 
-@pytest.mark.parametrize("port", ["70000", "-1"])
-def test_a_port_out_of_range_is_refused_in_one_line(tmp_path, port):
-    env = {**os.environ, "HOME": str(tmp_path), "MESHSYNC_HOME": str(tmp_path / "state")}
-    result = subprocess.run([sys.executable, "-m", "meshsync", "start", str(tmp_path / "Sync"),
-                             "--port", port], env=env, capture_output=True, text=True,
-                            check=False)
-    assert result.returncode == 1
-    assert result.stderr == f"meshsync: --port wants a number from 0 to 65535, not {port}\n"
+def test_help_explains_a_command_and_version_says_which(tmp_path):
+    def meshsync(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "meshsync", *args], capture_output=True,
+                              text=True, check=False)
+
+    assert meshsync("help").stdout == meshsync("--help").stdout
+    assert meshsync("help", "start").stdout == meshsync("start", "--help").stdout
+    assert "--keep-days DAYS" in meshsync("help", "start").stdout
+    assert meshsync("--version").stdout == "meshsync 0.1.0\n"
 
 
 def test_a_second_node_on_the_same_state_directory_is_refused(make_lan):
