@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from meshsync import __version__
-from meshsync.cli import render
+from meshsync.cli import keys, render
 from meshsync.control.client import call, events
 from meshsync.control.protocol import ControlError
+from meshsync.crypto.trust import TrustStore
 from meshsync.node.config import state_dir
 
 
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return start(args)
         return _client_command(args)
+    except keys.UsageError as e:
+        print(f"meshsync {args.command}: {e}", file=sys.stderr)
+        return 2
     except ControlError as e:
         print(f"meshsync: {e}", file=sys.stderr)
         return 1
@@ -59,7 +63,7 @@ def _client_command(args: argparse.Namespace) -> int:
     result: Any
     match args.command:
         case "id":
-            result = call(sock, "GET", "/v1/id")
+            result = keys.node_id(sock, state_dir(), Path.home() / ".ssh")
             text = f"{result['id']}\n{result['key']}"
         case "peers":
             result = call(sock, "GET", "/v1/peers")
@@ -84,9 +88,12 @@ def _client_command(args: argparse.Namespace) -> int:
                       else call(sock, "GET", "/v1/election"))
             text = render.election(result)
         case "trust":
-            result = call(sock, "POST", "/v1/trust", {"keys": _key_texts(args.key),
-                                                     "introducer": args.introducer})
+            result = keys.trust(sock, _trust_store(), args.key, args.introducer)
             text = render.trusted(result)
+        case "untrust":
+            result = keys.untrust(_trust_store(), args.key)
+            text = "\n".join(f"untrusted {i}: nothing it sends is taken from now on"
+                             for i in result["removed"])
         case "stop":
             result = call(sock, "POST", "/v1/stop")
             text = "the node is stopping"
@@ -147,19 +154,9 @@ def _absolute(arg: str) -> str:
     return str(path.parent.resolve() / path.name)  # the file itself may be a link, or gone
 
 
-def _key_texts(arg: str) -> list[str]:
-    """A key line or ID as given, or the key lines of a file such as `id_ed25519.pub`."""
-    path = Path(arg).expanduser()
-    if "\n" not in arg and len(arg) < 4096 and path.is_file():
-        try:
-            lines = path.read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ControlError(f"cannot read {path}: {e}") from None
-        keys = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
-        if not keys:
-            raise ControlError(f"{path} holds no key lines")
-        return keys
-    return [arg]
+def _trust_store() -> TrustStore:
+    """The files that say whom this node trusts, as `meshsync start` reads them."""
+    return TrustStore([Path.home() / ".ssh" / "authorized_keys"], state_dir() / "trusted_keys")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -216,11 +213,15 @@ def _parser() -> argparse.ArgumentParser:
                               "; 20261125-101500 (UTC) or 2026-11-25T10:15 (local)")
     elect = client("elect", "show the coordinator and term")
     elect.add_argument("--force", action="store_true", help="open a new election now")
-    trust = client("trust", "trust a peer", json_flag=True)
+    trust = client("trust", "trust a peer (with no node running: by its key line)")
     trust.add_argument("key", metavar="KEY|FILE|ID",
                        help="a public key line, a file of them, or a discovered peer's ID")
     trust.add_argument("--introducer", action="store_true",
                        help="also trust the members this peer trusts, while it says it does")
+    untrust = client("untrust", "stop trusting a node")
+    untrust.add_argument("key", metavar="KEY|FILE|ID",
+                         help="its public key line, a file of them, or its ID (as `peers`"
+                              " shows it)")
     client("stop", "stop the running node cleanly", json_flag=False)
     helps = sub.add_parser("help", help="this help, or a command's")
     helps.add_argument("topic", nargs="?", metavar="COMMAND", choices=sorted(sub.choices),

@@ -14,6 +14,10 @@ from urllib.parse import urlencode
 from meshsync.control.protocol import MAX_ANSWER, ControlError
 
 
+class NoNode(ControlError):
+    """No node answers on the socket: none runs."""
+
+
 class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: Path, timeout: float | None) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -26,8 +30,7 @@ class _UnixConnection(http.client.HTTPConnection):
             sock.connect(str(self._path))
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
-            raise ControlError(
-                f"no meshsync node is running (no answer at {self._path})") from None
+            raise NoNode(f"no meshsync node is running (no answer at {self._path})") from None
         except OSError as e:
             sock.close()
             raise ControlError(f"cannot reach the node at {self._path}: {e.strerror}") from None

@@ -401,6 +401,31 @@ class TrustStore:
         self._introduced = introduced
         return before ^ now
 
+    def holding(self, blob: bytes) -> list[Path]:
+        """The files with a line that names this key (whatever the line allows)."""
+        with self._lock:
+            return [path for path in self._paths if blob in self._load(path)]
+
+    def remove(self, blob: bytes) -> bool:
+        """Take every line naming this key out of the writable file, in one rename (a running
+        node never reads it half written); False if none did. Other lines stay as they are."""
+        with self._lock:
+            try:
+                text = self._writable.read_text(errors="surrogateescape")
+            except FileNotFoundError:
+                return False
+            lines = text.splitlines(keepends=True)
+            kept = [line for line in lines
+                    if (grant := parse_grant(line, ours=True)) is None or grant.key.blob != blob]
+            if len(kept) == len(lines):
+                return False
+            edited = self._writable.with_name(self._writable.name + ".new")
+            fd = os.open(edited, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", errors="surrogateescape") as f:
+                f.write("".join(kept))
+            edited.replace(self._writable)
+        return True
+
     def add(self, key: PublicKey, *, introducer: bool = False) -> bool:
         """Append key to the writable file, marked introducer if asked; False if a line trusts
         it already, without limits (and marks it, if asked)."""

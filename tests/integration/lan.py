@@ -186,7 +186,7 @@ class Host:
         """Whether the node answers on its control socket."""
         assert self.proc is not None, f"{self.name}'s node was never started"
         assert self.proc.poll() is None, f"{self.name}'s node exited with {self.proc.returncode}"
-        return self.cli("id").returncode == 0
+        return self.cli("elect").returncode == 0  # (`id` answers with no node running)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run a meshsync command here."""

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.component.openssh import ssh_agent
-from tests.integration.lan import run, same_trees, tree, wait_for
+from tests.integration.lan import holds_for, run, same_trees, tree, wait_for
 from tests.integration.test_election import agreed
 
 
@@ -55,7 +55,7 @@ def test_tables_show_what_the_json_shows(make_lan):
 
 
 @pytest.mark.parametrize("command", [["peers"], ["status"], ["elect"], ["elect", "--force"],
-                                     ["id"], ["stop"], ["trust", "SHA256:x"], ["peers", "--json"]])
+                                     ["stop"], ["peers", "--json"], ["status", "--watch"]])
 def test_commands_without_a_running_node_say_so_in_one_line_and_exit_1(tmp_path, command):
     env = {**os.environ, "HOME": str(tmp_path), "MESHSYNC_HOME": str(tmp_path / "state")}
     result = subprocess.run([sys.executable, "-m", "meshsync", *command], env=env,
@@ -143,6 +143,72 @@ def test_help_explains_a_command_and_version_says_which(tmp_path):
     assert meshsync("help", "start").stdout == meshsync("start", "--help").stdout
     assert "--keep-days DAYS" in meshsync("help", "start").stdout
     assert meshsync("--version").stdout == "meshsync 0.1.0\n"
+
+
+def test_id_and_trust_need_no_running_node_and_untrust_takes_effect_while_it_runs(make_lan):
+    lan = make_lan(2)
+    h1, h2 = lan.hosts
+    before = h1.cli("id")
+    assert before.returncode == 0, before.stderr
+    # h1 trusts h2 by its key file, no node running; h2 trusts h1 in authorized_keys.
+    (h1.home / "h2.pub").write_text(h2.pub + "\n")
+    said = h1.cli("trust", str(h1.home / "h2.pub"))
+    assert (said.returncode, said.stdout) == (0, f"trusted {h2.id}\n")
+    assert h1.cli("trust", str(h1.home / "h2.pub")).stdout == f"already trusted {h2.id}\n"
+    h2.trust(h1)
+    h1.start()
+    h2.start()
+    assert h1.cli("id").stdout.split("\n")[:1] == before.stdout.split("\n")[:1]
+    assert h1.json("id")["key"].split()[:2] == before.stdout.split("\n")[1].split()[:2]
+    (h2.sync / "hello.txt").write_text("from h2")
+    wait_for("h2's file at h1", lambda: (h1.sync / "hello.txt").is_file(), 15)
+
+    # Only the state directory's file is meshsync's to edit: the user's own stays theirs.
+    refused = h2.cli("untrust", h1.id.short)
+    assert (refused.returncode, refused.stderr) == (1, (
+        f"meshsync: {h1.id} is trusted by {h2.home}/.ssh/authorized_keys: remove its line there"
+        " (meshsync does not edit that file)\n"))
+    done = h1.cli("untrust", h2.id.short)
+    assert (done.returncode, done.stdout) == (
+        0, f"untrusted {h2.id}: nothing it sends is taken from now on\n")
+    wait_for("h1 to hold h2 untrusted", lambda: h1.peer_states().get("h2") == "untrusted", 10)
+    (h2.sync / "after.txt").write_text("not for h1")
+    holds_for("h1 not to take h2's file", lambda: not (h1.sync / "after.txt").exists(), 3)
+
+
+@pytest.mark.parametrize(("arg", "status", "said"), [
+    ("<KEY>", 2, "meshsync trust: <KEY> is a private key: give its public half (id_ed25519.pub),"
+                 " never the key itself"),
+    ("<HOME>/missing.pub", 1, "meshsync: no such file: <HOME>/missing.pub"),
+    ("<EMPTY>", 2, "meshsync trust: <EMPTY> holds no key lines"),
+    ("ssh-ed25519 AAAAbad", 2, "meshsync trust: not a public key line nor a peer's ID:"
+                               " 'ssh-ed25519 AAAAbad' (a key line looks like `ssh-ed25519"
+                               " AAAA… name`)"),
+    ("SHA256:x", 2, "meshsync trust: not a public key line nor a peer's ID: 'SHA256:x' (a key"
+                    " line looks like `ssh-ed25519 AAAA… name`)"),
+    ("abcdefgh", 1, "meshsync: no node is running to tell which key abcdefgh is: give its key"
+                    " line (`meshsync id` on that machine prints it)"),
+])
+def test_trust_refuses_a_private_key_a_missing_file_and_a_malformed_line_in_one_line(
+        tmp_path, arg, status, said):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    key = home / ".ssh" / "id_ed25519"
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
+    (home / "empty.pub").write_text("# nothing here\n")
+    names = {"<KEY>": str(key), "<HOME>": str(home), "<EMPTY>": str(home / "empty.pub")}
+
+    def named(text: str) -> str:
+        for name, path in names.items():
+            text = text.replace(name, path)
+        return text
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MESHSYNC_HOME", "XDG_STATE_HOME")}
+    result = subprocess.run([sys.executable, "-m", "meshsync", "trust", named(arg)],
+                            env={**env, "HOME": str(home)}, capture_output=True, text=True,
+                            check=False)
+    assert (result.returncode, result.stderr, result.stdout) == (status, named(said) + "\n", "")
+    assert not (home / ".local/state/meshsync/trusted_keys").exists()
 
 
 def test_a_second_node_on_the_same_state_directory_is_refused(make_lan):
