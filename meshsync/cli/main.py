@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
+import socket
 import sys
 import threading
 import time
@@ -16,7 +18,20 @@ from meshsync.cli import keys, render
 from meshsync.control.client import call, events
 from meshsync.control.protocol import ControlError
 from meshsync.crypto.trust import TrustStore
-from meshsync.node.config import state_dir
+from meshsync.node.config import (
+    PAGE_PORT,
+    Config,
+    Keep,
+    check_name,
+    check_peer_address,
+    check_port,
+    folders_from,
+    parse_days,
+    parse_min_free,
+    parse_page_port,
+    parse_size,
+    state_dir,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,13 +45,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.command == "start":
+            try:
+                config = _start_config(args)
+            except ValueError as e:  # the command line is wrong as written
+                print(f"meshsync start: {e}", file=sys.stderr)
+                return 2
             # Each folder's watches are placed while the node imports and opens its index.
             from meshsync.fs.watch import start_early
 
-            start_early(_roots(args.dirs))
+            start_early([f.path for f in config.folders])
             from meshsync.cli.start import start  # imports aiohttp and zeroconf: only here
 
-            return start(args)
+            return start(args, config)
         return _client_command(args)
     except keys.UsageError as e:
         print(f"meshsync {args.command}: {e}", file=sys.stderr)
@@ -46,16 +66,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _roots(dirs: list[str]) -> list[Path]:
-    """The folders named, as `meshsync start` resolves them; those that cannot be are left
-    for it to report."""
-    roots = []
-    for d in dirs:
-        try:
-            roots.append(Path(d).expanduser().resolve())
-        except (OSError, RuntimeError):  # no home to expand, a loop of links
-            continue
-    return roots
+def _start_config(args: argparse.Namespace) -> Config:
+    """What `start` was told, checked; ValueError with a line for the user if it is wrong."""
+    state = state_dir()
+    ssh_dir = Path.home() / ".ssh"
+    return Config(
+        folders=folders_from(args.dirs, args.alias, {
+            "meshsync's state": state, "your SSH keys": ssh_dir}),
+        state=state,
+        ssh_dir=ssh_dir,
+        key=args.key,
+        port=check_port(args.port),
+        peers=tuple(check_peer_address(p) for p in args.peer),
+        keep=Keep(parse_days(args.keep_days) * 86400, parse_size(args.keep_size)),
+        min_free=parse_min_free(args.min_free),
+        name=check_name(args.name) if args.name is not None else socket.gethostname(),
+        page_port=parse_page_port(args.page_port),
+    )
 
 
 def _client_command(args: argparse.Namespace) -> int:
@@ -94,6 +121,9 @@ def _client_command(args: argparse.Namespace) -> int:
             result = keys.untrust(_trust_store(), args.key)
             text = "\n".join(f"untrusted {i}: nothing it sends is taken from now on"
                              for i in result["removed"])
+        case "open":
+            result = call(sock, "GET", "/v1/page")
+            text = _open(result["url"])
         case "stop":
             result = call(sock, "POST", "/v1/stop")
             text = "the node is stopping"
@@ -154,6 +184,15 @@ def _absolute(arg: str) -> str:
     return str(path.parent.resolve() / path.name)  # the file itself may be a link, or gone
 
 
+def _open(url: str) -> str:
+    """Open the page in the user's browser if there is one; what to tell them either way."""
+    import webbrowser
+
+    if (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) and webbrowser.open(url):
+        return f"opened {url}"
+    return f"open this address in a browser on this machine: {url}"
+
+
 def _trust_store() -> TrustStore:
     """The files that say whom this node trusts, as `meshsync start` reads them."""
     return TrustStore([Path.home() / ".ssh" / "authorized_keys"], state_dir() / "trusted_keys")
@@ -189,6 +228,9 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--min-free", default="1%", metavar="SIZE|N%",
                        help="never fill a folder's disk past this: a size, or a share of the "
                             "disk (default 1%%)")
+    start.add_argument("--page-port", default=str(PAGE_PORT), metavar="N|off",
+                       help=f"the web page's port on 127.0.0.1 (default {PAGE_PORT}, or a free"
+                            " one if that is taken; 0: a free one; off: no page)")
     start.add_argument("-v", "--verbose", action="store_true", help="log debug detail too")
 
     def client(name: str, help: str, json_flag: bool = True) -> argparse.ArgumentParser:
@@ -222,6 +264,7 @@ def _parser() -> argparse.ArgumentParser:
     untrust.add_argument("key", metavar="KEY|FILE|ID",
                          help="its public key line, a file of them, or its ID (as `peers`"
                               " shows it)")
+    client("open", "open the node's web page in a browser")
     client("stop", "stop the running node cleanly", json_flag=False)
     helps = sub.add_parser("help", help="this help, or a command's")
     helps.add_argument("topic", nargs="?", metavar="COMMAND", choices=sorted(sub.choices),

@@ -6,9 +6,8 @@ import argparse
 import asyncio
 import logging
 import os
-import socket
 import sys
-from pathlib import Path
+from dataclasses import replace
 
 from meshsync.core.errors import MeshsyncError
 from meshsync.core.throttle import shown
@@ -19,15 +18,6 @@ from meshsync.node.catchup import interval_from
 from meshsync.node.clock import Clock
 from meshsync.node.config import (
     Config,
-    Keep,
-    check_name,
-    check_peer_address,
-    check_port,
-    folders_from,
-    parse_days,
-    parse_min_free,
-    parse_size,
-    state_dir,
 )
 from meshsync.node.node import Node
 from meshsync.node.state import AlreadyRunning
@@ -41,9 +31,9 @@ _NOT_THE_USERS = (TimeoutError, ConnectionError)
 _ARGUMENTS: tuple[type[Exception], ...] = (ValueError, *_FATAL)
 
 
-def start(args: argparse.Namespace) -> int:
-    """Run a node until it is stopped; a one-line reason and 2 if the command line is wrong,
-    1 if the node cannot start or go on."""
+def start(args: argparse.Namespace, config: Config) -> int:
+    """Run a node as `config` says until it is stopped; a one-line reason and 2 if the command
+    line is wrong, 1 if the node cannot start or go on."""
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(message)s",
@@ -52,28 +42,16 @@ def start(args: argparse.Namespace) -> int:
     )
     for noisy in ("zeroconf", "aiohttp", "asyncio", "watchfiles"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    state = state_dir()
-    ssh_dir = Path.home() / ".ssh"
     try:
-        config = Config(
-            folders=folders_from(args.dirs, args.alias, {
-                "meshsync's state": state, "your SSH keys": ssh_dir}),
-            state=state,
-            ssh_dir=ssh_dir,
-            key=args.key,
-            port=check_port(args.port),
-            peers=tuple(check_peer_address(p) for p in args.peer),
-            keep=Keep(parse_days(args.keep_days) * 86400, parse_size(args.keep_size)),
-            min_free=parse_min_free(args.min_free),
-            catch_up_every=interval_from(os.environ),
-            name=check_name(args.name) if args.name is not None else socket.gethostname(),
-        )
+        config = replace(config, catch_up_every=interval_from(os.environ))
     except ValueError as e:  # the command line is wrong as written
         print(f"meshsync start: {e}", file=sys.stderr)
         return 2
+    state, ssh_dir = config.state, config.ssh_dir
     expected = _ARGUMENTS
     try:
-        signer = load_signer(find_key(args.key, ssh_dir, state), os.environ.get("SSH_AUTH_SOCK"))
+        signer = load_signer(find_key(config.key, ssh_dir, state),
+                             os.environ.get("SSH_AUTH_SOCK"))
         clock = Clock()  # checks MESHSYNC_CLOCK_OFFSET, an argument of sorts
         trust = TrustStore([ssh_dir / "authorized_keys"], state / "trusted_keys", clock.wall)
         expected = _FATAL

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from meshsync.control.events import Events
 from meshsync.control.protocol import ControlError
@@ -25,6 +26,7 @@ from meshsync.control.protocol import ControlError
 log = logging.getLogger("meshsync.control")
 
 Dispatch = Callable[[str, dict[str, Any]], Awaitable[Any]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 64 * 1024  # a request's body: key lines, a path
 MAX_FOLLOWERS = 32  # event streams open at once
 IDLE = 15.0  # seconds between keep-alive comments on a quiet event stream
@@ -42,6 +44,7 @@ ENDPOINTS: tuple[tuple[str, str, str, dict[str, Any], str], ...] = (
     ("POST", "/v1/restore", "restore", {}, 'put a kept version back: {"path", "at"?}'),
     ("POST", "/v1/trust", "trust", {}, 'trust keys or peer IDs: {"keys": [...], '
                                        '"introducer"?}'),
+    ("GET", "/v1/page", "page", {}, "the web page's address, with its token"),
     ("POST", "/v1/stop", "stop", {}, "stop the node"),
 )
 
@@ -49,8 +52,23 @@ ENDPOINTS: tuple[tuple[str, str, str, dict[str, Any], str], ...] = (
 async def serve(path: Path, dispatch: Dispatch, events: Events) -> web.AppRunner:
     """Answer on `path` (only the owner may connect) until `close`."""
     _remove_stale(path)
+    runner = await runner_of(api(dispatch, events))
+    await web.UnixSite(runner, str(path)).start()
+    _restrict(path)
+    return runner
+
+
+async def close(runner: web.AppRunner, path: Path) -> None:
+    """Stop answering and remove the socket, so the CLI says no node runs."""
+    await runner.cleanup()
+    _remove_stale(path)
+
+
+def api(dispatch: Dispatch, events: Events,
+        middlewares: tuple[Middleware, ...] = ()) -> web.Application:
+    """The API's application; `middlewares` run before it answers."""
     streams: set[asyncio.Task[Any]] = set()
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[_as_json])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_as_json, *middlewares])
     for method, route, command, fixed, _ in ENDPOINTS:
         app.router.add_route(method, route, _endpoint(dispatch, command, fixed))
     app.router.add_get("/v1", _index)
@@ -61,17 +79,14 @@ async def serve(path: Path, dispatch: Dispatch, events: Events) -> web.AppRunner
             task.cancel()
 
     app.on_shutdown.append(end_streams)
+    return app
+
+
+async def runner_of(app: web.Application) -> web.AppRunner:
+    """A runner for the app, set up: no access log, and the node handles the signals."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    await web.UnixSite(runner, str(path)).start()
-    _restrict(path)
     return runner
-
-
-async def close(runner: web.AppRunner, path: Path) -> None:
-    """Stop answering and remove the socket, so the CLI says no node runs."""
-    await runner.cleanup()
-    _remove_stale(path)
 
 
 def _endpoint(dispatch: Dispatch, command: str,
@@ -102,7 +117,8 @@ async def _index(_: web.Request) -> web.Response:
     return web.json_response([{"method": m, "path": p, "does": does}
                               for m, p, _, _, does in ENDPOINTS] + [
         {"method": "GET", "path": "/v1/events",
-         "does": "server-sent events: peer, coordinator, changed, conflict, warning"}])
+         "does": "server-sent events: peer, coordinator, changed, conflict, warning;"
+                 " ?after=N: those kept after number N too (0: all)"}])
 
 
 def _follower(events: Events, streams: set[asyncio.Task[Any]]) -> Callable[
@@ -110,7 +126,8 @@ def _follower(events: Events, streams: set[asyncio.Task[Any]]) -> Callable[
     async def follow(request: web.Request) -> web.StreamResponse:
         if len(streams) >= MAX_FOLLOWERS:
             raise ControlError(f"{MAX_FOLLOWERS} event streams are open already", status=503)
-        after = _last_event_id(request.headers.get("Last-Event-ID"), events.last)
+        after = _last_event_id(request.headers.get("Last-Event-ID",
+                                                   request.query.get("after")), events.last)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-store"})
         await response.prepare(request)
@@ -130,7 +147,8 @@ def _follower(events: Events, streams: set[asyncio.Task[Any]]) -> Callable[
 
 
 def _last_event_id(text: str | None, last: int) -> int:
-    """Where a stream starts: after the event a returning follower saw last, else now."""
+    """Where a stream starts: after the event a returning follower saw last (Last-Event-ID,
+    or ?after=N: 0 for all that are kept), else now."""
     if text is not None and text.isdigit() and len(text) < 20:
         return min(int(text), last)
     return last
@@ -145,9 +163,7 @@ def _dumps(value: Any) -> str:
 
 
 @web.middleware
-async def _as_json(request: web.Request,
-                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                   ) -> web.StreamResponse:
+async def _as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every refusal as `{"error": ...}`: the node's one line (400), or HTTP's own."""
     try:
         return await handler(request)

@@ -46,6 +46,7 @@ class Commands:
         self._stop = stop
         self._wake = wake
         self._trust_changed = trust_changed
+        self.page: str | None = None  # the web page's address with its token, once served
 
     async def dispatch(self, command: str, args: dict[str, Any]) -> Any:
         """Answer one CLI command."""
@@ -81,6 +82,11 @@ class Commands:
             case "stop":
                 self._stop.set()
                 return {"stopping": True}
+            case "page":
+                if self.page is None:
+                    raise ControlError("this node serves no web page (started with"
+                                       " --page-port off)")
+                return {"url": self.page}
         raise ControlError(f"unknown command {command!r}")
 
     def _trust_keys(self, texts: object, introducer: bool = False) -> dict[str, Any]:

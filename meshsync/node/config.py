@@ -27,6 +27,9 @@ def control_socket(state: Path) -> Path:
     return state / "control.sock"
 
 
+PAGE_PORT = 22380  # the web page's port on 127.0.0.1, or a free one if it is taken
+
+
 @dataclass(frozen=True, slots=True)
 class Folder:
     """A synced directory and the ID it is shared under."""
@@ -85,6 +88,7 @@ class Config:
     keep: Keep = Keep()
     min_free: MinFree = MinFree()
     catch_up_every: float = 5.0  # seconds between rounds of the safety net under notices
+    page_port: int | None = PAGE_PORT  # the web page's, on 127.0.0.1 (0: any free one)
 
     @property
     def folder_ids(self) -> frozenset[FolderId]:
@@ -167,6 +171,15 @@ def parse_size(text: str) -> int:
 def mib(size: int) -> str:
     """A size for a log line or a reason: `12.5 MiB`."""
     return f"{size / (1 << 20):.1f} MiB"
+
+
+def parse_page_port(text: str) -> int | None:
+    """`--page-port`: a port on 127.0.0.1 (0: any free one), or `off`; ValueError if neither."""
+    if text == "off":
+        return None
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ValueError(f"--page-port wants a number from 0 to 65535 or off, not {text!r}")
+    return int(text)
 
 
 def check_port(port: int | None) -> int | None:

@@ -16,6 +16,7 @@ import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from meshsync.control import page
 from meshsync.control import server as control_server
 from meshsync.control.events import Events
 from meshsync.core import election as el
@@ -197,6 +198,12 @@ class Node:
             path = control_socket(self.config.state)
             control = await control_server.serve(path, self._commands.dispatch, self.events)
             parts.push_async_callback(control_server.close, control, path)
+            if self.config.page_port is not None:
+                token = await asyncio.to_thread(page.token_of, self.config.state)
+                runner, page_port = await page.serve(
+                    self.config.page_port, self._commands.dispatch, self.events, token)
+                parts.push_async_callback(runner.cleanup)
+                self._commands.page = f"http://127.0.0.1:{page_port}/#token={token}"
             client = await parts.enter_async_context(
                 PeerClient(self._credentials, self._clock.wall))
             self._exchange.client = client

@@ -81,6 +81,11 @@ def test_trust_refuses_what_is_neither_a_key_nor_a_known_peer(make_lan):
     (h1,) = lan.hosts
     h1.start()
     result = h1.cli("trust", "SHA256:nobody")
+    assert (result.returncode, result.stderr) == (2, (
+        "meshsync trust: not a public key line nor a peer's ID: 'SHA256:nobody' (a key line"
+        " looks like `ssh-ed25519 AAAA… name`)\n"))
+    unknown = "SHA256:" + "A" * 43  # an ID's shape, but no peer's
+    result = h1.cli("trust", unknown)
     assert result.returncode == 1
     assert "not a public key line nor the ID of a discovered peer" in result.stderr
     assert not (h1.home / ".local/state/meshsync/trusted_keys").exists()
