@@ -53,7 +53,8 @@ def node_id(sock: Path, state: Path, ssh_dir: Path) -> dict[str, Any]:
 def key_texts(arg: str) -> list[str]:
     """A key line or ID as given, or the key lines of a file such as `id_ed25519.pub`."""
     path = Path(arg).expanduser()
-    if "\n" in arg or len(arg) >= 4096 or _ID.fullmatch(arg.strip()):
+    if ("\n" in arg or len(arg) >= 4096 or _ID.fullmatch(arg.strip())
+            or parse_key_line(arg) is not None):  # base64 holds slashes too
         return [arg]
     if path.is_file():
         try:

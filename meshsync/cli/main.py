@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.command == "service":
+            return _service(args)
         if args.command == "start":
             try:
                 config = _start_config(args)
@@ -184,6 +186,22 @@ def _absolute(arg: str) -> str:
     return str(path.parent.resolve() / path.name)  # the file itself may be a link, or gone
 
 
+def _service(args: argparse.Namespace) -> int:
+    from meshsync.cli import service
+
+    if args.action == "uninstall":
+        print("\n".join(service.uninstall()))
+        return 0
+    try:
+        config = _start_config(args)
+    except ValueError as e:  # the command line is wrong as written
+        print(f"meshsync service install: {e}", file=sys.stderr)
+        return 2
+    service.install(_start_argv(args, config), config.ssh_dir, config.state,
+                    lambda line: print(line, flush=True))
+    return 0
+
+
 def _open(url: str) -> str:
     """Open the page in the user's browser if there is one; what to tell them either way."""
     import webbrowser
@@ -198,21 +216,8 @@ def _trust_store() -> TrustStore:
     return TrustStore([Path.home() / ".ssh" / "authorized_keys"], state_dir() / "trusted_keys")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with a wrong command line told in one line (exit 2), not under its usage."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="meshsync", description="Keep folders identical across the machines of a LAN."
-    )
-    parser.add_argument("--version", action="version", version=f"meshsync {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    start = sub.add_parser("start", help="run the node in the foreground for these folders")
+def _start_options(start: argparse.ArgumentParser) -> None:
+    """What `start` (and `service install`) take."""
     start.add_argument("dirs", nargs="+", metavar="DIR")
     start.add_argument("--as", dest="alias", metavar="NAME",
                        help="share the folder under this ID instead of its base name")
@@ -232,6 +237,45 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"the web page's port on 127.0.0.1 (default {PAGE_PORT}, or a free"
                             " one if that is taken; 0: a free one; off: no page)")
     start.add_argument("-v", "--verbose", action="store_true", help="log debug detail too")
+
+
+def _start_argv(args: argparse.Namespace, config: Config) -> list[str]:
+    """`start`'s arguments as checked: folders and key absolute, for a service to run."""
+    argv = [str(f.path) for f in config.folders]
+    for option, value in (("--as", args.alias), ("--port", args.port),
+                          ("--key", config.key and config.key.expanduser().resolve()),
+                          ("--name", args.name), ("--keep-days", args.keep_days),
+                          ("--keep-size", args.keep_size), ("--min-free", args.min_free),
+                          ("--page-port", args.page_port)):
+        if value is not None:
+            argv += [option, str(value)]
+    for peer in config.peers:
+        argv += ["--peer", peer]
+    return argv + (["--verbose"] if args.verbose else [])
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a wrong command line told in one line (exit 2), not under its usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="meshsync", description="Keep folders identical across the machines of a LAN."
+    )
+    parser.add_argument("--version", action="version", version=f"meshsync {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _start_options(sub.add_parser("start", help="run the node in the foreground for these"
+                                                 " folders"))
+    service = sub.add_parser("service", help="run the node as a systemd user service")
+    actions = service.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _start_options(actions.add_parser(
+        "install", help="write, enable and start the service running `start` with these"
+                        " arguments"))
+    actions.add_parser("uninstall", help="stop the service and remove it")
 
     def client(name: str, help: str, json_flag: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)

@@ -8,6 +8,7 @@ costs no memory, and one that fell more than the ring behind is told how many it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -53,7 +54,8 @@ class Events:
         if running is loop:
             self._wake()
         else:
-            loop.call_soon_threadsafe(self._wake)
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: no one follows now
+                loop.call_soon_threadsafe(self._wake)
 
     def _wake(self) -> None:
         self._news.set()

@@ -157,6 +157,12 @@ def find_key(explicit: Path | None, ssh_dir: Path, state_dir: Path) -> Path:
     for name in DEFAULT_KEYS:
         if (ssh_dir / name).is_file():
             return ssh_dir / name
+    return own_key(state_dir)
+
+
+def own_key(state_dir: Path) -> Path:
+    """meshsync's own key in the state directory, unencrypted (0600), made the first time: for
+    a user without an SSH key, and for a service, which no ssh-agent serves."""
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = state_dir / "key"
     if not path.exists():

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -82,6 +83,8 @@ class Node:
                                   self._folders, self._feed, self._settled, self._stop,
                                   self._wake, self._trust_changed)
         self.events = Events()
+        self._loop: asyncio.AbstractEventLoop | None = None  # once running
+        self._loop_thread = 0
 
     # -- what folders and peers ask of the node, each answered by the part that owns it ---------
     @property
@@ -104,7 +107,17 @@ class Node:
 
     def tell(self, kind: str, **fields: Any) -> None:
         """Tell those following the node's events; `origin`, a vector key, is told as the
-        node's ID and name. From any thread."""
+        node's ID and name. From any thread: the roster is read on the loop."""
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._tell_now(kind, fields)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the node has stopped
+            loop.call_soon_threadsafe(self._tell_now, kind, fields)
+
+    def _tell_now(self, kind: str, fields: dict[str, Any]) -> None:
         if "origin" in fields:
             node = self._commands.node_of(fields["origin"]) if fields["origin"] else None
             fields["origin"] = node and node["id"]
@@ -193,7 +206,9 @@ class Node:
             runner, protocol = await serve(
                 make_app(self._credentials, self.id, self._clock.wall, self, listener))
             parts.push_async_callback(runner.cleanup)
-            self.events.bind(asyncio.get_running_loop())
+            self._loop = asyncio.get_running_loop()
+            self._loop_thread = threading.get_ident()
+            self.events.bind(self._loop)
             parts.enter_context(_warnings_told(self.events))
             path = control_socket(self.config.state)
             control = await control_server.serve(path, self._commands.dispatch, self.events)

@@ -195,6 +195,7 @@ async function showVersions(status) {
         const done = await api("POST", "/v1/restore", {path: `${v.root}/${v.path}`, at: v.time});
         document.getElementById("done").textContent =
           `restored ${done.restored.path} as kept at ${done.restored.time}; it syncs like an edit`;
+        versionsRead = 0;  // what it replaced is kept now: list again
         problem("");
       } catch (e) {
         problem(e.message);
@@ -227,9 +228,13 @@ function told(event) {
 }
 
 let looking = false;
+let versionsRead = 0;  // when the versions were last listed (a folder may keep thousands)
+let soon = null;       // a look asked for by events, at most one a second
 async function look(withVersions, sample) {
   if (looking) return;
   looking = true;
+  withVersions = withVersions && Date.now() - versionsRead > 10000;
+  if (withVersions) versionsRead = Date.now();
   try {
     const [status, peers, conflicts] = await Promise.all([
       api("GET", "/v1/status"), api("GET", "/v1/peers"), api("GET", "/v1/conflicts")]);
@@ -251,7 +256,9 @@ function follow() {
   for (const kind of ["changed", "conflict", "peer", "warning", "coordinator"]) {
     stream.addEventListener(kind, message => {
       told(JSON.parse(message.data));
-      look(kind === "changed" || kind === "conflict");
+      if (soon === null) {
+        soon = setTimeout(() => { soon = null; look(true, false); }, 1000);
+      }
     });
   }
 }
