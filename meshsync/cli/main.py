@@ -30,6 +30,7 @@ from meshsync.node.config import (
     parse_min_free,
     parse_page_port,
     parse_size,
+    remembered_folders,
     state_dir,
 )
 
@@ -72,6 +73,9 @@ def _start_config(args: argparse.Namespace) -> Config:
     """What `start` was told, checked; ValueError with a line for the user if it is wrong."""
     state = state_dir()
     ssh_dir = Path.home() / ".ssh"
+    if not args.dirs and not any(remembered_folders(state)):
+        raise ValueError("no folder to sync: name one, as in `meshsync start ~/Sync` (folders"
+                         " added with `meshsync add` are remembered)")
     return Config(
         folders=folders_from(args.dirs, args.alias, {
             "meshsync's state": state, "your SSH keys": ssh_dir}),
@@ -123,6 +127,21 @@ def _client_command(args: argparse.Namespace) -> int:
             result = keys.untrust(_trust_store(), args.key)
             text = "\n".join(f"untrusted {i}: nothing it sends is taken from now on"
                              for i in result["removed"])
+        case "add":
+            body = {"path": str((Path.cwd() / Path(args.dir).expanduser()).resolve()),
+                    "as": args.alias}
+            result = call(sock, "POST", "/v1/add", body)
+            text = f"syncing {result['path']} as {result['id']}, now and after a restart"
+        case "remove":
+            result = call(sock, "POST", "/v1/remove", {"id": args.id})
+            text = (f"no longer syncing {result['removed']} ({result['path']}); its files stay"
+                    + ("; `start` names it, so it is synced again when started so"
+                       if result["named_by_start"] else ""))
+        case "pause" | "resume":
+            result = call(sock, "POST", f"/v1/{args.command}", {"ids": args.ids})
+            done = result["paused" if args.command == "pause" else "resumed"]
+            text = (f"{args.command}d {', '.join(done)}" if done
+                    else f"nothing to {args.command}")
         case "open":
             result = call(sock, "GET", "/v1/page")
             text = _open(result["url"])
@@ -218,7 +237,8 @@ def _trust_store() -> TrustStore:
 
 def _start_options(start: argparse.ArgumentParser) -> None:
     """What `start` (and `service install`) take."""
-    start.add_argument("dirs", nargs="+", metavar="DIR")
+    start.add_argument("dirs", nargs="*", metavar="DIR",
+                       help="the folders to sync, besides those added with `meshsync add`")
     start.add_argument("--as", dest="alias", metavar="NAME",
                        help="share the folder under this ID instead of its base name")
     start.add_argument("--port", type=int, help="peer port (default 22300, or a free one)")
@@ -308,6 +328,16 @@ def _parser() -> argparse.ArgumentParser:
     untrust.add_argument("key", metavar="KEY|FILE|ID",
                          help="its public key line, a file of them, or its ID (as `peers`"
                               " shows it)")
+    add = client("add", "sync one more folder, now and after a restart")
+    add.add_argument("dir", metavar="DIR")
+    add.add_argument("--as", dest="alias", metavar="NAME",
+                     help="share it under this ID instead of its base name")
+    remove = client("remove", "stop syncing a folder (its files stay)")
+    remove.add_argument("id", metavar="ID", help="the folder's ID, as `status` shows it")
+    for verb, what in (("pause", "stop syncing folders until resumed"),
+                       ("resume", "sync paused folders again")):
+        command = client(verb, what)
+        command.add_argument("ids", nargs="*", metavar="ID", help="folder IDs (none: all)")
     client("open", "open the node's web page in a browser")
     client("stop", "stop the running node cleanly", json_flag=False)
     helps = sub.add_parser("help", help="this help, or a command's")

@@ -44,6 +44,10 @@ ENDPOINTS: tuple[tuple[str, str, str, dict[str, Any], str], ...] = (
     ("POST", "/v1/restore", "restore", {}, 'put a kept version back: {"path", "at"?}'),
     ("POST", "/v1/trust", "trust", {}, 'trust keys or peer IDs: {"keys": [...], '
                                        '"introducer"?}'),
+    ("POST", "/v1/add", "add", {}, 'sync one more folder: {"path", "as"?}'),
+    ("POST", "/v1/remove", "remove", {}, 'stop syncing a folder, files kept: {"id"}'),
+    ("POST", "/v1/pause", "pause", {}, 'pause folders: {"ids"?} (none: all)'),
+    ("POST", "/v1/resume", "resume", {}, 'resume paused folders: {"ids"?} (none: all)'),
     ("GET", "/v1/page", "page", {}, "the web page's address, with its token"),
     ("POST", "/v1/stop", "stop", {}, "stop the node"),
 )

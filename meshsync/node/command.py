@@ -24,6 +24,7 @@ from meshsync.node import keeper
 from meshsync.node.credentials import Credentials
 from meshsync.node.folder import FolderSync
 from meshsync.node.peers import Peers
+from meshsync.node.shelf import Shelf
 
 log = logging.getLogger("meshsync")
 
@@ -47,6 +48,7 @@ class Commands:
         self._wake = wake
         self._trust_changed = trust_changed
         self.page: str | None = None  # the web page's address with its token, once served
+        self.shelf: Shelf | None = None  # the node's folders, once it runs
 
     async def dispatch(self, command: str, args: dict[str, Any]) -> Any:
         """Answer one CLI command."""
@@ -82,12 +84,31 @@ class Commands:
             case "stop":
                 self._stop.set()
                 return {"stopping": True}
+            case "add":
+                path, alias = args.get("path"), args.get("as")
+                if not isinstance(path, str) or not path.startswith("/") or not (
+                        alias is None or isinstance(alias, str)):
+                    raise ControlError('add wants {"path": ABSOLUTE-PATH, "as": ID or null}')
+                folder = await self._shelf().add(path, alias)
+                return {"id": folder.id, "path": str(folder.path)}
+            case "remove":
+                folder, named = await self._shelf().remove(_text(args.get("id"), "remove"))
+                return {"removed": folder.id, "path": str(folder.path), "named_by_start": named}
+            case "pause":
+                return {"paused": await self._shelf().pause(_ids(args.get("ids")))}
+            case "resume":
+                return {"resumed": await self._shelf().resume(_ids(args.get("ids")))}
             case "page":
                 if self.page is None:
                     raise ControlError("this node serves no web page (started with"
                                        " --page-port off)")
                 return {"url": self.page}
         raise ControlError(f"unknown command {command!r}")
+
+    def _shelf(self) -> Shelf:
+        if self.shelf is None:
+            raise ControlError("the node is still starting: try again in a moment", status=503)
+        return self.shelf
 
     def _trust_keys(self, texts: object, introducer: bool = False) -> dict[str, Any]:
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
@@ -172,12 +193,19 @@ class Commands:
         peers = self._peers
         members = [p for p in peers.roster if p.is_member(peers.folder_ids)]
         folders = []
-        for sync in self._folders.values():
+        for sync in list(self._folders.values()):  # folders may come and go meanwhile
             status = sync.status(await asyncio.to_thread(sync.counts))
             online = [p for p in members if sync.id in p.folders and peers.election.is_up(p.id)]
             status["members"] = [str(p.id) for p in online]
             status["completion"] = [_completion(p, sync.id) for p in online]
             folders.append(status)
+        paused = [] if self.shelf is None else list(self.shelf.paused.values())
+        folders += [{"id": f.id, "path": str(f.path), "state": "paused", "need_files": 0,
+                     "need_bytes": 0, "conflicts": 0, "transfers": [], "waiting": [],
+                     "waiting_count": 0, "held_back": [], "held_back_count": 0, "scan": None,
+                     "rate": {"in": 0, "out": 0}, "members": [], "completion": []}
+                    for f in paused]
+        folders.sort(key=lambda f: f["id"])
         return {"id": str(peers.me), "name": peers.name, **self._election_json(),
                 "folders": folders}
 
@@ -208,7 +236,7 @@ class Commands:
 
     async def _conflicts_json(self) -> list[dict[str, Any]]:
         found = []
-        for sync in self._folders.values():
+        for sync in list(self._folders.values()):
             found += await asyncio.to_thread(keeper.conflict_copies, sync.place)
         for conflict in found:
             for side in (conflict["copy"], conflict["current"] or {}):
@@ -234,3 +262,18 @@ def _completion(peer: Peer, folder: FolderId) -> dict[str, Any]:
         return {**row, "state": None, "need_files": None, "need_bytes": None, "percent": None}
     return {**row, "state": said.state, "need_files": said.need_files,
             "need_bytes": said.need_bytes, "percent": said.percent}
+
+
+def _text(value: object, command: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ControlError(f'{command} wants {{"id": FOLDER-ID}}')
+    return value
+
+
+def _ids(value: object) -> list[str]:
+    """The folder IDs a pause or resume names; none: all."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ControlError('pause and resume want {"ids": [FOLDER-ID, ...]} (none: all)')
+    return list(value)

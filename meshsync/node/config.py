@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -10,6 +12,8 @@ from pathlib import Path
 
 from meshsync.core.errors import WireError
 from meshsync.core.wire import MAX_NAME, FolderId, check_folder_id
+
+log = logging.getLogger("meshsync")
 
 
 def state_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -27,6 +31,7 @@ def control_socket(state: Path) -> Path:
     return state / "control.sock"
 
 
+FOLDERS_FILE = "folders.json"  # in the state directory: folders added, and those paused
 PAGE_PORT = 22380  # the web page's port on 127.0.0.1, or a free one if it is taken
 
 
@@ -133,6 +138,24 @@ def folders_from(dirs: list[str], alias: str | None,
     if len(set(ids)) != len(ids):
         raise ValueError("two folders share one folder ID: give one of them another with --as")
     return tuple(folders)
+
+
+def remembered_folders(state: Path) -> tuple[list[Folder], set[str]]:
+    """(the folders added at runtime, the IDs of those paused) as the state directory keeps
+    them; nothing if the file is missing or damaged (said in the log)."""
+    path = state / FOLDERS_FILE
+    try:
+        found = json.loads(path.read_text())
+        added = [Folder(check_folder_id(f["id"]), Path(f["path"])) for f in found["added"]]
+        paused = {str(i) for i in found["paused"]}
+        if not all(f.path.is_absolute() for f in added):
+            raise ValueError("a folder's path is not absolute")
+    except FileNotFoundError:
+        return [], set()
+    except (OSError, ValueError, KeyError, TypeError, WireError) as e:
+        log.warning("ignoring %s: %s", path, e)
+        return [], set()
+    return added, paused
 
 
 def parse_days(text: str) -> float:

@@ -34,7 +34,7 @@ from meshsync.net.socket import LinkSocket
 from meshsync.node.addressbook import AddressBook
 from meshsync.node.clock import Clock
 from meshsync.node.command import Commands
-from meshsync.node.config import Config, control_socket
+from meshsync.node.config import Config, Folder, control_socket
 from meshsync.node.credentials import Credentials
 from meshsync.node.dialer import Dialer
 from meshsync.node.exchange import Exchange
@@ -43,6 +43,7 @@ from meshsync.node.hello import Greeter
 from meshsync.node.judge import Origin
 from meshsync.node.link import Links
 from meshsync.node.peers import Peers
+from meshsync.node.shelf import Shelf
 from meshsync.node.state import hold_state_dir, secure_state_dir
 from meshsync.store.index import Index
 
@@ -184,12 +185,16 @@ class Node:
             parts.callback(index.close)
             epoch = index.get_meta("epoch") or new_epoch()
             index.set_meta("epoch", epoch)
-            self._folders.update({f.id: FolderSync(f, index, self, epoch, self.config.keep,
-                                                   min_free=self.config.min_free,
-                                                   catch_up_every=self.config.catch_up_every)
-                                  for f in self.config.folders})
-            for sync in self._folders.values():  # before the node shows itself on the LAN
-                await sync.prepare()
+            config = self.config
+
+            def make(folder: Folder) -> FolderSync:
+                return FolderSync(folder, index, self, epoch, config.keep,
+                                  min_free=config.min_free, catch_up_every=config.catch_up_every)
+
+            shelf = self._commands.shelf = Shelf(
+                config.state, config.folders, self._peers, self._folders, make,
+                {"meshsync's state": config.state, "your SSH keys": config.ssh_dir}, self._wake)
+            await shelf.prepare()  # before the node shows itself on the LAN
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):  # before mDNS: a signal mid-way says bye
                 loop.add_signal_handler(sig, self._stop.set)
@@ -223,7 +228,7 @@ class Node:
                 PeerClient(self._credentials, self._clock.wall))
             self._exchange.client = client
             log.info("node %s (%s) listening on port %d; folders: %s", self.id, self.config.name,
-                     port, ", ".join(f"{f.id}={f.path}" for f in self.config.folders))
+                     port, ", ".join(f"{f.id}={f.path}" for f in shelf.all))
             async with asyncio.TaskGroup() as tg:
                 self._exchange.tasks = tg
                 self._probing = client, tg
@@ -234,12 +239,12 @@ class Node:
                     tg.create_task(self._heartbeats(client, tg), name="heartbeats"),
                     tg.create_task(self._ticks(), name="election timer"),
                     tg.create_task(self._progresses(), name="progress"),
-                    *(tg.create_task(f.run(), name=f"folder {f.id}")
-                      for f in self._folders.values()),
                 ]
+                shelf.run(tg)
                 await self._stop.wait()
                 log.info("stopping")
                 self._exchange.tasks = None  # no new relays on the way out
+                shelf.stop()
                 for task in tasks:
                     task.cancel()
                 await self._dialer.say_goodbye(client)
@@ -266,7 +271,7 @@ class Node:
         # while nothing has changed.
         read: dict[FolderId, tuple[object, ...]] = {}
         while True:
-            for sync in self._folders.values():
+            for sync in list(self._folders.values()):  # they may come and go meanwhile
                 stamp = sync.progress_stamp()  # before the read: a change meanwhile reads again
                 if read.get(sync.id) != stamp:
                     self._greeter.progress[sync.id] = await asyncio.to_thread(sync.progress)

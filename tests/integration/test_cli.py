@@ -102,8 +102,8 @@ BAD_STARTS = [
     (["<DIR>", "--name", ""], 2, "meshsync start: --name wants 1 to 64 printable characters,"
                                  " not ''"),
     (["<DIR>", "--key", "<HOME>/missing"], 1, "meshsync: key file <HOME>/missing does not exist"),
-    ([], 2, "meshsync start: the following arguments are required: DIR (see meshsync start"
-            " --help)"),
+    ([], 2, "meshsync start: no folder to sync: name one, as in `meshsync start ~/Sync`"
+            " (folders added with `meshsync add` are remembered)"),
     (["<DIR>", "--bogus"], 2, "meshsync: unrecognized arguments: --bogus (see meshsync --help)"),
 ]
 

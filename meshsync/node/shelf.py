@@ -1,0 +1,198 @@
+"""The folders a running node syncs, changed while it runs: `meshsync add`, `remove`, `pause`
+and `resume`.
+
+A node syncs the folders `start` names and those added since, which it remembers in the
+state directory (`folders.json`, with which folders are paused) across restarts. A paused
+folder is neither scanned nor written, and not offered to peers until it is resumed; a
+removed one is forgotten, its files left as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from meshsync.control.protocol import ControlError
+from meshsync.node.config import FOLDERS_FILE, Folder, folders_from, remembered_folders
+from meshsync.node.folder import FolderSync
+from meshsync.node.peers import Peers
+
+log = logging.getLogger("meshsync")
+
+FILE = FOLDERS_FILE
+
+
+class Shelf:
+    """The node's folders: running (in `folders`, shared with the parts that serve them) or
+    paused, as started or changed since."""
+
+    def __init__(self, state: Path, named: tuple[Folder, ...], peers: Peers,
+                 folders: dict[str, FolderSync], make: Callable[[Folder], FolderSync],
+                 keep_out: Mapping[str, Path], wake: asyncio.Event) -> None:
+        self._state = state
+        self._named = {f.id for f in named}  # from the command line: not remembered
+        self._peers = peers
+        self.folders = folders
+        self._make = make
+        self._keep_out = keep_out
+        self._wake = wake
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        added, paused_ids = remembered_folders(state)
+        self._added: dict[str, Folder] = {}
+        self.paused: dict[str, Folder] = {}
+        for folder in (*named, *added):
+            try:
+                self._check(folder)
+            except ControlError as e:
+                log.warning("not syncing folder %s at %s, added earlier: %s", folder.id,
+                            folder.path, e)
+                continue
+            if folder.id not in self._named:
+                self._added[folder.id] = folder
+            if folder.id in paused_ids:
+                self.paused[folder.id] = folder
+            else:
+                self.folders[folder.id] = make(folder)
+        self._peers.folder_ids = frozenset(s.id for s in self.folders.values())
+
+    @property
+    def all(self) -> list[Folder]:
+        """Every folder, running or paused, by ID."""
+        return sorted([*(s.place.folder for s in self.folders.values()),
+                       *self.paused.values()], key=lambda f: f.id)
+
+    async def prepare(self) -> None:
+        """Look for each running folder (making it the first time ever)."""
+        for sync in list(self.folders.values()):
+            await sync.prepare()
+
+    def run(self, tg: asyncio.TaskGroup) -> None:
+        """Run each folder in `tg`, and those added or resumed later."""
+        self._tg = tg
+        for sync in self.folders.values():
+            self._start(sync)
+
+    def stop(self) -> None:
+        """Cancel every folder's task (the node is stopping)."""
+        self._tg = None
+        for task in self._tasks.values():
+            task.cancel()
+
+    async def add(self, path: str, alias: str | None) -> Folder:
+        """Sync one more folder from now on, and after a restart."""
+        try:
+            [folder] = folders_from([path], alias, self._keep_out)
+        except ValueError as e:
+            raise ControlError(str(e)) from None
+        self._check(folder)
+        sync = self._make(folder)
+        await sync.prepare()
+        self._added[folder.id] = folder
+        self._save()
+        self.folders[folder.id] = sync
+        self._start(sync)
+        self._changed(f"added folder {folder.id} at {folder.path}")
+        return folder
+
+    async def remove(self, folder_id: str) -> tuple[Folder, bool]:
+        """Stop syncing a folder for good (its files stay as they are); the folder, and whether
+        `start` named it (then it is synced again when `start` names it again)."""
+        folder = self._find(folder_id)
+        await self._halt(folder_id)
+        self.paused.pop(folder_id, None)
+        self._added.pop(folder_id, None)
+        self._save()
+        self._changed(f"removed folder {folder_id} ({folder.path}); its files stay")
+        return folder, folder_id in self._named
+
+    async def pause(self, ids: list[str]) -> list[str]:
+        """Stop syncing these folders (all, if none given) until resumed; those paused now."""
+        done = []
+        for folder_id in ids or sorted(self.folders):
+            folder = self._find(folder_id)
+            if folder_id in self.paused:
+                continue
+            await self._halt(folder_id)
+            self.paused[folder_id] = folder
+            done.append(folder_id)
+        self._save()
+        if done:
+            self._changed(f"paused {', '.join(done)}")
+        return done
+
+    async def resume(self, ids: list[str]) -> list[str]:
+        """Sync these paused folders again (all, if none given); those resumed now."""
+        done = []
+        for folder_id in ids or sorted(self.paused):
+            self._find(folder_id)
+            folder = self.paused.get(folder_id)
+            if folder is None:
+                continue
+            sync = self._make(folder)
+            await sync.prepare()
+            del self.paused[folder_id]
+            self.folders[folder_id] = sync
+            self._start(sync)
+            done.append(folder_id)
+        self._save()
+        if done:
+            self._changed(f"resumed {', '.join(done)}")
+        return done
+
+    def _find(self, folder_id: str) -> Folder:
+        for folder in self.all:
+            if folder.id == folder_id:
+                return folder
+        known = ", ".join(f.id for f in self.all) or "none"
+        raise ControlError(f"no folder has the ID {folder_id!r} (this node's: {known})")
+
+    def _check(self, new: Folder) -> None:
+        """ControlError if `new` clashes with a folder of this node: same ID, or one inside
+        the other."""
+        for folder in self.all:
+            if folder.id == new.id:
+                raise ControlError(f"a folder with the ID {new.id} is synced already, at"
+                                   f" {folder.path}: give this one another with --as")
+            for inner, outer in ((new, folder), (folder, new)):
+                if inner.path.is_relative_to(outer.path):
+                    raise ControlError(f"{inner.path} is inside {outer.path}: sync one or the"
+                                       " other (a folder holds everything below it)")
+
+    def _start(self, sync: FolderSync) -> None:
+        if self._tg is not None:
+            self._tasks[sync.id] = self._tg.create_task(sync.run(), name=f"folder {sync.id}")
+
+    async def _halt(self, folder_id: str) -> None:
+        """Stop a running folder's task and take it out of the running ones."""
+        self.folders.pop(folder_id, None)
+        task = self._tasks.pop(folder_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _changed(self, what: str) -> None:
+        """Offer peers the folders as they are now (the next hello says so)."""
+        self._peers.folder_ids = frozenset(s.id for s in self.folders.values())
+        log.info("%s", what)
+        self._wake.set()
+
+    def _save(self) -> None:
+        """Remember the added folders and which are paused, in one rename."""
+        data: dict[str, Any] = {
+            "added": [{"id": f.id, "path": str(f.path)} for f in self._added.values()],
+            "paused": sorted(self.paused),
+        }
+        path = self._state / FILE
+        temp = path.with_name(FILE + ".new")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        temp.replace(path)

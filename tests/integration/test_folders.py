@@ -1,0 +1,59 @@
+"""Folders changed while the node runs: added, paused, resumed and removed with no restart,
+and remembered across one."""
+
+from __future__ import annotations
+
+from tests.integration.lan import Host, holds_for, wait_for
+from tests.integration.test_sync import mesh
+
+
+def folders(host: Host) -> dict[str, str]:
+    """Folder ID -> state, as `status` tells."""
+    return {f["id"]: f["state"] for f in host.json("status")["folders"]}
+
+
+def test_a_folder_added_paused_resumed_and_removed_while_running_and_kept_across_a_restart(
+        make_lan):
+    lan = mesh(make_lan, 2)
+    h1, h2 = lan.hosts
+    docs1, docs2 = h1.home / "Docs", h2.home / "Docs"
+    for host, docs in ((h1, docs1), (h2, docs2)):
+        added = host.cli("add", str(docs))
+        assert (added.returncode, added.stdout) == (
+            0, f"syncing {docs} as Docs, now and after a restart\n")
+    (docs1 / "a.txt").write_text("first")
+    wait_for("a.txt in h2's new folder", lambda: (docs2 / "a.txt").is_file(), 15)
+    assert folders(h2) == {"Docs": "in sync", "Sync": "in sync"}
+
+    refused = h2.cli("add", str(h2.sync / "inner"))
+    assert (refused.returncode, refused.stderr) == (1, (
+        f"meshsync: {h2.sync}/inner is inside {h2.sync}: sync one or the other (a folder"
+        " holds everything below it)\n"))
+
+    assert h2.cli("pause", "Docs").stdout == "paused Docs\n"
+    assert folders(h2) == {"Docs": "paused", "Sync": "in sync"}
+    (docs1 / "b.txt").write_text("while paused")
+    (h1.sync / "s.txt").write_text("the other folder goes on")
+    wait_for("s.txt at h2", lambda: (h2.sync / "s.txt").is_file(), 15)
+    holds_for("b.txt to stay away from the paused folder", lambda: not (
+        docs2 / "b.txt").exists(), 2)
+
+    # Paused and added are remembered: h2 restarts as it was first started, with Sync only.
+    h2.stop()
+    h2.start()
+    assert folders(h2) == {"Docs": "paused", "Sync": "in sync"}
+    assert h2.cli("resume").stdout == "resumed Docs\n"
+    wait_for("b.txt once resumed", lambda: (docs2 / "b.txt").is_file(), 15)
+
+    removed = h2.cli("remove", "Docs")
+    assert removed.stdout == f"no longer syncing Docs ({docs2}); its files stay\n"
+    assert folders(h2) == {"Sync": "in sync"}
+    (docs1 / "c.txt").write_text("after the removal")
+    holds_for("c.txt to stay away from the removed folder", lambda: not (
+        docs2 / "c.txt").exists(), 2)
+    assert sorted(p.name for p in docs2.iterdir()) == [".meshsync", "a.txt", "b.txt"]
+    h2.stop()
+    h2.start()
+    assert folders(h2) == {"Sync": "in sync"}
+    assert h2.cli("remove", "Docs").stderr == (
+        "meshsync: no folder has the ID 'Docs' (this node's: Sync)\n")
