@@ -142,6 +142,12 @@ def _client_command(args: argparse.Namespace) -> int:
             done = result["paused" if args.command == "pause" else "resumed"]
             text = (f"{args.command}d {', '.join(done)}" if done
                     else f"nothing to {args.command}")
+        case "log":
+            query = {"limit": str(args.limit)}
+            if args.path is not None:
+                query["path"] = _absolute(args.path)
+            result = call(sock, "GET", "/v1/log", query=query)
+            text = render.log(result)
         case "open":
             result = call(sock, "GET", "/v1/page")
             text = _open(result["url"])
@@ -328,6 +334,11 @@ def _parser() -> argparse.ArgumentParser:
     untrust.add_argument("key", metavar="KEY|FILE|ID",
                          help="its public key line, a file of them, or its ID (as `peers`"
                               " shows it)")
+    changes = client("log", "the latest changes, newest first, and the node that made each")
+    changes.add_argument("path", nargs="?", metavar="PATH",
+                         help="a file or directory in a synced folder (default: all)")
+    changes.add_argument("-n", dest="limit", type=int, default=50, metavar="N",
+                         help="how many (default 50)")
     add = client("add", "sync one more folder, now and after a restart")
     add.add_argument("dir", metavar="DIR")
     add.add_argument("--as", dest="alias", metavar="NAME",

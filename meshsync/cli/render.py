@@ -173,6 +173,19 @@ def conflicts(rows: list[dict[str, Any]]) -> str:
             + "\nkeep the copy you want under the original name and delete the other")
 
 
+def log(rows: list[dict[str, Any]]) -> str:
+    """The latest changes, newest first: when (the file's time), by which node, what."""
+    if not rows:
+        return "no changes"
+
+    def what(row: dict[str, Any]) -> str:
+        return f"file {size(row['size'])}" if row["change"] == "file" else row["change"]
+
+    body = [[r["time"], r["node"]["name"] if r["node"] else "?", what(r), r["folder"],
+             shown(r["path"], WIDE)] for r in rows]
+    return table(["TIME (UTC)", "BY", "CHANGE", "FOLDER", "PATH"], body)
+
+
 def versions(rows: list[dict[str, Any]]) -> str:
     """Kept versions, oldest first, with what `restore --at` takes."""
     if not rows:

@@ -40,6 +40,8 @@ ENDPOINTS: tuple[tuple[str, str, str, dict[str, Any], str], ...] = (
     ("GET", "/v1/election", "elect", {}, "the coordinator and the term"),
     ("GET", "/v1/conflicts", "conflicts", {}, "the conflict copies and both versions"),
     ("GET", "/v1/versions", "versions", {}, "kept versions: ?path=ABSOLUTE-PATH"),
+    ("GET", "/v1/log", "log", {}, "the latest change to each path, newest first:"
+                                  " ?path=ABSOLUTE-PATH&limit=N (50)"),
     ("POST", "/v1/elect", "elect", {"force": True}, "open an election; answers when settled"),
     ("POST", "/v1/restore", "restore", {}, 'put a kept version back: {"path", "at"?}'),
     ("POST", "/v1/trust", "trust", {}, 'trust keys or peer IDs: {"keys": [...], '

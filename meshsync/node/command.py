@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from meshsync.node.shelf import Shelf
 log = logging.getLogger("meshsync")
 
 SETTLE_TIMEOUT = 10.0
+LOG_MOST = 10_000  # changes one `meshsync log` lists at most
 
 
 class Commands:
@@ -98,6 +100,8 @@ class Commands:
                 return {"paused": await self._shelf().pause(_ids(args.get("ids")))}
             case "resume":
                 return {"resumed": await self._shelf().resume(_ids(args.get("ids")))}
+            case "log":
+                return await self._log(args.get("path"), args.get("limit", "50"))
             case "page":
                 if self.page is None:
                     raise ControlError("this node serves no web page (started with"
@@ -233,6 +237,33 @@ class Commands:
         except (ValueError, versions.RestoreError, OSError) as e:
             raise ControlError(str(e)) from None
         return {"folder": sync.id, "restored": chosen.to_json()}
+
+    async def _log(self, path: object, limit: object) -> list[dict[str, Any]]:
+        """The latest change to each path (of every folder, or below PATH), newest first by
+        the time each version carries, with the node that made it: each a version its origin
+        signed, checked when it came."""
+        if not isinstance(limit, str) or not limit.isdigit() or not 0 < int(limit) <= LOG_MOST:
+            raise ControlError(f"log wants a limit from 1 to {LOG_MOST}")
+        places: list[tuple[FolderSync, RelPath | None]] = (
+            [(sync, None) for sync in list(self._folders.values())] if path is None
+            else [self._locate(path)])
+        found = []
+        for sync, rel in places:
+            rows = await asyncio.to_thread(sync.place.index.latest, sync.id, int(limit), rel)
+            found += [(sync.id, entry) for entry in rows]
+        found.sort(key=lambda item: item[1].record.mtime_ns, reverse=True)
+        changes = []
+        for folder, entry in found[: int(limit)]:
+            r = entry.record
+            changes.append({
+                "folder": folder, "path": r.path,
+                "change": "deleted" if r.deleted else r.kind.value, "size": r.size,
+                "time": datetime.fromtimestamp(r.mtime_ns / 1e9, UTC).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ"),
+                "node": self.node_of(r.made_by),
+                "version": dict(r.version.counters),
+            })
+        return changes
 
     async def _conflicts_json(self) -> list[dict[str, Any]]:
         found = []

@@ -334,6 +334,14 @@ class Index:
         """Up to `limit` rows put after `seq`, in seq order."""
         return self._entries("AND seq > ? ORDER BY seq LIMIT ?", (folder, seq, limit))
 
+    def latest(self, folder: str, limit: int, under: str | None = None) -> list[Entry]:
+        """The `limit` rows with the latest times (of `under` and below it, if given), newest
+        first: each path's latest change, by the time its version carries. (A sort of the
+        folder's rows: 0.1 s for 100k.)"""
+        where, args = ("", ()) if under is None else (f"AND {_UNDER} ", _under(under))
+        return self._entries(f"{where}ORDER BY mtime_ns DESC, path LIMIT ?",
+                             (folder, *args, limit))
+
     def max_seq(self, folder: str) -> int:
         """The last seq handed out in the folder; 0 before the first put."""
         rows = self._rows("SELECT seq FROM folder_seq WHERE folder = ?", (folder,))

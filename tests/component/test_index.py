@@ -1032,3 +1032,14 @@ def test_heads_no_row_uses_are_swept_once_many_have_come(
                                                    runkey.MAGIC + b"head 11".ljust(80), B)
     finally:
         index.close()
+
+
+def test_latest_lists_the_newest_times_first_below_a_path_if_asked(index: Index) -> None:
+    def at(path: str, seconds: int) -> tuple[FileRecord, bytes, int, int]:
+        return item(replace(file(path, path), mtime_ns=seconds * 10**9))
+
+    index.put(FOLDER, [at("a", 4), at("d/x", 1), at("d/y", 3), at("e", 2)])
+    index.put(FOLDER, [at("d/x", 5)])
+    assert [e.record.path for e in index.latest(FOLDER, 10)] == ["d/x", "a", "d/y", "e"]
+    assert [e.record.path for e in index.latest(FOLDER, 2)] == ["d/x", "a"]
+    assert [e.record.path for e in index.latest(FOLDER, 10, "d")] == ["d/x", "d/y"]

@@ -1,9 +1,10 @@
 """Folders changed while the node runs: added, paused, resumed and removed with no restart,
-and remembered across one."""
+and remembered across one; and what `log` tells of their changes."""
 
 from __future__ import annotations
 
 from tests.integration.lan import Host, holds_for, wait_for
+from tests.integration.test_conflicts import BASE, edit
 from tests.integration.test_sync import mesh
 
 
@@ -57,3 +58,27 @@ def test_a_folder_added_paused_resumed_and_removed_while_running_and_kept_across
     assert folders(h2) == {"Sync": "in sync"}
     assert h2.cli("remove", "Docs").stderr == (
         "meshsync: no folder has the ID 'Docs' (this node's: Sync)\n")
+
+
+def test_log_tells_the_latest_changes_and_the_node_that_made_each(make_lan):
+    lan = mesh(make_lan, 2)
+    h1, h2 = lan.hosts
+    edit(h1, "a.txt", b"from h1\n", BASE)
+    edit(h2, "d/b.txt", b"from h2\n", BASE + 10)
+    wait_for("both files at h1", lambda: (h1.sync / "d/b.txt").is_file()
+             and (h1.sync / "a.txt").is_file(), 15)
+    changes = h1.json("log")
+    assert [(c["path"], c["change"], c["node"]["name"], c["time"]) for c in changes
+            if c["change"] == "file"] == [
+        ("d/b.txt", "file", "h2", "2026-05-28T20:26:50Z"),
+        ("a.txt", "file", "h1", "2026-05-28T20:26:40Z")]
+    # Newest first by the time each carries: directory d was made now, its file's time is set.
+    assert [c["path"] for c in h1.json("log", str(h1.sync / "d"))] == ["d", "d/b.txt"]
+    assert [c["path"] for c in h1.json("log", "-n", "1")] == ["d"]
+    table = h1.cli("log").stdout.splitlines()
+    assert table[0].split() == ["TIME", "(UTC)", "BY", "CHANGE", "FOLDER", "PATH"]
+    assert ["2026-05-28T20:26:50Z", "h2", "file", "8", "B", "Sync", "d/b.txt"] in [
+        line.split() for line in table]
+    refused = h1.cli("log", "-n", "0")
+    assert (refused.returncode, refused.stderr) == (
+        1, "meshsync: log wants a limit from 1 to 10000\n")
