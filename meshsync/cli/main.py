@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit status is 0 on success, 1 with a one-line message otherwise."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command in ("completion", "man"):
+        from meshsync.cli import manual
+
+        print(manual.completion(parser, args.shell) if args.command == "completion"
+              else manual.man_page(parser), end="")
+        return 0
     if args.command == "help":
         if args.topic:
             parser.parse_args([args.topic, "--help"])  # prints it and exits 0
@@ -351,6 +357,9 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("ids", nargs="*", metavar="ID", help="folder IDs (none: all)")
     client("open", "open the node's web page in a browser")
     client("stop", "stop the running node cleanly", json_flag=False)
+    shells = sub.add_parser("completion", help="print the shell completion script")
+    shells.add_argument("shell", choices=["bash", "zsh"])
+    sub.add_parser("man", help="print the manual page (meshsync man | man -l -)")
     helps = sub.add_parser("help", help="this help, or a command's")
     helps.add_argument("topic", nargs="?", metavar="COMMAND", choices=sorted(sub.choices),
                        help="the command to explain")
