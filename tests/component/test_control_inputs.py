@@ -1,0 +1,76 @@
+"""What the control API and the state directory's folder list are given can be anything: the
+API answers every body with a result or one JSON error line (never a crash), and a damaged
+folders.json is set aside for nothing rather than trusted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import string
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meshsync.control.events import Events
+from meshsync.control.protocol import ControlError
+from meshsync.control.server import MAX_BODY, api
+from meshsync.core.wire import check_folder_id
+from meshsync.node.config import FOLDERS_FILE, remembered_folders
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+
+async def dispatch(command: str, args: dict[str, Any]) -> Any:
+    """A node's commands as the API sees them: it refuses what it cannot take, in a line."""
+    if not all(isinstance(k, str) for k in args):
+        raise AssertionError("the API handed on a key that is not text")
+    if command == "trust" and not isinstance(args.get("keys"), list):
+        raise ControlError("trust wants one or more key lines or peer IDs")
+    return {"command": command, "args": args}
+
+
+def post(body: bytes, endpoint: str) -> tuple[int, Any]:
+    async def go() -> tuple[int, Any]:
+        async with TestClient(TestServer(api(dispatch, Events()))) as client:
+            answer = await client.post(endpoint, data=body)
+            return answer.status, await answer.json()
+    return asyncio.run(go())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=200) | JSON.map(lambda v: json.dumps(v).encode())
+       | st.builds(lambda n: b"x" * n, st.integers(MAX_BODY - 2, MAX_BODY + 2)),
+       st.sampled_from(["/v1/trust", "/v1/restore", "/v1/pause", "/v1/nope"]))
+def test_any_body_gets_a_result_or_one_json_error_line(body: bytes, endpoint: str) -> None:
+    status, answer = post(body, endpoint)
+    if status == 200:
+        assert answer["command"] in ("trust", "restore", "pause")
+        assert isinstance(answer["args"], dict)
+        return
+    assert status in (400, 404, 413), (status, answer)
+    assert set(answer) == {"error"}
+    assert "\n" not in answer["error"]
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300) | JSON.map(lambda v: json.dumps(v).encode())
+       | st.builds(lambda added, paused: json.dumps({"added": added, "paused": paused}).encode(),
+                   st.lists(st.fixed_dictionaries({
+                       "id": st.text(string.printable, max_size=10) | st.integers(),
+                       "path": st.sampled_from(["/a", "rel", "/b/c", ""]) | st.integers()}),
+                       max_size=3),
+                   st.lists(st.text(max_size=5) | st.integers(), max_size=3)))
+def test_a_damaged_folder_list_gives_nothing_or_only_sound_folders(
+        tmp_path_factory: Any, data: bytes) -> None:
+    state = Path(tmp_path_factory.mktemp("state"))
+    (state / FOLDERS_FILE).write_bytes(data)
+    added, paused = remembered_folders(state)
+    for folder in added:
+        assert check_folder_id(folder.id) == folder.id
+        assert folder.path.is_absolute()
+    assert all(isinstance(i, str) for i in paused)
