@@ -135,7 +135,7 @@ def _client_command(args: argparse.Namespace) -> int:
                              for i in result["removed"])
         case "add":
             body = {"path": str((Path.cwd() / Path(args.dir).expanduser()).resolve()),
-                    "as": args.alias}
+                    "as": args.alias, "keep_days": args.keep_days, "keep_size": args.keep_size}
             result = call(sock, "POST", "/v1/add", body)
             text = f"syncing {result['path']} as {result['id']}, now and after a restart"
         case "remove":
@@ -349,6 +349,10 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("dir", metavar="DIR")
     add.add_argument("--as", dest="alias", metavar="NAME",
                      help="share it under this ID instead of its base name")
+    add.add_argument("--keep-days", metavar="DAYS",
+                     help="keep what sync replaces in it this long (default: as the node)")
+    add.add_argument("--keep-size", metavar="SIZE",
+                     help="at most this much of it (default: as the node)")
     remove = client("remove", "stop syncing a folder (its files stay)")
     remove.add_argument("id", metavar="ID", help="the folder's ID, as `status` shows it")
     for verb, what in (("pause", "stop syncing folders until resumed"),

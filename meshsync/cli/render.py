@@ -80,6 +80,9 @@ def status(result: dict[str, Any]) -> str:
     lines = [f"node {result['id']} ({result['name']}); {election(result)}"]
     for folder in result["folders"]:
         lines.append(folder_line(folder))
+        if keep := folder.get("keep"):
+            lines.append(f"  keeps what sync replaces {keep['days']:g} days, at most"
+                         f" {size(keep['bytes'])}")
         lines += [f"  {shown(t['path'], WIDE)}  {size(t['done'])} of {size(t['size'])}"
                   for t in folder["transfers"]]
         held = folder.get("held_back_count", folder.get("waiting_count", 0))

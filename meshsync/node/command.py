@@ -22,9 +22,11 @@ from meshsync.crypto.trust import PublicKey, parse_key_line
 from meshsync.fs import versions
 from meshsync.net.discovery import own_addresses
 from meshsync.node import keeper
+from meshsync.node.config import Keep, parse_days, parse_size
 from meshsync.node.credentials import Credentials
 from meshsync.node.folder import FolderSync
 from meshsync.node.peers import Peers
+from meshsync.node.report import keep_json
 from meshsync.node.shelf import Shelf
 
 log = logging.getLogger("meshsync")
@@ -51,6 +53,7 @@ class Commands:
         self._trust_changed = trust_changed
         self.page: str | None = None  # the web page's address with its token, once served
         self.shelf: Shelf | None = None  # the node's folders, once it runs
+        self.keep = Keep()  # the node's bounds on kept versions, for folders without their own
 
     async def dispatch(self, command: str, args: dict[str, Any]) -> Any:
         """Answer one CLI command."""
@@ -91,7 +94,7 @@ class Commands:
                 if not isinstance(path, str) or not path.startswith("/") or not (
                         alias is None or isinstance(alias, str)):
                     raise ControlError('add wants {"path": ABSOLUTE-PATH, "as": ID or null}')
-                folder = await self._shelf().add(path, alias)
+                folder = await self._shelf().add(path, alias, _keep(args, self.keep))
                 return {"id": folder.id, "path": str(folder.path)}
             case "remove":
                 folder, named = await self._shelf().remove(_text(args.get("id"), "remove"))
@@ -207,7 +210,8 @@ class Commands:
         folders += [{"id": f.id, "path": str(f.path), "state": "paused", "need_files": 0,
                      "need_bytes": 0, "conflicts": 0, "transfers": [], "waiting": [],
                      "waiting_count": 0, "held_back": [], "held_back_count": 0, "scan": None,
-                     "rate": {"in": 0, "out": 0}, "members": [], "completion": []}
+                     "rate": {"in": 0, "out": 0}, "members": [], "completion": [],
+                     "keep": keep_json(f.keep or self.keep)}
                     for f in paused]
         folders.sort(key=lambda f: f["id"])
         return {"id": str(peers.me), "name": peers.name, **self._election_json(),
@@ -308,3 +312,16 @@ def _ids(value: object) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ControlError('pause and resume want {"ids": [FOLDER-ID, ...]} (none: all)')
     return list(value)
+
+
+def _keep(args: dict[str, Any], node: Keep) -> Keep | None:
+    """A folder's own bounds on kept versions, as `add` gives them; the node's `node` for
+    the one not given. None if neither is."""
+    days, size = args.get("keep_days"), args.get("keep_size")
+    if days is None and size is None:
+        return None
+    try:
+        return Keep(node.max_age if days is None else parse_days(str(days)) * 86400,
+                    node.max_bytes if size is None else parse_size(str(size)))
+    except ValueError as e:
+        raise ControlError(str(e)) from None

@@ -9,6 +9,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from meshsync.core.errors import WireError
 from meshsync.core.wire import MAX_NAME, FolderId, check_folder_id
@@ -37,10 +38,12 @@ PAGE_PORT = 22380  # the web page's port on 127.0.0.1, or a free one if it is ta
 
 @dataclass(frozen=True, slots=True)
 class Folder:
-    """A synced directory and the ID it is shared under."""
+    """A synced directory, the ID it is shared under, and how much of what sync replaces it
+    keeps (None: as the node's --keep-days and --keep-size say)."""
 
     id: FolderId
     path: Path
+    keep: Keep | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +149,8 @@ def remembered_folders(state: Path) -> tuple[list[Folder], set[str]]:
     path = state / FOLDERS_FILE
     try:
         found = json.loads(path.read_text())
-        added = [Folder(check_folder_id(f["id"]), Path(f["path"])) for f in found["added"]]
+        added = [Folder(check_folder_id(f["id"]), Path(f["path"]), _keep_of(f))
+                 for f in found["added"]]
         paused = {str(i) for i in found["paused"]}
         if not all(f.path.is_absolute() for f in added):
             raise ValueError("a folder's path is not absolute")
@@ -156,6 +160,17 @@ def remembered_folders(state: Path) -> tuple[list[Folder], set[str]]:
         log.warning("ignoring %s: %s", path, e)
         return [], set()
     return added, paused
+
+
+def _keep_of(saved: dict[str, Any]) -> Keep | None:
+    """A folder's own bounds on kept versions, as folders.json keeps them; ValueError if
+    they are not sound."""
+    if "keep_days" not in saved:
+        return None
+    days, size = saved["keep_days"], saved["keep_size"]
+    if not (isinstance(size, int) and isinstance(days, int | float) and 0 <= size < 1 << 62):
+        raise ValueError("a folder's kept versions are not a number of days and bytes")
+    return Keep(parse_days(str(days)) * 86400, size)
 
 
 def parse_days(text: str) -> float:

@@ -188,9 +188,10 @@ class Node:
             config = self.config
 
             def make(folder: Folder) -> FolderSync:
-                return FolderSync(folder, index, self, epoch, config.keep,
+                return FolderSync(folder, index, self, epoch, folder.keep or config.keep,
                                   min_free=config.min_free, catch_up_every=config.catch_up_every)
 
+            self._commands.keep = config.keep
             shelf = self._commands.shelf = Shelf(
                 config.state, config.folders, self._peers, self._folders, make,
                 {"meshsync's state": config.state, "your SSH keys": config.ssh_dir}, self._wake)

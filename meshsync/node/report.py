@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from meshsync.core import conflicts
 from meshsync.core.wire import FolderId, Progress
 from meshsync.node.clock import Clock
+from meshsync.node.config import Keep
 from meshsync.node.place import Place
 from meshsync.node.puller import Puller
 from meshsync.node.scanner import Scanner
@@ -41,6 +42,7 @@ class Folder(Protocol):
     sent: Rate
     mounted: bool
     scanned: bool
+    keep: Keep
 
     @property
     def id(self) -> FolderId: ...
@@ -97,7 +99,13 @@ def status(sync: Folder, counts: Counts) -> dict[str, Any]:
         "held_back_count": counts.held_count + waiting,
         "scan": progress.to_json() if progress is not None else None,
         "rate": {"in": puller.fetcher.received.per_second(now), "out": sync.sent.per_second(now)},
+        "keep": keep_json(sync.keep),
     }
+
+
+def keep_json(keep: Keep) -> dict[str, float]:
+    """How much of what sync replaces a folder keeps, for status."""
+    return {"days": keep.max_age / 86400, "bytes": keep.max_bytes}
 
 
 def progress(sync: Folder) -> Progress:

@@ -15,11 +15,12 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from meshsync.control.protocol import ControlError
-from meshsync.node.config import FOLDERS_FILE, Folder, folders_from, remembered_folders
+from meshsync.node.config import FOLDERS_FILE, Folder, Keep, folders_from, remembered_folders
 from meshsync.node.folder import FolderSync
 from meshsync.node.peers import Peers
 
@@ -85,12 +86,14 @@ class Shelf:
         for task in self._tasks.values():
             task.cancel()
 
-    async def add(self, path: str, alias: str | None) -> Folder:
-        """Sync one more folder from now on, and after a restart."""
+    async def add(self, path: str, alias: str | None, keep: Keep | None = None) -> Folder:
+        """Sync one more folder from now on, and after a restart; `keep` its own bounds on
+        kept versions."""
         try:
             [folder] = folders_from([path], alias, self._keep_out)
         except ValueError as e:
             raise ControlError(str(e)) from None
+        folder = replace(folder, keep=keep)
         self._check(folder)
         sync = self._make(folder)
         await sync.prepare()
@@ -187,7 +190,9 @@ class Shelf:
     def _save(self) -> None:
         """Remember the added folders and which are paused, in one rename."""
         data: dict[str, Any] = {
-            "added": [{"id": f.id, "path": str(f.path)} for f in self._added.values()],
+            "added": [{"id": f.id, "path": str(f.path), **({} if f.keep is None else {
+                "keep_days": f.keep.max_age / 86400, "keep_size": f.keep.max_bytes})}
+                for f in self._added.values()],
             "paused": sorted(self.paused),
         }
         path = self._state / FILE

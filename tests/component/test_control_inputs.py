@@ -62,7 +62,9 @@ def test_any_body_gets_a_result_or_one_json_error_line(body: bytes, endpoint: st
        | st.builds(lambda added, paused: json.dumps({"added": added, "paused": paused}).encode(),
                    st.lists(st.fixed_dictionaries({
                        "id": st.text(string.printable, max_size=10) | st.integers(),
-                       "path": st.sampled_from(["/a", "rel", "/b/c", ""]) | st.integers()}),
+                       "path": st.sampled_from(["/a", "rel", "/b/c", ""]) | st.integers()},
+                       optional={"keep_days": st.floats() | st.integers() | st.text(max_size=3),
+                                 "keep_size": st.integers() | st.floats()}),
                        max_size=3),
                    st.lists(st.text(max_size=5) | st.integers(), max_size=3)))
 def test_a_damaged_folder_list_gives_nothing_or_only_sound_folders(
@@ -73,4 +75,7 @@ def test_a_damaged_folder_list_gives_nothing_or_only_sound_folders(
     for folder in added:
         assert check_folder_id(folder.id) == folder.id
         assert folder.path.is_absolute()
+        if folder.keep is not None:
+            assert 0 <= folder.keep.max_age <= 36500 * 86400
+            assert 0 <= folder.keep.max_bytes < 1 << 62
     assert all(isinstance(i, str) for i in paused)

@@ -18,10 +18,17 @@ def test_a_folder_added_paused_resumed_and_removed_while_running_and_kept_across
     lan = mesh(make_lan, 2)
     h1, h2 = lan.hosts
     docs1, docs2 = h1.home / "Docs", h2.home / "Docs"
+    refused = h2.cli("add", str(docs2), "--keep-days", "-3")
+    assert (refused.returncode, refused.stderr) == (
+        1, "meshsync: --keep-days wants a number of days from 0 to 36500, not '-3'\n")
     for host, docs in ((h1, docs1), (h2, docs2)):
-        added = host.cli("add", str(docs))
+        added = host.cli("add", str(docs), "--keep-days", "2", "--keep-size", "10M")
         assert (added.returncode, added.stdout) == (
             0, f"syncing {docs} as Docs, now and after a restart\n")
+    kept = {f["id"]: f["keep"] for f in h2.json("status")["folders"]}
+    assert kept == {"Docs": {"days": 2.0, "bytes": 10 << 20}, "Sync": {"days": 30.0,
+                                                                       "bytes": 1 << 30}}
+    assert "  keeps what sync replaces 2 days, at most 10.0 MiB" in h2.cli("status").stdout
     (docs1 / "a.txt").write_text("first")
     wait_for("a.txt in h2's new folder", lambda: (docs2 / "a.txt").is_file(), 15)
     assert folders(h2) == {"Docs": "in sync", "Sync": "in sync"}
@@ -43,6 +50,8 @@ def test_a_folder_added_paused_resumed_and_removed_while_running_and_kept_across
     h2.stop()
     h2.start()
     assert folders(h2) == {"Docs": "paused", "Sync": "in sync"}
+    assert {f["id"]: f["keep"]["days"] for f in h2.json("status")["folders"]} == {
+        "Docs": 2.0, "Sync": 30.0}
     assert h2.cli("resume").stdout == "resumed Docs\n"
     wait_for("b.txt once resumed", lambda: (docs2 / "b.txt").is_file(), 15)
 
