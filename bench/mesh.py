@@ -55,13 +55,13 @@ def pid(host: Host) -> int:
     return host.proc.pid
 
 
-def ask(host: Host, command: str) -> Any:
-    """The result of a control command, None while the node does not answer.
+def ask(host: Host, endpoint: str) -> Any:
+    """What a GET of the node's API answers (`/v1/status`), None while it does not answer.
 
     Asked on the control socket itself: a CLI process per poll costs the nodes CPU and takes
     a few hundred milliseconds, too coarse to time a failover."""
     try:
-        return call(host.state / "control.sock", command)
+        return call(host.state / "control.sock", "GET", endpoint)
     except ControlError:
         if host.proc is not None and host.proc.poll() is not None:
             raise RuntimeError(f"{host.name}'s node exited with {host.proc.returncode}") from None
@@ -70,7 +70,7 @@ def ask(host: Host, command: str) -> Any:
 
 def folder_status(host: Host) -> dict[str, Any] | None:
     """The folder's part of `meshsync status --json`, None while the node does not answer."""
-    status = ask(host, "status")
+    status = ask(host, "/v1/status")
     if status is None:
         return None
     folder: dict[str, Any] = status["folders"][0]
@@ -79,7 +79,7 @@ def folder_status(host: Host) -> dict[str, Any] | None:
 
 def agreed_on(hosts: list[Host]) -> Host | None:
     """The coordinator every host names, at one term; None while they do not agree."""
-    view = ask(hosts[0], "elect")
+    view = ask(hosts[0], "/v1/election")
     if view is None or view["coordinator"] is None:
         return None
     coordinator = next((h for h in hosts if str(h.id) == view["coordinator"]), None)
@@ -89,7 +89,7 @@ def agreed_on(hosts: list[Host]) -> Host | None:
 def agree(hosts: list[Host], coordinator: Host, above_term: int = 0) -> bool:
     """Whether every host names `coordinator` at one common term above `above_term` (as
     test_election.agreed, asked on the sockets)."""
-    views = [ask(h, "elect") for h in hosts]
+    views = [ask(h, "/v1/election") for h in hosts]
     return all(v is not None and v["coordinator"] == str(coordinator.id)
                and v["term"] == views[0]["term"] > above_term for v in views)
 

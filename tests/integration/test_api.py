@@ -12,6 +12,7 @@ import sys
 import threading
 from typing import Any
 
+from bench.mesh import ask
 from meshsync.control.client import events
 from meshsync.control.protocol import ControlError
 from tests.integration.lan import Host, run, wait_for
@@ -35,6 +36,9 @@ def test_curl_gets_what_the_cli_shows_and_every_refusal_is_one_json_line(make_la
     assert sock.stat().st_mode & 0o777 == 0o600
 
     assert curl(h1, "/v1/id") == (200, h1.json("id"))
+    # The bench asks the same socket, as the CLI does.
+    assert ask(h1, "/v1/status")["id"] == str(h1.id)
+    assert ask(h1, "/v1/election")["coordinator"] in (None, str(h1.id))
     status, found = curl(h1, "/v1/status")
     assert status == 200
     assert [(f["id"], f["path"]) for f in found["folders"]] == [("Sync", str(h1.sync))]
