@@ -2,8 +2,9 @@
 may open, which the CLI, the web page and `curl --unix-socket` all use.
 
 Every answer is JSON: the result with 200, or `{"error": "one line"}` with 400 (the node
-refused the request: the line says why), 404, 405, 413, or 503 (not now: too many event
-streams open). `GET /v1/events` streams the node's
+refused the request: the line says why), 404, 405, 413, 500 (the node cannot now, its
+index unusable say: the line says what to do) or 503 (not now: too many event streams
+open). `GET /v1/events` streams the node's
 events as server-sent events, resumable with Last-Event-ID.
 """
 
@@ -22,6 +23,7 @@ from aiohttp.typedefs import Middleware
 
 from meshsync.control.events import Events
 from meshsync.control.protocol import ControlError
+from meshsync.core.errors import MeshsyncError
 
 log = logging.getLogger("meshsync.control")
 
@@ -114,6 +116,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
         found = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ControlError(f"the request body is not JSON: {e}") from None
+    except RecursionError:
+        raise ControlError("the request body is not JSON: nested too deep") from None
     if not isinstance(found, dict):
         raise ControlError("the request body must be a JSON object")
     return found
@@ -155,7 +159,7 @@ def _follower(events: Events, streams: set[asyncio.Task[Any]]) -> Callable[
 def _last_event_id(text: str | None, last: int) -> int:
     """Where a stream starts: after the event a returning follower saw last (Last-Event-ID,
     or ?after=N: 0 for all that are kept), else now."""
-    if text is not None and text.isdigit() and len(text) < 20:
+    if text is not None and text.isascii() and text.isdigit() and len(text) < 20:
         return min(int(text), last)
     return last
 
@@ -175,6 +179,8 @@ async def _as_json(request: web.Request, handler: Handler) -> web.StreamResponse
         return await handler(request)
     except ControlError as e:
         return web.json_response({"error": str(e)}, status=e.status)
+    except MeshsyncError as e:  # the node cannot now (its index unusable, say): its line
+        return web.json_response({"error": str(e)}, status=500)
     except web.HTTPException as e:
         if e.status == 404:
             text = f"no such endpoint: {request.method} {request.path} (GET /v1 lists them)"

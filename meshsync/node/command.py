@@ -246,7 +246,8 @@ class Commands:
         """The latest change to each path (of every folder, or below PATH), newest first by
         the time each version carries, with the node that made it: each a version its origin
         signed, checked when it came."""
-        if not isinstance(limit, str) or not limit.isdigit() or not 0 < int(limit) <= LOG_MOST:
+        if (not isinstance(limit, str) or not (limit.isascii() and limit.isdigit())
+                or len(limit) > 9 or not 0 < int(limit) <= LOG_MOST):
             raise ControlError(f"log wants a limit from 1 to {LOG_MOST}")
         places: list[tuple[FolderSync, RelPath | None]] = (
             [(sync, None) for sync in list(self._folders.values())] if path is None

@@ -215,7 +215,7 @@ def parse_page_port(text: str) -> int | None:
     """`--page-port`: a port on 127.0.0.1 (0: any free one), or `off`; ValueError if neither."""
     if text == "off":
         return None
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
+    if not (text.isascii() and text.isdigit()) or not 0 <= int(text) <= 65535:
         raise ValueError(f"--page-port wants a number from 0 to 65535 or off, not {text!r}")
     return int(text)
 
@@ -230,6 +230,7 @@ def check_port(port: int | None) -> int | None:
 def check_peer_address(text: str) -> str:
     """`HOST:PORT` for `--peer`; ValueError if it is not one."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if (not sep or not host or not (port.isascii() and port.isdigit())
+            or not 0 < int(port) < 65536):
         raise ValueError(f"--peer wants HOST:PORT, not {text!r}")
     return text

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from meshsync.control.protocol import ControlError
+from meshsync.core.errors import MeshsyncError
 from meshsync.node.config import FOLDERS_FILE, Folder, Keep, folders_from, remembered_folders
 from meshsync.node.folder import FolderSync
 from meshsync.node.peers import Peers
@@ -96,7 +97,7 @@ class Shelf:
         folder = replace(folder, keep=keep)
         self._check(folder)
         sync = self._make(folder)
-        await sync.prepare()
+        await _prepared(sync)
         self._added[folder.id] = folder
         self._save()
         self.folders[folder.id] = sync
@@ -139,7 +140,7 @@ class Shelf:
             if folder is None:
                 continue
             sync = self._make(folder)
-            await sync.prepare()
+            await _prepared(sync)
             del self.paused[folder_id]
             self.folders[folder_id] = sync
             self._start(sync)
@@ -188,7 +189,15 @@ class Shelf:
         self._wake.set()
 
     def _save(self) -> None:
-        """Remember the added folders and which are paused, in one rename."""
+        """Remember the added folders and which are paused, in one rename; ControlError if
+        the state directory cannot be written."""
+        try:
+            self._write()
+        except OSError as e:
+            raise ControlError(f"cannot remember the folders in {self._state / FILE}:"
+                               f" {e.strerror or e}") from None
+
+    def _write(self) -> None:
         data: dict[str, Any] = {
             "added": [{"id": f.id, "path": str(f.path), **({} if f.keep is None else {
                 "keep_days": f.keep.max_age / 86400, "keep_size": f.keep.max_bytes})}
@@ -201,3 +210,11 @@ class Shelf:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1)
         temp.replace(path)
+
+
+async def _prepared(sync: FolderSync) -> None:
+    """The folder looked for (and made the first time); ControlError if it cannot be."""
+    try:
+        await sync.prepare()
+    except MeshsyncError as e:
+        raise ControlError(str(e)) from None

@@ -42,6 +42,17 @@ def post(body: bytes, endpoint: str) -> tuple[int, Any]:
     return asyncio.run(go())
 
 
+def test_a_body_nested_too_deep_or_a_number_in_other_digits_is_refused_in_a_line() -> None:
+    assert post(b"[" * 30_000 + b"]" * 30_000, "/v1/trust") == (
+        400, {"error": "the request body is not JSON: nested too deep"})
+
+    async def events_after(after: str) -> int:
+        async with TestClient(TestServer(api(dispatch, Events()))) as client:
+            answer = await client.get(f"/v1/events?after={after}", timeout=2)
+            return answer.status
+    assert asyncio.run(events_after("²")) == 200  # read as no number: from now on
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=200) | JSON.map(lambda v: json.dumps(v).encode())
        | st.builds(lambda n: b"x" * n, st.integers(MAX_BODY - 2, MAX_BODY + 2)),
