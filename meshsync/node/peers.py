@@ -48,10 +48,10 @@ class Peers:
                    for p in self.roster)
 
     def describe(self, peer_id: NodeId) -> str:
-        """A peer's ID and name, for the log."""
+        """A peer's name and short ID (as `peers` shows it), for the log."""
         if peer_id == self.me:
-            return f"{peer_id} ({self.name}, this node)"
-        return f"{peer_id} ({self.name_of(peer_id) or '?'})"
+            return f"{shown(self.name, 40)} ({peer_id.short}, this node)"
+        return f"{shown(self.name_of(peer_id) or '?', 40)} ({peer_id.short})"
 
     def name_of(self, peer_id: NodeId) -> str | None:
         """The name a node gave (ours for this node); None if never heard."""

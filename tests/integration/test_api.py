@@ -144,6 +144,8 @@ def test_the_event_stream_tells_of_peers_changes_conflicts_and_warnings(make_lan
         lan.heal(h2)
         follower.find("h2 back at h1", {"type": "peer", "peer": str(h2.id), "state": "online",
                                         "name": "h2"})
+        # The log names a peer as `peers` does: its name and short ID.
+        assert f"peer online: h2 ({h2.id.short})" in h1.log.read_text()
         conflict = follower.find("the conflict at h1", {"type": "conflict", "path": "both.txt"})
         assert conflict["copy"].startswith("both.sync-conflict-")
         assert (conflict["origin"], conflict["origin_name"]) == (str(h1.id), "h1")
