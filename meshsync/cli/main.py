@@ -36,7 +36,8 @@ from meshsync.node.config import (
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; the exit status is 0 on success, 1 with a one-line message otherwise."""
+    """Run one command; the exit status is 0 on success, else a line on stderr and 2 if the
+    command line is wrong, 1 if the command cannot be done."""
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command in ("completion", "man"):
@@ -72,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ControlError as e:
         print(f"meshsync: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a file of the state directory or of systemd's, say
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"meshsync: {where}{e.strerror or e}", file=sys.stderr)
         return 1
 
 
