@@ -48,13 +48,16 @@ class Shelf:
         self._tg: asyncio.TaskGroup | None = None
         added, paused_ids = remembered_folders(state)
         self._added: dict[str, Folder] = {}
+        self._aside: list[Folder] = []  # added earlier, clashing with `named`: kept in the file
         self.paused: dict[str, Folder] = {}
         for folder in (*named, *added):
             try:
                 self._check(folder)
             except ControlError as e:
-                log.warning("not syncing folder %s at %s, added earlier: %s", folder.id,
-                            folder.path, e)
+                self._aside.append(folder)
+                if (folder.id, folder.path) not in {(f.id, f.path) for f in self.all}:
+                    log.warning("not syncing folder %s at %s, added earlier: %s", folder.id,
+                                folder.path, e)
                 continue
             if folder.id not in self._named:
                 self._added[folder.id] = folder
@@ -201,7 +204,7 @@ class Shelf:
         data: dict[str, Any] = {
             "added": [{"id": f.id, "path": str(f.path), **({} if f.keep is None else {
                 "keep_days": f.keep.max_age / 86400, "keep_size": f.keep.max_bytes})}
-                for f in self._added.values()],
+                for f in (*self._added.values(), *self._aside)],
             "paused": sorted(self.paused),
         }
         path = self._state / FILE

@@ -1,0 +1,52 @@
+"""The node's folder list as it starts: what start names, and what was added before."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from meshsync.core.wire import FolderId
+from meshsync.node.config import FOLDERS_FILE, Folder
+from meshsync.node.folder import FolderSync
+from meshsync.node.peers import Peers
+from meshsync.node.shelf import Shelf
+
+
+def shelf(state: Path, named: tuple[Folder, ...]) -> Shelf:
+    def make(folder: Folder) -> FolderSync:
+        return cast(FolderSync, SimpleNamespace(id=folder.id, place=SimpleNamespace(
+            folder=folder)))
+
+    peers = cast(Peers, SimpleNamespace(folder_ids=frozenset()))
+    return Shelf(state, named, peers, {}, make, {}, asyncio.Event())
+
+
+def saved(state: Path) -> Any:
+    return json.loads((state / FOLDERS_FILE).read_text())
+
+
+def test_a_folder_added_before_that_clashes_with_start_is_said_and_kept_in_the_file(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / FOLDERS_FILE).write_text(json.dumps({"added": [
+        {"id": "Docs", "path": "/a/Docs"}, {"id": "Sync", "path": "/home/me/Sync"}],
+        "paused": []}))
+    named = (Folder(FolderId("Docs"), Path("/b/Docs")), Folder(FolderId("Sync"),
+                                                              Path("/home/me/Sync")))
+    with caplog.at_level(logging.WARNING):
+        found = shelf(tmp_path, named)
+    assert [(f.id, str(f.path)) for f in found.all] == [("Docs", "/b/Docs"),
+                                                         ("Sync", "/home/me/Sync")]
+    # Said for the folder that clashes; nothing for the one start names as it was added.
+    assert [r.getMessage() for r in caplog.records] == [
+        "not syncing folder Docs at /a/Docs, added earlier: a folder with the ID Docs is synced"
+        " already, at /b/Docs: give this one another with --as"]
+    asyncio.run(found.pause(["Sync"]))
+    assert saved(tmp_path) == {"added": [{"id": "Docs", "path": "/a/Docs"},
+                                         {"id": "Sync", "path": "/home/me/Sync"}],
+                               "paused": ["Sync"]}
