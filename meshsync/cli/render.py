@@ -65,10 +65,16 @@ def peers(rows: list[dict[str, Any]]) -> str:
 
 
 def election(result: dict[str, Any]) -> str:
-    """The coordinator and the term."""
+    """The coordinator, named as `peers` names it, and the term."""
     if result["coordinator"] is None:
         return f"no coordinator yet (term {result['term']}, election open)"
-    return f"coordinator {result['coordinator']} (term {result['term']})"
+    return (f"coordinator {node(result['coordinator'], result.get('coordinator_name'))}"
+            f" (term {result['term']})")
+
+
+def node(node_id: str, name: str | None) -> str:
+    """A node as every table and line names it: its name and short ID."""
+    return f"{shown(name or '?', 40)} ({node_id.removeprefix('SHA256:')[:8]})"
 
 
 WAITING_SHOWN = 3  # held-back paths listed per folder; `--json` has up to 100
@@ -77,7 +83,7 @@ WAITING_SHOWN = 3  # held-back paths listed per folder; `--json` has up to 100
 def status(result: dict[str, Any]) -> str:
     """Per folder: its state, what it still needs, the online members sharing it, the scan
     under way, transfers and their rate, and the first paths held back, with why."""
-    lines = [f"node {result['id']} ({result['name']}); {election(result)}"]
+    lines = [f"node {node(result['id'], result['name'])}; {election(result)}"]
     for folder in result["folders"]:
         lines.append(folder_line(folder))
         if keep := folder.get("keep"):

@@ -151,7 +151,8 @@ class Commands:
     def _election_json(self) -> dict[str, Any]:
         coordinator = self._peers.election.coordinator
         return {"term": self._peers.election.term,
-                "coordinator": str(coordinator) if coordinator else None}
+                "coordinator": str(coordinator) if coordinator else None,
+                "coordinator_name": self._peers.name_of(coordinator) if coordinator else None}
 
     def _last_seen(self, peer: Peer) -> float | None:
         """When a peer was last heard of (wall clock): by us, or by our coordinator's word."""

@@ -125,7 +125,7 @@ def test_the_event_stream_tells_of_peers_changes_conflicts_and_warnings(make_lan
         env=h1.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert watch.stdout is not None
-        assert watch.stdout.readline().startswith(f"node {h1.id} (h1); coordinator ")
+        assert watch.stdout.readline().startswith(f"node h1 ({h1.id.short}); coordinator ")
 
         (h2.sync / "from-h2.txt").write_text("hello")
         changed = follower.find("h2's file told at h1", {"type": "changed", "folder": "Sync",

@@ -38,7 +38,9 @@ def test_tables_show_what_the_json_shows(make_lan):
     row = next(line.split() for line in table if " h2 " in line)
     assert row[:5] == [h2.id.short, "h2", f"{h2.ip}:22300",
                        "coordinator" if lowest is h2 else "member", "online"]
-    assert h1.cli("elect").stdout.strip().startswith(f"coordinator {lowest.id} (term ")
+    assert h1.cli("elect").stdout.strip().startswith(
+        f"coordinator {lowest.name} ({lowest.id.short}) (term ")
+    assert h1.json("elect")["coordinator_name"] == lowest.name
     expected = [{
         "id": "Sync", "path": str(h1.sync), "state": "in sync", "need_files": 0, "need_bytes": 0,
         "conflicts": 0, "transfers": [], "waiting": [], "waiting_count": 0,

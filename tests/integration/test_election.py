@@ -89,7 +89,7 @@ def test_lower_id_joining_later_does_not_take_over_until_forced(make_lan):
 
     forced = third.cli("elect", "--force")
     assert forced.returncode == 0, forced.stderr
-    assert str(lowest.id) in forced.stdout
+    assert f"coordinator {lowest.name} ({lowest.id.short})" in forced.stdout
     assert wait_for("all to follow the forced winner",
                     lambda: agreed(lan.hosts, lowest, term), 3) == term + 1
 
