@@ -31,7 +31,9 @@ from meshsync.node.config import (
     parse_page_port,
     parse_size,
     remembered_folders,
+    ssh_dir,
     state_dir,
+    trust_store,
 )
 
 
@@ -83,15 +85,15 @@ def main(argv: list[str] | None = None) -> int:
 def _start_config(args: argparse.Namespace) -> Config:
     """What `start` was told, checked; ValueError with a line for the user if it is wrong."""
     state = state_dir()
-    ssh_dir = Path.home() / ".ssh"
+    ssh = ssh_dir()
     if not args.dirs and not any(remembered_folders(state)):
         raise ValueError("no folder to sync: name one, as in `meshsync start ~/Sync` (folders"
                          " added with `meshsync add` are remembered)")
     return Config(
         folders=folders_from(args.dirs, args.alias, {
-            "meshsync's state": state, "your SSH keys": ssh_dir}),
+            "meshsync's state": state, "your SSH keys": ssh}),
         state=state,
-        ssh_dir=ssh_dir,
+        ssh_dir=ssh,
         key=args.key,
         port=check_port(args.port),
         peers=tuple(check_peer_address(p) for p in args.peer),
@@ -107,7 +109,7 @@ def _client_command(args: argparse.Namespace) -> int:
     result: Any
     match args.command:
         case "id":
-            result = keys.node_id(sock, state_dir(), Path.home() / ".ssh")
+            result = keys.node_id(sock, state_dir(), ssh_dir())
             text = f"{result['id']}\n{result['key']}"
         case "peers":
             result = call(sock, "GET", "/v1/peers")
@@ -249,7 +251,7 @@ def _open(url: str) -> str:
 
 def _trust_store() -> TrustStore:
     """The files that say whom this node trusts, as `meshsync start` reads them."""
-    return TrustStore([Path.home() / ".ssh" / "authorized_keys"], state_dir() / "trusted_keys")
+    return trust_store(ssh_dir(), state_dir())
 
 
 def _start_options(start: argparse.ArgumentParser) -> None:

@@ -129,22 +129,20 @@ def folder_line(folder: dict[str, Any]) -> str:
 
 def event(e: dict[str, Any]) -> str | None:
     """An event of the node's stream as a line; None for one not shown."""
-    def node(key: str, name: str) -> str:
+    def named(key: str, name: str) -> str:
         node_id = e.get(key)
-        if not isinstance(node_id, str):
-            return "?"
-        return f"{shown(e.get(name) or '?', 40)} ({node_id.removeprefix('SHA256:')[:8]})"
+        return node(node_id, e.get(name)) if isinstance(node_id, str) else "?"
 
     match e.get("type"):
         case "peer":
             reason = f" ({shown(e['reason'], None)})" if e.get("reason") else ""
-            return f"peer {node('peer', 'name')} {e.get('state')}{reason}"
+            return f"peer {named('peer', 'name')} {e.get('state')}{reason}"
         case "coordinator":
-            return f"coordinator {node('coordinator', 'name')}, term {e.get('term')}"
+            return f"coordinator {named('coordinator', 'name')}, term {e.get('term')}"
         case "changed":
             paths = e.get("paths") or []
             more = (e.get("count") or 0) - min(3, len(paths))
-            by = "here" if e.get("origin") is None else f"from {node('origin', 'origin_name')}"
+            by = "here" if e.get("origin") is None else f"from {named('origin', 'origin_name')}"
             return (f"{e.get('folder')}: {e.get('count')} changed {by}: "
                     + ", ".join(shown(p, 80) for p in paths[:3])
                     + (f" and {more} more" if more > 0 else ""))

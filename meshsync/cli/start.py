@@ -13,12 +13,9 @@ from meshsync.core.errors import MeshsyncError
 from meshsync.core.throttle import shown
 from meshsync.crypto.agent import AgentError
 from meshsync.crypto.keys import KeyLoadError, find_key, load_signer
-from meshsync.crypto.trust import TrustStore
 from meshsync.node.catchup import interval_from
 from meshsync.node.clock import Clock
-from meshsync.node.config import (
-    Config,
-)
+from meshsync.node.config import Config, trust_store
 from meshsync.node.node import Node
 from meshsync.node.state import AlreadyRunning
 
@@ -53,7 +50,7 @@ def start(args: argparse.Namespace, config: Config) -> int:
         signer = load_signer(find_key(config.key, ssh_dir, state),
                              os.environ.get("SSH_AUTH_SOCK"))
         clock = Clock()  # checks MESHSYNC_CLOCK_OFFSET, an argument of sorts
-        trust = TrustStore([ssh_dir / "authorized_keys"], state / "trusted_keys", clock.wall)
+        trust = trust_store(ssh_dir, state, clock.wall)
         expected = _FATAL
         asyncio.run(Node(config, signer, trust, clock).run())
     except KeyboardInterrupt:  # Ctrl-C before the node's own handler was in place

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,11 @@ from meshsync.crypto.keys import public_key_line
 from meshsync.crypto.trust import PublicKey, parse_key_line
 from meshsync.fs import versions
 from meshsync.net.discovery import own_addresses
-from meshsync.node import keeper
+from meshsync.node import keeper, report
 from meshsync.node.config import Keep, parse_days, parse_size
 from meshsync.node.credentials import Credentials
 from meshsync.node.folder import FolderSync
 from meshsync.node.peers import Peers
-from meshsync.node.report import keep_json
 from meshsync.node.shelf import Shelf
 
 log = logging.getLogger("meshsync")
@@ -208,12 +206,7 @@ class Commands:
             status["completion"] = [_completion(p, sync.id) for p in online]
             folders.append(status)
         paused = [] if self.shelf is None else list(self.shelf.paused.values())
-        folders += [{"id": f.id, "path": str(f.path), "state": "paused", "need_files": 0,
-                     "need_bytes": 0, "conflicts": 0, "transfers": [], "waiting": [],
-                     "waiting_count": 0, "held_back": [], "held_back_count": 0, "scan": None,
-                     "rate": {"in": 0, "out": 0}, "members": [], "completion": [],
-                     "keep": keep_json(f.keep or self.keep)}
-                    for f in paused]
+        folders += [report.paused(f.path, f.id, f.keep or self.keep) for f in paused]
         folders.sort(key=lambda f: f["id"])
         return {"id": str(peers.me), "name": peers.name, **self._election_json(),
                 "folders": folders}
@@ -264,8 +257,7 @@ class Commands:
             changes.append({
                 "folder": folder, "path": r.path,
                 "change": "deleted" if r.deleted else r.kind.value, "size": r.size,
-                "time": datetime.fromtimestamp(r.mtime_ns / 1e9, UTC).strftime(
-                    "%Y-%m-%dT%H:%M:%SZ"),
+                "time": keeper.iso(r.mtime_ns / 1e9),
                 "node": self.node_of(r.made_by),
                 "version": dict(r.version.counters),
             })

@@ -6,13 +6,15 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from meshsync.core.errors import WireError
 from meshsync.core.wire import MAX_NAME, FolderId, check_folder_id
+from meshsync.crypto.trust import TrustStore
 
 log = logging.getLogger("meshsync")
 
@@ -25,6 +27,17 @@ def state_dir(env: Mapping[str, str] = os.environ) -> Path:
         return Path(env["XDG_STATE_HOME"]) / "meshsync"
     home = Path(env["HOME"]) if env.get("HOME") else Path.home()
     return home / ".local" / "state" / "meshsync"
+
+
+def ssh_dir() -> Path:
+    """The user's SSH directory: their keys and their authorized_keys."""
+    return Path.home() / ".ssh"
+
+
+def trust_store(ssh: Path, state: Path, wall: Callable[[], float] = time.time) -> TrustStore:
+    """Whom this node trusts: the user's authorized_keys, and the state directory's
+    trusted_keys, the file meshsync writes."""
+    return TrustStore([ssh / "authorized_keys"], state / "trusted_keys", wall)
 
 
 def control_socket(state: Path) -> Path:
@@ -132,15 +145,23 @@ def folders_from(dirs: list[str], alias: str | None,
                 f"{alias or path.name!r} cannot be a folder ID (it names the folder to peers): "
                 "give another with --as NAME"
             ) from None
-    for outer in folders:
-        for inner in folders:
-            if inner is not outer and inner.path.is_relative_to(outer.path):
-                raise ValueError(f"{inner.path} is inside {outer.path}: sync one or the other"
-                                 " (a folder holds everything below it)")
+    for i, folder in enumerate(folders):
+        for other in folders[i + 1:]:
+            if why := nested(folder, other):
+                raise ValueError(why)
     ids = [f.id for f in folders]
     if len(set(ids)) != len(ids):
         raise ValueError("two folders share one folder ID: give one of them another with --as")
     return tuple(folders)
+
+
+def nested(a: Folder, b: Folder) -> str | None:
+    """Why two folders cannot both be synced, one holding the other; None if neither does."""
+    for inner, outer in ((a, b), (b, a)):
+        if inner.path.is_relative_to(outer.path):
+            return (f"{inner.path} is inside {outer.path}: sync one or the other (a folder"
+                    " holds everything below it)")
+    return None
 
 
 def remembered_folders(state: Path) -> tuple[list[Folder], set[str]]:

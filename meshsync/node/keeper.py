@@ -64,13 +64,13 @@ def conflict_copies(place: Place) -> list[dict[str, Any]]:
         current = place.index.get(place.id, copy.original)
         found.append({
             "folder": place.id, "path": copy.path, "original": copy.original,
-            "copy": {"origin": copy.origin, "time": _iso(copy.when.timestamp())},
+            "copy": {"origin": copy.origin, "time": iso(copy.when.timestamp())},
             "current": None if current is None or current.record.deleted else {
-                "origin": current.record.made_by, "time": _iso(current.record.mtime_ns / 1e9)},
+                "origin": current.record.made_by, "time": iso(current.record.mtime_ns / 1e9)},
         })
     return found
 
 
-def _iso(seconds: float) -> str:
+def iso(seconds: float) -> str:
     """A time as `2026-11-25T10:15:00Z`."""
     return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

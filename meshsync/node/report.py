@@ -103,6 +103,15 @@ def status(sync: Folder, counts: Counts) -> dict[str, Any]:
     }
 
 
+def paused(folder: Path, folder_id: FolderId, keep: Keep) -> dict[str, Any]:
+    """A paused folder's line in `meshsync status --json`: the shape of `status`, and the
+    members' part, all empty."""
+    return {"id": folder_id, "path": str(folder), "state": "paused", "need_files": 0,
+            "need_bytes": 0, "conflicts": 0, "transfers": [], "waiting": [], "waiting_count": 0,
+            "held_back": [], "held_back_count": 0, "scan": None, "rate": {"in": 0, "out": 0},
+            "keep": keep_json(keep), "members": [], "completion": []}
+
+
 def keep_json(keep: Keep) -> dict[str, float]:
     """How much of what sync replaces a folder keeps, for status."""
     return {"days": keep.max_age / 86400, "bytes": keep.max_bytes}

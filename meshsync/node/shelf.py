@@ -21,14 +21,18 @@ from typing import Any
 
 from meshsync.control.protocol import ControlError
 from meshsync.core.errors import MeshsyncError
-from meshsync.node.config import FOLDERS_FILE, Folder, Keep, folders_from, remembered_folders
+from meshsync.node.config import (
+    FOLDERS_FILE,
+    Folder,
+    Keep,
+    folders_from,
+    nested,
+    remembered_folders,
+)
 from meshsync.node.folder import FolderSync
 from meshsync.node.peers import Peers
 
 log = logging.getLogger("meshsync")
-
-FILE = FOLDERS_FILE
-
 
 class Shelf:
     """The node's folders: running (in `folders`, shared with the parts that serve them) or
@@ -167,10 +171,8 @@ class Shelf:
             if folder.id == new.id:
                 raise ControlError(f"a folder with the ID {new.id} is synced already, at"
                                    f" {folder.path}: give this one another with --as")
-            for inner, outer in ((new, folder), (folder, new)):
-                if inner.path.is_relative_to(outer.path):
-                    raise ControlError(f"{inner.path} is inside {outer.path}: sync one or the"
-                                       " other (a folder holds everything below it)")
+            if why := nested(new, folder):
+                raise ControlError(why)
 
     def _start(self, sync: FolderSync) -> None:
         if self._tg is not None:
@@ -197,7 +199,7 @@ class Shelf:
         try:
             self._write()
         except OSError as e:
-            raise ControlError(f"cannot remember the folders in {self._state / FILE}:"
+            raise ControlError(f"cannot remember the folders in {self._state / FOLDERS_FILE}:"
                                f" {e.strerror or e}") from None
 
     def _write(self) -> None:
@@ -207,8 +209,8 @@ class Shelf:
                 for f in (*self._added.values(), *self._aside)],
             "paused": sorted(self.paused),
         }
-        path = self._state / FILE
-        temp = path.with_name(FILE + ".new")
+        path = self._state / FOLDERS_FILE
+        temp = path.with_name(FOLDERS_FILE + ".new")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1)
