@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +70,29 @@ def test_commands_without_a_running_node_say_so_in_one_line_and_exit_1(tmp_path,
     assert result.stderr.startswith("meshsync: no meshsync node is running")
 
 
+def fresh_home(tmp_path: Path) -> Path:
+    """A home directory with an ed25519 key in its .ssh, and nothing of meshsync's yet."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / ".ssh" / "id_ed25519"))
+    return home
+
+
+def meshsync_at(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A meshsync command run with `home` as HOME and its state directory the default one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MESHSYNC_HOME", "XDG_STATE_HOME")}
+    return subprocess.run([sys.executable, "-m", "meshsync", *args],
+                          env={**env, "HOME": str(home)}, capture_output=True, text=True,
+                          check=False, timeout=30)
+
+
+def named(text: str, names: dict[str, str]) -> str:
+    """`text` with each <NAME> of `names` replaced by its path."""
+    for name, path in names.items():
+        text = text.replace(name, path)
+    return text
+
+
 # Each wrong command line: (arguments, exit status, the one line said). <DIR> is a folder not yet
 # made, <FILE> a file, <HOME> the home directory; 2 for a command line wrong as written, 1 for one
 # that cannot be carried out.
@@ -114,24 +138,12 @@ BAD_STARTS = [
 @pytest.mark.parametrize(("args", "status", "said"), BAD_STARTS)
 def test_a_wrong_start_is_refused_in_one_line_before_the_node_shows_itself(
         tmp_path, args, status, said):
-    home = tmp_path / "home"
-    (home / ".ssh").mkdir(parents=True)
-    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / ".ssh" / "id_ed25519"))
+    home = fresh_home(tmp_path)
     (tmp_path / "file").write_text("not a folder")
     names = {"<DIR>": str(tmp_path / "Sync"), "<FILE>": str(tmp_path / "file"),
              "<HOME>": str(home)}
-
-    def named(text: str) -> str:
-        for name, path in names.items():
-            text = text.replace(name, path)
-        return text
-
-    env = {**os.environ, "HOME": str(home)}
-    env.pop("MESHSYNC_HOME", None)
-    env.pop("XDG_STATE_HOME", None)
-    result = subprocess.run([sys.executable, "-m", "meshsync", "start", *map(named, args)],
-                            env=env, capture_output=True, text=True, check=False, timeout=30)
-    assert (result.returncode, result.stderr) == (status, named(said) + "\n")
+    result = meshsync_at(home, "start", *(named(a, names) for a in args))
+    assert (result.returncode, result.stderr) == (status, named(said, names) + "\n")
     assert result.stdout == ""
     assert not (tmp_path / "Sync").exists()
     assert not (home / ".local/state/meshsync/control.sock").exists()
@@ -194,23 +206,13 @@ def test_id_and_trust_need_no_running_node_and_untrust_takes_effect_while_it_run
 ])
 def test_trust_refuses_a_private_key_a_missing_file_and_a_malformed_line_in_one_line(
         tmp_path, arg, status, said):
-    home = tmp_path / "home"
-    (home / ".ssh").mkdir(parents=True)
+    home = fresh_home(tmp_path)
     key = home / ".ssh" / "id_ed25519"
-    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
     (home / "empty.pub").write_text("# nothing here\n")
     names = {"<KEY>": str(key), "<HOME>": str(home), "<EMPTY>": str(home / "empty.pub")}
-
-    def named(text: str) -> str:
-        for name, path in names.items():
-            text = text.replace(name, path)
-        return text
-
-    env = {k: v for k, v in os.environ.items() if k not in ("MESHSYNC_HOME", "XDG_STATE_HOME")}
-    result = subprocess.run([sys.executable, "-m", "meshsync", "trust", named(arg)],
-                            env={**env, "HOME": str(home)}, capture_output=True, text=True,
-                            check=False)
-    assert (result.returncode, result.stderr, result.stdout) == (status, named(said) + "\n", "")
+    result = meshsync_at(home, "trust", named(arg, names))
+    assert (result.returncode, result.stderr, result.stdout) == (
+        status, named(said, names) + "\n", "")
     assert not (home / ".local/state/meshsync/trusted_keys").exists()
 
 
