@@ -86,7 +86,7 @@ def _start_config(args: argparse.Namespace) -> Config:
     """What `start` was told, checked; ValueError with a line for the user if it is wrong."""
     state = state_dir()
     ssh = ssh_dir()
-    if not args.dirs and not any(remembered_folders(state)):
+    if not args.dirs and not remembered_folders(state).added:
         raise ValueError("no folder to sync: name one, as in `meshsync start ~/Sync` (folders"
                          " added with `meshsync add` are remembered)")
     return Config(
@@ -142,9 +142,17 @@ def _client_command(args: argparse.Namespace) -> int:
                              for i in result["removed"])
         case "add":
             body = {"path": str((Path.cwd() / Path(args.dir).expanduser()).resolve()),
-                    "as": args.alias, "keep_days": args.keep_days, "keep_size": args.keep_size}
+                    "as": args.alias, **_settings(args)}
             result = call(sock, "POST", "/v1/add", body)
             text = f"syncing {result['path']} as {result['id']}, now and after a restart"
+        case "set":
+            result = call(sock, "POST", "/v1/set", {"id": args.id, **_settings(args)})
+            text = render.folder_settings(result)
+        case "override":
+            result = call(sock, "POST", "/v1/override", {"id": args.id})
+            count = result["overridden"]
+            text = (f"folder {result['id']}: this node's versions of {count} path"
+                    f"{'' if count == 1 else 's'} announced over the mesh's changes")
         case "remove":
             result = call(sock, "POST", "/v1/remove", {"id": args.id})
             text = (f"no longer syncing {result['removed']} ({result['path']}); its files stay"
@@ -356,10 +364,13 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("dir", metavar="DIR")
     add.add_argument("--as", dest="alias", metavar="NAME",
                      help="share it under this ID instead of its base name")
-    add.add_argument("--keep-days", metavar="DAYS",
-                     help="keep what sync replaces in it this long (default: as the node)")
-    add.add_argument("--keep-size", metavar="SIZE",
-                     help="at most this much of it (default: as the node)")
+    _setting_options(add)
+    setter = client("set", "change a folder's settings, now and after a restart")
+    setter.add_argument("id", metavar="ID", help="the folder's ID, as `status` shows it")
+    _setting_options(setter)
+    override = client("override", "make a send-only folder's versions win over the mesh's"
+                                  " changes")
+    override.add_argument("id", metavar="ID", help="the folder's ID, as `status` shows it")
     remove = client("remove", "stop syncing a folder (its files stay)")
     remove.add_argument("id", metavar="ID", help="the folder's ID, as `status` shows it")
     for verb, what in (("pause", "stop syncing folders until resumed"),
@@ -375,6 +386,32 @@ def _parser() -> argparse.ArgumentParser:
     helps.add_argument("topic", nargs="?", metavar="COMMAND", choices=sorted(sub.choices),
                        help="the command to explain")
     return parser
+
+
+def _setting_options(command: argparse.ArgumentParser) -> None:
+    """The options of `add` and `set`: a folder's settings."""
+    ways = command.add_mutually_exclusive_group()
+    ways.add_argument("--send-only", dest="mode", action="store_const", const="send-only",
+                      help="send changes made here; list the mesh's, write them only when"
+                           " set back (and let `meshsync override` make ours win)")
+    ways.add_argument("--send-receive", dest="mode", action="store_const",
+                      const="send-receive", help="send and receive changes (the default)")
+    shares = command.add_mutually_exclusive_group()
+    shares.add_argument("--share-with", action="append", metavar="NODE",
+                        help="share it with this node only (its ID, or a trusted peer's short"
+                             " ID or name; repeat for more)")
+    shares.add_argument("--share-with-all", dest="share_with", action="store_const",
+                        const="all", help="share it with every trusted node (the default)")
+    command.add_argument("--keep-days", metavar="DAYS",
+                         help="keep what sync replaces in it this long (default: as the node)")
+    command.add_argument("--keep-size", metavar="SIZE",
+                         help="at most this much of it (default: as the node)")
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings `add` or `set` was given, as the API takes them."""
+    return {name: value for name in ("mode", "share_with", "keep_days", "keep_size")
+            if (value := getattr(args, name)) is not None}
 
 
 if __name__ == "__main__":

@@ -80,15 +80,37 @@ def node(node_id: str, name: str | None) -> str:
 WAITING_SHOWN = 3  # held-back paths listed per folder; `--json` has up to 100
 
 
+def folder_settings(folder: dict[str, Any]) -> str:
+    """What `set` says: the folder's settings, all of them."""
+    return "\n".join([f"folder {folder['id']}:", *settings(folder, every=True)])
+
+
+def settings(folder: dict[str, Any], every: bool = False) -> list[str]:
+    """A folder's settings, a line each: those that differ from the defaults, or `every` one."""
+    lines = []
+    if folder.get("mode") == "send-only":
+        lines.append(f"  send-only: what the mesh changes is not written here (`meshsync"
+                     f" override {folder['id']}` makes this node's versions win)")
+    elif every:
+        lines.append("  send-receive: changes go out and come in")
+    if (share := folder.get("share_with")) is not None:
+        shorts = ", ".join(i.removeprefix("SHA256:")[:8] for i in share)
+        lines.append(f"  shared only with {shorts}")
+    elif every:
+        lines.append("  shared with every trusted node that has it")
+    if keep := folder.get("keep"):
+        lines.append(f"  keeps what sync replaces {keep['days']:g} days, at most"
+                     f" {size(keep['bytes'])}")
+    return lines
+
+
 def status(result: dict[str, Any]) -> str:
     """Per folder: its state, what it still needs, the online members sharing it, the scan
     under way, transfers and their rate, and the first paths held back, with why."""
     lines = [f"node {node(result['id'], result['name'])}; {election(result)}"]
     for folder in result["folders"]:
         lines.append(folder_line(folder))
-        if keep := folder.get("keep"):
-            lines.append(f"  keeps what sync replaces {keep['days']:g} days, at most"
-                         f" {size(keep['bytes'])}")
+        lines += settings(folder)
         lines += [f"  {shown(t['path'], WIDE)}  {size(t['done'])} of {size(t['size'])}"
                   for t in folder["transfers"]]
         held = folder.get("held_back_count", folder.get("waiting_count", 0))

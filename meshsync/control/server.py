@@ -48,7 +48,12 @@ ENDPOINTS: tuple[tuple[str, str, str, dict[str, Any], str], ...] = (
     ("POST", "/v1/restore", "restore", {}, 'put a kept version back: {"path", "at"?}'),
     ("POST", "/v1/trust", "trust", {}, 'trust keys or peer IDs: {"keys": [...], '
                                        '"introducer"?}'),
-    ("POST", "/v1/add", "add", {}, 'sync one more folder: {"path", "as"?}'),
+    ("POST", "/v1/add", "add", {}, 'sync one more folder: {"path", "as"?, and settings as'
+                                   ' for set}'),
+    ("POST", "/v1/set", "set", {}, 'change a folder\'s settings: {"id", "mode"?, "share_with"?'
+                                   ' (IDs or "all"), "keep_days"?, "keep_size"?}'),
+    ("POST", "/v1/override", "override", {}, "a send-only folder's versions win over the"
+                                             ' mesh\'s changes: {"id"}'),
     ("POST", "/v1/remove", "remove", {}, 'stop syncing a folder, files kept: {"id"}'),
     ("POST", "/v1/pause", "pause", {}, 'pause folders: {"ids"?} (none: all)'),
     ("POST", "/v1/resume", "resume", {}, 'resume paused folders: {"ids"?} (none: all)'),

@@ -22,7 +22,8 @@ class Peer:
     address: str | None = None
     trusted: bool = False
     trusts_us: bool | None = None  # None until one of our hellos has been answered
-    folders: frozenset[FolderId] = frozenset()
+    folders: frozenset[FolderId] = frozenset()  # those it offers that we share with it
+    offers: frozenset[FolderId] = frozenset()  # the folders its latest hello named
     last_seen: float | None = None  # wall-clock seconds
     clock_offset: float | None = None  # its clock minus ours, in seconds, as last measured
     progress: tuple[Progress, ...] = ()  # how far it is with the folders it shares with us

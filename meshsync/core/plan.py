@@ -116,6 +116,22 @@ def local_change(ours: FileRecord | None, found: FileRecord, kept: Iterable[File
     return replace(found, version=version.bump(me, floor), origin=me, author="")
 
 
+def override(ours: FileRecord | None, theirs: FileRecord, me: str,
+             floor: int = 0) -> FileRecord | None:
+    """What a send-only folder announces to make its version of a path win over `theirs`, a
+    version it did not write: ours (None: not here, so a deletion) as the next version made
+    here, descending from theirs. None if there is nothing to say (neither has the path), or
+    no room in the vector to count it."""
+    if ours is None:
+        if theirs.deleted:
+            return None
+        ours = theirs.tombstone(Vector(), me)
+    version = ours.version.merge(theirs.version)
+    if not version.can_bump(me):
+        return None
+    return replace(ours, version=version.bump(me, floor), origin=me, author="")
+
+
 @dataclass(frozen=True, slots=True)
 class Judgement:
     """What to do with a remote version given ours on disk and the one we wait for.

@@ -4,6 +4,7 @@ peers, status, election, conflicts, versions; trust, restore, elect and stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -11,17 +12,18 @@ from typing import Any
 
 from meshsync.control.protocol import ControlError
 from meshsync.core import election as el
-from meshsync.core.errors import WireError
+from meshsync.core.errors import MeshsyncError, WireError
 from meshsync.core.ids import NodeId
 from meshsync.core.membership import Peer, clock_fix
 from meshsync.core.paths import RelPath, check_path
+from meshsync.core.throttle import shown
 from meshsync.core.wire import FolderId
 from meshsync.crypto.keys import public_key_line
 from meshsync.crypto.trust import PublicKey, parse_key_line
 from meshsync.fs import versions
 from meshsync.net.discovery import own_addresses
 from meshsync.node import keeper, report
-from meshsync.node.config import Keep, parse_days, parse_size
+from meshsync.node.config import Folder, Keep, Mode, parse_days, parse_size
 from meshsync.node.credentials import Credentials
 from meshsync.node.folder import FolderSync
 from meshsync.node.peers import Peers
@@ -92,8 +94,24 @@ class Commands:
                 if not isinstance(path, str) or not path.startswith("/") or not (
                         alias is None or isinstance(alias, str)):
                     raise ControlError('add wants {"path": ABSOLUTE-PATH, "as": ID or null}')
-                folder = await self._shelf().add(path, alias, _keep(args, self.keep))
+                folder = await self._shelf().add(path, alias, **self._settings(args, None))
                 return {"id": folder.id, "path": str(folder.path)}
+            case "set":
+                shelf = self._shelf()
+                folder = shelf.find(_text(args.get("id"), "set"))
+                if changes := self._settings(args, folder):
+                    folder = shelf.set(folder.id, **changes)
+                return {"id": folder.id, **report.settings_json(folder, folder.keep or self.keep)}
+            case "override":
+                shelf = self._shelf()
+                folder = shelf.find(_text(args.get("id"), "override"))
+                running = shelf.folders.get(folder.id)
+                if running is None:
+                    raise ControlError(f"folder {folder.id} is paused: resume it first")
+                try:
+                    return {"id": folder.id, "overridden": await running.override()}
+                except MeshsyncError as e:
+                    raise ControlError(str(e)) from None
             case "remove":
                 folder, named = await self._shelf().remove(_text(args.get("id"), "remove"))
                 return {"removed": folder.id, "path": str(folder.path), "named_by_start": named}
@@ -109,6 +127,36 @@ class Commands:
                                        " --page-port off)")
                 return {"url": self.page}
         raise ControlError(f"unknown command {command!r}")
+
+    def _settings(self, args: dict[str, Any], folder: Folder | None) -> dict[str, Any]:
+        """The settings `add` (`folder` None) or `set` gives a folder, checked: those named in
+        `args` (keep_days, keep_size, mode, share_with: a list of node IDs, or "all")."""
+        changes: dict[str, Any] = {}
+        if args.get("keep_days") is not None or args.get("keep_size") is not None:
+            changes["keep"] = _keep(args, (folder.keep if folder else None) or self.keep)
+        if args.get("mode") is not None:
+            changes["mode"] = _mode(args["mode"])
+        share = args.get("share_with")
+        if share == "all":
+            changes["share"] = None
+        elif share is not None:
+            if not isinstance(share, list) or not share or not all(
+                    isinstance(i, str) for i in share):
+                raise ControlError('share_with wants a list of node IDs, or "all"')
+            changes["share"] = frozenset(map(self._node_id, share))
+        return changes
+
+    def _node_id(self, text: str) -> NodeId:
+        """A node named by its ID, or by the short ID or name of a peer we know."""
+        with contextlib.suppress(ValueError):
+            return NodeId.parse(text)
+        known: list[NodeId] = [p.id for p in self._peers.roster
+                               if p.trusted and text in (p.id.short, p.name)]
+        if len(known) == 1:
+            return known[0]
+        raise ControlError(
+            f"{shown(text, 60)!r} is not a node ID, nor the short ID or name of one trusted peer"
+            " (`meshsync peers` lists them; a full ID is taken as it is)")
 
     def _shelf(self) -> Shelf:
         if self.shelf is None:
@@ -206,7 +254,7 @@ class Commands:
             status["completion"] = [_completion(p, sync.id) for p in online]
             folders.append(status)
         paused = [] if self.shelf is None else list(self.shelf.paused.values())
-        folders += [report.paused(f.path, f.id, f.keep or self.keep) for f in paused]
+        folders += [report.paused(f, f.keep or self.keep) for f in paused]
         folders.sort(key=lambda f: f["id"])
         return {"id": str(peers.me), "name": peers.name, **self._election_json(),
                 "folders": folders}
@@ -308,14 +356,20 @@ def _ids(value: object) -> list[str]:
     return list(value)
 
 
-def _keep(args: dict[str, Any], node: Keep) -> Keep | None:
-    """A folder's own bounds on kept versions, as `add` gives them; the node's `node` for
-    the one not given. None if neither is."""
+def _keep(args: dict[str, Any], before: Keep) -> Keep:
+    """A folder's own bounds on kept versions, as `add` or `set` gives them (at least one);
+    those it kept `before` for the one not given."""
     days, size = args.get("keep_days"), args.get("keep_size")
-    if days is None and size is None:
-        return None
     try:
-        return Keep(node.max_age if days is None else parse_days(str(days)) * 86400,
-                    node.max_bytes if size is None else parse_size(str(size)))
+        return Keep(before.max_age if days is None else parse_days(str(days)) * 86400,
+                    before.max_bytes if size is None else parse_size(str(size)))
     except ValueError as e:
         raise ControlError(str(e)) from None
+
+
+def _mode(value: object) -> Mode:
+    try:
+        return Mode(value if isinstance(value, str) else "")
+    except ValueError:
+        modes = ", ".join(m.value for m in Mode)
+        raise ControlError(f"a folder's mode is one of {modes}, not {value!r}") from None

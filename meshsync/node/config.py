@@ -8,11 +8,13 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from meshsync.core.errors import WireError
+from meshsync.core.ids import NodeId
 from meshsync.core.wire import MAX_NAME, FolderId, check_folder_id
 from meshsync.crypto.trust import TrustStore
 
@@ -45,18 +47,48 @@ def control_socket(state: Path) -> Path:
     return state / "control.sock"
 
 
-FOLDERS_FILE = "folders.json"  # in the state directory: folders added, and those paused
+FOLDERS_FILE = "folders.json"  # in the state directory: folders added, paused, and settings
 PAGE_PORT = 22380  # the web page's port on 127.0.0.1, or a free one if it is taken
+
+
+class Mode(StrEnum):
+    """Which way a folder syncs."""
+
+    SEND_RECEIVE = "send-receive"  # changes go out and come in
+    SEND_ONLY = "send-only"  # changes go out; the mesh's are listed, not written, till overridden
 
 
 @dataclass(frozen=True, slots=True)
 class Folder:
-    """A synced directory, the ID it is shared under, and how much of what sync replaces it
-    keeps (None: as the node's --keep-days and --keep-size say)."""
+    """A synced directory, the ID it is shared under, and its settings: how much of what sync
+    replaces it keeps (None: as the node's --keep-days and --keep-size say), which way it
+    syncs, and the nodes it is shared with (None: every trusted node that has it)."""
 
     id: FolderId
     path: Path
     keep: Keep | None = None
+    mode: Mode = Mode.SEND_RECEIVE
+    share: frozenset[NodeId] | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """Those settings that differ from the defaults, as folders.json keeps them."""
+        saved: dict[str, Any] = {}
+        if self.keep is not None:
+            saved |= {"keep_days": self.keep.max_age / 86400, "keep_size": self.keep.max_bytes}
+        if self.mode is not Mode.SEND_RECEIVE:
+            saved["mode"] = str(self.mode)
+        if self.share is not None:
+            saved["share_with"] = sorted(map(str, self.share))
+        return saved
+
+    def with_settings(self, saved: dict[str, Any]) -> Folder:
+        """This folder with the settings folders.json keeps for it; ValueError if unsound."""
+        share = saved.get("share_with")
+        if share is not None and not (isinstance(share, list) and all(
+                isinstance(i, str) for i in share)):
+            raise ValueError("a folder's share_with is not a list of node IDs")
+        return replace(self, keep=_keep_of(saved), mode=Mode(saved.get("mode", "send-receive")),
+                       share=None if share is None else frozenset(map(NodeId.parse, share)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,23 +196,39 @@ def nested(a: Folder, b: Folder) -> str | None:
     return None
 
 
-def remembered_folders(state: Path) -> tuple[list[Folder], set[str]]:
-    """(the folders added at runtime, the IDs of those paused) as the state directory keeps
-    them; nothing if the file is missing or damaged (said in the log)."""
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """What the state directory keeps of the folders: those added at runtime, the IDs of
+    those paused, and the settings changed of those `start` names, by ID."""
+
+    added: tuple[Folder, ...] = ()
+    paused: frozenset[str] = frozenset()
+    settings: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def remembered_folders(state: Path) -> Remembered:
+    """The folders as the state directory keeps them; nothing if the file is missing or
+    damaged (said in the log)."""
     path = state / FOLDERS_FILE
     try:
         found = json.loads(path.read_text())
-        added = [Folder(check_folder_id(f["id"]), Path(f["path"]), _keep_of(f))
-                 for f in found["added"]]
-        paused = {str(i) for i in found["paused"]}
+        added = tuple(Folder(check_folder_id(f["id"]), Path(f["path"])).with_settings(f)
+                      for f in found["added"])
+        paused = frozenset(str(i) for i in found["paused"])
+        settings = found.get("settings", {})
         if not all(f.path.is_absolute() for f in added):
             raise ValueError("a folder's path is not absolute")
+        if not (isinstance(settings, dict) and all(isinstance(v, dict)
+                                                   for v in settings.values())):
+            raise ValueError("settings is not a table of folder IDs")
+        for folder_id, saved in settings.items():  # checked now, applied by the node
+            Folder(check_folder_id(folder_id), Path("/")).with_settings(saved)
     except FileNotFoundError:
-        return [], set()
-    except (OSError, ValueError, KeyError, TypeError, WireError) as e:
+        return Remembered()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, WireError) as e:
         log.warning("ignoring %s: %s", path, e)
-        return [], set()
-    return added, paused
+        return Remembered()
+    return Remembered(added, paused, settings)
 
 
 def _keep_of(saved: dict[str, Any]) -> Keep | None:

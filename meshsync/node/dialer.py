@@ -203,8 +203,7 @@ class Dialer:
 
     async def say_goodbye(self, client: PeerClient) -> None:
         """Tell every peer up that we are leaving."""
-        hello = self._greeter.hello()
-        await asyncio.gather(*(client.send_hello(p.address, p.key, hello, 0.5)
+        await asyncio.gather(*(client.send_hello(p.address, p.key, self._greeter.hello(p.id), 0.5)
                                for p in self._peers.roster
                                if p.address and self._peers.election.is_up(p.id)),
                              return_exceptions=True)

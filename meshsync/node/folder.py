@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from meshsync.core import plan
 from meshsync.core.errors import MeshsyncError
 from meshsync.core.paths import RelPath
 from meshsync.core.records import FileRecord, block_count
@@ -42,7 +43,7 @@ from meshsync.fs.watch import stop_early, watch
 from meshsync.node import report, transfer
 from meshsync.node.catchup import CatchUp, Indexes
 from meshsync.node.clock import Clock
-from meshsync.node.config import Folder, Keep, MinFree, mib
+from meshsync.node.config import Folder, Keep, MinFree, Mode, mib
 from meshsync.node.judge import Judge, Verifier
 from meshsync.node.keeper import keep_version
 from meshsync.node.place import Place
@@ -65,6 +66,7 @@ WATCHED_WITHIN = 60.0  # seconds a full scan waits for the watches before walkin
 # Blocks of lists looked through and rebuilt per batch of records sent without their lists
 # (16 MiB of hashes to hash); past it, the rest are asked for whole.
 REBUILT_PER_BATCH = 1 << 19
+OVERRIDDEN_PER_PAGE = 1000  # versions an override stores and announces at a time
 
 
 class Mesh(Verifier, Sources, Indexes, Protocol):
@@ -95,10 +97,12 @@ class FolderSync:
         self.place = Place(folder, index, tell=mesh.tell)
         self.mesh = mesh
         self.epoch = epoch
-        self.keep = keep or Keep()
+        self.node_keep = keep or Keep()  # for a folder without bounds of its own
         self.clock = clock or Clock()  # for retries and rates; tests pass their own
         def sign(record: FileRecord) -> bytes:
             return mesh.sign(record.canonical(folder.id))
+
+        self._sign = sign
 
         self.scanner = Scanner(self.place, mesh.me.key, sign)
         self.judge = Judge(self.place, mesh)
@@ -138,6 +142,21 @@ class FolderSync:
         """The ignore rules in force."""
         return self.place.ignore
 
+    @property
+    def keep(self) -> Keep:
+        """How much of what sync replaces in this folder it keeps."""
+        return self.place.folder.keep or self.node_keep
+
+    @property
+    def mode(self) -> Mode:
+        """Which way it syncs."""
+        return self.place.folder.mode
+
+    def configure(self, folder: Folder) -> None:
+        """Take the folder's settings as changed while it runs."""
+        self.place.folder = folder
+        self.puller.wake.set()  # a folder that was send-only writes what it waits for now
+
     # -- lifetime ------------------------------------------------------------------------------
     async def prepare(self) -> None:
         """Look for the folder, making it (and its marker) the first time ever. The node does
@@ -163,10 +182,14 @@ class FolderSync:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._watch(), name=f"watch {self.id}")
                 tg.create_task(self._scans(), name=f"scan {self.id}")
-                tg.create_task(self.puller.run(lambda: self.mounted), name=f"apply {self.id}")
+                tg.create_task(self.puller.run(self._writes), name=f"apply {self.id}")
                 tg.create_task(self.catch_up.run(), name=f"catch up {self.id}")
         finally:
             self._watched.set()  # a scan waiting for the watches must not hold up the stop
+
+    def _writes(self) -> bool:
+        """Whether what the mesh changed is written here now."""
+        return self.mounted and self.mode is not Mode.SEND_ONLY
 
     def _take_stock(self) -> tuple[set[RelPath], bool]:
         """(the paths whose index rows were set aside as damaged, whether the folder is
@@ -447,6 +470,49 @@ class FolderSync:
         self.sent.add(sum(len(b) for b in blocks if b is not None), self.clock.now())
         return blocks
 
+
+    async def override(self) -> int:
+        """Make this node's versions win everywhere over the mesh's changes a send-only folder
+        did not write: each path waiting for a version is announced anew as it is here (a
+        deletion where it is not here), descending from the version waited for. Returns how
+        many; MeshsyncError if the folder is not send-only."""
+        if self.mode is not Mode.SEND_ONLY:
+            raise MeshsyncError(f"folder {self.id} is {self.mode}: only a send-only folder's"
+                                " changes from the mesh wait for an override")
+        changes: list[Signed] = []
+        async with self.place.disk:
+            while page := await asyncio.to_thread(self._override):
+                changes += page[0]
+                await self._announce(*page)
+        if changes:
+            log.info("folder %s: overrode %d change%s of the mesh with this node's versions",
+                     self.id, len(changes), "" if len(changes) == 1 else "s")
+        return len(changes)
+
+    def _override(self) -> tuple[list[Signed], range] | None:
+        """One page of override's versions, stored: (them, their index rows); None when no
+        version waits. In a thread."""
+        place, me = self.place, self.mesh.me.key
+        needs = place.index.needs(place.id, OVERRIDDEN_PER_PAGE)
+        if not needs:
+            return None
+        entries = place.index.get_all(place.id, [n.record.path for n in needs])
+        mine: list[tuple[FileRecord, bytes, int, int]] = []
+        for need in needs:
+            entry = entries.get(need.record.path)
+            ours = entry.record if entry is not None else None
+            record = plan.override(ours, need.record, me, int(time.time()))
+            if record is None:
+                place.index.drop_need(place.id, need.record.path)
+                continue
+            on_disk = (entry.inode, entry.dev) if entry and not record.deleted else (0, 0)
+            mine.append((record, self._sign(record), *on_disk))
+        seqs = place.index.put(place.id, mine)
+        for need in needs:  # history now, as put finds too: said here, so no page comes twice
+            place.index.drop_need(place.id, need.record.path, only=need.record)
+        place.changed((record for record, *_ in mine), received=False)
+        return [Signed(r, signature) for r, signature, _, _ in mine], range(
+            seqs[0] if seqs else 1, seqs[-1] + 1 if seqs else 1)
 
     # -- versions ------------------------------------------------------------------------------
     async def restore(self, rel: RelPath, at: datetime | None) -> versions.Version:

@@ -67,9 +67,10 @@ class Greeter:
         """Take in a trusted peer's hello, whichever way it came."""
         peers = self._peers
         changes: dict[str, Any] = {"trusts_us": trusts_us} if trusts_us is not None else {}
+        shared = hello.folders & peers.folders_for(NodeId.of_key(key))
         peer, new = peers.roster.update(
-            key, name=hello.name, address=address, trusted=True, folders=hello.folders,
-            last_seen=peers.clock.wall(), progress=hello.progress, **changes,
+            key, name=hello.name, address=address, trusted=True, folders=shared,
+            offers=hello.folders, last_seen=peers.clock.wall(), progress=hello.progress, **changes,
         )
         if new:
             log.info("peer found: %s (%s) at %s, trusted", peer.id, shown(peer.name), address)
@@ -89,7 +90,7 @@ class Greeter:
                     and coordinator not in (None, peers.me, peer.id)
                     and peers.election.is_up(coordinator)):
                 self._doubted(coordinator)  # a member does not hear it: is it gone?
-        elif not peer.folders & peers.folder_ids and peers.throttle.allow(
+        elif not peer.folders and peers.throttle.allow(
             (peer.id, "no folder"), peers.clock.wall()
         ):
             log.info("peer %s (%s) shares no folder with this node", peer.id, shown(peer.name))
@@ -171,14 +172,15 @@ class Greeter:
         self._trust_changed()
         self._wake.set()
 
-    def hello(self, to: NodeId | None = None, moment: Moment | None = None) -> Hello:
-        """Our hello; to a peer, with where the members it may sync with listen."""
+    def hello(self, to: NodeId, moment: Moment | None = None) -> Hello:
+        """Our hello to a peer: the folders we share with it and, unless we are leaving, where
+        the members it may sync with listen."""
         peers = self._peers
         leaving = self._stop.is_set()
         members: tuple[MemberAddress, ...] = ()
         member_keys: tuple[bytes, ...] | None = None
         progress: tuple[Progress, ...] = ()
-        if to is not None and not leaving:
+        if not leaving:
             moment = moment or Moment(peers)
             members = self._member_addresses(to, moment)
             member_keys = self._member_keys(to, moment)
@@ -186,7 +188,7 @@ class Greeter:
         return Hello(
             name=peers.name,
             port=peers.port,
-            folders=peers.folder_ids,
+            folders=peers.folders_for(to),
             term=peers.election.term,
             coordinator=peers.election.coordinator,
             leaving=leaving,

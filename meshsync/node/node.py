@@ -188,7 +188,7 @@ class Node:
             config = self.config
 
             def make(folder: Folder) -> FolderSync:
-                return FolderSync(folder, index, self, epoch, folder.keep or config.keep,
+                return FolderSync(folder, index, self, epoch, config.keep,
                                   min_free=config.min_free, catch_up_every=config.catch_up_every)
 
             self._commands.keep = config.keep

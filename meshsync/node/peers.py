@@ -30,12 +30,26 @@ class Peers:
         self.me = me
         self.name = name
         self.folder_ids = folder_ids
+        self.shares: dict[FolderId, frozenset[NodeId]] = {}  # folders shared with these only
         self.port = 0  # where we listen, once bound
         self.trust = trust
         self.clock = clock
         self.election = election
         self.roster = Roster()
         self.throttle = Throttle()
+
+    def folders_for(self, peer_id: NodeId) -> frozenset[FolderId]:
+        """The folders we share with `peer_id`: ours, but those shared with others only."""
+        return frozenset(f for f in self.folder_ids
+                         if f not in self.shares or peer_id in self.shares[f])
+
+    def reshare(self, folder_ids: frozenset[FolderId],
+                shares: dict[FolderId, frozenset[NodeId]]) -> None:
+        """Our folders and whom each is shared with, changed: each peer's folders (what it
+        offers that we share with it) follow at once."""
+        self.folder_ids, self.shares = folder_ids, shares
+        for peer in self.roster:
+            self.roster.update(peer.key, folders=peer.offers & self.folders_for(peer.id))
 
     def reached(self, peer_id: NodeId) -> bool:
         """Whether a member is up here at an address we know."""

@@ -4,7 +4,7 @@ the scan under way, and the transfer rates; and the shorter progress our hellos 
 The states, in order of precedence: `unmounted` (the folder marker is missing), `scanning`
 (a full scan is under way, or none has finished since start), `syncing` (versions to write
 that are not waiting for a retry), `held back` (what is left waits for a cause listed in
-`held_back`), `in sync`.
+`held_back`: a retry, an untrusted origin, or a send-only folder's override), `in sync`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from meshsync.core import conflicts
 from meshsync.core.wire import FolderId, Progress
 from meshsync.node.clock import Clock
-from meshsync.node.config import Keep
+from meshsync.node.config import Folder, Keep, Mode
 from meshsync.node.place import Place
 from meshsync.node.puller import Puller
 from meshsync.node.scanner import Scanner
@@ -32,7 +32,7 @@ class Origins(Protocol):
     def untrusted_origin(self, origin: str) -> str: ...
 
 
-class Folder(Protocol):
+class Sync(Protocol):
     """The folder as status reads it (node.folder.FolderSync)."""
 
     place: Place
@@ -42,7 +42,9 @@ class Folder(Protocol):
     sent: Rate
     mounted: bool
     scanned: bool
-    keep: Keep
+
+    @property
+    def keep(self) -> Keep: ...
 
     @property
     def id(self) -> FolderId: ...
@@ -64,6 +66,7 @@ class Counts:
     copies: int
     held_count: int
     held: list[Need]
+    unwritten: list[Need]  # the first versions to write, in a send-only folder
 
 
 def counts(place: Place) -> Counts:
@@ -71,10 +74,12 @@ def counts(place: Place) -> Counts:
     index = place.index
     files, size = index.need_totals(place.id)
     copies = sum(conflicts.is_copy(e.record.path) for e in index.conflict_copies(place.id))
-    return Counts(files, size, copies, index.held_count(place.id), index.held(place.id, SHOWN))
+    unwritten = index.needs(place.id, SHOWN) if place.folder.mode is Mode.SEND_ONLY else []
+    return Counts(files, size, copies, index.held_count(place.id), index.held(place.id, SHOWN),
+                  unwritten)
 
 
-def status(sync: Folder, counts: Counts) -> dict[str, Any]:
+def status(sync: Sync, counts: Counts) -> dict[str, Any]:
     """The folder's line in `meshsync status --json` (documented in the README)."""
     now = sync.clock.now()
     puller = sync.puller
@@ -82,7 +87,11 @@ def status(sync: Folder, counts: Counts) -> dict[str, Any]:
     waiting = _waiting(sync, counts.files)
     held = [{"path": n.record.path, "cause": "untrusted origin",
              "reason": sync.mesh.untrusted_origin(n.record.origin)} for n in counts.held]
+    held += [{"path": n.record.path, "cause": "send-only folder",
+              "reason": f"changed in the mesh, not written here: `meshsync override {sync.id}`"
+                        " makes this node's version win"} for n in counts.unwritten]
     held_back = [*held, *retries.listing(now, SHOWN - len(held))] if waiting else held
+    unwritten = counts.files if counts.unwritten else 0
     progress = sync.scanner.progress
     return {
         "id": sync.id,
@@ -96,20 +105,28 @@ def status(sync: Folder, counts: Counts) -> dict[str, Any]:
         "waiting": retries.listing(now, SHOWN) if waiting else [],
         "waiting_count": waiting,
         "held_back": held_back[:SHOWN],
-        "held_back_count": counts.held_count + waiting,
+        "held_back_count": counts.held_count + waiting + unwritten,
         "scan": progress.to_json() if progress is not None else None,
         "rate": {"in": puller.fetcher.received.per_second(now), "out": sync.sent.per_second(now)},
-        "keep": keep_json(sync.keep),
+        **settings_json(sync.place.folder, sync.keep),
     }
 
 
-def paused(folder: Path, folder_id: FolderId, keep: Keep) -> dict[str, Any]:
+def paused(folder: Folder, keep: Keep) -> dict[str, Any]:
     """A paused folder's line in `meshsync status --json`: the shape of `status`, and the
     members' part, all empty."""
-    return {"id": folder_id, "path": str(folder), "state": "paused", "need_files": 0,
+    return {"id": folder.id, "path": str(folder.path), "state": "paused", "need_files": 0,
             "need_bytes": 0, "conflicts": 0, "transfers": [], "waiting": [], "waiting_count": 0,
             "held_back": [], "held_back_count": 0, "scan": None, "rate": {"in": 0, "out": 0},
-            "keep": keep_json(keep), "members": [], "completion": []}
+            **settings_json(folder, keep), "members": [], "completion": []}
+
+
+def settings_json(folder: Folder, keep: Keep) -> dict[str, Any]:
+    """A folder's settings, for status and `set`: which way it syncs, whom it is shared with
+    (None: every trusted node that has it), and what it keeps (`keep`, its own or the
+    node's)."""
+    return {"mode": str(folder.mode), "share_with": None if folder.share is None else sorted(
+        map(str, folder.share)), "keep": keep_json(keep)}
 
 
 def keep_json(keep: Keep) -> dict[str, float]:
@@ -117,7 +134,7 @@ def keep_json(keep: Keep) -> dict[str, float]:
     return {"days": keep.max_age / 86400, "bytes": keep.max_bytes}
 
 
-def progress(sync: Folder) -> Progress:
+def progress(sync: Sync) -> Progress:
     """How far the folder is, for our hellos; runs in a thread."""
     index, folder = sync.place.index, sync.id
     files, size = index.need_totals(folder)
@@ -125,23 +142,25 @@ def progress(sync: Folder) -> Progress:
     return Progress(folder, state, files, size, index.counts(folder)[1], index.max_seq(folder))
 
 
-def progress_stamp(sync: Folder) -> tuple[object, ...]:
+def progress_stamp(sync: Sync) -> tuple[object, ...]:
     """What `progress` depends on, read without a query: while it stays, so does the progress."""
     return (sync.place.index.writes, sync.mounted, sync.scanned, sync.scanner.progress is None,
             len(sync.puller.retries))
 
 
-def _waiting(sync: Folder, files: int) -> int:
+def _waiting(sync: Sync, files: int) -> int:
     """Versions waiting for a retry (none when nothing is queued: the waits of versions no
     longer wanted are forgotten at the next pass)."""
     return len(sync.puller.retries) if files else 0
 
 
-def _state(sync: Folder, files: int, held: int, waiting: int) -> str:
+def _state(sync: Sync, files: int, held: int, waiting: int) -> str:
     if not sync.mounted:
         return "unmounted"
     if sync.scanner.progress is not None or not sync.scanned:
         return "scanning"
+    if files and sync.place.folder.mode is Mode.SEND_ONLY:
+        return "held back"
     if files > waiting:
         return "syncing"
     return "held back" if held or waiting else "in sync"

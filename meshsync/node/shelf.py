@@ -1,10 +1,10 @@
-"""The folders a running node syncs, changed while it runs: `meshsync add`, `remove`, `pause`
-and `resume`.
+"""The folders a running node syncs, changed while it runs: `meshsync add`, `remove`, `pause`,
+`resume` and `set`.
 
 A node syncs the folders `start` names and those added since, which it remembers in the
-state directory (`folders.json`, with which folders are paused) across restarts. A paused
-folder is neither scanned nor written, and not offered to peers until it is resumed; a
-removed one is forgotten, its files left as they are.
+state directory (`folders.json`, with which folders are paused and each folder's settings)
+across restarts. A paused folder is neither scanned nor written, and not offered to peers
+until it is resumed; a removed one is forgotten, its files left as they are.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from typing import Any
 
 from meshsync.control.protocol import ControlError
 from meshsync.core.errors import MeshsyncError
+from meshsync.core.ids import NodeId
+from meshsync.core.wire import FolderId
 from meshsync.node.config import (
     FOLDERS_FILE,
     Folder,
-    Keep,
     folders_from,
     nested,
     remembered_folders,
@@ -50,11 +51,14 @@ class Shelf:
         self._wake = wake
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
-        added, paused_ids = remembered_folders(state)
+        remembered = remembered_folders(state)
         self._added: dict[str, Folder] = {}
         self._aside: list[Folder] = []  # added earlier, clashing with `named`: kept in the file
+        # Settings of folders `start` names, kept for when it names them again.
+        self._settings = {i: s for i, s in remembered.settings.items() if i not in self._named}
         self.paused: dict[str, Folder] = {}
-        for folder in (*named, *added):
+        named = tuple(f.with_settings(remembered.settings.get(f.id, {})) for f in named)
+        for folder in (*named, *remembered.added):
             try:
                 self._check(folder)
             except ControlError as e:
@@ -65,11 +69,11 @@ class Shelf:
                 continue
             if folder.id not in self._named:
                 self._added[folder.id] = folder
-            if folder.id in paused_ids:
+            if folder.id in remembered.paused:
                 self.paused[folder.id] = folder
             else:
                 self.folders[folder.id] = make(folder)
-        self._peers.folder_ids = frozenset(s.id for s in self.folders.values())
+        self._share()
 
     @property
     def all(self) -> list[Folder]:
@@ -94,14 +98,14 @@ class Shelf:
         for task in self._tasks.values():
             task.cancel()
 
-    async def add(self, path: str, alias: str | None, keep: Keep | None = None) -> Folder:
-        """Sync one more folder from now on, and after a restart; `keep` its own bounds on
-        kept versions."""
+    async def add(self, path: str, alias: str | None, **settings: Any) -> Folder:
+        """Sync one more folder from now on, and after a restart, with these `settings` (see
+        config.Folder)."""
         try:
             [folder] = folders_from([path], alias, self._keep_out)
         except ValueError as e:
             raise ControlError(str(e)) from None
-        folder = replace(folder, keep=keep)
+        folder = replace(folder, **settings)
         self._check(folder)
         sync = self._make(folder)
         await _prepared(sync)
@@ -157,6 +161,28 @@ class Shelf:
             self._changed(f"resumed {', '.join(done)}")
         return done
 
+    def set(self, folder_id: str, **settings: Any) -> Folder:
+        """Change a folder's settings (see config.Folder), now and after a restart."""
+        folder = replace(self._find(folder_id), **settings)
+        if folder_id in self._added:
+            self._added[folder_id] = folder
+        if folder_id in self.paused:
+            self.paused[folder_id] = folder
+        else:
+            self.folders[folder_id].configure(folder)
+        self._save()
+        shared = ("every trusted node that has it" if folder.share is None
+                  else ", ".join(sorted(map(self._peers.describe, folder.share))))
+        self._changed(f"folder {folder_id} is now {folder.mode}, shared with {shared}"
+                      + ("" if folder.keep is None else f", keeping what sync replaces"
+                         f" {folder.keep.max_age / 86400:g} days, at most"
+                         f" {folder.keep.max_bytes >> 20} MiB"))
+        return folder
+
+    def find(self, folder_id: str) -> Folder:
+        """The folder of this ID, running or paused; ControlError if there is none."""
+        return self._find(folder_id)
+
     def _find(self, folder_id: str) -> Folder:
         for folder in self.all:
             if folder.id == folder_id:
@@ -189,9 +215,15 @@ class Shelf:
 
     def _changed(self, what: str) -> None:
         """Offer peers the folders as they are now (the next hello says so)."""
-        self._peers.folder_ids = frozenset(s.id for s in self.folders.values())
+        self._share()
         log.info("%s", what)
         self._wake.set()
+
+    def _share(self) -> None:
+        shares: dict[FolderId, frozenset[NodeId]] = {
+            s.id: s.place.folder.share for s in self.folders.values()
+            if s.place.folder.share is not None}
+        self._peers.reshare(frozenset(s.id for s in self.folders.values()), shares)
 
     def _save(self) -> None:
         """Remember the added folders and which are paused, in one rename; ControlError if
@@ -203,11 +235,12 @@ class Shelf:
                                f" {e.strerror or e}") from None
 
     def _write(self) -> None:
+        named = {f.id: f.settings() for f in self.all if f.id in self._named}
         data: dict[str, Any] = {
-            "added": [{"id": f.id, "path": str(f.path), **({} if f.keep is None else {
-                "keep_days": f.keep.max_age / 86400, "keep_size": f.keep.max_bytes})}
-                for f in (*self._added.values(), *self._aside)],
+            "added": [{"id": f.id, "path": str(f.path), **f.settings()}
+                      for f in (*self._added.values(), *self._aside)],
             "paused": sorted(self.paused),
+            "settings": {i: s for i, s in sorted((self._settings | named).items()) if s},
         }
         path = self._state / FOLDERS_FILE
         temp = path.with_name(FOLDERS_FILE + ".new")

@@ -17,9 +17,16 @@ from hypothesis import strategies as st
 from meshsync.control.events import Events
 from meshsync.control.protocol import ControlError
 from meshsync.control.server import MAX_BODY, api
+from meshsync.core.ids import NodeId
 from meshsync.core.wire import check_folder_id
-from meshsync.node.config import FOLDERS_FILE, remembered_folders
+from meshsync.node.config import FOLDERS_FILE, Folder, remembered_folders
 
+ID = str(NodeId(bytes(32)))
+SETTING = {  # a folder's settings in folders.json, sound or not
+    "keep_days": st.floats() | st.integers() | st.text(max_size=3),
+    "keep_size": st.integers() | st.floats(),
+    "mode": st.sampled_from(["send-only", "receive", ""]) | st.integers(),
+    "share_with": st.lists(st.sampled_from([ID, "SHA256:x"])) | st.text(max_size=3)}
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
                     lambda inner: st.lists(inner, max_size=4)
                     | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
@@ -70,23 +77,28 @@ def test_any_body_gets_a_result_or_one_json_error_line(body: bytes, endpoint: st
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=300) | JSON.map(lambda v: json.dumps(v).encode())
-       | st.builds(lambda added, paused: json.dumps({"added": added, "paused": paused}).encode(),
+       | st.builds(lambda added, paused, settings: json.dumps(
+                       {"added": added, "paused": paused, "settings": settings}).encode(),
                    st.lists(st.fixed_dictionaries({
                        "id": st.text(string.printable, max_size=10) | st.integers(),
                        "path": st.sampled_from(["/a", "rel", "/b/c", ""]) | st.integers()},
-                       optional={"keep_days": st.floats() | st.integers() | st.text(max_size=3),
-                                 "keep_size": st.integers() | st.floats()}),
+                       optional=SETTING),
                        max_size=3),
-                   st.lists(st.text(max_size=5) | st.integers(), max_size=3)))
+                   st.lists(st.text(max_size=5) | st.integers(), max_size=3),
+                   st.dictionaries(st.sampled_from(["Sync", "../x"]),
+                                   st.fixed_dictionaries({}, optional=SETTING)) | JSON))
 def test_a_damaged_folder_list_gives_nothing_or_only_sound_folders(
         tmp_path_factory: Any, data: bytes) -> None:
     state = Path(tmp_path_factory.mktemp("state"))
     (state / FOLDERS_FILE).write_bytes(data)
-    added, paused = remembered_folders(state)
-    for folder in added:
+    remembered = remembered_folders(state)
+    for folder in remembered.added:
         assert check_folder_id(folder.id) == folder.id
         assert folder.path.is_absolute()
         if folder.keep is not None:
             assert 0 <= folder.keep.max_age <= 36500 * 86400
             assert 0 <= folder.keep.max_bytes < 1 << 62
-    assert all(isinstance(i, str) for i in paused)
+    assert all(isinstance(i, str) for i in remembered.paused)
+    for folder_id, saved in remembered.settings.items():  # each sound, as the node takes it
+        folder = Folder(check_folder_id(folder_id), Path("/")).with_settings(saved)
+        assert folder.share is None or all(isinstance(i, NodeId) for i in folder.share)

@@ -11,8 +11,9 @@ from typing import Any, cast
 
 import pytest
 
+from meshsync.core.ids import NodeId
 from meshsync.core.wire import FolderId
-from meshsync.node.config import FOLDERS_FILE, Folder
+from meshsync.node.config import FOLDERS_FILE, Folder, Keep, Mode
 from meshsync.node.folder import FolderSync
 from meshsync.node.peers import Peers
 from meshsync.node.shelf import Shelf
@@ -20,10 +21,11 @@ from meshsync.node.shelf import Shelf
 
 def shelf(state: Path, named: tuple[Folder, ...]) -> Shelf:
     def make(folder: Folder) -> FolderSync:
-        return cast(FolderSync, SimpleNamespace(id=folder.id, place=SimpleNamespace(
-            folder=folder)))
+        place = SimpleNamespace(folder=folder)
+        return cast(FolderSync, SimpleNamespace(
+            id=folder.id, place=place, configure=lambda f: setattr(place, "folder", f)))
 
-    peers = cast(Peers, SimpleNamespace(folder_ids=frozenset()))
+    peers = cast(Peers, SimpleNamespace(reshare=lambda folder_ids, shares: None, describe=str))
     return Shelf(state, named, peers, {}, make, {}, asyncio.Event())
 
 
@@ -49,4 +51,23 @@ def test_a_folder_added_before_that_clashes_with_start_is_said_and_kept_in_the_f
     asyncio.run(found.pause(["Sync"]))
     assert saved(tmp_path) == {"added": [{"id": "Docs", "path": "/a/Docs"},
                                          {"id": "Sync", "path": "/home/me/Sync"}],
-                               "paused": ["Sync"]}
+                               "paused": ["Sync"], "settings": {}}
+
+
+def test_the_settings_of_a_folder_start_names_are_kept_by_its_id_for_the_next_start(
+        tmp_path: Path) -> None:
+    node = NodeId(bytes(range(32)))
+    sync = (Folder(FolderId("Sync"), Path("/home/me/Sync")),)
+    shelf(tmp_path, sync).set("Sync", mode=Mode.SEND_ONLY, share=frozenset({node}))
+    said = {"Sync": {"mode": "send-only", "share_with": [str(node)]}}
+    assert saved(tmp_path)["settings"] == said
+    [again] = shelf(tmp_path, sync).all
+    assert (again.mode, again.share, again.keep) == (Mode.SEND_ONLY, frozenset({node}), None)
+    # Started for another folder, the node keeps Sync's settings for when it is named again.
+    docs = shelf(tmp_path, (Folder(FolderId("Docs"), Path("/home/me/Docs")),))
+    asyncio.run(docs.pause(["Docs"]))
+    docs.set("Docs", keep=Keep(86400, 1 << 20))
+    assert saved(tmp_path)["settings"] == {"Docs": {"keep_days": 1, "keep_size": 1 << 20},
+                                           **said}
+    [docs_again] = shelf(tmp_path, (Folder(FolderId("Docs"), Path("/home/me/Docs")),)).all
+    assert docs_again.keep == Keep(86400, 1 << 20)

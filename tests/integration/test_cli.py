@@ -46,7 +46,7 @@ def test_tables_show_what_the_json_shows(make_lan):
         "id": "Sync", "path": str(h1.sync), "state": "in sync", "need_files": 0, "need_bytes": 0,
         "conflicts": 0, "transfers": [], "waiting": [], "waiting_count": 0,
         "held_back": [], "held_back_count": 0, "scan": None, "rate": {"in": 0, "out": 0},
-        "keep": {"days": 30.0, "bytes": 1 << 30},
+        "keep": {"days": 30.0, "bytes": 1 << 30}, "mode": "send-receive", "share_with": None,
         "members": [str(h2.id)],
         "completion": [{"id": str(h2.id), "name": "h2", "state": "in sync", "need_files": 0,
                         "need_bytes": 0, "percent": 100}],

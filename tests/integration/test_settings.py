@@ -1,0 +1,97 @@
+"""A folder's settings, changed while the node runs: with whom it is shared, and send-only
+(the mesh's changes are listed, not written, until overridden or set back)."""
+
+from __future__ import annotations
+
+from tests.integration.lan import Host, holds_for, wait_for
+from tests.integration.test_sync import mesh, write
+
+
+def sync_of(host: Host) -> dict:
+    [folder] = [f for f in host.json("status")["folders"] if f["id"] == "Sync"]
+    return folder
+
+
+def test_a_folder_shared_with_one_node_is_exchanged_with_that_node_alone(make_lan):
+    lan = mesh(make_lan, 3, push_only=False)  # catch-up on too: it must not leak either
+    h1, h2, h3 = lan.hosts
+    term = h1.election()[0]
+    refused = h1.cli("set", "Sync", "--share-with", "nobody")
+    assert (refused.returncode, refused.stderr) == (1, (
+        "meshsync: 'nobody' is not a node ID, nor the short ID or name of one trusted peer"
+        " (`meshsync peers` lists them; a full ID is taken as it is)\n"))
+    for host, other in ((h1, h2), (h2, h1)):
+        said = host.cli("set", "Sync", "--share-with", other.name)  # by the name peers shows
+        assert said.stdout == (f"folder Sync:\n  send-receive: changes go out and come in\n"
+                               f"  shared only with {other.id.short}\n"
+                               "  keeps what sync replaces 30 days, at most 1.0 GiB\n")
+    wait_for("h3 to hear that h1 and h2 no longer share Sync with it", lambda: all(
+        p["folders"] == [] for p in h3.json("peers") if p["id"] in (str(h1.id), str(h2.id))),
+        15)
+    assert sync_of(h1)["share_with"] == [str(h2.id)]
+    assert f"  shared only with {h2.id.short}" in h1.cli("status").stdout.splitlines()
+    wait_for("h1's members of Sync to be h2 alone", lambda: sync_of(h1)["members"] == [
+        str(h2.id)], 15)
+
+    write(h1.sync / "between-us.txt", b"h1 and h2 only")
+    write(h3.sync / "h3s.txt", b"h3's own")
+    wait_for("h2 to get h1's file", lambda: (h2.sync / "between-us.txt").is_file(), 15)
+    holds_for("h1's file to stay away from h3, and h3's from both", lambda: not (
+        h3.sync / "between-us.txt").exists() and not (h1.sync / "h3s.txt").exists()
+        and not (h2.sync / "h3s.txt").exists(), 7)  # past a round of catch-up
+
+    # Shared with everyone again: h3 and the others exchange what each missed.
+    for host in (h1, h2):
+        assert "  shared with every trusted node that has it\n" in host.cli(
+            "set", "Sync", "--share-with-all").stdout
+    wait_for("all three to hold both files", lambda: all(
+        (h.sync / name).is_file() for h in lan.hosts for name in ("between-us.txt", "h3s.txt")),
+        20)
+    assert h1.election()[0] - term < 10, "the split made the mesh hold election after election"
+    # Remembered across a restart.
+    h1.cli("set", "Sync", "--share-with", h2.id.short)
+    h1.stop()
+    h1.start()
+    assert sync_of(h1)["share_with"] == [str(h2.id)]
+
+
+def test_a_send_only_folder_lists_the_meshs_changes_and_overrides_them(make_lan):
+    lan = mesh(make_lan, 2)
+    h1, h2 = lan.hosts
+    write(h1.sync / "kept.txt", b"h1's version")
+    wait_for("kept.txt at h2", lambda: (h2.sync / "kept.txt").is_file(), 15)
+    said = h1.cli("set", "Sync", "--send-only")
+    assert said.stdout.splitlines()[:2] == [
+        "folder Sync:", "  send-only: what the mesh changes is not written here (`meshsync"
+        " override Sync` makes this node's versions win)"]
+    assert h2.cli("override", "Sync").stderr == (
+        "meshsync: folder Sync is send-receive: only a send-only folder's changes from the"
+        " mesh wait for an override\n")
+
+    write(h2.sync / "kept.txt", b"h2 changed it")
+    write(h2.sync / "new.txt", b"h2 made it")
+    held = wait_for("h1 to list both changes as held back", lambda: (s := sync_of(h1))[
+        "held_back_count"] == 2 and s, 15)
+    assert held["state"] == "held back"
+    assert sorted((h["path"], h["cause"]) for h in held["held_back"]) == [
+        ("kept.txt", "send-only folder"), ("new.txt", "send-only folder")]
+    assert (h1.sync / "kept.txt").read_bytes() == b"h1's version"
+    assert not (h1.sync / "new.txt").exists()
+    write(h1.sync / "sent.txt", b"changes made here still go out")
+    wait_for("sent.txt at h2", lambda: (h2.sync / "sent.txt").is_file(), 15)
+
+    done = h1.cli("override", "Sync")
+    assert done.stdout == ("folder Sync: this node's versions of 2 paths announced over the"
+                           " mesh's changes\n")
+    wait_for("h2 to hold h1's versions", lambda: (h2.sync / "kept.txt").read_bytes()
+             == b"h1's version" and not (h2.sync / "new.txt").exists(), 15)
+    wait_for("h1 in sync", lambda: sync_of(h1)["state"] == "in sync", 15)
+    kept = h2.json("versions", str(h2.sync / "new.txt"))
+    assert len(kept) == 1  # what the override removed at h2 is kept there, not lost
+
+    # Set back to send-receive, h1 writes what waited.
+    write(h2.sync / "later.txt", b"while send-only")
+    wait_for("later.txt held at h1", lambda: sync_of(h1)["held_back_count"] == 1, 15)
+    h1.cli("set", "Sync", "--send-receive")
+    wait_for("later.txt at h1", lambda: (h1.sync / "later.txt").is_file(), 15)
+    assert sync_of(h1)["mode"] == "send-receive"
