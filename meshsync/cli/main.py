@@ -153,6 +153,12 @@ def _client_command(args: argparse.Namespace) -> int:
             count = result["overridden"]
             text = (f"folder {result['id']}: this node's versions of {count} path"
                     f"{'' if count == 1 else 's'} announced over the mesh's changes")
+        case "revert":
+            result = call(sock, "POST", "/v1/revert", {"id": args.id})
+            count = result["reverted"]
+            text = (f"folder {result['id']}: the mesh's versions of {count} path"
+                    f"{'' if count == 1 else 's'} changed here are being put back (the changes"
+                    " are kept among the versions)")
         case "remove":
             result = call(sock, "POST", "/v1/remove", {"id": args.id})
             text = (f"no longer syncing {result['removed']} ({result['path']}); its files stay"
@@ -371,6 +377,9 @@ def _parser() -> argparse.ArgumentParser:
     override = client("override", "make a send-only folder's versions win over the mesh's"
                                   " changes")
     override.add_argument("id", metavar="ID", help="the folder's ID, as `status` shows it")
+    revert = client("revert", "put the mesh's versions back over a receive-only folder's"
+                              " changes")
+    revert.add_argument("id", metavar="ID", help="the folder's ID, as `status` shows it")
     remove = client("remove", "stop syncing a folder (its files stay)")
     remove.add_argument("id", metavar="ID", help="the folder's ID, as `status` shows it")
     for verb, what in (("pause", "stop syncing folders until resumed"),
@@ -394,6 +403,9 @@ def _setting_options(command: argparse.ArgumentParser) -> None:
     ways.add_argument("--send-only", dest="mode", action="store_const", const="send-only",
                       help="send changes made here; list the mesh's, write them only when"
                            " set back (and let `meshsync override` make ours win)")
+    ways.add_argument("--receive-only", dest="mode", action="store_const",
+                      const="receive-only", help="write the mesh's changes; list those made"
+                      " here, never send them (`meshsync revert` puts the mesh's back)")
     ways.add_argument("--send-receive", dest="mode", action="store_const",
                       const="send-receive", help="send and receive changes (the default)")
     shares = command.add_mutually_exclusive_group()

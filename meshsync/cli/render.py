@@ -91,6 +91,9 @@ def settings(folder: dict[str, Any], every: bool = False) -> list[str]:
     if folder.get("mode") == "send-only":
         lines.append(f"  send-only: what the mesh changes is not written here (`meshsync"
                      f" override {folder['id']}` makes this node's versions win)")
+    elif folder.get("mode") == "receive-only":
+        lines.append(f"  receive-only: changes made here are not sent (`meshsync revert"
+                     f" {folder['id']}` puts the mesh's versions back)")
     elif every:
         lines.append("  send-receive: changes go out and come in")
     if (share := folder.get("share_with")) is not None:

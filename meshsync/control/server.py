@@ -54,6 +54,8 @@ ENDPOINTS: tuple[tuple[str, str, str, dict[str, Any], str], ...] = (
                                    ' (IDs or "all"), "keep_days"?, "keep_size"?}'),
     ("POST", "/v1/override", "override", {}, "a send-only folder's versions win over the"
                                              ' mesh\'s changes: {"id"}'),
+    ("POST", "/v1/revert", "revert", {}, "the mesh's versions replace a receive-only folder's"
+                                         ' changes made here: {"id"}'),
     ("POST", "/v1/remove", "remove", {}, 'stop syncing a folder, files kept: {"id"}'),
     ("POST", "/v1/pause", "pause", {}, 'pause folders: {"ids"?} (none: all)'),
     ("POST", "/v1/resume", "resume", {}, 'resume paused folders: {"ids"?} (none: all)'),

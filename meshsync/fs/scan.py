@@ -138,6 +138,15 @@ def parent(root: Path, path: str, create: bool = False) -> Iterator[tuple[int, s
         yield fd, name
 
 
+def seen_now(root: Path, path: RelPath) -> Seen | None:
+    """What is at `path` under `root` now, never following a link; None if absent."""
+    try:
+        with parent(root, path) as (dir_fd, name):
+            return seen_at(path, name, dir_fd)
+    except FileNotFoundError:
+        return None
+
+
 def seen_at(path: RelPath, name: str, dir_fd: int) -> Seen | None:
     """What is at `name` in dir_fd, never following a link; None if absent or another kind."""
     try:

@@ -102,13 +102,15 @@ class Commands:
                 if changes := self._settings(args, folder):
                     folder = shelf.set(folder.id, **changes)
                 return {"id": folder.id, **report.settings_json(folder, folder.keep or self.keep)}
-            case "override":
+            case "override" | "revert":
                 shelf = self._shelf()
-                folder = shelf.find(_text(args.get("id"), "override"))
+                folder = shelf.find(_text(args.get("id"), command))
                 running = shelf.folders.get(folder.id)
                 if running is None:
                     raise ControlError(f"folder {folder.id} is paused: resume it first")
                 try:
+                    if command == "revert":
+                        return {"id": folder.id, "reverted": await running.revert()}
                     return {"id": folder.id, "overridden": await running.override()}
                 except MeshsyncError as e:
                     raise ControlError(str(e)) from None

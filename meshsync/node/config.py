@@ -56,6 +56,7 @@ class Mode(StrEnum):
 
     SEND_RECEIVE = "send-receive"  # changes go out and come in
     SEND_ONLY = "send-only"  # changes go out; the mesh's are listed, not written, till overridden
+    RECEIVE_ONLY = "receive-only"  # the mesh's come in; those made here are listed, not sent
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,20 +37,20 @@ from meshsync.core.wire import (
     first_batch,
     size_bound,
 )
-from meshsync.fs import versions
+from meshsync.fs import apply, scan, versions
 from meshsync.fs.ignore import IGNORE_FILE, Ignore
 from meshsync.fs.watch import stop_early, watch
 from meshsync.node import report, transfer
 from meshsync.node.catchup import CatchUp, Indexes
 from meshsync.node.clock import Clock
 from meshsync.node.config import Folder, Keep, MinFree, Mode, mib
-from meshsync.node.judge import Judge, Verifier
+from meshsync.node.judge import REVERTED, Judge, Verifier
 from meshsync.node.keeper import keep_version
 from meshsync.node.place import Place
 from meshsync.node.puller import Puller
 from meshsync.node.scanner import RACY, Found, Scanner
 from meshsync.node.transfer import Rate, Sources
-from meshsync.store.index import Index
+from meshsync.store.index import Index, Need
 
 log = logging.getLogger("meshsync.folder")
 
@@ -154,7 +154,12 @@ class FolderSync:
 
     def configure(self, folder: Folder) -> None:
         """Take the folder's settings as changed while it runs."""
+        was = self.mode
         self.place.folder = folder
+        if was is Mode.RECEIVE_ONLY and folder.mode is not Mode.RECEIVE_ONLY:
+            self.place.local = {}  # what changed here is changes to send now: scan it all
+            self._want_full_scan = True
+            self._scan_wake.set()
         self.puller.wake.set()  # a folder that was send-only writes what it waits for now
 
     # -- lifetime ------------------------------------------------------------------------------
@@ -513,6 +518,42 @@ class FolderSync:
         place.changed((record for record, *_ in mine), received=False)
         return [Signed(r, signature) for r, signature, _, _ in mine], range(
             seqs[0] if seqs else 1, seqs[-1] + 1 if seqs else 1)
+
+    async def revert(self) -> int:
+        """Put the mesh's version back over each change made here in a receive-only folder
+        (removing what was added here), keeping the change among the versions. Returns how
+        many paths; MeshsyncError if the folder is not receive-only."""
+        if self.mode is not Mode.RECEIVE_ONLY:
+            raise MeshsyncError(f"folder {self.id} is {self.mode}: only a receive-only folder"
+                                " keeps changes made here from the mesh")
+        async with self.place.disk:
+            count = await asyncio.to_thread(self._revert)
+        self.puller.wake.set()
+        log.info("folder %s: putting the mesh's version back over %d change%s made here",
+                 self.id, count, "" if count == 1 else "s")
+        return count
+
+    def _revert(self) -> int:
+        """Queue the version held of each path changed here; remove what was only added here
+        (deepest first). In a thread."""
+        place = self.place
+        local = sorted(place.local, key=lambda p: p.count("/"), reverse=True)
+        entries = place.index.get_all(place.id, local)
+        keep = partial(keep_version, place)
+        for path in local:
+            if path in entries:
+                continue
+            try:
+                apply.remove(place.root, path, scan.seen_now(place.root, path), keep)
+                place.local.pop(path, None)
+            except apply.Changed:
+                pass  # changed again meanwhile, or not empty: the next scan says what is there
+            except (apply.UnsafePath, OSError) as e:
+                log.warning("folder %s: cannot remove %s, added here: %s", self.id, shown(path),
+                            shown(e))
+        place.index.add_needs(place.id, [Need(e.record, e.signature, REVERTED)
+                                         for e in entries.values()])
+        return len(local)
 
     # -- versions ------------------------------------------------------------------------------
     async def restore(self, rel: RelPath, at: datetime | None) -> versions.Version:

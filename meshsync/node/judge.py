@@ -22,6 +22,7 @@ from meshsync.store.index import Entry, Need
 log = logging.getLogger("meshsync.folder")
 
 REVIVED = "revived"  # the source of a need for a version taken back from the losers
+REVERTED = "reverted"  # the source of a need for the version held, over a change made here
 MAX_HELD = 10_000  # versions held back per folder; past that, trust re-reads the peers instead
 
 

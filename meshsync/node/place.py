@@ -13,7 +13,7 @@ from meshsync.core.throttle import Throttle
 from meshsync.core.wire import FolderId
 from meshsync.fs import scan
 from meshsync.fs.ignore import Ignore
-from meshsync.node.config import Folder
+from meshsync.node.config import Folder, Mode
 from meshsync.store.index import Index
 
 
@@ -33,6 +33,9 @@ class Place:
     racy: frozenset[RelPath] = frozenset()
     # What sync left at the paths it wrote, until the watcher reports them (see Written).
     written: Written = field(default_factory=lambda: Written())
+    # Changes made here that a receive-only folder does not store nor send, as the last scan
+    # of each path found them: `added`, `changed` or `deleted`. Replaced by what sync writes.
+    local: dict[RelPath, str] = field(default_factory=dict)
     # Tells those following the node's events (`meshsync status --watch`, the API); from any
     # thread.
     tell: Callable[..., None] = field(default=lambda kind, **fields: None)
@@ -46,6 +49,11 @@ class Place:
         for key, paths in by.items():
             self.tell("changed", folder=self.id, origin=key or None, count=len(paths),
                       paths=paths[:CHANGED_PATHS])
+
+    @property
+    def receive_only(self) -> bool:
+        """Whether changes made here stay here (see config.Mode)."""
+        return self.folder.mode is Mode.RECEIVE_ONLY
 
     @property
     def id(self) -> FolderId:

@@ -25,7 +25,7 @@ from meshsync.node import transfer
 from meshsync.node.attempt import Batch, Done, NoRoom, attempt, done
 from meshsync.node.clock import Clock
 from meshsync.node.config import MinFree, mib
-from meshsync.node.judge import REVIVED, Judge
+from meshsync.node.judge import REVERTED, REVIVED, Judge
 from meshsync.node.keeper import keeper
 from meshsync.node.place import Place
 from meshsync.node.retry import (
@@ -252,13 +252,16 @@ class Puller:
                    present: set[RelPath]) -> Done | None:
         record = need.record
         verdict = decide(entry.record if entry else None, record)
-        if verdict.action is Action.IGNORE or self.place.ignore.match(
+        reverted = need.source == REVERTED  # the version held, over a change made here
+        if (verdict.action is Action.IGNORE and not reverted) or self.place.ignore.match(
                 record.path, record.kind is Kind.DIR):
             log.debug("folder %s: %s no longer wanted: %s", self.place.id, shown(record.path),
                       record.brief())
             self.place.index.drop_need(self.place.id, record.path)
             return None
-        expected = _expected(entry)
+        # A receive-only folder's change made here gives way, kept among the versions.
+        local = reverted or record.path in self.place.local
+        expected = scan.seen_now(self.place.root, record.path) if local else _expected(entry)
         # Beaten by a concurrent version: what we store and announce is its resolution.
         ours = entry.record if verdict.resolve and entry is not None else None
         if record.deleted:
@@ -287,10 +290,12 @@ class Puller:
             keep = keeper(self.place, batch.changed, loser)
             seen = apply.make_symlink(self.place.root, record, expected, keep)
             return self._stored(batch, need, seen, ours)
-        if entry is not None and not entry.record.deleted and entry.record.same_content(record):
+        if (entry is not None and not entry.record.deleted and entry.record.same_content(record)
+                and not local):
             seen = apply.set_metadata(self.place.root, record, expected)
             return self._stored(batch, need, seen, ours)
-        held = entry.record.blocks if entry and expected and expected.kind is Kind.FILE else ()
+        held = (entry.record.blocks if entry and expected and expected.kind is Kind.FILE
+                and not local else ())
         writes.append(_Write(need, expected, loser, ours, held))
         return None
 
@@ -452,9 +457,11 @@ class Puller:
         sent us, as it sent them, are noted for telling it (see FolderSync._covered)."""
         written = batch.done
         seqs = self.place.index.put(self.place.id, written)
+        for record, *_ in written:  # a change made here, replaced
+            self.place.local.pop(record.path, None)
         self.place.changed((r for r, *_ in written), received=True)
         if seqs and len(batch.sources) == 1 and (
-                source := next(iter(batch.sources))) not in ("", REVIVED):
+                source := next(iter(batch.sources))) not in ("", REVIVED, REVERTED):
             batch.covered.append((source, range(seqs[0], seqs[-1] + 1)))
         self.place.written.add(
             (r.path, None if r.deleted else stamp(r.kind, r.size, r.mode, r.mtime_ns, r.target,

@@ -4,7 +4,8 @@ the scan under way, and the transfer rates; and the shorter progress our hellos 
 The states, in order of precedence: `unmounted` (the folder marker is missing), `scanning`
 (a full scan is under way, or none has finished since start), `syncing` (versions to write
 that are not waiting for a retry), `held back` (what is left waits for a cause listed in
-`held_back`: a retry, an untrusted origin, or a send-only folder's override), `in sync`.
+`held_back`: a retry, an untrusted origin, a send-only folder's override, or a receive-only
+folder's changes made here), `in sync`.
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ def status(sync: Sync, counts: Counts) -> dict[str, Any]:
     held += [{"path": n.record.path, "cause": "send-only folder",
               "reason": f"changed in the mesh, not written here: `meshsync override {sync.id}`"
                         " makes this node's version win"} for n in counts.unwritten]
+    local = sync.place.local
+    held += [{"path": path, "cause": "receive-only folder",
+              "reason": f"{change} here, not sent: `meshsync revert {sync.id}` puts the mesh's"
+                        " version back"} for path, change in sorted(local.items())[:SHOWN]]
     held_back = [*held, *retries.listing(now, SHOWN - len(held))] if waiting else held
     unwritten = counts.files if counts.unwritten else 0
     progress = sync.scanner.progress
@@ -105,7 +110,7 @@ def status(sync: Sync, counts: Counts) -> dict[str, Any]:
         "waiting": retries.listing(now, SHOWN) if waiting else [],
         "waiting_count": waiting,
         "held_back": held_back[:SHOWN],
-        "held_back_count": counts.held_count + waiting + unwritten,
+        "held_back_count": counts.held_count + waiting + unwritten + len(local),
         "scan": progress.to_json() if progress is not None else None,
         "rate": {"in": puller.fetcher.received.per_second(now), "out": sync.sent.per_second(now)},
         **settings_json(sync.place.folder, sync.keep),
@@ -145,7 +150,7 @@ def progress(sync: Sync) -> Progress:
 def progress_stamp(sync: Sync) -> tuple[object, ...]:
     """What `progress` depends on, read without a query: while it stays, so does the progress."""
     return (sync.place.index.writes, sync.mounted, sync.scanned, sync.scanner.progress is None,
-            len(sync.puller.retries))
+            len(sync.puller.retries), len(sync.place.local))
 
 
 def _waiting(sync: Sync, files: int) -> int:
@@ -163,4 +168,4 @@ def _state(sync: Sync, files: int, held: int, waiting: int) -> str:
         return "held back"
     if files > waiting:
         return "syncing"
-    return "held back" if held or waiting else "in sync"
+    return "held back" if held or waiting or sync.place.local else "in sync"

@@ -140,6 +140,8 @@ class Scanner:
                 return found
         ignore = place.ignore
         tops = None if dirty is None else _tops(dirty)  # each subtree once, not per path in it
+        # A receive-only folder's changes made here, found by this scan: kept out of the index.
+        kept_here: dict[RelPath, str] | None = {} if place.receive_only else None
         progress = Progress() if tops is None else None
         self.progress = progress
         ahead = scan.Directories(place.root)  # where files are read ahead
@@ -225,7 +227,7 @@ class Scanner:
                 if len(mine) - stored >= store_at or (
                         len(mine) > stored and time.monotonic() - stored_at > STORE_WITHIN):
                     store_at = min(store_at * 2, STORE_MOST)
-                    self._store(mine[stored:], held, announce, before)
+                    self._store(mine[stored:], held, announce, before, kept_here)
                     stored, stored_at, held = len(mine), time.monotonic(), []
             # An ignored path stays as it was for the peers: ignoring a file deletes nothing.
             gone = [path for path, s in stamps.items() if s is not None and path not in present
@@ -236,23 +238,37 @@ class Scanner:
                     record = plan.local_change(
                         entry.record, entry.record.tombstone(Vector(), me),
                         kept.get(entry.record.path, []), me, now_ns // 10**9)
-                    mine.append((record, self.sign(record), 0, 0))
-            self._store(mine[stored:], held, announce, before)
+                    mine.append((record, b"" if kept_here is not None else self.sign(record),
+                                 0, 0))
+            self._store(mine[stored:], held, announce, before, kept_here)
         finally:
             self.progress = None
             ahead.close()
             for fd in opened.values():
                 os.close(fd)
+        if kept_here is not None:  # what this scan looked at is as it found it
+            place.local = {p: c for p, c in place.local.items()
+                           if tops is not None and not _below(p, tops)} | kept_here
+            return found  # nothing was stored nor is to be sent
         if mine and log.isEnabledFor(logging.DEBUG):
             log.debug("folder %s: new versions of %s", place.id,
                       ", ".join(f"{shown(r.path)} {r.brief()}" for r, *_ in mine[:20]))
         found.changes = [Signed(record, signature) for record, signature, _, _ in mine]
         return found
 
-    def _store(self, mine: list[_Done], held: list[_Done],
-               announce: Announce, before: dict[str, Entry]) -> None:
+    def _store(self, mine: list[_Done], held: list[_Done], announce: Announce,
+               before: dict[str, Entry], kept_here: dict[RelPath, str] | None) -> None:
         """Store new versions and those whose inode moved; announce the new ones, each long
-        list as a patch of the version before (taken from `before`) where that is shorter."""
+        list as a patch of the version before (taken from `before`) where that is shorter.
+        With `kept_here` (a receive-only folder), the new versions go there instead, as what
+        changed here, and nothing is announced."""
+        if kept_here is not None:
+            for record, *_ in mine:
+                entry = before.get(record.path)
+                kept_here[record.path] = "deleted" if record.deleted else "changed" if (
+                    entry is not None and not entry.record.deleted) else "added"
+            self.place.index.put(self.place.id, held)
+            return
         seqs = self.place.index.put(self.place.id, [*mine, *held])
         if mine:
             self.place.changed((record for record, *_ in mine), received=False)
@@ -292,7 +308,8 @@ class Scanner:
             # Only the inode moved (an editor's copy-and-rename, a directory made again):
             # the same version.
             return _State.HELD, (entry.record, entry.signature, s.inode, s.dev)
-        return _State.FRESH if fresh else _State.NEW, (record, self.sign(record), s.inode, s.dev)
+        signature = b"" if self.place.receive_only else self.sign(record)  # never sent
+        return _State.FRESH if fresh else _State.NEW, (record, signature, s.inode, s.dev)
 
     def _walk(self, tops: list[RelPath] | None, progress: Progress | None,
               temps: set[str]) -> Iterator[scan.Seen]:
@@ -376,6 +393,11 @@ def _alike(found: FileRecord, held: FileRecord) -> bool:
     if found.kind is Kind.DIR:
         return held.kind is Kind.DIR and found.mode == held.mode
     return found.same_metadata(held)
+
+
+def _below(path: RelPath, tops: list[RelPath]) -> bool:
+    """Whether `path` is one of `tops` or below one."""
+    return any(path == top or path.startswith(top + "/") for top in tops)
 
 
 def _tops(paths: Iterable[RelPath]) -> list[RelPath]:

@@ -95,3 +95,55 @@ def test_a_send_only_folder_lists_the_meshs_changes_and_overrides_them(make_lan)
     h1.cli("set", "Sync", "--send-receive")
     wait_for("later.txt at h1", lambda: (h1.sync / "later.txt").is_file(), 15)
     assert sync_of(h1)["mode"] == "send-receive"
+
+
+def test_a_receive_only_folder_keeps_changes_made_here_from_the_mesh_until_reverted(make_lan):
+    lan = mesh(make_lan, 2)
+    h1, h2 = lan.hosts
+    write(h1.sync / "a.txt", b"h1's first")
+    wait_for("a.txt at h2", lambda: (h2.sync / "a.txt").is_file(), 15)
+    said = h2.cli("set", "Sync", "--receive-only")
+    assert said.stdout.splitlines()[1] == (
+        "  receive-only: changes made here are not sent (`meshsync revert Sync` puts the"
+        " mesh's versions back)")
+
+    write(h2.sync / "a.txt", b"h2's edit")
+    write(h2.sync / "new.txt", b"made at h2")
+    held = wait_for("h2 to list both changes made there", lambda: (s := sync_of(h2))[
+        "held_back_count"] == 2 and s, 15)
+    assert held["state"] == "held back"
+    assert [(h["path"], h["cause"], h["reason"]) for h in held["held_back"]] == [
+        ("a.txt", "receive-only folder", "changed here, not sent: `meshsync revert Sync` puts"
+         " the mesh's version back"),
+        ("new.txt", "receive-only folder", "added here, not sent: `meshsync revert Sync` puts"
+         " the mesh's version back")]
+    holds_for("h2's changes to stay at h2", lambda: not (h1.sync / "new.txt").exists()
+              and (h1.sync / "a.txt").read_bytes() == b"h1's first", 2)
+
+    # The mesh's next version wins over the change made here, which is kept as a version.
+    write(h1.sync / "a.txt", b"h1's second")
+    wait_for("h1's second a.txt at h2", lambda: (h2.sync / "a.txt").read_bytes()
+             == b"h1's second", 15)
+    assert [v["size"] for v in h2.json("versions", str(h2.sync / "a.txt"))] == [9]
+    wait_for("h2 to list new.txt alone", lambda: [
+        h["path"] for h in sync_of(h2)["held_back"]] == ["new.txt"], 15)
+
+    write(h2.sync / "a.txt", b"h2 again")
+    wait_for("h2 to list a.txt again", lambda: sync_of(h2)["held_back_count"] == 2, 15)
+    assert h2.cli("revert", "Sync").stdout == (
+        "folder Sync: the mesh's versions of 2 paths changed here are being put back (the"
+        " changes are kept among the versions)\n")
+    wait_for("h2 in sync, as h1", lambda: sync_of(h2)["state"] == "in sync"
+             and not (h2.sync / "new.txt").exists()
+             and (h2.sync / "a.txt").read_bytes() == b"h1's second", 15)
+    assert len(h2.json("versions", str(h2.sync / "new.txt"))) == 1
+    assert h1.cli("revert", "Sync").stderr == (
+        "meshsync: folder Sync is send-receive: only a receive-only folder keeps changes made"
+        " here from the mesh\n")
+
+    # Set back to send-receive, what was changed here meanwhile goes out.
+    write(h2.sync / "kept.txt", b"made while receive-only")
+    wait_for("kept.txt listed", lambda: sync_of(h2)["held_back_count"] == 1, 15)
+    h2.cli("set", "Sync", "--send-receive")
+    wait_for("kept.txt at h1", lambda: (h1.sync / "kept.txt").is_file(), 15)
+    wait_for("h2 in sync", lambda: sync_of(h2)["state"] == "in sync", 15)
