@@ -129,5 +129,4 @@ def untrust(trust_store: TrustStore, arg: str) -> dict[str, Any]:
 
 
 def _names(blob: bytes, text: str) -> bool:
-    node = str(NodeId.of_key(blob))
-    return text == node or (len(text) == 8 and node.removeprefix("SHA256:").startswith(text))
+    return NodeId.of_key(blob).known_as(text)

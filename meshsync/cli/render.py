@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from meshsync.core.ids import short_of
 from meshsync.core.throttle import shown
 
 WIDE = 4096  # characters of a path or reason shown: all of any real one
@@ -37,7 +38,7 @@ def peers(rows: list[dict[str, Any]]) -> str:
     the introducer of those trusted on an introducer's word."""
     body = [
         [
-            row["id"].removeprefix("SHA256:")[:8]
+            short_of(row["id"])
             + ("*" if row["self"] else "+" if row.get("via_introducer") else ""),
             row["name"],
             row["address"] or "-",
@@ -49,7 +50,7 @@ def peers(rows: list[dict[str, Any]]) -> str:
     ]
     text = table(["ID", "NAME", "ADDRESS", "ROLE", "STATE", "LAST SEEN"], body) + "\n* this node"
     names = {row["id"]: row["name"] for row in rows}
-    introduced = [f"  {row['id'].removeprefix('SHA256:')[:8]}: via introducer "
+    introduced = [f"  {short_of(row['id'])}: via introducer "
                   f"{row['via_introducer']} ({shown(names.get(row['via_introducer'], '?'))})"
                   for row in rows if row.get("via_introducer")]
     if introduced:
@@ -57,7 +58,7 @@ def peers(rows: list[dict[str, Any]]) -> str:
     hints = [f"  {row['trust_command']}" for row in rows if row.get("trust_command")]
     if hints:
         text += "\nto trust an untrusted peer, run:\n" + "\n".join(hints)
-    fixes = [f"  {row['id'].removeprefix('SHA256:')[:8]}: {row['fix']}"
+    fixes = [f"  {short_of(row['id'])}: {row['fix']}"
              for row in rows if row.get("fix")]
     if fixes:
         text += "\nrefused for their clocks:\n" + "\n".join(fixes)
@@ -74,7 +75,7 @@ def election(result: dict[str, Any]) -> str:
 
 def node(node_id: str, name: str | None) -> str:
     """A node as every table and line names it: its name and short ID."""
-    return f"{shown(name or '?', 40)} ({node_id.removeprefix('SHA256:')[:8]})"
+    return f"{shown(name or '?', 40)} ({short_of(node_id)})"
 
 
 WAITING_SHOWN = 3  # held-back paths listed per folder; `--json` has up to 100
@@ -97,7 +98,7 @@ def settings(folder: dict[str, Any], every: bool = False) -> list[str]:
     elif every:
         lines.append("  send-receive: changes go out and come in")
     if (share := folder.get("share_with")) is not None:
-        shorts = ", ".join(i.removeprefix("SHA256:")[:8] for i in share)
+        shorts = ", ".join(short_of(i) for i in share)
         lines.append(f"  shared only with {shorts}")
     elif every:
         lines.append("  shared with every trusted node that has it")

@@ -44,8 +44,12 @@ class NodeId:
 
     @property
     def short(self) -> str:
-        """The short form shown in tables: the first 8 characters after `SHA256:`."""
-        return str(self)[len(_PREFIX) : len(_PREFIX) + 8]
+        """The short form used everywhere (tables, logs, status, conflict copy names)."""
+        return short_of(str(self))
+
+    def known_as(self, text: str) -> bool:
+        """Whether `text` names this node: its ID, or its short form (in either alphabet)."""
+        return text == str(self) or (len(text) == SHORT and short_of(text) == self.short)
 
     @property
     def key(self) -> str:
@@ -56,3 +60,19 @@ class NodeId:
     def label(self) -> str:
         """A DNS-safe label unique to this ID, used as the mDNS instance name."""
         return "meshsync-" + self.digest[:12].hex()
+
+
+SHORT = 8  # characters of the short form
+_FILE_SAFE = str.maketrans("+/", "-_")
+
+
+def short_of(text: str) -> str:
+    """The short form of a node ID as written (`SHA256:…`), or of a short form in either
+    alphabet: the first 8 characters after `SHA256:` (6 bytes of the digest), with `-` and `_`
+    for `+` and `/`, as it also names files."""
+    return text.removeprefix(_PREFIX)[:SHORT].translate(_FILE_SAFE)
+
+
+def short_of_key(key: str) -> str:
+    """The short form of the node whose vector key (`NodeId.key`, 16 hex digits) is `key`."""
+    return base64.urlsafe_b64encode(bytes.fromhex(key)[:6]).decode()

@@ -66,7 +66,7 @@ class Roster:
 
     def find(self, text: str) -> Peer | None:
         """The peer whose full or short ID is `text`; None if none or several match."""
-        found = [p for p in self._peers.values() if text in (str(p.id), p.id.short)]
+        found = [p for p in self._peers.values() if p.id.known_as(text)]
         return found[0] if len(found) == 1 else None
 
     def update(self, key: bytes, **changes: object) -> tuple[Peer, bool]:

@@ -153,7 +153,7 @@ class Commands:
         with contextlib.suppress(ValueError):
             return NodeId.parse(text)
         known: list[NodeId] = [p.id for p in self._peers.roster
-                               if p.trusted and text in (p.id.short, p.name)]
+                               if p.trusted and (p.id.known_as(text) or text == p.name)]
         if len(known) == 1:
             return known[0]
         raise ControlError(
@@ -323,12 +323,13 @@ class Commands:
                     side["node"] = self.node_of(side["origin"])
         return found
 
-    def node_of(self, key: str) -> dict[str, str] | None:
-        """The node whose vector key starts with `key` (a conflict copy names 7 digits)."""
+    def node_of(self, origin: str) -> dict[str, str] | None:
+        """The node a version's origin names: its vector key, the short ID a conflict copy's
+        name holds, or the 7 hex digits of its key that older copy names hold."""
         peers = self._peers
         nodes = [(peers.me, peers.name), *((p.id, p.name) for p in peers.roster)]
         for node_id, name in nodes:
-            if node_id.key.startswith(key):
+            if node_id.key.startswith(origin) or node_id.short == origin:
                 return {"id": str(node_id), "name": name}
         return None
 

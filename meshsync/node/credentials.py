@@ -95,5 +95,5 @@ class Credentials:
         """The key of an untrusted origin of versions held back, by its full or short ID."""
         # A copy: judging threads add origins while the loop looks.
         keys = list(self._origins.values())
-        found = [k for k in keys if text in (str(NodeId.of_key(k)), NodeId.of_key(k).short)]
+        found = [k for k in keys if NodeId.of_key(k).known_as(text)]
         return found[0] if len(found) == 1 else None

@@ -61,6 +61,7 @@ def test_edits_made_while_cut_off_meet_as_the_newer_file_and_one_conflict_copy(m
     found = settled(lan, 2)
     copy = conflicts.copy_path(RelPath("notes/todo.txt"), (BASE + 10) * 10**9, h1.id.key)
     assert copies(found) == [copy]
+    assert copy.endswith(f"-{h1.id.short}.txt")  # h1 as peers, status and the log name it
     for host in lan.hosts:
         assert (host.sync / "notes/todo.txt").read_bytes() == b"edited on h3, later\n"
         assert (host.sync / copy).read_bytes() == b"edited on h1\n"

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from meshsync.core.ids import NodeId
+from meshsync.core.ids import NodeId, short_of_key
 
 KEYS = [b"ssh-ed25519 alice", b"ssh-ed25519 bob", b"ecdsa-sha2-nistp256 carol", b""]
 
@@ -117,7 +117,18 @@ def test_parsed_ids_keep_the_byte_order() -> None:
 def test_short_form_is_the_first_eight_characters_after_the_prefix() -> None:
     node = NodeId.of_key(b"ssh-ed25519 alice")
     assert len(node.short) == 8
-    assert str(node) == "SHA256:" + node.short + str(node)[15:]
+    assert str(node).startswith("SHA256:" + node.short.replace("-", "+").replace("_", "/"))
+    assert short_of_key(node.key) == node.short
+
+
+def test_the_short_form_names_files_too_and_is_known_in_either_alphabet() -> None:
+    node = NodeId(b"\xfb\xef\xbe\xff\xff\xff" + bytes(26))
+    assert str(node).startswith("SHA256:++++////")
+    assert node.short == "----____"
+    assert node.known_as("----____")
+    assert node.known_as("++++////")
+    assert node.known_as(str(node))
+    assert not node.known_as("----___")
 
 
 @pytest.mark.parametrize("digest", [bytes(32), b"\xff" * 32, b"\xfb\xef\xbe" * 10 + b"\xff\xff"])

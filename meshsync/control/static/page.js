@@ -40,7 +40,10 @@ function fill(table, rows) {
   body.replaceChildren(...rows);
 }
 
-function short(id) { return id ? id.replace(/^SHA256:/, "").slice(0, 8) : "?"; }
+// The short form of an ID, as everywhere else: its first 8 characters, file-name safe.
+function short(id) {
+  return id ? id.replace(/^SHA256:/, "").slice(0, 8).replace(/\+/g, "-").replace(/\//g, "_") : "?";
+}
 
 function size(n) {
   if (n < 1024) return `${n} B`;
