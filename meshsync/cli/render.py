@@ -40,7 +40,7 @@ def peers(rows: list[dict[str, Any]]) -> str:
         [
             short_of(row["id"])
             + ("*" if row["self"] else "+" if row.get("via_introducer") else ""),
-            row["name"],
+            row["name"] + ("" if row.get("name_verified", True) else " (unverified)"),
             row["address"] or "-",
             row["role"],
             row["state"],

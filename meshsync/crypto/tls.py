@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from cryptography.x509.oid import NameOID
 
+from meshsync.core.wire import MAX_NAME
 from meshsync.crypto import sshsig
 from meshsync.crypto.keys import Signer, load_public_blob
 
@@ -46,17 +47,18 @@ def vouch_message(spki_der: bytes) -> bytes:
     return _VOUCH_PREFIX + hashlib.sha256(spki_der).digest()
 
 
-def make_certificate(signer: Signer) -> bytes:
-    """A new TLS key and a self-signed certificate vouched for by `signer`, as one PEM."""
+def make_certificate(signer: Signer, name: str = "meshsync") -> bytes:
+    """A new TLS key and a self-signed certificate vouched for by `signer`, as one PEM; its
+    subject is the node's `name` (what a node that connects is told, inside TLS 1.3)."""
     key = Ed25519PrivateKey.generate()
     spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     vouch = sshsig.sign(signer, vouch_message(spki))
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshsync")])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(subject)
+        .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(int.from_bytes(secrets.token_bytes(16), "big") >> 1)
         # Validity is not what binds this certificate (nobody checks it against a CA): the
@@ -92,14 +94,27 @@ def vouched_key(der: bytes) -> bytes:
         raise NotVouched(f"certificate's vouch does not verify: {e}") from None
 
 
-def certificate_file(state: Path, signer: Signer) -> Path:
-    """The node's TLS key and certificate (0600 in the state directory), made when missing or
-    when they were made for another SSH key."""
+def claimed_name(der: bytes) -> str | None:
+    """The name a vouched certificate's subject gives, if it is one a hello could carry (1 to
+    64 printable characters); None if not. Claimed by the key that vouches for it, no more."""
+    try:
+        found = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
+            NameOID.COMMON_NAME)
+    except Exception:  # as in vouched_key: none of a peer's certificate's errors may escape
+        return None
+    name = found[0].value if len(found) == 1 else None
+    ok = isinstance(name, str) and 0 < len(name) <= MAX_NAME and name.isprintable()
+    return name if ok and isinstance(name, str) else None
+
+
+def certificate_file(state: Path, signer: Signer, name: str = "meshsync") -> Path:
+    """The node's TLS key and certificate (0600 in the state directory), made when missing,
+    when they were made for another SSH key, or for another name."""
     path = state / CERTIFICATE_FILE
     try:
         pem = path.read_bytes()
-        certificate = x509.load_pem_x509_certificate(pem)
-        if vouched_key(certificate.public_bytes(Encoding.DER)) == signer.public_blob:
+        der = x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+        if vouched_key(der) == signer.public_blob and claimed_name(der) == name:
             return path
     except (OSError, ValueError):
         pass  # missing, damaged or another key's: make a new one
@@ -107,7 +122,7 @@ def certificate_file(state: Path, signer: Signer) -> Path:
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(make_certificate(signer))
+            f.write(make_certificate(signer, name))
         temporary.replace(path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -102,6 +102,18 @@ class Signing(Protocol):
     def vouched_key(self, certificate: bytes) -> bytes:
         """The SSH key that vouches for a DER certificate; ValueError if none does."""
 
+    def claimed_name(self, certificate: bytes) -> str | None:
+        """The name a vouched DER certificate claims, if a hello could carry it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a node is, as its TLS certificate says: the SSH key that vouches for it, and the
+    name it claims (None if it claims none a hello could carry)."""
+
+    key: bytes
+    name: str | None
+
 
 def client_context() -> ssl.SSLContext:
     """TLS 1.3, no certificate authorities: who is at the other end is checked by the vouch."""
@@ -172,8 +184,9 @@ class PeerClient:
         if self._session is not None:
             await self._session.close()
 
-    async def identify(self, address: str, timeout: float = 1.5) -> bytes:
-        """The SSH key that vouches for the TLS certificate at `address`; nothing is sent."""
+    async def identify(self, address: str, timeout: float = 1.5) -> Identity:
+        """Who is at `address`: the SSH key that vouches for its TLS certificate, and the name
+        that certificate claims; nothing is sent."""
         host, _, port = address.rpartition(":")
         try:
             async with asyncio.timeout(timeout):
@@ -188,7 +201,8 @@ class PeerClient:
         try:
             ssl_object = writer.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-            return self._vouched(der or b"")
+            key = self._vouched(der or b"")
+            return Identity(key, self._signing.claimed_name(der or b""))
         except ValueError as e:
             raise PeerMismatch(f"{address}: its TLS certificate is not vouched for by an SSH "
                                f"key ({e})") from None

@@ -221,15 +221,16 @@ class Commands:
             "id": str(peers.me), "name": peers.name,
             "address": f"{addresses[0] if addresses else '?'}:{peers.port}",
             "role": "coordinator" if coordinator == peers.me else "member",
-            "state": "online", "self": True, "last_seen": peers.clock.wall(),
+            "name_verified": True, "state": "online", "self": True,
+            "last_seen": peers.clock.wall(),
             "folders": sorted(peers.folder_ids), "clock_offset": 0.0,
             "via_introducer": None,
         }]
         for peer in sorted(peers.roster, key=lambda p: p.id):
             member = peer.is_member(peers.folder_ids)
             row = {
-                "id": str(peer.id), "name": peer.name, "address": peer.address,
-                "role": "coordinator" if peer.id == coordinator else
+                "id": str(peer.id), "name": peer.name, "name_verified": peer.trusted,
+                "address": peer.address, "role": "coordinator" if peer.id == coordinator else
                         "member" if member else "peer",
                 "state": peer.state(election.is_up(peer.id)),
                 "self": False, "last_seen": self._last_seen(peer),

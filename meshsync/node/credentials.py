@@ -39,6 +39,10 @@ class Credentials:
         """The SSH key that vouches for a peer's TLS certificate; ValueError if none does."""
         return tls.vouched_key(certificate)
 
+    def claimed_name(self, certificate: bytes) -> str | None:
+        """The name a peer's vouched TLS certificate claims (see tls.claimed_name)."""
+        return tls.claimed_name(certificate)
+
     def note_untrusted(self, public_blob: bytes, address: str) -> None:
         """A peer proved its key to us, but the user does not trust it: list it, accept nothing."""
         if not self._peers.not_from_there(public_blob, address):

@@ -97,8 +97,9 @@ class Dialer:
             peer = peers.roster.at(address)
             key = peer.key if peer is not None and peer.trusted else None
             if key is None:
-                key = await client.identify(address, HELLO_TIMEOUT)
-                if not self._worth_a_hello(address, key):
+                who = await client.identify(address, HELLO_TIMEOUT)
+                key = who.key
+                if not self._worth_a_hello(address, key, who.name):
                     return
             hello = self._greeter.hello(NodeId.of_key(key))
             reply = await client.send_hello(address, key, hello, HELLO_TIMEOUT)
@@ -127,8 +128,9 @@ class Dialer:
         finally:
             self._inflight.discard(address)
 
-    def _worth_a_hello(self, address: str, key: bytes) -> bool:
-        """Whether the node whose key `identify` found at `address` gets our hello."""
+    def _worth_a_hello(self, address: str, key: bytes, name: str | None) -> bool:
+        """Whether the node whose key `identify` found at `address` (claiming `name`) gets
+        our hello."""
         peers, hints = self._peers, self._book.hints
         peer_id = NodeId.of_key(key)
         hint = hints.get(address)
@@ -157,7 +159,8 @@ class Dialer:
             self._stranger_checked = {a: t for a, t in self._stranger_checked.items()
                                       if a in listed}
         self._stranger_checked[address] = peers.clock.now()
-        peers.remember_stranger(key, address, address=address)
+        peers.remember_stranger(key, address, address=address,
+                                **({} if name is None else {"name": name}))
         self._unreachable(address, closed=False)  # a hint backs off; a stranger is not dialled
         return False
 

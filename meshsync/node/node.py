@@ -205,7 +205,7 @@ class Node:
             parts.callback(sock.close)
             port = self._peers.port = sock.getsockname()[1]
             certificate = await asyncio.to_thread(
-                tls.certificate_file, self.config.state, self._signer)
+                tls.certificate_file, self.config.state, self._signer, self.config.name)
             listener = Listener(sock, server_context(str(certificate)),
                                 Limits.for_open_files(raise_open_file_limit()),
                                 self._peers.member_at)

@@ -40,7 +40,7 @@ from meshsync.crypto.sshsig import BadSignature
 from meshsync.crypto.trust import TrustStore
 from meshsync.net import auth
 from meshsync.net.auth import LINK, MAX_IN_FLIGHT
-from meshsync.net.client import PeerClient, PeerClockOffset, Reply
+from meshsync.net.client import Identity, PeerClient, PeerClockOffset, Reply
 from meshsync.net.listener import Limits, Listener, server_context
 from meshsync.net.server import ANSWER_DIGESTS, ROUTES, make_app, serve
 from meshsync.node.config import Config, Folder
@@ -746,6 +746,9 @@ class ClientSigning:
     def vouched_key(self, certificate: bytes) -> bytes:
         return tls.vouched_key(certificate)
 
+    def claimed_name(self, certificate: bytes) -> str | None:
+        return tls.claimed_name(certificate)
+
 
 def client_of(member: KeySigner, clock_offset: float) -> PeerClient:
     """The member's client, its wall clock `clock_offset` seconds from the server's."""
@@ -823,8 +826,8 @@ class RefusingClient:
     def __init__(self, key: bytes, offset: float) -> None:
         self.key, self.offset = key, offset
 
-    async def identify(self, address: str, timeout: float) -> bytes:
-        return self.key
+    async def identify(self, address: str, timeout: float) -> Identity:
+        return Identity(self.key, None)
 
     async def send_hello(self, address: str, key: bytes, hello: Hello, timeout: float) -> Reply:
         raise PeerClockOffset(address, key, self.offset)

@@ -52,7 +52,7 @@ from meshsync.core.wire import (
 from meshsync.crypto import sshsig, tls
 from meshsync.crypto.keys import KeySigner
 from meshsync.net import server as server_module
-from meshsync.net.client import PeerClient, PeerMismatch, PeerUnreachable
+from meshsync.net.client import Identity, PeerClient, PeerMismatch, PeerUnreachable
 from meshsync.net.listener import Limits, Listener, server_context
 from meshsync.net.server import make_app, serve
 from meshsync.net.socket import LinkSocket
@@ -106,6 +106,18 @@ def test_the_certificate_file_is_private_and_made_anew_for_another_key(tmp_path:
         second.public_blob)
 
 
+def test_the_certificate_claims_the_nodes_name_and_is_made_anew_for_another(
+        tmp_path: Path) -> None:
+    key = new_key()
+    der = der_of(tls.certificate_file(tmp_path, key, "laptop").read_bytes())
+    assert tls.claimed_name(der) == "laptop"
+    renamed = der_of(tls.certificate_file(tmp_path, key, "desk").read_bytes())
+    assert (tls.claimed_name(renamed), tls.vouched_key(renamed)) == ("desk", key.public_blob)
+    assert tls.claimed_name(b"not a certificate") is None
+    bell = der_of(tls.make_certificate(key, "ring\a"))  # a name no hello could carry
+    assert tls.claimed_name(bell) is None
+
+
 # -- a real server and client over loopback ------------------------------------------------------
 @dataclass
 class Node:
@@ -133,6 +145,9 @@ class Node:
 
     def vouched_key(self, certificate: bytes) -> bytes:
         return tls.vouched_key(certificate)
+
+    def claimed_name(self, certificate: bytes) -> str | None:
+        return tls.claimed_name(certificate)
 
     async def handle_hello(self, key: bytes, hello: Hello, remote: str) -> Hello:
         self.hellos.append(hello)
@@ -188,8 +203,9 @@ async def server(tmp_path: Path) -> AsyncIterator[Running]:
 
 async def test_a_request_pinned_to_the_servers_key_is_answered(server: Running) -> None:
     async with PeerClient(Node(new_key()), time.time) as client:
-        key = await client.identify(server.address)
-        assert key == server.node.signer.public_blob
+        who = await client.identify(server.address)
+        key = who.key
+        assert who == Identity(server.node.signer.public_blob, "meshsync")
         reply = await client.send_hello(server.address, key, HELLO)
     assert (reply.status, reply.key) == (200, key)
     assert server.node.hellos == [HELLO]
@@ -203,7 +219,7 @@ async def test_blocks_written_a_frame_at_a_time_arrive_whole_and_signed(server: 
     server.node.held = {hashlib.sha256(b).digest(): b for b in blocks}
     asked = (hashlib.sha256(b"not held").digest(), *server.node.held)
     async with PeerClient(Node(new_key()), time.time) as client:
-        key = await client.identify(server.address)
+        key = (await client.identify(server.address)).key
         got = await client.fetch_blocks(server.address, key, BlockRequest(FolderId("docs"), asked))
     assert got == [None, *blocks]
 
@@ -236,7 +252,7 @@ async def test_a_certificate_outside_its_validity_dates_still_carries_the_vouch(
     address = f"127.0.0.1:{sock.getsockname()[1]}"
     try:
         async with PeerClient(Node(new_key()), time.time) as client:
-            assert await client.identify(address) == node.signer.public_blob
+            assert (await client.identify(address)).key == node.signer.public_blob
             reply = await client.send_hello(address, node.signer.public_blob, HELLO)
         assert reply.status == 200
     finally:

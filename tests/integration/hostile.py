@@ -273,6 +273,9 @@ class Member:
     def vouched_key(self, certificate: bytes) -> bytes:
         return tls.vouched_key(certificate)
 
+    def claimed_name(self, certificate: bytes) -> str | None:
+        return tls.claimed_name(certificate)
+
     def _signed(self, record: FileRecord) -> Signed:
         return Signed(record, self.sign(record.canonical(FOLDER)))
 
@@ -343,7 +346,7 @@ class Member:
             while True:
                 for address in peers:
                     try:
-                        keys[address] = keys.get(address) or await client.identify(address)
+                        keys[address] = keys.get(address) or (await client.identify(address)).key
                         await client.send_hello(address, keys[address], self._hello())
                         if address not in announced and self.records:
                             await client.send_notice(address, keys[address],

@@ -23,12 +23,17 @@ def test_untrusted_host_is_listed_with_the_command_that_trusts_it_and_kept_out(m
     pair_lowest = min(h1, h2, key=lambda h: h.id)
     wait_for("h1 and h2 to agree", lambda: agreed([h1, h2], pair_lowest), 15)
 
-    row = wait_for("h1 to list h3 as untrusted", lambda: next(
-        (r for r in h1.json("peers") if r["id"] == str(h3.id) and r["state"] == "untrusted"),
-        None), 10)
+    # By the name h3's certificate claims (sealed in TLS 1.3, never in the clear), unverified.
+    row = wait_for("h1 to list h3 as untrusted, with its name", lambda: next(
+        (r for r in h1.json("peers") if r["id"] == str(h3.id) and r["state"] == "untrusted"
+         and r["name"] == "h3"), None), 10)
+    assert row["name_verified"] is False
     assert row["trust_command"] == f"meshsync trust {h3.id}"
     assert row["role"] == "peer"
-    assert f"meshsync trust {h3.id}" in h1.cli("peers").stdout
+    table = h1.cli("peers").stdout
+    assert f"meshsync trust {h3.id}" in table
+    assert [line.split()[:3] for line in table.splitlines() if h3.id.short in line][0] == [
+        h3.id.short, "h3", "(unverified)"]
     assert f"untrusted peer {h3.id}" in h1.log.read_text()
     # h3 learns from their signed refusals that they do not trust it, and says what to run.
     # (By ID: a node that refuses us never tells us its name, and mDNS carries none.)

@@ -171,7 +171,8 @@ function showPeers(peers) {
     const state = el("span", p.state, p.state);
     const trust = p.self ? "this node" : p.state === "untrusted" ? `not trusted: ${p.trust_command}`
       : p.via_introducer ? `via introducer ${short(p.via_introducer)}` : "trusted";
-    const tr = row([short(p.id), p.name, p.address || "-", p.role, state, trust, ago(p.last_seen)]);
+    const name = p.name_verified === false ? `${p.name} (unverified)` : p.name;
+    const tr = row([short(p.id), name, p.address || "-", p.role, state, trust, ago(p.last_seen)]);
     tr.dataset.peer = p.name;
     return tr;
   }));
