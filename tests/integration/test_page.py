@@ -4,6 +4,7 @@ a restore from it that syncs, and who may not read or drive it."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -64,9 +65,39 @@ def test_the_page_shows_peers_conflicts_and_versions_and_restores_a_file_that_sy
                  == b"first draft\n", 10)
         assert browser.text("#done").startswith("restored doc.txt as kept at ")
         assert browser.text("#problem") == ""
+
+        # The rate plot: a 4 MiB file received lifts h1's line to the top of its scale.
+        (h2.sync / "big.bin").write_bytes(os.urandom(4 << 20))
+        wait_for("big.bin at h1", lambda: (h1.sync / "big.bin").is_file()
+                 and (h1.sync / "big.bin").stat().st_size == 4 << 20, 20)
+        wait_for("the plot to show a rate over 1 KiB/s", lambda: "■ Sync" in browser.text(
+            "#legend") and "the top is 1.0 KiB/s" not in browser.text("#legend"), 10)
+        assert browser.js(DRAWN_ABOVE_HALF) > 0, "the received line is drawn, near the top"
+
+        # A receive-only folder's change made here, reverted from the page.
+        h1.cli("set", "Sync", "--receive-only")
+        (h1.sync / "mine.txt").write_text("made at h1, not sent")
+        wait_for("the revert button", lambda: browser.js(
+            'document.querySelector(\'button.revert[data-folder="Sync"]\') !== null'), 15)
+        assert "mine.txt: added here, not sent" in browser.text('.folder[data-folder="Sync"]')
+        browser.js('document.querySelector(\'button.revert[data-folder="Sync"]\').click()')
+        wait_for("mine.txt gone from h1", lambda: not (h1.sync / "mine.txt").exists(), 10)
+        assert browser.text("#done") == (
+            "folder Sync: the mesh's versions of 1 path are being put back")
+        assert not (h2.sync / "mine.txt").exists()
     finally:
         browser.close()
     assert (ARTEFACTS / "page.png").stat().st_size > 10_000
+
+
+# How many pixels of the rate plot's upper half are drawn.
+DRAWN_ABOVE_HALF = """(() => {
+  const c = document.getElementById("rate");
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height / 2).data;
+  let n = 0;
+  for (let i = 3; i < d.length; i += 4) if (d[i]) n += 1;
+  return n;
+})()"""
 
 
 def curl(host: Host, *args: str) -> tuple[int, str]:

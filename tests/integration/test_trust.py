@@ -32,7 +32,7 @@ def test_untrusted_host_is_listed_with_the_command_that_trusts_it_and_kept_out(m
     assert row["role"] == "peer"
     table = h1.cli("peers").stdout
     assert f"meshsync trust {h3.id}" in table
-    assert [line.split()[:3] for line in table.splitlines() if h3.id.short in line][0] == [
+    assert next(line.split()[:3] for line in table.splitlines() if h3.id.short in line) == [
         h3.id.short, "h3", "(unverified)"]
     assert f"untrusted peer {h3.id}" in h1.log.read_text()
     # h3 learns from their signed refusals that they do not trust it, and says what to run.

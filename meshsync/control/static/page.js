@@ -119,11 +119,22 @@ function showFolders(status, sample) {
     if (!f.completion.length) members.append(el("li", "no member online shares it"));
     box.append(members);
     for (const t of f.transfers) box.append(el("p", `writing ${t.path}: ${size(t.done)} of ${size(t.size)}`));
+    if (f.mode !== "send-receive") box.append(el("p", f.mode === "send-only"
+      ? "send-only: what the mesh changes is not written here"
+      : "receive-only: what changes here is not sent"));
+    if (f.share_with) {
+      box.append(el("p", "shared only with "
+        + f.share_with.map(i => `${names.get(i) || "?"} (${short(i)})`).join(", ")));
+    }
     if (f.held_back_count) {
       box.append(el("p", `held back: ${f.held_back_count}`));
       const held = el("ul");
       for (const h of f.held_back) held.append(el("li", `${h.path}: ${h.reason}`, "held"));
       box.append(held);
+      const action = {"send-only": "override", "receive-only": "revert"}[f.mode];
+      if (action && f.held_back.some(h => h.cause === `${f.mode} folder`)) {
+        box.append(settle(action, f.id));
+      }
     }
     boxes.push(box);
     if (sample) {
@@ -181,6 +192,30 @@ function showPeers(peers) {
 function showConflicts(conflicts) {
   const side = v => v ? `${v.node ? v.node.name : v.origin} ${v.time}` : "(deleted)";
   fill("conflicts", conflicts.map(c => row([c.folder, el("span", c.path, "path"), side(c.copy), side(c.current)])));
+}
+
+// The button that settles a one-way folder with the mesh: `override` (a send-only folder's
+// versions win) or `revert` (the mesh's versions replace a receive-only folder's changes).
+function settle(action, folder) {
+  const button = el("button", action === "override"
+    ? "override: make this node's versions win" : "revert: put the mesh's versions back", action);
+  button.dataset.folder = folder;
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      const done = await api("POST", `/v1/${action}`, {id: folder});
+      const count = done.overridden ?? done.reverted;
+      const paths = `${count} path${count === 1 ? "" : "s"}`;
+      document.getElementById("done").textContent = action === "override"
+        ? `folder ${folder}: this node's versions of ${paths} announced`
+        : `folder ${folder}: the mesh's versions of ${paths} are being put back`;
+      problem("");
+    } catch (e) {
+      problem(e.message);
+      button.disabled = false;
+    }
+  });
+  return button;
 }
 
 async function showVersions(status) {
