@@ -9,6 +9,7 @@ from typing import Any, TypeGuard
 
 from meshsync.core.errors import WireError
 from meshsync.core.fields import check_digest, check_int, is_unicode
+from meshsync.core.ids import short_of_key
 from meshsync.core.paths import RelPath, check_path
 from meshsync.core.vclock import Vector
 
@@ -77,11 +78,14 @@ class FileRecord:
                        target="", author="")
 
     def brief(self) -> str:
-        """One line for a debug log: kind (or deletion), version, origin and author."""
-        what = "deleted" if self.deleted else self.kind.value
-        counters = ",".join(f"{k[:6]}:{v % 10000}" for k, v in sorted(self.version.counters))
-        by = f" by {self.author[:6]}" if self.author else ""
-        return f"{what} [{counters}] from {self.origin[:6]}{by}"
+        """One line for a debug log: kind (or deletion) and size, version, origin and author,
+        each node by its short ID."""
+        what = "deleted" if self.deleted else (
+            f"file of {self.size} bytes" if self.kind is Kind.FILE else self.kind.value)
+        counters = ",".join(f"{short_of_key(k)}:{v % 10000}"
+                            for k, v in sorted(self.version.counters))
+        by = f" by {short_of_key(self.author)}" if self.author else ""
+        return f"{what} [{counters}] from {short_of_key(self.origin)}{by}"
 
     def to_json(self) -> dict[str, Any]:
         """The wire form; `author` only when there is one, so older records sign as they did."""

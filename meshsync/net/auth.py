@@ -93,7 +93,9 @@ def head_of(
 
 def decode_signature(value: str | None, scheme: str = SCHEME) -> bytes:
     """The signature carried in a header; AuthError if absent or not base64."""
-    if not value or not value.startswith(scheme) or len(value) > MAX_SIGNATURE:
+    # An empty one too: some aiohttp releases strip a header's trailing space, some keep it.
+    if not value or not value.startswith(scheme) or len(value) > MAX_SIGNATURE or not value[
+            len(scheme):].strip():
         raise AuthError("unsigned request")
     try:
         return base64.b64decode(value[len(scheme) :], validate=True)

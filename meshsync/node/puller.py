@@ -231,7 +231,7 @@ class Puller:
         for record, *_ in batch.done:  # in the index now
             self.retries.succeeded(record.path)
             if debug:
-                log.debug("folder %s: %s is %s now", self.place.id, shown(record.path),
+                log.debug("folder %s: received %s: %s", self.place.id, shown(record.path),
                           record.brief())
         return result
 

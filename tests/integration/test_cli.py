@@ -4,6 +4,7 @@ and keys that live in ssh-agent."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -253,3 +254,22 @@ def test_passphrase_protected_key_signs_through_ssh_agent(make_lan, tmp_path):
         wait_for("h1's files on h2", lambda: same_trees([h1, h2]) and tree(h2.sync), 30)
         assert len(tree(h2.sync / "before")) == 50
         h1.stop()  # before the agent goes away
+
+
+def test_the_node_logs_each_file_it_receives_at_verbose_by_its_path_and_maker(make_lan):
+    lan = make_lan(2)
+    h1, h2 = lan.hosts
+    lan.trust_all()
+    h1.start()
+    h2.start("--verbose")
+    wait_for("the pair to agree", lambda: agreed([h1, h2], min(h1, h2, key=lambda h: h.id)), 15)
+    (h1.sync / "d").mkdir()
+    (h1.sync / "d/notes.txt").write_bytes(b"twelve bytes")
+    wait_for("notes.txt at h2", lambda: (h2.sync / "d/notes.txt").is_file(), 15)
+    said = wait_for("h2 to log it", lambda: [
+        line.split(" ", 2)[2] for line in h2.log.read_text().splitlines()
+        if "received d/notes.txt" in line], 5)
+    short = re.escape(h1.id.short)
+    assert re.fullmatch(rf"folder Sync: received d/notes.txt: file of 12 bytes \[{short}:\d+\]"
+                        rf" from {short}", said[0]), said
+    assert "received" not in h1.log.read_text()  # not at the default level
