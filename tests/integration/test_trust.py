@@ -47,6 +47,9 @@ def test_untrusted_host_is_listed_with_the_command_that_trusts_it_and_kept_out(m
 
     by_id = h1.json("trust", str(h3.id))
     assert by_id == {"added": [str(h3.id)], "already": []}
+    # Written with the name it claimed as the comment, as `ssh-keygen` names a key.
+    [line] = (h1.state / "trusted_keys").read_text().splitlines()
+    assert line.split() == [*h3.pub.split()[:2], "h3"]
     by_file = h2.json("trust", str(h3.key.with_name("id_ed25519.pub")))
     assert by_file == {"added": [str(h3.id)], "already": []}
     assert h1.json("trust", h3.pub)["already"] == [str(h3.id)]
