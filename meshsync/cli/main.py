@@ -401,8 +401,8 @@ def _setting_options(command: argparse.ArgumentParser) -> None:
     """The options of `add` and `set`: a folder's settings."""
     ways = command.add_mutually_exclusive_group()
     ways.add_argument("--send-only", dest="mode", action="store_const", const="send-only",
-                      help="send changes made here; list the mesh's, write them only when"
-                           " set back (and let `meshsync override` make ours win)")
+                      help="send changes made here; list the mesh's without writing them"
+                           " (`meshsync override` makes ours win)")
     ways.add_argument("--receive-only", dest="mode", action="store_const",
                       const="receive-only", help="write the mesh's changes; list those made"
                       " here, never send them (`meshsync revert` puts the mesh's back)")

@@ -60,13 +60,23 @@ def test_a_send_only_folder_lists_the_meshs_changes_and_overrides_them(make_lan)
     h1, h2 = lan.hosts
     write(h1.sync / "kept.txt", b"h1's version")
     wait_for("kept.txt at h2", lambda: (h2.sync / "kept.txt").is_file(), 15)
+    for args, code, error in (
+            (("set", "Nope", "--send-only"), 1, "no folder has the ID 'Nope' (this node's: Sync)"),
+            (("set", "Sync", "--keep-days", "x"), 1,
+             "--keep-days wants a number of days from 0 to 36500, not 'x'"),
+            (("override", "Sync"), 1, "folder Sync is send-receive: only a send-only folder's"
+             " changes from the mesh wait for an override")):
+        refused = h1.cli(*args)
+        assert (refused.returncode, refused.stderr) == (code, f"meshsync: {error}\n")
+    both = h1.cli("set", "Sync", "--send-only", "--receive-only")
+    assert (both.returncode, both.stderr) == (2, (
+        "meshsync set: argument --receive-only: not allowed with argument --send-only (see"
+        " meshsync set --help)\n"))
+    assert sync_of(h1)["mode"] == "send-receive"  # none of it changed anything
     said = h1.cli("set", "Sync", "--send-only")
     assert said.stdout.splitlines()[:2] == [
         "folder Sync:", "  send-only: what the mesh changes is not written here (`meshsync"
         " override Sync` makes this node's versions win)"]
-    assert h2.cli("override", "Sync").stderr == (
-        "meshsync: folder Sync is send-receive: only a send-only folder's changes from the"
-        " mesh wait for an override\n")
 
     write(h2.sync / "kept.txt", b"h2 changed it")
     write(h2.sync / "new.txt", b"h2 made it")
