@@ -119,7 +119,7 @@ class Shelf:
     async def remove(self, folder_id: str) -> tuple[Folder, bool]:
         """Stop syncing a folder for good (its files stay as they are); the folder, and whether
         `start` named it (then it is synced again when `start` names it again)."""
-        folder = self._find(folder_id)
+        folder = self.find(folder_id)
         await self._halt(folder_id)
         self.paused.pop(folder_id, None)
         self._added.pop(folder_id, None)
@@ -131,7 +131,7 @@ class Shelf:
         """Stop syncing these folders (all, if none given) until resumed; those paused now."""
         done = []
         for folder_id in ids or sorted(self.folders):
-            folder = self._find(folder_id)
+            folder = self.find(folder_id)
             if folder_id in self.paused:
                 continue
             await self._halt(folder_id)
@@ -146,7 +146,7 @@ class Shelf:
         """Sync these paused folders again (all, if none given); those resumed now."""
         done = []
         for folder_id in ids or sorted(self.paused):
-            self._find(folder_id)
+            self.find(folder_id)
             folder = self.paused.get(folder_id)
             if folder is None:
                 continue
@@ -162,15 +162,16 @@ class Shelf:
         return done
 
     def set(self, folder_id: str, **settings: Any) -> Folder:
-        """Change a folder's settings (see config.Folder), now and after a restart."""
-        folder = replace(self._find(folder_id), **settings)
-        if folder_id in self._added:
-            self._added[folder_id] = folder
-        if folder_id in self.paused:
-            self.paused[folder_id] = folder
-        else:
-            self.folders[folder_id].configure(folder)
-        self._save()
+        """Change a folder's settings (see config.Folder), now and after a restart; as they
+        were if they cannot be remembered (ControlError)."""
+        before = self.find(folder_id)
+        folder = replace(before, **settings)
+        self._take(folder)
+        try:
+            self._save()
+        except ControlError:
+            self._take(before)
+            raise
         shared = ("every trusted node that has it" if folder.share is None
                   else ", ".join(sorted(map(self._peers.describe, folder.share))))
         self._changed(f"folder {folder_id} is now {folder.mode}, shared with {shared}"
@@ -179,11 +180,17 @@ class Shelf:
                          f" {folder.keep.max_bytes >> 20} MiB"))
         return folder
 
+    def _take(self, folder: Folder) -> None:
+        """Hold `folder` (its settings changed) where it is: added, paused or running."""
+        if folder.id in self._added:
+            self._added[folder.id] = folder
+        if folder.id in self.paused:
+            self.paused[folder.id] = folder
+        else:
+            self.folders[folder.id].configure(folder)
+
     def find(self, folder_id: str) -> Folder:
         """The folder of this ID, running or paused; ControlError if there is none."""
-        return self._find(folder_id)
-
-    def _find(self, folder_id: str) -> Folder:
         for folder in self.all:
             if folder.id == folder_id:
                 return folder

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import pytest
 
+from meshsync.control.protocol import ControlError
 from meshsync.core.ids import NodeId
 from meshsync.core.wire import FolderId
 from meshsync.node.config import FOLDERS_FILE, Folder, Keep, Mode
@@ -71,3 +72,13 @@ def test_the_settings_of_a_folder_start_names_are_kept_by_its_id_for_the_next_st
                                            **said}
     [docs_again] = shelf(tmp_path, (Folder(FolderId("Docs"), Path("/home/me/Docs")),)).all
     assert docs_again.keep == Keep(86400, 1 << 20)
+
+
+def test_settings_that_cannot_be_remembered_are_refused_and_left_as_they_were(
+        tmp_path: Path) -> None:
+    found = shelf(tmp_path, (Folder(FolderId("Sync"), Path("/home/me/Sync")),))
+    (tmp_path / f"{FOLDERS_FILE}.new").mkdir()  # where the file is written first: taken
+    with pytest.raises(ControlError, match=r"^cannot remember the folders in .*folders\.json"):
+        found.set("Sync", mode=Mode.SEND_ONLY)
+    [folder] = found.all
+    assert folder.mode is Mode.SEND_RECEIVE
