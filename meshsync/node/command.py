@@ -13,7 +13,7 @@ from typing import Any
 from meshsync.control.protocol import ControlError
 from meshsync.core import election as el
 from meshsync.core.errors import MeshsyncError, WireError
-from meshsync.core.ids import NodeId
+from meshsync.core.ids import SHORT, NodeId
 from meshsync.core.membership import Peer, clock_fix
 from meshsync.core.paths import RelPath, check_path
 from meshsync.core.throttle import shown
@@ -330,7 +330,7 @@ class Commands:
         peers = self._peers
         nodes = [(peers.me, peers.name), *((p.id, p.name) for p in peers.roster)]
         for node_id, name in nodes:
-            if node_id.key.startswith(origin) or node_id.short == origin:
+            if node_id.short == origin or (len(origin) != SHORT and node_id.key.startswith(origin)):
                 return {"id": str(node_id), "name": name}
         return None
 
