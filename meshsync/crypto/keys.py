@@ -195,7 +195,10 @@ def _public_key(blob: bytes) -> SSHPublicKey:
         raise ValueError(f"unsupported key type {key_type!r}")
     try:
         key = load_ssh_public_key(key_type + b" " + base64.b64encode(blob))
-    except (UnsupportedAlgorithm, NotImplementedError) as e:
+    except ValueError:
+        raise
+    except Exception as e:  # UnsupportedAlgorithm, or what some releases let escape (an
+        # empty ECDSA point is an IndexError in cryptography 45): none may, for a peer's key
         raise ValueError(f"unusable {key_type.decode()} key: {e}") from e
     if isinstance(key, ec.EllipticCurvePublicKey):
         if _EC.get(key.curve.name, (b"",))[0] != key_type:

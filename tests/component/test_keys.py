@@ -198,3 +198,13 @@ def test_an_rsa_key_with_a_huge_exponent_is_refused() -> None:
         else:
             with pytest.raises(ValueError, match="exponent over 2"):
                 load_public_blob(blob)
+
+
+@pytest.mark.parametrize("point", [b"", b"\x04", b"\x00", b"\x04" + bytes(64)])
+def test_an_ecdsa_key_with_no_usable_point_is_refused_as_unusable(point: bytes) -> None:
+    # cryptography 45 let an empty point escape as IndexError: a peer's key must never.
+    blob = put_string(b"ecdsa-sha2-nistp256") + put_string(b"nistp256") + put_string(point)
+    with pytest.raises(ValueError):  # noqa: PT011 - the message is the library's
+        load_public_blob(blob)
+    assert not verify_signature(blob, b"data", put_string(b"ecdsa-sha2-nistp256")
+                                + put_string(b""))

@@ -56,7 +56,6 @@ def test_the_page_shows_peers_conflicts_and_versions_and_restores_a_file_that_sy
         wait_for("doc.txt's kept version", lambda: browser.js(
             'document.querySelector(\'button.restore[data-path="doc.txt"]\') !== null'), 20)
         wait_for("changes told", lambda: "doc.txt" in browser.text("#changes"), 10)
-        browser.screenshot(ARTEFACTS / "page.png")
 
         browser.js('document.querySelector(\'button.restore[data-path="doc.txt"]\').click()')
         wait_for("the restore on h1", lambda: (h1.sync / "doc.txt").read_bytes()
@@ -73,6 +72,7 @@ def test_the_page_shows_peers_conflicts_and_versions_and_restores_a_file_that_sy
         wait_for("the plot to show a rate over 1 KiB/s", lambda: "■ Sync" in browser.text(
             "#legend") and "the top is 1.0 KiB/s" not in browser.text("#legend"), 10)
         assert browser.js(DRAWN_ABOVE_HALF) > 0, "the received line is drawn, near the top"
+        browser.screenshot(ARTEFACTS / "page.png")
 
         # A receive-only folder's change made here, reverted from the page.
         h1.cli("set", "Sync", "--receive-only")
