@@ -19,7 +19,7 @@ _STAMP = "%Y%m%d-%H%M%S"
 # The origin is the node's short ID; copies named before that hold 7 hex digits of its key.
 _COPY = re.compile(
     r"(?P<stem>.+)\.sync-conflict-(?P<stamp>\d{8}-\d{6})-"
-    r"(?P<origin>[0-9a-f]{7}|[A-Za-z0-9_-]{8})(?:-(?P<tag>[0-9a-f]{8}))?(?P<ext>\.[^.]*)?")
+    r"(?P<origin>[0-9a-f]{7}|[A-Za-z0-9+_]{8})(?:-(?P<tag>[0-9a-f]{8}))?(?P<ext>\.[^.]*)?")
 
 
 @dataclass(frozen=True, slots=True)

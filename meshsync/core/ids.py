@@ -63,16 +63,16 @@ class NodeId:
 
 
 SHORT = 8  # characters of the short form
-_FILE_SAFE = str.maketrans("+/", "-_")
+_FILE_SAFE = str.maketrans("/", "_")
 
 
 def short_of(text: str) -> str:
     """The short form of a node ID as written (`SHA256:…`), or of a short form in either
-    alphabet: the first 8 characters after `SHA256:` (6 bytes of the digest), with `-` and `_`
-    for `+` and `/`, as it also names files."""
+    alphabet: the first 8 characters after `SHA256:` (6 bytes of the digest), with `_` for
+    `/`, as it also names files. (Not `-` for `+`: a short ID must never read as an option.)"""
     return text.removeprefix(_PREFIX)[:SHORT].translate(_FILE_SAFE)
 
 
 def short_of_key(key: str) -> str:
     """The short form of the node whose vector key (`NodeId.key`, 16 hex digits) is `key`."""
-    return base64.urlsafe_b64encode(bytes.fromhex(key)[:6]).decode()
+    return base64.b64encode(bytes.fromhex(key)[:6]).decode().translate(_FILE_SAFE)

@@ -36,10 +36,10 @@ def test_a_copy_reads_back_as_its_original_time_and_origin(path):
 
 def test_the_short_id_in_a_name_is_file_name_safe_and_copies_named_before_it_still_count():
     made = conflicts.copy_path(RelPath("f.txt"), NS, "fbefbeffffff0000")  # ID "++++////…"
-    assert made == "f.sync-conflict-20261125-101530-----____.txt"
+    assert made == "f.sync-conflict-20261125-101530-++++____.txt"
     copy = conflicts.parse(made)
     assert copy is not None
-    assert copy.origin == "----____"
+    assert copy.origin == "++++____"
     older = conflicts.parse("a/f.sync-conflict-20261125-101530-0123456-0badcafe.txt")
     assert older is not None
     assert (older.original, older.origin, older.tagged) == ("a/f.txt", "0123456", True)

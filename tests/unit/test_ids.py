@@ -5,6 +5,8 @@ import hashlib
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshsync.core.ids import NodeId, short_of_key
 
@@ -117,18 +119,18 @@ def test_parsed_ids_keep_the_byte_order() -> None:
 def test_short_form_is_the_first_eight_characters_after_the_prefix() -> None:
     node = NodeId.of_key(b"ssh-ed25519 alice")
     assert len(node.short) == 8
-    assert str(node).startswith("SHA256:" + node.short.replace("-", "+").replace("_", "/"))
+    assert str(node).startswith("SHA256:" + node.short.replace("_", "/"))
     assert short_of_key(node.key) == node.short
 
 
 def test_the_short_form_names_files_too_and_is_known_in_either_alphabet() -> None:
     node = NodeId(b"\xfb\xef\xbe\xff\xff\xff" + bytes(26))
     assert str(node).startswith("SHA256:++++////")
-    assert node.short == "----____"
-    assert node.known_as("----____")
+    assert node.short == "++++____"  # never a leading -, which would read as an option
+    assert node.known_as("++++____")
     assert node.known_as("++++////")
     assert node.known_as(str(node))
-    assert not node.known_as("----___")
+    assert not node.known_as("++++___")
 
 
 @pytest.mark.parametrize("digest", [bytes(32), b"\xff" * 32, b"\xfb\xef\xbe" * 10 + b"\xff\xff"])
@@ -149,3 +151,13 @@ def test_label_differs_for_ids_whose_text_differs_only_in_case() -> None:
     lower = NodeId.parse("SHA256:" + "b" * 42 + "0")
     assert upper != lower
     assert upper.label.lower() != lower.label.lower()
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_a_short_id_names_a_file_and_is_never_taken_for_an_option(digest: bytes) -> None:
+    node = NodeId(digest)
+    assert len(node.short) == 8
+    assert "/" not in node.short
+    assert not node.short.startswith("-")  # `meshsync untrust SHORT` must not read as a flag
+    assert short_of_key(node.key) == node.short
+    assert node.known_as(str(node)[7:15])  # as the full ID begins

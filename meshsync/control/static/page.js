@@ -42,7 +42,7 @@ function fill(table, rows) {
 
 // The short form of an ID, as everywhere else: its first 8 characters, file-name safe.
 function short(id) {
-  return id ? id.replace(/^SHA256:/, "").slice(0, 8).replace(/\+/g, "-").replace(/\//g, "_") : "?";
+  return id ? id.replace(/^SHA256:/, "").slice(0, 8).replace(/\//g, "_") : "?";
 }
 
 function size(n) {
