@@ -23,7 +23,7 @@ from meshsync.crypto.keys import (
 from meshsync.crypto.trust import TrustStore, parse_key_line
 
 # A node ID as `peers` shows it: whole (`SHA256:` and 43 characters) or its first 8.
-_ID = re.compile(r"(SHA256:)?[A-Za-z0-9+/]{43}|[A-Za-z0-9+/]{8}")
+_ID = re.compile(r"(SHA256:)?[A-Za-z0-9+/]{43}|[A-Za-z0-9+/_]{8}")  # a short ID has _ for /
 
 
 class UsageError(Exception):
