@@ -109,7 +109,7 @@ def untrust(trust_store: TrustStore, arg: str) -> dict[str, Any]:
         if not _ID.fullmatch(text := text.strip()):
             raise UsageError(f"not a public key line nor a node's ID: {text[:80]!r}")
         found = [b for b in trust_store.known_keys(introduced=False)
-                 if _names(b, text)]
+                 if NodeId.of_key(b).known_as(text)]
         if len(found) != 1:
             raise ControlError(f"no trusted key has the ID {text}" if not found else
                                f"{len(found)} trusted keys have IDs starting {text}: give more")
@@ -126,7 +126,3 @@ def untrust(trust_store: TrustStore, arg: str) -> dict[str, Any]:
                                " (meshsync does not edit that file)")
         raise ControlError(f"{shown} is not trusted here")
     return {"removed": removed}
-
-
-def _names(blob: bytes, text: str) -> bool:
-    return NodeId.of_key(blob).known_as(text)

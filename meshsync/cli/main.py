@@ -26,6 +26,7 @@ from meshsync.node.config import (
     check_peer_address,
     check_port,
     folders_from,
+    kept_out,
     parse_days,
     parse_min_free,
     parse_page_port,
@@ -90,8 +91,7 @@ def _start_config(args: argparse.Namespace) -> Config:
         raise ValueError("no folder to sync: name one, as in `meshsync start ~/Sync` (folders"
                          " added with `meshsync add` are remembered)")
     return Config(
-        folders=folders_from(args.dirs, args.alias, {
-            "meshsync's state": state, "your SSH keys": ssh}),
+        folders=folders_from(args.dirs, args.alias, kept_out(state, ssh)),
         state=state,
         ssh_dir=ssh,
         key=args.key,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import secrets
 import socket
 from functools import lru_cache
 from pathlib import Path
@@ -175,6 +176,20 @@ def own_key(state_dir: Path) -> Path:
         line = public_key_line(_blob_of(key.public_key()), f"meshsync@{socket.gethostname()}")
         path.with_name("key.pub").write_text(line + "\n")
     return path
+
+
+def replace_private(path: Path, data: bytes) -> None:
+    """Replace the file at `path` whole, in one rename (a reader never sees it half written),
+    0600 from its first byte; the temporary file goes if anything fails."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        temporary.replace(path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def public_key_line(blob: bytes, comment: str = "") -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
 import secrets
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from cryptography.x509.oid import NameOID
 
 from meshsync.core.wire import MAX_NAME
 from meshsync.crypto import sshsig
-from meshsync.crypto.keys import Signer, load_public_blob
+from meshsync.crypto.keys import Signer, load_public_blob, replace_private
 
 # A UUID-derived OID (ITU-T X.667): ours without registering anything.
 VOUCH_OID = x509.ObjectIdentifier("2.25.106626129328020432357101602168182838693")
@@ -118,13 +117,5 @@ def certificate_file(state: Path, signer: Signer, name: str = "meshsync") -> Pat
             return path
     except (OSError, ValueError):
         pass  # missing, damaged or another key's: make a new one
-    temporary = path.with_name(f".{CERTIFICATE_FILE}.{secrets.token_hex(4)}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(make_certificate(signer, name))
-        temporary.replace(path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    replace_private(path, make_certificate(signer, name))
     return path

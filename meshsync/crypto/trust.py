@@ -23,7 +23,13 @@ from pathlib import Path
 
 from meshsync.core.ids import NodeId
 from meshsync.core.wire import MAX_MEMBER_KEYS
-from meshsync.crypto.keys import KEY_TYPES, load_public_blob, parse_public_line, public_key_line
+from meshsync.crypto.keys import (
+    KEY_TYPES,
+    load_public_blob,
+    parse_public_line,
+    public_key_line,
+    replace_private,
+)
 
 log = logging.getLogger("meshsync.trust")
 
@@ -419,11 +425,7 @@ class TrustStore:
                     if (grant := parse_grant(line, ours=True)) is None or grant.key.blob != blob]
             if len(kept) == len(lines):
                 return False
-            edited = self._writable.with_name(self._writable.name + ".new")
-            fd = os.open(edited, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w", errors="surrogateescape") as f:
-                f.write("".join(kept))
-            edited.replace(self._writable)
+            replace_private(self._writable, "".join(kept).encode(errors="surrogateescape"))
         return True
 
     def add(self, key: PublicKey, *, introducer: bool = False) -> bool:

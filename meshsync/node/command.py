@@ -12,7 +12,7 @@ from typing import Any
 
 from meshsync.control.protocol import ControlError
 from meshsync.core import election as el
-from meshsync.core.errors import MeshsyncError, WireError
+from meshsync.core.errors import WireError
 from meshsync.core.ids import SHORT, NodeId
 from meshsync.core.membership import Peer, clock_fix
 from meshsync.core.paths import RelPath, check_path
@@ -108,12 +108,9 @@ class Commands:
                 running = shelf.folders.get(folder.id)
                 if running is None:
                     raise ControlError(f"folder {folder.id} is paused: resume it first")
-                try:
-                    if command == "revert":
-                        return {"id": folder.id, "reverted": await running.revert()}
-                    return {"id": folder.id, "overridden": await running.override()}
-                except MeshsyncError as e:
-                    raise ControlError(str(e)) from None
+                if command == "revert":
+                    return {"id": folder.id, "reverted": await running.revert()}
+                return {"id": folder.id, "overridden": await running.override()}
             case "remove":
                 folder, named = await self._shelf().remove(_text(args.get("id"), "remove"))
                 return {"removed": folder.id, "path": str(folder.path), "named_by_start": named}

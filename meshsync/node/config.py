@@ -150,12 +150,17 @@ class Config:
         return frozenset(f.id for f in self.folders)
 
 
+def kept_out(state: Path, ssh: Path) -> dict[str, Path]:
+    """The directories no folder may hold, by what to call them (meshsync's state, the SSH
+    keys): syncing them would send the node's own files and keys round the mesh."""
+    return {"meshsync's state": state, "your SSH keys": ssh}
+
+
 def folders_from(dirs: list[str], alias: str | None,
                  keep_out: Mapping[str, Path] = {}) -> tuple[Folder, ...]:
     """The folders named on the command line; ValueError with a message for the user if bad.
 
-    `keep_out`: directories no folder may hold, by what to call them (meshsync's state, the
-    SSH keys): syncing them would send the node's own files and keys round the mesh.
+    `keep_out`: directories no folder may hold, by what to call them (see kept_out).
     """
     if alias is not None and len(dirs) != 1:
         raise ValueError("--as names one folder: give exactly one DIR with it")

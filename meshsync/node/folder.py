@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from meshsync.control.protocol import ControlError
 from meshsync.core import plan
 from meshsync.core.errors import MeshsyncError
 from meshsync.core.paths import RelPath
@@ -480,9 +481,9 @@ class FolderSync:
         """Make this node's versions win everywhere over the mesh's changes a send-only folder
         did not write: each path waiting for a version is announced anew as it is here (a
         deletion where it is not here), descending from the version waited for. Returns how
-        many; MeshsyncError if the folder is not send-only."""
+        many; ControlError if the folder is not send-only."""
         if self.mode is not Mode.SEND_ONLY:
-            raise MeshsyncError(f"folder {self.id} is {self.mode}: only a send-only folder's"
+            raise ControlError(f"folder {self.id} is {self.mode}: only a send-only folder's"
                                 " changes from the mesh wait for an override")
         changes: list[Signed] = []
         async with self.place.disk:
@@ -516,15 +517,15 @@ class FolderSync:
         for need in needs:  # history now, as put finds too: said here, so no page comes twice
             place.index.drop_need(place.id, need.record.path, only=need.record)
         place.changed((record for record, *_ in mine), received=False)
-        return [Signed(r, signature) for r, signature, _, _ in mine], range(
-            seqs[0] if seqs else 1, seqs[-1] + 1 if seqs else 1)
+        stored = range(seqs[0], seqs[-1] + 1) if seqs else range(0)
+        return [Signed(r, signature) for r, signature, _, _ in mine], stored
 
     async def revert(self) -> int:
         """Put the mesh's version back over each change made here in a receive-only folder
         (removing what was added here), keeping the change among the versions. Returns how
-        many paths; MeshsyncError if the folder is not receive-only."""
+        many paths; ControlError if the folder is not receive-only."""
         if self.mode is not Mode.RECEIVE_ONLY:
-            raise MeshsyncError(f"folder {self.id} is {self.mode}: only a receive-only folder"
+            raise ControlError(f"folder {self.id} is {self.mode}: only a receive-only folder"
                                 " keeps changes made here from the mesh")
         async with self.place.disk:
             count = await asyncio.to_thread(self._revert)

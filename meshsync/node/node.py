@@ -34,7 +34,7 @@ from meshsync.net.socket import LinkSocket
 from meshsync.node.addressbook import AddressBook
 from meshsync.node.clock import Clock
 from meshsync.node.command import Commands
-from meshsync.node.config import Config, Folder, control_socket
+from meshsync.node.config import Config, Folder, control_socket, kept_out
 from meshsync.node.credentials import Credentials
 from meshsync.node.dialer import Dialer
 from meshsync.node.exchange import Exchange
@@ -194,7 +194,7 @@ class Node:
             self._commands.keep = config.keep
             shelf = self._commands.shelf = Shelf(
                 config.state, config.folders, self._peers, self._folders, make,
-                {"meshsync's state": config.state, "your SSH keys": config.ssh_dir}, self._wake)
+                kept_out(config.state, config.ssh_dir), self._wake)
             await shelf.prepare()  # before the node shows itself on the LAN
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):  # before mDNS: a signal mid-way says bye

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from meshsync.control.protocol import ControlError
 from meshsync.core.errors import MeshsyncError
 from meshsync.core.ids import NodeId
 from meshsync.core.wire import FolderId
+from meshsync.crypto.keys import replace_private
 from meshsync.node.config import (
     FOLDERS_FILE,
     Folder,
@@ -249,12 +249,7 @@ class Shelf:
             "paused": sorted(self.paused),
             "settings": {i: s for i, s in sorted((self._settings | named).items()) if s},
         }
-        path = self._state / FOLDERS_FILE
-        temp = path.with_name(FOLDERS_FILE + ".new")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        temp.replace(path)
+        replace_private(self._state / FOLDERS_FILE, json.dumps(data, indent=1).encode())
 
 
 async def _prepared(sync: FolderSync) -> None:

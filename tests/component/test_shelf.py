@@ -77,7 +77,7 @@ def test_the_settings_of_a_folder_start_names_are_kept_by_its_id_for_the_next_st
 def test_settings_that_cannot_be_remembered_are_refused_and_left_as_they_were(
         tmp_path: Path) -> None:
     found = shelf(tmp_path, (Folder(FolderId("Sync"), Path("/home/me/Sync")),))
-    (tmp_path / f"{FOLDERS_FILE}.new").mkdir()  # where the file is written first: taken
+    (tmp_path / FOLDERS_FILE).mkdir()  # a directory where the file goes: no rename over it
     with pytest.raises(ControlError, match=r"^cannot remember the folders in .*folders\.json"):
         found.set("Sync", mode=Mode.SEND_ONLY)
     [folder] = found.all
