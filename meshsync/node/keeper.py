@@ -33,6 +33,8 @@ def keeper(place: Place, changed: set[RelPath], loser: FileRecord | None) -> app
                     place.tell("conflict", folder=place.id, path=rel, copy=copy,
                                origin=loser.made_by)
                     changed.add(copy)
+                    if place.receive_only:
+                        place.copies.add(copy)
                     return
                 if apply.same_bytes(dir_fd, name, leaf):
                     break  # that copy is there already (made by a peer)

@@ -36,6 +36,10 @@ class Place:
     # Changes made here that a receive-only folder does not store nor send, as the last scan
     # of each path found them: `added`, `changed` or `deleted`. Replaced by what sync writes.
     local: dict[RelPath, str] = field(default_factory=dict)
+    # Conflict copies sync made in a receive-only folder, until a scan finds them: the losing
+    # version is the mesh's, not a change made here, so the copy is stored and sent as any
+    # node sends the copies it makes (else the mesh never sees it while its maker is away).
+    copies: set[RelPath] = field(default_factory=set)
     # Tells those following the node's events (`meshsync status --watch`, the API); from any
     # thread.
     tell: Callable[..., None] = field(default=lambda kind, **fields: None)

@@ -262,8 +262,11 @@ class Puller:
         # A receive-only folder's change made here gives way, kept among the versions.
         local = reverted or record.path in self.place.local
         expected = scan.seen_now(self.place.root, record.path) if local else _expected(entry)
-        # Beaten by a concurrent version: what we store and announce is its resolution.
-        ours = entry.record if verdict.resolve and entry is not None else None
+        # Beaten by a concurrent version: what we store and announce is its resolution. Not
+        # where a change made here stands in for our version: its maker must see the conflict
+        # and keep it as a copy, which we cannot (what is on disk is not that version).
+        ours = (entry.record if verdict.resolve and entry is not None
+                and not (local and verdict.conflict) else None)
         if record.deleted:
             try:
                 keep = keeper(self.place, batch.changed, None)
@@ -275,7 +278,7 @@ class Puller:
                     batch.revive.add(record.path)
                 raise
             return self._stored(batch, need, None, ours)
-        loser = entry.record if verdict.conflict and entry is not None else None
+        loser = entry.record if verdict.conflict and entry is not None and not local else None
         if not self._parent_present(record.path, present):
             # Its directory's own record has not come yet. Writing now would make the
             # directory, and the next scan would take it for a local creation (an echo).

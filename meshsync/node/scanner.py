@@ -249,7 +249,9 @@ class Scanner:
         if kept_here is not None:  # what this scan looked at is as it found it
             place.local = {p: c for p, c in place.local.items()
                            if tops is not None and not _below(p, tops)} | kept_here
-            return found  # nothing was stored nor is to be sent
+            place.copies -= {p for p in place.copies  # gone before a scan found them
+                             if p not in present and (tops is None or _below(p, tops))}
+            mine = [done for done in mine if done[0].path not in kept_here]
         if mine and log.isEnabledFor(logging.DEBUG):
             log.debug("folder %s: new versions of %s", place.id,
                       ", ".join(f"{shown(r.path)} {r.brief()}" for r, *_ in mine[:20]))
@@ -261,14 +263,19 @@ class Scanner:
         """Store new versions and those whose inode moved; announce the new ones, each long
         list as a patch of the version before (taken from `before`) where that is shorter.
         With `kept_here` (a receive-only folder), the new versions go there instead, as what
-        changed here, and nothing is announced."""
+        changed here, all but those sync made (see _look)."""
         if kept_here is not None:
-            for record, *_ in mine:
+            sent = []
+            for done in mine:
+                record = done[0]
+                if done[1]:  # made by sync, not here (see _look)
+                    sent.append(done)
+                    self.place.copies.discard(record.path)
+                    continue
                 entry = before.get(record.path)
                 kept_here[record.path] = "deleted" if record.deleted else "changed" if (
                     entry is not None and not entry.record.deleted) else "added"
-            self.place.index.put(self.place.id, held)
-            return
+            mine = sent
         seqs = self.place.index.put(self.place.id, [*mine, *held])
         if mine:
             self.place.changed((record for record, *_ in mine), received=False)
@@ -308,7 +315,11 @@ class Scanner:
             # Only the inode moved (an editor's copy-and-rename, a directory made again):
             # the same version.
             return _State.HELD, (entry.record, entry.signature, s.inode, s.dev)
-        signature = b"" if self.place.receive_only else self.sign(record)  # never sent
+        # A receive-only folder signs (and sends) only the conflict copies sync made here. Not
+        # a revived directory: what kept it may be a change made here, which stays here.
+        place = self.place
+        sent = not place.receive_only or s.path in place.copies
+        signature = self.sign(record) if sent else b""
         return _State.FRESH if fresh else _State.NEW, (record, signature, s.inode, s.dev)
 
     def _walk(self, tops: list[RelPath] | None, progress: Progress | None,

@@ -54,3 +54,35 @@ def test_a_receive_only_scan_lists_what_changed_here_and_stores_nothing(tmp_path
     assert index.max_seq(place.id) == stored  # no version stored
     assert len(signed) == 2  # nor signed since send-receive
     index.close()
+
+
+def test_a_receive_only_scan_sends_the_conflict_copies_sync_made_and_lists_nothing(
+        tmp_path: Path) -> None:
+    root = tmp_path / "f"
+    (root / ".meshsync").mkdir(parents=True)
+    index = Index(tmp_path / "index.db")
+    place = Place(Folder(FolderId("f"), root, mode=Mode.RECEIVE_ONLY), index)
+    scanner = Scanner(place, ME, lambda record: b"signature")
+    copy = RelPath("a.sync-conflict-20260101-000000-abcdefgh.txt")
+    (root / copy).write_text("the version that lost")
+    (root / "mine.txt").write_text("made here")
+    place.copies.add(copy)  # as keeper.keeper notes the copy it makes
+
+    found = scanner.find_changes({copy, RelPath("mine.txt")}, set(), set())
+    assert [(c.record.path, c.signature) for c in found.changes] == [(copy, b"signature")]
+    assert place.local == {"mine.txt": "added"}
+    assert place.copies == set()
+    stored = index.get(place.id, copy)
+    assert stored is not None
+    assert stored.record.size == len("the version that lost")
+    # Once sent it is the mesh's: deleting it here is a change made here, kept here.
+    (root / copy).unlink()
+    assert scanner.find_changes({copy}, set(), set()).changes == []
+    assert place.local == {"mine.txt": "added", copy: "deleted"}
+    # One gone before a scan found it is forgotten: a file made there later stays here.
+    place.copies.add(RelPath("gone.txt"))
+    scanner.find_changes(None, set(), set())
+    assert place.copies == set()
+    (root / "gone.txt").write_text("made here later")
+    assert scanner.find_changes({RelPath("gone.txt")}, set(), set()).changes == []
+    index.close()

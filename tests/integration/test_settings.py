@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+from meshsync.core import conflicts
+from meshsync.core.paths import RelPath
 from tests.integration.lan import Host, holds_for, wait_for
+from tests.integration.test_conflicts import BASE, edit, settled, synced
 from tests.integration.test_sync import mesh, write
 
 
@@ -157,3 +160,44 @@ def test_a_receive_only_folder_keeps_changes_made_here_from_the_mesh_until_rever
     h2.cli("set", "Sync", "--send-receive")
     wait_for("kept.txt at h1", lambda: (h1.sync / "kept.txt").is_file(), 15)
     wait_for("h2 in sync", lambda: sync_of(h2)["state"] == "in sync", 15)
+
+
+def test_a_receive_only_node_sends_the_conflict_copy_it_makes_as_any_node_would(make_lan):
+    lan = mesh(make_lan, 3)
+    h1, h2, h3 = lan.hosts
+    for name in ("shared.txt", "other.txt"):
+        edit(h1, name, b"first\n", BASE)
+        synced(lan, name, b"first\n")
+    h3.cli("set", "Sync", "--receive-only")
+    h2.cli("pause", "Sync")
+    for name in ("shared.txt", "other.txt"):
+        edit(h1, name, b"h1's edit\n", BASE + 10)
+    wait_for("h1's edits at h3", lambda: all((h3.sync / name).read_bytes() == b"h1's edit\n"
+                                             for name in ("shared.txt", "other.txt")), 15)
+    edit(h3, "other.txt", b"h3's own\n", BASE + 15)  # a change made here: never a copy
+    wait_for("h3 to list it", lambda: sync_of(h3)["held_back_count"] == 1, 15)
+    h1.stop()  # the copies' other maker is away: only h3 can give h2 what it holds
+    for name in ("shared.txt", "other.txt"):
+        edit(h2, name, b"h2's edit, newer\n", BASE + 20)
+    h2.cli("resume", "Sync")
+
+    def copy_of(name: str) -> str:
+        return conflicts.copy_path(RelPath(name), (BASE + 10) * 10**9, h1.id.key)
+    copy = h2.sync / copy_of("shared.txt")
+    wait_for("h3's copy of h1's edit at h2", lambda: copy.is_file()
+             and copy.read_bytes() == b"h1's edit\n", 15)
+    wait_for("h3 in sync: the copy is not a change made there", lambda: (
+        s := sync_of(h3))["state"] == "in sync" and s["held_back"] == [], 15)
+    for name in ("shared.txt", "other.txt"):
+        assert (h3.sync / name).read_bytes() == b"h2's edit, newer\n"
+    assert not (h3.sync / copy_of("other.txt")).exists()
+    # What sync replaced there: the first version, then the change made there.
+    assert [v["size"] for v in h3.json("versions", str(h3.sync / "other.txt"))] == [
+        len(b"first\n"), len(b"h3's own\n")]
+
+    h1.start()  # it makes its copies, one the same as h3's: one copy of each on all three
+    found = settled(lan, 4)
+    assert sorted(p for p in found if conflicts.is_copy(p)) == sorted(
+        copy_of(name) for name in ("shared.txt", "other.txt"))
+    for host in lan.hosts:
+        assert (host.sync / copy_of("other.txt")).read_bytes() == b"h1's edit\n"
