@@ -65,7 +65,10 @@ class Peers:
         """A peer's name and short ID (as `peers` shows it), for the log."""
         if peer_id == self.me:
             return f"{shown(self.name, 40)} ({peer_id.short}, this node)"
-        return f"{shown(self.name_of(peer_id) or '?', 40)} ({peer_id.short})"
+        name = self.name_of(peer_id)
+        if name in (None, "?"):  # known by our coordinator's word alone, so far
+            return f"node {peer_id.short}"
+        return f"{shown(name, 40)} ({peer_id.short})"
 
     def name_of(self, peer_id: NodeId) -> str | None:
         """The name a node gave (ours for this node); None if never heard."""
