@@ -421,7 +421,14 @@ def _setting_options(command: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings `add` or `set` was given, as the API takes them."""
+    """The settings `add` or `set` was given, as the API takes them; UsageError for a bound
+    written wrong (before any node is asked: the node checks them again)."""
+    try:
+        for text, parse in ((args.keep_days, parse_days), (args.keep_size, parse_size)):
+            if text is not None:
+                parse(text)
+    except ValueError as e:
+        raise keys.UsageError(str(e)) from None
     return {name: value for name in ("mode", "share_with", "keep_days", "keep_size")
             if (value := getattr(args, name)) is not None}
 

@@ -71,6 +71,21 @@ def test_commands_without_a_running_node_say_so_in_one_line_and_exit_1(tmp_path,
     assert result.stderr.startswith("meshsync: no meshsync node is running")
 
 
+@pytest.mark.parametrize(("command", "said"), [
+    (["set", "Sync", "--keep-days", "x"],
+     "meshsync set: --keep-days wants a number of days from 0 to 36500, not 'x'"),
+    (["add", "Docs", "--keep-size", "12Q"], "meshsync add: not a size: '12Q' (try 500M or 2G)"),
+    (["add", "Docs", "--keep-days=-1"],
+     "meshsync add: --keep-days wants a number of days from 0 to 36500, not '-1'"),
+])
+def test_a_setting_written_wrong_is_a_usage_error_whether_or_not_a_node_runs(
+        tmp_path, command, said):
+    env = {**os.environ, "HOME": str(tmp_path), "MESHSYNC_HOME": str(tmp_path / "state")}
+    result = subprocess.run([sys.executable, "-m", "meshsync", *command], env=env,
+                            capture_output=True, text=True, check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", said + "\n")
+
+
 def fresh_home(tmp_path: Path) -> Path:
     """A home directory with an ed25519 key in its .ssh, and nothing of meshsync's yet."""
     home = tmp_path / "home"

@@ -20,7 +20,7 @@ def test_a_folder_added_paused_resumed_and_removed_while_running_and_kept_across
     docs1, docs2 = h1.home / "Docs", h2.home / "Docs"
     refused = h2.cli("add", str(docs2), "--keep-days", "-3")
     assert (refused.returncode, refused.stderr) == (
-        1, "meshsync: --keep-days wants a number of days from 0 to 36500, not '-3'\n")
+        2, "meshsync add: --keep-days wants a number of days from 0 to 36500, not '-3'\n")
     for host, docs in ((h1, docs1), (h2, docs2)):
         added = host.cli("add", str(docs), "--keep-days", "2", "--keep-size", "10M")
         assert (added.returncode, added.stdout) == (

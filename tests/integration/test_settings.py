@@ -65,8 +65,6 @@ def test_a_send_only_folder_lists_the_meshs_changes_and_overrides_them(make_lan)
     wait_for("kept.txt at h2", lambda: (h2.sync / "kept.txt").is_file(), 15)
     for args, code, error in (
             (("set", "Nope", "--send-only"), 1, "no folder has the ID 'Nope' (this node's: Sync)"),
-            (("set", "Sync", "--keep-days", "x"), 1,
-             "--keep-days wants a number of days from 0 to 36500, not 'x'"),
             (("override", "Sync"), 1, "folder Sync is send-receive: only a send-only folder's"
              " changes from the mesh wait for an override")):
         refused = h1.cli(*args)
