@@ -55,6 +55,7 @@ from meshsync.net.socket import LinkSocket
 MAX_ANSWER = 1024 * 1024
 MAX_PINS = 256  # keys and addresses remembered; the oldest are forgotten first
 IDLE = 15.0  # seconds a pooled connection is kept: less than the server's 20
+RESET_PAUSE = 0.05  # seconds before connecting again to a port that reset our connection
 READ_BUFFER = 4 << 20  # an answer of blocks is read in few turns of the loop, not 128 of 64 KiB
 
 
@@ -274,20 +275,30 @@ class PeerClient:
         """A signed POST to the node holding `key`; PeerClosed if nothing listens, PeerMismatch
         if another key answers there, PeerUnreachable for any other failure (never anything
         but a PeerError: whoever is at the address chooses how it fails)."""
-        for attempt in (1, 2):
+        pooled_failed = reset = False
+        while True:
             try:
                 return await self._post_once(address, key, path, body, timeout, limit, digest)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
-                # A pooled connection the peer had already closed: one retry on a fresh one.
-                if attempt == 2 or isinstance(e, aiohttp.ClientConnectorError):
+                opening = isinstance(e, aiohttp.ClientConnectorError)
+                if (isinstance(e, aiohttp.ClientConnectorError) and not reset
+                        and isinstance(e.os_error, ConnectionResetError)):
+                    # Reset as it opened: a node being killed (the kernel took our handshake,
+                    # then its port closed), and once more finds the port closed, which a
+                    # probe of a member whose link broke must learn now, not a heartbeat
+                    # later; or a full backlog, which may have room by then.
+                    reset = True
+                    await asyncio.sleep(RESET_PAUSE)
+                elif opening or pooled_failed:
                     raise self._failure(address, e) from None
+                else:  # a pooled connection the peer had already closed: once on a fresh one
+                    pooled_failed = True
             except aiohttp.ClientError as e:
                 raise self._failure(address, e) from None
             except TimeoutError:
                 raise PeerUnreachable(f"{address}: no answer within {timeout:.1f} s") from None
             except OSError as e:  # ssl errors, resets: whatever aiohttp did not wrap
                 raise PeerUnreachable(f"{address}: {e.__class__.__name__}: {e}") from None
-        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def _post_once(
         self, address: str, key: bytes, path: str, body: bytes, timeout: float, limit: int,

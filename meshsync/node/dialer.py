@@ -42,30 +42,41 @@ class Dialer:
         self._greeter = greeter
         self._feed = feed
         self._inflight: set[str] = set()
+        # Addresses due a hello while one was under way: that one may say less than we know
+        # now (a claim made a moment after the hello that opened its election), so another
+        # follows as soon as it ends, not a heartbeat later.
+        self._again: set[str] = set()
         self.linked: Callable[[NodeId], bool] = lambda peer: False  # a heartbeat link is open
         self._stranger_checked: dict[str, float] = {}
 
     def dial(self, client: PeerClient, tg: asyncio.TaskGroup, now: float) -> None:
         """Start a hello to every address due now, each a task of `tg`."""
         for address in self.addresses_to_contact(now):
+            self._greet(client, tg, address, "hello")
+
+    def _greet(self, client: PeerClient, tg: asyncio.TaskGroup, address: str, why: str) -> None:
+        if address in self._inflight:
+            self._again.add(address)
+        else:
             self._inflight.add(address)
-            tg.create_task(self.contact(client, address), name=f"hello {address}")
+            tg.create_task(self.contact(client, address), name=f"{why} {address}")
 
     def addresses_to_contact(self, now: float) -> list[str]:
-        """The addresses to greet now, none already being greeted."""
+        """The addresses to greet now; a trusted peer's even while a hello to it is under way
+        (it is greeted again when that ends)."""
         # Trusted peers when there is something to tell or learn (see `_due`); strangers now
         # and then, as trust may have been added.
         hints = self._book.hints
         everyone = self._peers.election.needs_hellos(now)
         moment = self._greeter.moment()
         known = {p.address for p in self._peers.roster if p.address and (
-            self._due(p, everyone, moment) if p.trusted else
-            now - self._stranger_checked.get(p.address, -STRANGER_EVERY) >= STRANGER_EVERY)}
+            self._due(p, everyone, moment) if p.trusted else p.address not in self._inflight
+            and now - self._stranger_checked.get(p.address, -STRANGER_EVERY) >= STRANGER_EVERY)}
         room = HINTS_DIALLED_AT_ONCE - sum(a in hints for a in self._inflight)
         due = sorted((a for a, h in hints.items()
                       if h.next_try <= now and a not in known and a not in self._inflight),
                      key=lambda a: hints[a].next_try)
-        return sorted((known - self._inflight) | set(due[: max(room, 0)]))
+        return sorted(known | set(due[: max(room, 0)]))
 
     def _due(self, peer: Peer, everyone: bool, moment: Moment) -> bool:
         """Whether a trusted peer gets a hello this heartbeat: as the election says (every one
@@ -82,16 +93,34 @@ class Dialer:
         """A hello to a member now: its link closed (it may be gone, and a closed port says so
         at once), a member does not hear it, or its beat says a hello of its missed us."""
         peer = self._peers.roster.get(peer_id)
-        if peer is not None and peer.address and peer.address not in self._inflight:
-            self._inflight.add(peer.address)
-            tg.create_task(self.contact(client, peer.address), name=f"probe {peer.address}")
+        if peer is not None and peer.address:
+            self._greet(client, tg, peer.address, "probe")
 
     async def contact(self, client: PeerClient, address: str) -> None:
-        """Learn who is at `address`, and if we trust it, send our hello and take its answer.
+        """Learn who is at `address`, and if we trust it, send our hello and take its answer;
+        again while another was asked for meanwhile.
 
         Nothing of ours is sent before the TLS certificate there has shown whose key it is,
         and only a node we trust gets our hello (our name, folders and view of the mesh).
         """
+        try:
+            await self._contact_once(client, address)
+            while address in self._again and self._still_due(address):
+                self._again.discard(address)
+                await self._contact_once(client, address)
+        finally:
+            self._inflight.discard(address)
+            self._again.discard(address)
+
+    def _still_due(self, address: str) -> bool:
+        """Whether the trusted peer at `address` is due a hello now: the one just taken may
+        have told it all."""
+        peer = self._peers.roster.at(address)
+        now = self._peers.clock.now()
+        return peer is not None and peer.trusted and self._due(
+            peer, self._peers.election.needs_hellos(now), self._greeter.moment())
+
+    async def _contact_once(self, client: PeerClient, address: str) -> None:
         peers = self._peers
         try:
             peer = peers.roster.at(address)
@@ -125,8 +154,6 @@ class Dialer:
             if self._take_reply(address, reply):
                 self._greeter.told(NodeId.of_key(reply.key), hello)
             peers.roster.measured(reply.key, reply.clock_offset)
-        finally:
-            self._inflight.discard(address)
 
     def _worth_a_hello(self, address: str, key: bytes, name: str | None) -> bool:
         """Whether the node whose key `identify` found at `address` (claiming `name`) gets

@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from meshsync.core import election as el
 from meshsync.core.ids import NodeId
 from meshsync.core.signing import (
     AUTHORIZATION,
@@ -40,7 +41,7 @@ from meshsync.crypto.sshsig import BadSignature
 from meshsync.crypto.trust import TrustStore
 from meshsync.net import auth
 from meshsync.net.auth import LINK, MAX_IN_FLIGHT
-from meshsync.net.client import Identity, PeerClient, PeerClockOffset, Reply
+from meshsync.net.client import Identity, PeerClient, PeerClockOffset, PeerClosed, Reply
 from meshsync.net.listener import Limits, Listener, server_context
 from meshsync.net.server import ANSWER_DIGESTS, ROUTES, make_app, serve
 from meshsync.node.config import Config, Folder
@@ -883,3 +884,62 @@ async def test_a_streamed_answer_gives_the_loop_a_turn_between_its_parts() -> No
     assert len(written) == 64
     assert len(turns) >= 60  # a turn after about every part
     assert sorted(turns) == turns
+
+
+# -- finding a member gone at once ---------------------------------------------------------------
+async def test_a_port_that_resets_our_connection_then_closes_is_found_closed(
+    member: KeySigner,
+) -> None:
+    # A node being killed: the kernel completes our handshake, then the port closes under it.
+    # A retry finds the port closed, so a probe learns now that the node is gone.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+
+    async def reset_then_close() -> None:
+        connection, _ = await asyncio.get_running_loop().sock_accept(listener)
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        connection.close()  # a reset, not a close
+        listener.close()
+
+    resetting = asyncio.create_task(reset_then_close())
+    async with client_of(member, 0) as client:
+        with pytest.raises(PeerClosed, match="connection refused"):
+            await client.send_hello(f"127.0.0.1:{port}", new_key().public_blob, THEIRS, 5.0)
+    await resetting
+
+
+class HeldClient(AnsweringClient):
+    """An AnsweringClient whose first hello is answered only once `release` is set."""
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__(key, 0.0)
+        self.release = asyncio.Event()
+        self.hellos: list[Hello] = []
+
+    async def send_hello(self, address: str, key: bytes, hello: Hello, timeout: float) -> Reply:
+        self.hellos.append(hello)
+        if len(self.hellos) == 1:
+            await self.release.wait()
+        return await super().send_hello(address, key, hello, timeout)
+
+
+async def test_a_view_changed_while_a_hello_is_under_way_is_told_when_it_ends(
+    node: Node, member: KeySigner
+) -> None:
+    address, peer = "10.0.0.7:22300", NodeId.of_key(member.public_blob)
+    await node._dialer.contact(AnsweringClient(member.public_blob, 0.0), address)  # type: ignore[arg-type]
+    client = HeldClient(member.public_blob)
+    async with asyncio.TaskGroup() as tg:
+        node._dialer.probe(client, tg, peer)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        [held] = client.hellos
+        node._feed(el.ElectionForced(node._clock.now()))  # what that hello says is old now
+        node._dialer.dial(client, tg, node._clock.now())  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert client.hellos == [held]  # one hello to an address at a time
+        client.release.set()
+    [_, then] = client.hellos
+    assert then.term == held.term + 1
