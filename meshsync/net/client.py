@@ -280,16 +280,15 @@ class PeerClient:
             try:
                 return await self._post_once(address, key, path, body, timeout, limit, digest)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
-                opening = isinstance(e, aiohttp.ClientConnectorError)
-                if (isinstance(e, aiohttp.ClientConnectorError) and not reset
-                        and isinstance(e.os_error, ConnectionResetError)):
+                opening = e if isinstance(e, aiohttp.ClientConnectorError) else None
+                if opening and not reset and isinstance(opening.os_error, ConnectionResetError):
                     # Reset as it opened: a node being killed (the kernel took our handshake,
                     # then its port closed), and once more finds the port closed, which a
                     # probe of a member whose link broke must learn now, not a heartbeat
                     # later; or a full backlog, which may have room by then.
                     reset = True
                     await asyncio.sleep(RESET_PAUSE)
-                elif opening or pooled_failed:
+                elif opening is not None or pooled_failed:
                     raise self._failure(address, e) from None
                 else:  # a pooled connection the peer had already closed: once on a fresh one
                     pooled_failed = True
