@@ -61,6 +61,9 @@ class Links:
         self._links: dict[NodeId, _Link] = {}
         self._opening: NodeId | None = None
         self._closing: set[asyncio.Task[None]] = set()  # held till done
+        # The node a link last failed to open to, and when to try it again: a coordinator
+        # that died, say, which must not hold up the link to the next one.
+        self._failed: NodeId | None = None
         self._retry = RETRY_AFTER[0]
         self._next_try = 0.0
 
@@ -73,8 +76,8 @@ class Links:
             if link.ours and link.peer != target:
                 self._close(link)
         if (target is None or target == peers.me or target in self._links
-                or self._opening is not None or peers.clock.now() < self._next_try
-                or self._stop.is_set()):
+                or self._opening is not None or self._stop.is_set()
+                or (target == self._failed and peers.clock.now() < self._next_try)):
             return
         peer = peers.roster.get(target)
         if peer is None or not peer.address or not peer.trusted:
@@ -101,13 +104,15 @@ class Links:
         try:
             socket = await client.open_link(address, key, OPEN_WITHIN)
         except PeerError as e:
-            now = self._peers.clock.now()
-            self._next_try, self._retry = now + self._retry, min(self._retry * 2, RETRY_AFTER[1])
+            if peer != self._failed:
+                self._failed, self._retry = peer, RETRY_AFTER[0]
+            self._next_try = self._peers.clock.now() + self._retry
+            self._retry = min(self._retry * 2, RETRY_AFTER[1])
             log.debug("link to %s not opened: %s", peer, shown(e, 300))
             return
         finally:
             self._opening = None
-        self._retry = RETRY_AFTER[0]
+        self._failed, self._retry = None, RETRY_AFTER[0]
         await self._run(_Link(peer, address, socket, ours=True))
 
     async def handle_link(self, key: bytes, socket: LinkSocket, remote: str) -> None:

@@ -44,6 +44,7 @@ from meshsync.net.auth import LINK, MAX_IN_FLIGHT
 from meshsync.net.client import Identity, PeerClient, PeerClockOffset, PeerClosed, Reply
 from meshsync.net.listener import Limits, Listener, server_context
 from meshsync.net.server import ANSWER_DIGESTS, ROUTES, make_app, serve
+from meshsync.net.socket import LinkSocket
 from meshsync.node.config import Config, Folder
 from meshsync.node.node import Node
 from tests.clock import FakeClock
@@ -943,3 +944,37 @@ async def test_a_view_changed_while_a_hello_is_under_way_is_told_when_it_ends(
         client.release.set()
     [_, then] = client.hellos
     assert then.term == held.term + 1
+
+
+class LinklessClient:
+    """A PeerClient whose links never open (nothing listens); it notes whom it tried."""
+
+    def __init__(self) -> None:
+        self.tried: list[str] = []
+
+    async def open_link(self, address: str, key: bytes, timeout: float) -> LinkSocket:
+        self.tried.append(address)
+        raise PeerClosed(f"{address}: connection refused")
+
+
+async def test_a_link_that_failed_to_open_does_not_hold_up_the_link_to_the_next_coordinator(
+    node: Node,
+) -> None:
+    dead, next_one = new_key().public_blob, new_key().public_blob
+    for key, address in ((dead, "10.0.0.7:22300"), (next_one, "10.0.0.8:22300")):
+        node._peers.roster.update(key, trusted=True, address=address)
+    client = LinklessClient()
+
+    async def maintain_following(key: bytes) -> None:
+        node._election.term += 1
+        node._election.coordinator = NodeId.of_key(key)
+        async with asyncio.TaskGroup() as tg:
+            node._links.maintain(client, tg)  # type: ignore[arg-type]
+
+    await maintain_following(dead)
+    await maintain_following(dead)  # the clock stands still: not tried again yet
+    await maintain_following(next_one)
+    assert client.tried == ["10.0.0.7:22300", "10.0.0.8:22300"]
+    node._clock.wait_out(0.3)  # type: ignore[attr-defined]
+    await maintain_following(next_one)  # its own wait, from the first
+    assert client.tried[2:] == ["10.0.0.8:22300"]
