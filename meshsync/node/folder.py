@@ -159,6 +159,7 @@ class FolderSync:
         self.place.folder = folder
         if was is Mode.RECEIVE_ONLY and folder.mode is not Mode.RECEIVE_ONLY:
             self.place.local = {}  # what changed here is changes to send now: scan it all
+            self.place.copies = set()  # sent as any file now
             self._want_full_scan = True
             self._scan_wake.set()
         self.puller.wake.set()  # a folder that was send-only writes what it waits for now
