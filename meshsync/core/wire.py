@@ -10,7 +10,7 @@ import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, NewType
+from typing import Any, NewType, TypeGuard
 
 from meshsync.core.errors import WireError
 from meshsync.core.fields import check_digest, check_int, is_unicode
@@ -39,6 +39,12 @@ MAX_SEQ = 2**63 - 1  # the largest integer SQLite stores, and the index stores e
 MAX_RELAYED = 1024  # members a coordinator's beat names as live
 MAX_BEAT_BYTES = 64 * 1024  # the largest beat: MAX_RELAYED IDs of ~52 bytes, and the rest
 GIST_CHARS = 16  # hex digits of a hello's gist
+
+
+def is_node_name(text: object) -> TypeGuard[str]:
+    """Whether `text` is a name a node may go by: 1 to MAX_NAME printable characters (the
+    name a hello carries, `--name`, a TLS certificate's subject)."""
+    return isinstance(text, str) and 0 < len(text) <= MAX_NAME and text.isprintable()
 
 
 def check_folder_id(text: object) -> FolderId:
@@ -198,7 +204,7 @@ class Hello:
         """Parse and validate a peer's hello; WireError says what is wrong."""
         data = _object(body, MAX_HELLO_BYTES)
         name = data.get("name")
-        if not isinstance(name, str) or not name or len(name) > MAX_NAME or not name.isprintable():
+        if not is_node_name(name):
             raise WireError(f"bad name: {str(name)[:80]!r}")
         folders = data.get("folders")
         if not isinstance(folders, list) or len(folders) > MAX_FOLDERS:

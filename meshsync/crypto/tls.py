@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from cryptography.x509.oid import NameOID
 
-from meshsync.core.wire import MAX_NAME
+from meshsync.core.wire import is_node_name
 from meshsync.crypto import sshsig
 from meshsync.crypto.keys import Signer, load_public_blob, replace_private
 
@@ -102,8 +102,7 @@ def claimed_name(der: bytes) -> str | None:
     except Exception:  # as in vouched_key: none of a peer's certificate's errors may escape
         return None
     name = found[0].value if len(found) == 1 else None
-    ok = isinstance(name, str) and 0 < len(name) <= MAX_NAME and name.isprintable()
-    return name if ok and isinstance(name, str) else None
+    return name if is_node_name(name) else None
 
 
 def certificate_file(state: Path, signer: Signer, name: str = "meshsync") -> Path:

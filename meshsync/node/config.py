@@ -15,7 +15,7 @@ from typing import Any
 
 from meshsync.core.errors import WireError
 from meshsync.core.ids import NodeId
-from meshsync.core.wire import MAX_NAME, FolderId, check_folder_id
+from meshsync.core.wire import MAX_NAME, FolderId, check_folder_id, is_node_name
 from meshsync.crypto.trust import TrustStore
 
 log = logging.getLogger("meshsync")
@@ -262,7 +262,7 @@ def parse_days(text: str) -> float:
 def check_name(text: str) -> str:
     """`--name`: what peers show for this node; ValueError unless 1 to 64 printable
     characters (a hello with any other is refused)."""
-    if not text or len(text) > MAX_NAME or not text.isprintable():
+    if not is_node_name(text):
         raise ValueError(f"--name wants 1 to {MAX_NAME} printable characters, not {text!r}")
     return text
 
