@@ -62,7 +62,8 @@ def test_the_page_shows_peers_conflicts_and_versions_and_restores_a_file_that_sy
                  == b"first draft\n", 10)
         wait_for("the restore synced to h2", lambda: (h2.sync / "doc.txt").read_bytes()
                  == b"first draft\n", 10)
-        assert browser.text("#done").startswith("restored doc.txt as kept at ")
+        wait_for("the page to say so", lambda: browser.text("#done").startswith(
+            "restored doc.txt as kept at "), 10)
         assert browser.text("#problem") == ""
 
         # The rate plot: a 4 MiB file received lifts h1's line to the top of its scale.
@@ -82,8 +83,9 @@ def test_the_page_shows_peers_conflicts_and_versions_and_restores_a_file_that_sy
         assert "mine.txt: added here, not sent" in browser.text('.folder[data-folder="Sync"]')
         browser.js('document.querySelector(\'button.revert[data-folder="Sync"]\').click()')
         wait_for("mine.txt gone from h1", lambda: not (h1.sync / "mine.txt").exists(), 10)
-        assert browser.text("#done") == (
-            "folder Sync: the mesh's versions of 1 path are being put back")
+        # The file goes before the answer reaches the page: the line follows it.
+        wait_for("the page to say so", lambda: browser.text("#done") == (
+            "folder Sync: the mesh's versions of 1 path are being put back"), 10)
         assert not (h2.sync / "mine.txt").exists()
     finally:
         browser.close()
